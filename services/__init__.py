@@ -1,0 +1,1 @@
+"""HXP-Enterprise LLM Server: model services, gateway and operations tooling."""

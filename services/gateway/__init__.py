@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: a LiteLLM proxy extended through its hooks."""

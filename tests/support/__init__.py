@@ -1,0 +1,1 @@
+"""Helpers the tests share: local servers started from the OS packages."""
