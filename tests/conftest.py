@@ -6,4 +6,5 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 pytest_plugins = [
     "tests.fixtures.stores",
+    "tests.fixtures.usage",
 ]
