@@ -1,0 +1,32 @@
+"""Errors of the vector layer, each carrying the HTTP status the API answers with."""
+from __future__ import annotations
+
+
+class VectorError(Exception):
+    """A request the vector layer refuses (400 unless a subclass says otherwise)."""
+
+    status = 400
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class NotFound(VectorError):
+    status = 404
+
+
+class CollectionNotFound(NotFound):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown collection '{name}' (known: {', '.join(known)})", "collection")
+
+
+class CollectionMismatch(RuntimeError):
+    """An existing Qdrant collection disagrees with its declaration; raised at start."""
+
+
+class EmbeddingFailed(VectorError):
+    """The embedding model could not embed the texts."""
+
+    status = 502
