@@ -48,3 +48,21 @@ run: system-deps prepare  ## start the CPU model services and the gateway on :80
 
 test: system-deps prepare  ## run the whole test suite (installs what it needs)
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+
+# --- observability: Prometheus, Alertmanager, Grafana (hxp.monitoring, prometheus/, grafana/) ---------
+MONITORING_ENV := $(wildcard env/monitoring.env)
+.PHONY: prometheus-generate prometheus-check prometheus-register grafana-dashboards monitoring-test
+
+prometheus-generate:  ## regenerate prometheus/prometheus.yml and alertmanager.yml (compose) from the catalogue
+	$(HXP) prometheus generate --for compose
+
+prometheus-check:  ## promtool/amtool checks and the alert rules' unit tests
+	promtool check config prometheus/prometheus.yml
+	cd prometheus/tests && promtool test rules *_test.yml
+	amtool check-config prometheus/alertmanager.yml
+
+prometheus-register:  ## write target (and rule) files for the remote Prometheus and reload it (env/monitoring.env)
+	set -a; $(if $(MONITORING_ENV),. ./$(MONITORING_ENV);) set +a; $(HXP) prometheus register
+
+monitoring-test:  ## the observability tests only (rules, configs, dashboards, live queries)
+	$(VENV)/bin/pytest -ra tests/monitoring $(PYTEST_ARGS)
