@@ -1,0 +1,1 @@
+"""Deployment artefacts derived from the catalogue: compose files, systemd units, env files, backups."""

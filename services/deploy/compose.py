@@ -1,0 +1,225 @@
+"""compose.yaml (GPU servers) and compose.dev.yaml (CPU development) from the catalogue.
+
+Each file is a hand-written stack (``stack.yaml``, ``stack.dev.yaml`` next to this
+module) plus one service per catalogue model, made from the stack's
+``x-model-service`` template:
+
+* gpu (compose.yaml): the official vLLM OpenAI image, the engine arguments from
+  :mod:`hxp.model.command` (the same builder the native runner uses), the GPUs the
+  catalogue assigns, the model's port and a /health check;
+* cpu (compose.dev.yaml, applied on top of compose.yaml): the image built from
+  services/model running ``hxp model serve NAME``, which builds the same arguments
+  inside the container, with the packaged small models and a memory limit.
+
+``generate`` returns the files' text; ``hxp compose generate`` writes them and
+``--check`` fails when the checked-in files differ from what the catalogue gives.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from hxp import catalogue
+from hxp.catalogue import Catalogue, Model
+from hxp.paths import PROJECT_ROOT
+
+HERE = Path(__file__).parent
+TEMPLATE_KEY = "x-model-service"
+# Key order of a generated service, for reading; other keys follow in the stack's order.
+KEY_ORDER = ("build", "image", "profiles", "entrypoint", "command", "ports", "env_file", "environment", "volumes",
+             "ipc", "depends_on", "deploy", "healthcheck", "restart")
+PUBLISH = "${HXP_PUBLISH_ADDRESS:-127.0.0.1}"
+CONTAINER_HOST = "0.0.0.0"
+
+
+# --- YAML with Compose's merge tags (!override, !reset) ----------------------------
+
+class Override(dict):
+    """A mapping tagged ``!override``: replaces the key of the file below instead of merging."""
+
+
+class OverrideList(list):
+    """A sequence tagged ``!override``."""
+
+
+class Reset:
+    """``!reset null``: removes the key set by the file below."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reset)
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style with indented sequences; short lists of scalars on one line."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+    def represent_list(self, data: list[Any], tag: str = "tag:yaml.org,2002:seq") -> yaml.Node:
+        scalars = all(isinstance(v, (str, int, float, bool)) for v in data)
+        flow = scalars and len(data) > 0 and sum(len(str(v)) + 2 for v in data) <= 100
+        return self.represent_sequence(tag, data, flow_style=flow)
+
+
+def _construct_override(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return Override(loader.construct_mapping(node, deep=True))
+    return OverrideList(loader.construct_sequence(node, deep=True))
+
+
+_Loader.add_constructor("!override", _construct_override)
+_Loader.add_constructor("!reset", lambda loader, node: Reset())
+_Dumper.add_representer(Override, lambda d, v: d.represent_mapping("!override", dict(v)))
+_Dumper.add_representer(OverrideList, lambda d, v: d.represent_list(list(v), "!override"))
+_Dumper.add_representer(Reset, lambda d, v: d.represent_scalar("!reset", "null", style=""))
+_Dumper.add_representer(list, _Dumper.represent_list)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader with two tags added
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
+
+
+def merge(base: Any, extra: Any) -> Any:
+    """Deep-merge ``extra`` into a copy of ``base``; mappings merge, anything else is replaced.
+
+    A mapping keeps the type of ``base`` (an ``Override`` stays one).
+    """
+    if isinstance(base, dict) and isinstance(extra, dict):
+        out = type(base)(copy.deepcopy(base))
+        for key, value in extra.items():
+            out[key] = merge(out[key], value) if key in out else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(extra)
+
+
+# --- the model services ---------------------------------------------------------------
+
+def engine_args(model: Model, cat: Catalogue) -> list[str]:
+    """The vLLM server's arguments for ``model`` in a container: the native runner's command, minus the
+    interpreter (the image's entrypoint) and minus its environment (compose maps the GPUs itself)."""
+    from hxp.model import command
+
+    argv = command.engine_command([model], cat.profile_settings, host=CONTAINER_HOST).argv
+    prefix = argv.index(command.ENTRYPOINT) + 1
+    return argv[prefix:]
+
+
+def engine_entrypoint() -> list[str]:
+    from hxp.model import command
+
+    return ["python3", "-m", command.ENTRYPOINT]
+
+
+def _health_test(port: int) -> list[str]:
+    """A /health probe for the official vLLM image (which has python3 but not our package)."""
+    probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=5)"
+    return ["CMD", "python3", "-c", probe]
+
+
+def gpu_service(model: Model, cat: Catalogue) -> dict[str, Any]:
+    """The model-specific part of a GPU engine service."""
+    dep = model.deployment
+    return {
+        "entrypoint": engine_entrypoint(),
+        "command": engine_args(model, cat),
+        "ports": [f"{PUBLISH}:{model.port}:{model.port}"],
+        "healthcheck": {"test": _health_test(model.port)},
+        "deploy": {"resources": {"reservations": {"devices": [
+            {"driver": "nvidia", "device_ids": [str(d) for d in dep.devices], "capabilities": ["gpu"]},
+        ]}}},
+    }
+
+
+def cpu_service(model: Model, cat: Catalogue) -> dict[str, Any]:
+    """The model-specific part of a CPU development engine service."""
+    return {
+        "command": [model.name, "--host", CONTAINER_HOST],
+        "ports": OverrideList([f"127.0.0.1:{model.port}:{model.port}"]),
+        "healthcheck": {"test": ["CMD", "python", "-m", "hxp.deploy.probe", f"http://127.0.0.1:{model.port}/health"]},
+        "deploy": {"resources": {"limits": {"memory": f"{model.targets.memory_gb:g}g"}}},
+    }
+
+
+def _ordered(service: dict[str, Any]) -> dict[str, Any]:
+    first = {k: service[k] for k in KEY_ORDER if k in service}
+    return {**first, **{k: v for k, v in service.items() if k not in first}}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One generated compose file: which profile's models, from which stack, built how."""
+
+    file: str
+    profile: str
+    stack: str
+    service: Callable[[Model, Catalogue], dict[str, Any]]
+    header: str
+
+
+TARGETS = (
+    Target("compose.yaml", "gpu", "stack.yaml", gpu_service,
+           "The GPU server stack: `docker compose up -d` (README: Deploying on a GPU server)."),
+    Target("compose.dev.yaml", "cpu", "stack.dev.yaml", cpu_service,
+           "The CPU development stack, on top of compose.yaml: `make dev`\n"
+           "# (docker compose -f compose.yaml -f compose.dev.yaml up -d)."),
+)
+
+
+def render(target: Target, cat: Catalogue, stack_text: str) -> str:
+    """One compose file's text: the stack with a service per catalogue model."""
+    stack = load_yaml(stack_text)
+    template = stack.pop(TEMPLATE_KEY)
+    models = {m.name: _ordered(merge(template, target.service(m, cat))) for m in cat.models}
+    clash = sorted(set(models) & set(stack.get("services") or {}))
+    if clash:
+        raise ValueError(f"{target.stack}: services {', '.join(clash)} are catalogue models; remove them")
+    document = {"services": {**models, **(stack.get("services") or {})}}
+    document.update({k: v for k, v in stack.items() if k != "services"})
+    header = (
+        f"# GENERATED by `hxp compose generate` from models.yaml (profile {target.profile}) and\n"
+        f"# services/deploy/{target.stack}: edit those, then regenerate. Do not edit this file.\n"
+        f"# {target.header}\n"
+    )
+    return header + dump_yaml(document)
+
+
+def generate(catalogue_path: str | Path | None = None) -> dict[str, str]:
+    """{file name: text} for every generated compose file."""
+    return {
+        t.file: render(t, catalogue.load(catalogue_path, t.profile), (HERE / t.stack).read_text())
+        for t in TARGETS
+    }
+
+
+def write(out_dir: Path = PROJECT_ROOT, catalogue_path: str | Path | None = None) -> list[Path]:
+    """Write the compose files into ``out_dir``; returns the files that changed."""
+    changed = []
+    for name, text in generate(catalogue_path).items():
+        path = out_dir / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            changed.append(path)
+    return changed
+
+
+def stale(out_dir: Path = PROJECT_ROOT, catalogue_path: str | Path | None = None) -> list[str]:
+    """Names of the compose files in ``out_dir`` that differ from what the catalogue gives."""
+    return [
+        name for name, text in generate(catalogue_path).items()
+        if not (out_dir / name).exists() or (out_dir / name).read_text() != text
+    ]

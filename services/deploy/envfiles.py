@@ -1,0 +1,75 @@
+"""`hxp compose env`: create env/*.env from env/*.env.example, with fresh secrets.
+
+In an example file, ``__NAME__`` is a secret: every ``__NAME__`` in every file gets
+the same value (so DATABASE_URL in gateway.env matches POSTGRES_PASSWORD in
+postgres.env), taken from the environment variable NAME when set, otherwise a new
+random one. ``${NAME}`` is copied from the environment (empty when unset), e.g.
+HF_TOKEN. Existing env files are never overwritten.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+
+from hxp.paths import PROJECT_ROOT
+
+SECRET = re.compile(r"__([A-Z][A-Z0-9_]*)__")
+FROM_ENVIRONMENT = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+SUFFIX = ".example"
+
+
+def fill(text: str, values: dict[str, str]) -> str:
+    """Substitute placeholders outside comments; new secrets are added to ``values`` for later files."""
+    def secret(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            values[name] = os.environ.get(name) or secrets.token_hex(24)
+        return values[name]
+
+    def line(text: str) -> str:
+        if text.lstrip().startswith("#"):
+            return text
+        return FROM_ENVIRONMENT.sub(lambda m: os.environ.get(m.group(1), ""), SECRET.sub(secret, text))
+
+    return "".join(line(part) for part in text.splitlines(keepends=True))
+
+
+def assignments(text: str) -> dict[str, str]:
+    """The ``KEY=value`` lines of an env file."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+
+
+def _known_secrets(env_dir: Path) -> dict[str, str]:
+    """Secrets already in the existing env files, read back through their examples' lines."""
+    values: dict[str, str] = {}
+    for example in sorted(env_dir.glob(f"*.env{SUFFIX}")):
+        real = example.with_suffix("")
+        if not real.exists():
+            continue
+        present = assignments(real.read_text())
+        for key, template in assignments(example.read_text()).items():
+            names = SECRET.findall(template)
+            if not names or key not in present:
+                continue
+            pattern = SECRET.sub("(.+?)", re.escape(template).replace(r"\$\{", "${").replace(r"\}", "}"))
+            pattern = FROM_ENVIRONMENT.sub(".*?", pattern)
+            found = re.fullmatch(pattern, present[key])
+            if found:
+                values.update({n: v for n, v in zip(names, found.groups()) if n not in values})
+    return values
+
+
+def create(env_dir: Path = PROJECT_ROOT / "env") -> list[Path]:
+    """Create each missing env file from its example; returns the files created."""
+    values = _known_secrets(env_dir)
+    created = []
+    for example in sorted(env_dir.glob(f"*.env{SUFFIX}")):
+        real = example.with_suffix("")
+        if real.exists():
+            continue
+        real.write_text(fill(example.read_text(), values))
+        real.chmod(0o600)
+        created.append(real)
+    return created

@@ -1,0 +1,205 @@
+"""compose.yaml / compose.dev.yaml: derived from the catalogue and valid for the real Docker Compose v2."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hxp import catalogue
+from hxp.cli import main
+from hxp.deploy import compose, envfiles
+from hxp.model import command
+from hxp.paths import PROJECT_ROOT
+
+COMPOSE_BIN = next(Path(PROJECT_ROOT / ".venv/lib").glob("python3*/site-packages/compose/docker-compose"))
+# The file combinations users run (compose.dev.yaml is an override of compose.yaml), with the optional profile.
+COMBINATIONS = [
+    (["compose.yaml"], []),
+    (["compose.yaml"], ["loadtest"]),
+    (["compose.yaml", "compose.dev.yaml"], []),
+    (["compose.yaml", "compose.dev.yaml"], ["loadtest"]),
+]
+STATEFUL = {"postgres": "/var/lib/postgresql/data", "redis": "/data", "qdrant": "/qdrant/storage"}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checked-in compose files with env files made from the examples, as a user has them after `make env`."""
+    root = tmp_path_factory.mktemp("stack")
+    for name in ("compose.yaml", "compose.dev.yaml"):
+        shutil.copy(PROJECT_ROOT / name, root / name)
+    shutil.copytree(PROJECT_ROOT / "env", root / "env", ignore=shutil.ignore_patterns("*.env"))
+    envfiles.create(root / "env")
+    for folder in ("services", "prometheus", "grafana", "loadtests", "requirements"):
+        (root / folder).symlink_to(PROJECT_ROOT / folder)
+    return root
+
+
+def run_compose(root: Path, files: list[str], profiles: list[str], *args: str) -> subprocess.CompletedProcess:
+    cmd = [str(COMPOSE_BIN), "--project-directory", str(root), "--project-name", "hxp"]
+    cmd += [a for f in files for a in ("-f", str(root / f))] + [a for p in profiles for a in ("--profile", p)]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=root, timeout=60)
+
+
+def resolved(root: Path, files: list[str], profiles: list[str]) -> dict:
+    done = run_compose(root, files, profiles, "config", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+# --- derived from the catalogue --------------------------------------------------------
+
+def test_checked_in_compose_files_match_the_catalogue() -> None:
+    assert compose.stale() == [], "run `hxp compose generate` and commit compose.yaml / compose.dev.yaml"
+
+
+def test_check_mode_fails_on_drift_and_generate_repairs_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["compose", "generate", "--out", str(tmp_path)]) == 0
+    assert main(["compose", "generate", "--check", "--out", str(tmp_path)]) == 0
+    raw = yaml.safe_load((PROJECT_ROOT / "models.yaml").read_text())
+    raw["models"][2]["port"] = 11499
+    changed = tmp_path / "models.yaml"
+    changed.write_text(yaml.safe_dump(raw))
+    assert main(["compose", "generate", "--check", "--out", str(tmp_path), "--catalogue", str(changed)]) == 1
+    assert "compose.yaml differs from the catalogue" in capsys.readouterr().err
+    assert main(["compose", "generate", "--out", str(tmp_path), "--catalogue", str(changed)]) == 0
+    assert "11499:11499" in (tmp_path / "compose.yaml").read_text()
+
+
+def test_a_new_catalogue_entry_becomes_a_service(tmp_path: Path) -> None:
+    raw = yaml.safe_load((PROJECT_ROOT / "models.yaml").read_text())
+    new = json.loads(json.dumps(raw["models"][3]))  # a copy of phi-3-mini, on GPU 6
+    new.update(name="qwen-7b", port=11410)
+    new["profiles"]["gpu"].update(source="Qwen/Qwen2.5-7B-Instruct", devices=[6])
+    raw["models"].append(new)
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    files = compose.generate(path)
+    gpu = compose.load_yaml(files["compose.yaml"])["services"]["qwen-7b"]
+    assert gpu["ports"] == ["${HXP_PUBLISH_ADDRESS:-127.0.0.1}:11410:11410"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["6"]
+    assert gpu["command"][gpu["command"].index("--model") + 1] == "Qwen/Qwen2.5-7B-Instruct"
+    dev = compose.load_yaml(files["compose.dev.yaml"])["services"]["qwen-7b"]
+    assert dev["command"][0] == "qwen-7b"
+
+
+def test_gpu_engines_run_the_native_runners_command() -> None:
+    cat = catalogue.load(profile="gpu")
+    services = compose.load_yaml((PROJECT_ROOT / "compose.yaml").read_text())["services"]
+    for model in cat.models:
+        argv = command.engine_command([model], cat.profile_settings, host="0.0.0.0").argv
+        service = services[model.name]
+        assert service["entrypoint"][1:] == argv[1:3]          # -m vllm.entrypoints.openai.api_server
+        assert service["command"] == argv[3:]
+        assert service["image"] == "vllm/vllm-openai:v0.32.0"
+
+
+# --- validated by the real Docker Compose v2 ---------------------------------------------
+
+def test_compose_binary_is_the_real_one() -> None:
+    done = subprocess.run([str(COMPOSE_BIN), "version"], capture_output=True, text=True)
+    assert re.search(r"Docker Compose version v2\.\d+", done.stdout), done.stdout
+
+
+@pytest.mark.parametrize("files,profiles", COMBINATIONS, ids=lambda v: "+".join(v) or "-")
+def test_compose_config_is_valid(project: Path, files: list[str], profiles: list[str]) -> None:
+    done = run_compose(project, files, profiles, "config", "-q")
+    assert done.returncode == 0, done.stderr
+
+
+def test_compose_config_rejects_a_broken_file(project: Path, tmp_path: Path) -> None:
+    """The validation can fail: an unknown key, or a missing env file, is reported."""
+    broken = yaml.safe_load((project / "compose.yaml").read_text())
+    broken["services"]["gateway"]["restart_policy"] = "always"
+    (project / "broken.yaml").write_text(yaml.safe_dump(broken))
+    assert run_compose(project, ["broken.yaml"], [], "config", "-q").returncode != 0
+    (project / "env" / "redis.env").rename(project / "env" / "redis.env.moved")
+    try:
+        done = run_compose(project, ["compose.yaml"], [], "config", "-q")
+        assert done.returncode != 0 and "redis.env" in done.stderr
+    finally:
+        (project / "env" / "redis.env.moved").rename(project / "env" / "redis.env")
+
+
+@pytest.mark.parametrize("files,profiles", COMBINATIONS, ids=lambda v: "+".join(v) or "-")
+def test_every_service_is_healthchecked_pinned_and_restarted(project: Path, files: list[str],
+                                                              profiles: list[str]) -> None:
+    services = resolved(project, files, profiles)["services"]
+    for name, service in services.items():
+        health = service.get("healthcheck") or {}
+        assert health.get("test") and not health.get("disable"), f"{name}: no healthcheck"
+        assert service.get("restart") in ("always", "unless-stopped"), f"{name}: no restart policy"
+        image = service.get("image", "")
+        tag = image.rsplit(":", 1)[-1] if ":" in image.split("/")[-1] else ""
+        assert "build" in service or (tag and tag != "latest"), f"{name}: image {image!r} is not pinned"
+        gpu = (service.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices")
+        if not gpu:  # GPU engines are sized by their GPU memory; everything else has a memory limit
+            assert service["deploy"]["resources"]["limits"]["memory"], f"{name}: no memory limit"
+
+
+def test_gpu_stack_follows_the_catalogue(project: Path) -> None:
+    cat = catalogue.load(profile="gpu")
+    config = resolved(project, ["compose.yaml"], [])
+    services = config["services"]
+    for model in cat.models:
+        service = services[model.name]
+        assert [p["target"] for p in service["ports"]] == [model.port]
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [{"driver": "nvidia", "device_ids": [str(d) for d in model.deployment.devices],
+                            "capabilities": ["gpu"]}]
+        assert any(v["source"] == "model-cache" for v in service["volumes"])
+        assert "HF_TOKEN" in service["environment"]
+        assert f":{model.port}/health" in " ".join(service["healthcheck"]["test"])
+        assert service["healthcheck"]["start_period"] in ("30m0s",)
+
+
+def test_gateway_and_stores(project: Path) -> None:
+    services = resolved(project, ["compose.yaml"], [])["services"]
+    gateway = services["gateway"]
+    assert gateway["build"]["dockerfile"] == "services/gateway/Dockerfile"
+    assert [p["published"] for p in gateway["ports"]] == ["8000"]
+    assert gateway["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+    env = gateway["environment"]
+    assert env["HXP_BACKEND_URL_TEMPLATE"] == "http://{name}:{port}/v1"
+    assert env["QDRANT_URL"] == "http://qdrant:6333"
+    assert env["DATABASE_URL"].startswith("postgresql://hxp:") and env["DATABASE_URL"].endswith("@postgres:5432/hxp")
+    password = resolved_env(project, "postgres.env")["POSTGRES_PASSWORD"]
+    assert f":{password}@" in env["DATABASE_URL"], "the gateway's URL must carry PostgreSQL's password"
+    assert env["REDIS_URL"] == f"redis://:{resolved_env(project, 'redis.env')['REDIS_PASSWORD']}@redis:6379/0"
+    assert env["HXP_MASTER_KEY"].startswith("sk-hxp-")
+    for name, path in STATEFUL.items():
+        mounts = services[name]["volumes"]
+        assert any(m["type"] == "volume" and m["target"] == path for m in mounts), f"{name}: no named volume"
+    assert "--requirepass" in " ".join(services["redis"]["command"])
+    for exporter in ("node-exporter", "postgres-exporter", "redis-exporter"):
+        assert exporter in services
+
+
+def resolved_env(root: Path, name: str) -> dict[str, str]:
+    return envfiles.assignments((root / "env" / name).read_text())
+
+
+def test_dev_stack_builds_cpu_engines_and_adds_monitoring(project: Path) -> None:
+    cat = catalogue.load(profile="cpu")
+    services = resolved(project, ["compose.yaml", "compose.dev.yaml"], ["loadtest"])["services"]
+    for model in cat.models:
+        engine = services[model.name]
+        assert engine["build"]["dockerfile"] == "services/model/Dockerfile"
+        assert engine["entrypoint"] == ["hxp", "model", "serve"] and engine["command"][0] == model.name
+        assert "reservations" not in engine["deploy"]["resources"], "a CPU engine must not reserve a GPU"
+        assert engine["deploy"]["resources"]["limits"]["memory"] == str(int(model.targets.memory_gb * 2**30))
+        assert "ipc" not in engine and not engine.get("volumes")
+    assert services["gateway"]["environment"]["HXP_PROFILE"] == "cpu"
+    for name in ("prometheus", "alertmanager", "grafana", "locust"):
+        assert name in services
+    mounts = {m["target"]: m["source"] for m in services["prometheus"]["volumes"]}
+    assert mounts["/etc/prometheus"] == str(project / "prometheus")
+    assert services["locust"]["build"]["target"] == "loadtest"
+    without = resolved(project, ["compose.yaml", "compose.dev.yaml"], [])["services"]
+    assert "locust" not in without, "Locust runs only with --profile loadtest"
