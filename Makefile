@@ -66,3 +66,31 @@ prometheus-register:  ## write target (and rule) files for the remote Prometheus
 
 monitoring-test:  ## the observability tests only (rules, configs, dashboards, live queries)
 	$(VENV)/bin/pytest -ra tests/monitoring $(PYTEST_ARGS)
+
+# --- load tests (Locust through the gateway; targets from the catalogue's active profile) ---
+# The key: HXP_LOADTEST_KEY, else one is created (and revoked afterwards) with HXP_MASTER_KEY.
+# USERS defaults to what the targets need (`hxp loadtest plan`); MODELS narrows the models.
+LOCUST := $(VENV)/bin/locust
+LOCUSTFILE := loadtests/locustfile.py
+GATEWAY_URL ?= http://127.0.0.1:8000
+DURATION ?= 60s
+USERS ?=
+SPAWN_RATE ?= 10
+STOP_TIMEOUT ?= 60
+MODELS ?=
+LOADTEST_WEB_HOST ?= 127.0.0.1
+LOADTEST_USERS = $(or $(USERS),$$(HXP_LOADTEST_MODELS='$(MODELS)' $(HXP) loadtest plan --users))
+
+.PHONY: loadtest loadtest-ui loadtest-plan
+
+loadtest-plan: $(VENV)/.installed  ## show the models a load test covers, their workloads, targets and users
+	HXP_LOADTEST_MODELS='$(MODELS)' $(HXP) loadtest plan
+
+loadtest: $(VENV)/.installed  ## headless load test with a per-model verdict; exits 1 on a missed target (DURATION, USERS, SPAWN_RATE, MODELS)
+	HXP_LOADTEST_MODELS='$(MODELS)' $(LOCUST) -f $(LOCUSTFILE) --headless --only-summary --host $(GATEWAY_URL) \
+		-u $(LOADTEST_USERS) -r $(SPAWN_RATE) -t $(DURATION) --stop-timeout $(STOP_TIMEOUT) $(LOADTEST_ARGS)
+
+loadtest-ui: $(VENV)/.installed  ## Locust web UI on :8089 against the running stack (verdict printed at each stop)
+	HXP_LOADTEST_MODELS='$(MODELS)' $(LOCUST) -f $(LOCUSTFILE) --host $(GATEWAY_URL) \
+		--web-host $(LOADTEST_WEB_HOST) --web-port 8089 -u $(LOADTEST_USERS) -r $(SPAWN_RATE) \
+		--stop-timeout $(STOP_TIMEOUT) $(LOADTEST_ARGS)

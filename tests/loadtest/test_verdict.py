@@ -1,0 +1,110 @@
+"""The verdict computation: exact statistics, every target check, the table and the saved files."""
+import csv
+import json
+
+import pytest
+
+from hxp.catalogue import Targets
+from hxp.loadtest.verdict import Recorder, Sample, evaluate, judge, percentile
+
+TARGETS = Targets(avg_latency_ms=1000, p95_latency_ms=1500, throughput_rps=2, memory_gb=1)
+
+
+def ok(ms: float, ttft: float | None = None) -> Sample:
+    return Sample(True, ms, ttft)
+
+
+def test_percentile_is_exact_nearest_rank():
+    values = [float(v) for v in range(100, 0, -1)]  # unsorted on purpose
+    assert percentile(values, 95) == 95
+    assert percentile(values, 50) == 50
+    assert percentile(values, 100) == 100
+    assert percentile([7.0], 95) == 7
+    assert percentile([1.0, 2.0, 3.0], 50) == 2
+    assert percentile([], 95) is None
+
+
+def test_a_model_within_every_target_passes():
+    samples = [ok(800 + i, ttft=100 + i if i % 2 else None) for i in range(30)]
+    r = evaluate("m", samples, window_s=10, targets=TARGETS)
+    assert r.passed and r.problems == ()
+    assert (r.requests, r.failures) == (30, 0)
+    assert r.avg_ms == pytest.approx(814.5)
+    assert r.p50_ms == 814 and r.p95_ms == 828
+    assert r.rps == pytest.approx(3.0)
+    assert r.streamed == 15
+    assert r.ttft_avg_ms == pytest.approx(115) and r.ttft_p95_ms == 129
+
+
+@pytest.mark.parametrize("samples, window, problem", [
+    ([ok(1200)] * 30, 10, "avg 1200 ms > 1000 ms"),
+    ([ok(500)] * 90 + [ok(1600)] * 10, 10, "p95 1600 ms > 1500 ms"),
+    ([ok(500)] * 10, 10, "throughput 1.00 req/s < 2 req/s"),
+    ([ok(500)] * 97 + [Sample(False, 5)] * 3, 10, "failure ratio 3.0% > 1.0%"),
+    ([Sample(False, 5)] * 4, 10, "no successful request"),
+    ([], 10, "no successful request"),
+])
+def test_each_missed_target_fails_the_model_with_its_reason(samples, window, problem):
+    r = evaluate("m", samples, window_s=window, targets=TARGETS)
+    assert not r.passed
+    assert problem in r.problems
+
+
+def test_latency_counts_successful_requests_only():
+    samples = [ok(900)] * 99 + [Sample(False, 60000)]
+    r = evaluate("m", samples, window_s=10, targets=TARGETS, max_failure_ratio=0.05)
+    assert r.passed
+    assert r.avg_ms == 900 and r.p95_ms == 900
+    assert (r.requests, r.failures) == (100, 1)
+    assert r.rps == pytest.approx(9.9)
+
+
+def test_failure_ratio_threshold_is_a_setting():
+    samples = [ok(500)] * 95 + [Sample(False, 5)] * 5
+    assert not evaluate("m", samples, 10, TARGETS, max_failure_ratio=0.01).passed
+    assert evaluate("m", samples, 10, TARGETS, max_failure_ratio=0.05).passed
+
+
+class _Model:
+    def __init__(self, name: str, targets: Targets) -> None:
+        self.name, self.targets = name, targets
+
+
+def test_judge_covers_every_model_under_test_and_saves_json_and_csv(tmp_path):
+    rec = Recorder()
+    rec.start(now=1000.0)
+    for _ in range(40):
+        rec.record("fast", ok(300, ttft=50))
+        rec.record("slow", ok(1400))
+    rec.record("unknown-to-the-run", ok(1))
+    rec.stop(now=1010.0)
+    models = [_Model("fast", TARGETS), _Model("slow", TARGETS), _Model("idle", TARGETS)]
+    verdict = judge(rec, models, profile="cpu", users=6, max_failure_ratio=0.01)
+
+    assert [r.model for r in verdict.results] == ["fast", "slow", "idle"]
+    assert verdict.duration_s == 10
+    assert not verdict.passed and verdict.failed_models == ["slow", "idle"]
+    table = verdict.table()
+    assert "FAIL slow: avg 1400 ms > 1000 ms" in table
+    assert "FAIL idle: no successful request" in table
+    assert table.splitlines()[-1] == "RESULT: FAIL (slow, idle)"
+    fast_row = next(line for line in table.splitlines() if line.startswith("fast "))
+    assert fast_row.split()[1:3] == ["40", "0"] and fast_row.rstrip().endswith("PASS")
+    assert "50/50" in fast_row and "1000/1500 @ 2" in fast_row
+
+    json_path, csv_path = verdict.save(tmp_path / "run")
+    data = json.loads(json_path.read_text())
+    assert data["passed"] is False and data["profile"] == "cpu" and data["users"] == 6
+    assert [(m["model"], m["passed"]) for m in data["results"]] == [("fast", True), ("slow", False), ("idle", False)]
+    rows = list(csv.DictReader(csv_path.open()))
+    assert rows[1]["model"] == "slow" and rows[1]["problems"] == "avg 1400 ms > 1000 ms"
+    assert float(rows[0]["rps"]) == pytest.approx(4.0)
+
+
+def test_a_new_run_starts_from_no_samples():
+    rec = Recorder()
+    rec.start(now=0.0)
+    rec.record("m", ok(1))
+    rec.start(now=5.0)
+    rec.stop(now=7.0)
+    assert rec.samples == {} and rec.window_s == 2
