@@ -94,3 +94,73 @@ loadtest-ui: $(VENV)/.installed  ## Locust web UI on :8089 against the running s
 	HXP_LOADTEST_MODELS='$(MODELS)' $(LOCUST) -f $(LOCUSTFILE) --host $(GATEWAY_URL) \
 		--web-host $(LOADTEST_WEB_HOST) --web-port 8089 -u $(LOADTEST_USERS) -r $(SPAWN_RATE) \
 		--stop-timeout $(STOP_TIMEOUT) $(LOADTEST_ARGS)
+
+# --- deployment: Docker Compose, keys, backups, systemd (hxp.deploy, compose*.yaml, env/) ----------
+# compose.yaml is the GPU server stack; compose.dev.yaml (on top of it) the CPU development stack.
+# Both are generated from models.yaml + services/deploy/stack*.yaml: `make compose-generate`.
+# STACK=compose makes keys-*, backup and restore act on the running compose stack instead of the native one.
+COMPOSE ?= docker compose
+COMPOSE_DEV := $(COMPOSE) -f compose.yaml -f compose.dev.yaml
+UP_TIMEOUT ?= 3600
+SERVICE ?=
+STACK ?=
+BACKUP ?=
+SYSTEMD_DIR ?= .state/systemd
+SYSTEMD_PROFILE ?= gpu
+SYSTEMD_USER ?= hxp
+KEYS_HXP := $(if $(STACK),$(COMPOSE) exec gateway hxp,$(HXP))
+BACKUP_FLAGS := $(if $(STACK),--compose)
+
+.PHONY: env compose-generate compose-check up down ps logs dev dev-down keys-create keys-list keys-revoke \
+	backup restore systemd-units deploy-test
+
+env: $(VENV)/.installed  ## create env/*.env from the examples with fresh random secrets (never overwrites)
+	$(HXP) compose env
+
+compose-generate: $(VENV)/.installed  ## regenerate compose.yaml and compose.dev.yaml from the catalogue
+	$(HXP) compose generate
+
+compose-check: $(VENV)/.installed  ## fail if the compose files differ from the catalogue; validate them
+	$(HXP) compose generate --check
+	$(COMPOSE) config -q
+	$(COMPOSE_DEV) config -q
+
+up: env  ## GPU server: start the whole stack and wait until every service is healthy (UP_TIMEOUT seconds)
+	$(COMPOSE) up -d --build --wait --wait-timeout $(UP_TIMEOUT)
+
+down:  ## stop the compose stack (volumes, hence data and downloaded weights, are kept)
+	$(COMPOSE_DEV) --profile loadtest down
+
+ps:  ## the compose stack's services and their health
+	$(COMPOSE_DEV) --profile loadtest ps
+
+logs:  ## follow the compose stack's logs (SERVICE=name for one service)
+	$(COMPOSE_DEV) --profile loadtest logs -f --tail=200 $(SERVICE)
+
+dev: env  ## CPU development stack in Docker: small models, gateway, stores, Prometheus, Alertmanager, Grafana, Locust UI
+	$(COMPOSE_DEV) --profile loadtest up -d --build --wait --wait-timeout $(UP_TIMEOUT)
+
+keys-create: $(VENV)/.installed  ## create an API key: ALIAS=name [KEY_ARGS="--models a,b --rpm 60 --days 30"]; prints it once
+	@test -n "$(ALIAS)" || { echo "usage: make keys-create ALIAS=name [KEY_ARGS=...]"; exit 2; }
+	$(KEYS_HXP) keys create --alias '$(ALIAS)' $(KEY_ARGS)
+
+keys-list: $(VENV)/.installed  ## list API keys (never their secrets)
+	$(KEYS_HXP) keys list
+
+keys-revoke: $(VENV)/.installed  ## revoke an API key: KEY=alias-or-id
+	@test -n "$(KEY)" || { echo "usage: make keys-revoke KEY=alias-or-id"; exit 2; }
+	$(KEYS_HXP) keys revoke '$(KEY)'
+
+backup: $(VENV)/.installed  ## back up the database, Qdrant and the configuration into .state/backups/
+	$(HXP) backup create $(BACKUP_FLAGS)
+
+restore: $(VENV)/.installed  ## restore a backup (BACKUP=folder, default the newest); stop the gateway first
+	$(HXP) backup restore $(BACKUP_FLAGS) $(BACKUP)
+
+systemd-units: $(VENV)/.installed  ## write systemd units for this checkout into SYSTEMD_DIR (SYSTEMD_PROFILE, SYSTEMD_USER)
+	$(HXP) systemd generate --out $(SYSTEMD_DIR) --profile $(SYSTEMD_PROFILE) --user $(SYSTEMD_USER)
+	systemd-analyze verify $(SYSTEMD_DIR)/*.service $(SYSTEMD_DIR)/hxp.target
+	@echo "install: sudo cp $(SYSTEMD_DIR)/* /etc/systemd/system/ && sudo systemctl daemon-reload && sudo systemctl enable --now hxp.target"
+
+deploy-test: $(VENV)/.installed  ## the deployment tests only (compose, images, systemd, env files, backups)
+	$(VENV)/bin/pytest -ra tests/deploy $(PYTEST_ARGS)
