@@ -90,6 +90,10 @@ class UsageWriter:
             return len(self._buffer) + len(self._inflight) + self._spill.pending()
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def healthy(self) -> bool:
         """Whether the last write reached the database."""
         return self._healthy

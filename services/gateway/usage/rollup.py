@@ -1,0 +1,167 @@
+"""Per-model performance rows (``llm_model_performance``), rolled up from the request rows.
+
+Every ``interval_s`` (60 by default) and for each model of the catalogue, one row describes the interval that just ended:
+average latency, requests per second, error rate, and the memory and CPU of
+the model's engine processes when they run on this machine (NULL otherwise;
+never guessed). The row id is derived from the model and the interval, so the
+gateway workers that all compute it write it once.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Callable, Iterable
+from urllib.parse import urlsplit
+
+import psutil
+
+from hxp.gateway.database import Database
+from hxp.gateway.usage.record import iso
+
+log = logging.getLogger(__name__)
+_NAMESPACE = uuid.UUID("6f1c2d4e-8f0a-4b7e-9c51-3d2a1e0f4b77")
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+_MAX_CATCH_UP = 60  # intervals computed after an outage, at most
+INSERT_SQL = (
+    "INSERT INTO llm_model_performance (metric_id, model_name, timestamp, avg_latency_ms, requests_per_second,"
+    " memory_usage_gb, cpu_utilization, error_rate) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (metric_id) DO NOTHING"
+)
+SUMMARY_SQL = (
+    "SELECT model_name, COUNT(*) AS requests, AVG(latency_ms) AS avg_latency_ms,"
+    " SUM(CASE WHEN status = 'success' THEN 0 ELSE 1 END) AS errors"
+    " FROM llm_model_requests WHERE timestamp >= ? AND timestamp < ? GROUP BY model_name"
+)
+
+
+class EngineProcesses:
+    """Memory and CPU of the local processes serving a model (the listener on its port and their children)."""
+
+    def __init__(self) -> None:
+        self._last_cpu: dict[str, tuple[float, float]] = {}  # model -> (cpu seconds, monotonic time)
+
+    def sample(self, model: str, base_urls: Iterable[str]) -> tuple[float | None, float | None]:
+        """(resident memory in GB, CPU % of one core since the last sample) or None where unknown."""
+        ports = [_local_port(url) for url in base_urls]
+        procs = _listeners({p for p in ports if p is not None})
+        if not procs:
+            self._last_cpu.pop(model, None)
+            return None, None
+        rss = cpu = 0.0
+        for proc in procs:
+            for member in _tree(proc):
+                try:
+                    rss += member.memory_info().rss
+                    times = member.cpu_times()
+                    cpu += times.user + times.system
+                except psutil.Error:
+                    continue
+        now = time.monotonic()
+        previous = self._last_cpu.get(model)
+        self._last_cpu[model] = (cpu, now)
+        utilization = None
+        if previous is not None and now > previous[1] and cpu >= previous[0]:
+            utilization = 100.0 * (cpu - previous[0]) / (now - previous[1])
+        return rss / 2**30, utilization
+
+
+def _local_port(url: str) -> int | None:
+    parts = urlsplit(url)
+    if parts.hostname not in _LOCAL_HOSTS:
+        return None
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _listeners(ports: set[int]) -> list[psutil.Process]:
+    if not ports:
+        return []
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return []
+    pids = {c.pid for c in conns if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in ports and c.pid}
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    return procs
+
+
+def _tree(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return [proc]
+
+
+class PerformanceRollup:
+    """Writes one ``llm_model_performance`` row per model for each completed interval."""
+
+    def __init__(self, db: Database, models: Callable[[], dict[str, list[str]]], interval_s: float = 60.0,
+                 grace_s: float = 3.0, since: float | None = None) -> None:
+        """``models`` gives each model's backend base URLs; ``grace_s`` lets buffered request rows land first;
+        ``since`` (epoch seconds) is the start of the first interval (default: the current one)."""
+        self._db = db
+        self._models = models
+        self.interval_s = interval_s
+        self.grace_s = grace_s
+        self._engines = EngineProcesses()
+        self._next = self._bucket_start(time.time() if since is None else since) + interval_s  # first interval's end
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="usage-rollup", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _bucket_start(self, epoch: float) -> float:
+        return math.floor(epoch / self.interval_s) * self.interval_s
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(0.0, self._next + self.grace_s - time.time())):
+            try:
+                self.roll_up_until(time.time() - self.grace_s)
+            except Exception as exc:  # noqa: BLE001 - database away: the intervals are computed on the next tick
+                log.warning("usage rollup postponed (%s)", exc)
+                self._stop.wait(min(self.interval_s, 5.0))
+
+    def roll_up_until(self, epoch: float) -> int:
+        """Write the rows of every completed interval ending at or before ``epoch``; return rows written."""
+        ends = []
+        while self._next <= epoch:
+            ends.append(self._next)
+            self._next += self.interval_s
+        written = 0
+        for end in ends[-_MAX_CATCH_UP:]:
+            written += self._roll_up(end - self.interval_s, end, sample=end == ends[-1])
+        return written
+
+    def _roll_up(self, start: float, end: float, sample: bool) -> int:
+        begin, finish = (iso(datetime.fromtimestamp(t, timezone.utc)) for t in (start, end))
+        summary = {r["model_name"]: r for r in self._db.fetchall(SUMMARY_SQL, (begin, finish))}
+        backends = self._models()
+        rows = []
+        for model in sorted(backends):  # the catalogue's models (a client's unknown names get no rows)
+            stats = summary.get(model)
+            requests = int(stats["requests"]) if stats else 0
+            memory_gb, cpu = self._engines.sample(model, backends.get(model, [])) if sample else (None, None)
+            rows.append((
+                str(uuid.uuid5(_NAMESPACE, f"{model}|{begin}|{self.interval_s}")), model, begin,
+                float(stats["avg_latency_ms"]) if stats and stats["avg_latency_ms"] is not None else None,
+                requests / self.interval_s,
+                memory_gb, cpu,
+                int(stats["errors"]) / requests if requests else None,
+            ))
+        if rows:
+            self._db.executemany(INSERT_SQL, rows)
+        return len(rows)

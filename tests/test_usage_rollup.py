@@ -1,0 +1,95 @@
+"""Per-model performance rows rolled up from the request rows, and the engine's memory and CPU."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from hxp.gateway.database import Database
+from hxp.gateway.usage.record import INSERT_SQL, UsageRecord, iso
+from hxp.gateway.usage.rollup import EngineProcesses, PerformanceRollup
+from tests.support.servers import free_port, wait_port
+
+T0 = 1_800_000_000.0  # an interval boundary (divisible by 60)
+REMOTE = ["http://10.255.0.1:11401/v1"]  # not this machine: resources unknown (never contacted)
+
+
+@pytest.fixture
+def db(usage_db_url: str):
+    database = Database(usage_db_url)
+    database.migrate()
+    yield database
+    database.close()
+
+
+def add(db: Database, model: str, at: float, latency: int, status: str = "success") -> None:
+    row = UsageRecord(model_name=model, status=status, latency_ms=latency,
+                      timestamp=iso(datetime.fromtimestamp(at, timezone.utc)))
+    db.executemany(INSERT_SQL, [row.params()])
+
+
+def test_one_row_per_model_and_interval_from_the_request_rows(db: Database) -> None:
+    for offset, latency, status in [(1, 100, "success"), (20, 200, "success"), (59.5, 300, "success"),
+                                    (30, 400, "rate_limited")]:
+        add(db, "phi-3-mini", T0 + offset, latency, status)
+    add(db, "phi-3-mini", T0 + 60, 999)  # the next interval
+    add(db, "phi-3-mini", T0 - 1, 999)   # the previous one
+    models = {"phi-3-mini": REMOTE, "hermes-2": REMOTE}
+    rollup = PerformanceRollup(db, lambda: models, interval_s=60, since=T0)
+    assert rollup.roll_up_until(T0 + 59) == 0  # the interval has not ended
+    assert rollup.roll_up_until(T0 + 61) == 2
+    rows = {r["model_name"]: r for r in db.fetchall("SELECT * FROM llm_model_performance")}
+    phi, hermes = rows["phi-3-mini"], rows["hermes-2"]
+    assert phi["avg_latency_ms"] == pytest.approx(250.0)
+    assert phi["requests_per_second"] == pytest.approx(4 / 60)
+    assert phi["error_rate"] == pytest.approx(0.25)
+    assert phi["memory_usage_gb"] is None and phi["cpu_utilization"] is None  # remote engine: not invented
+    assert hermes["requests_per_second"] == 0 and hermes["avg_latency_ms"] is None and hermes["error_rate"] is None
+    assert str(phi["timestamp"]).startswith("2027-01-15")
+
+
+def test_every_worker_computing_an_interval_writes_it_once(db: Database) -> None:
+    add(db, "phi-3-mini", T0 + 5, 100)
+    models = {"phi-3-mini": REMOTE}
+    for _worker in range(3):
+        PerformanceRollup(db, lambda: models, interval_s=60, since=T0).roll_up_until(T0 + 130)
+    counts = db.fetchall("SELECT COUNT(*) AS n FROM llm_model_performance")
+    assert counts[0]["n"] == 2  # two intervals, one row each
+
+
+def test_the_thread_rolls_up_each_interval(db: Database) -> None:
+    rollup = PerformanceRollup(db, lambda: {"phi-3-mini": REMOTE}, interval_s=0.5, grace_s=0.1)
+    rollup.start()
+    deadline = time.monotonic() + 10
+    while db.fetchone("SELECT COUNT(*) AS n FROM llm_model_performance")["n"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    rollup.close()
+
+
+def test_memory_and_cpu_of_a_local_engine_process() -> None:
+    port = free_port()
+    script = ("import socket,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+              f"s.bind(('127.0.0.1',{port}));s.listen()\nend=time.time()+30\n"
+              "while time.time()<end: sum(range(10000))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        wait_port(port)
+        engines = EngineProcesses()
+        url = [f"http://127.0.0.1:{port}/v1"]
+        memory, cpu = engines.sample("m", url)
+        assert memory is not None and 0.001 < memory < 4 and cpu is None  # no previous sample yet
+        with socket.create_connection(("127.0.0.1", port)):
+            pass
+        time.sleep(0.5)
+        memory, cpu = engines.sample("m", url)
+        assert cpu is not None and cpu > 10  # the process spins: a real share of a core
+        assert engines.sample("m", REMOTE) == (None, None)
+        assert engines.sample("m", [f"http://127.0.0.1:{free_port()}/v1"]) == (None, None)  # nothing listens
+    finally:
+        proc.kill()
+        proc.wait(10)
