@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -154,3 +157,82 @@ def test_errors_are_reported_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert list(tmp_path.iterdir()) == [], "a failed backup leaves nothing half-written"
     assert main(["backup", "restore", str(tmp_path)]) == 1
     assert "is not a backup" in capsys.readouterr().err
+
+
+class _SnapshotApi:
+    """Qdrant's documented snapshot endpoints, in memory (no Qdrant server can run here): a protocol check."""
+
+    def __init__(self) -> None:
+        self.collections = {"documents": b"tar-of-documents", "chunks": b"tar-of-chunks"}
+        self.snapshots: dict[str, bytes] = {}
+        self.keys: set[str | None] = set()
+
+    def handler(self):  # noqa: ANN201
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _reply(self, body: object, status: int = 200, raw: bytes | None = None) -> None:
+                data = raw if raw is not None else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                api.keys.add(self.headers.get("api-key"))
+                parts = urlsplit(self.path).path.strip("/").split("/")
+                if parts == ["collections"]:
+                    return self._reply({"result": {"collections": [{"name": n} for n in api.collections]}})
+                if len(parts) == 4 and parts[2] == "snapshots" and parts[3] in api.snapshots:
+                    return self._reply(None, raw=api.snapshots[parts[3]])
+                self._reply({"status": {"error": "not found"}}, 404)
+
+            def do_POST(self) -> None:  # noqa: N802
+                api.keys.add(self.headers.get("api-key"))
+                url = urlsplit(self.path)
+                parts = url.path.strip("/").split("/")
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if len(parts) == 3 and parts[2] == "snapshots":
+                    name = f"{parts[1]}-1.snapshot"
+                    api.snapshots[name] = api.collections[parts[1]]
+                    return self._reply({"result": {"name": name}})
+                if len(parts) == 4 and parts[3] == "upload" and "priority=snapshot" in url.query:
+                    assert b'name="snapshot"' in self.headers.get("Content-Type", "").encode() + body
+                    content = body.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+                    api.collections[parts[1]] = content
+                    return self._reply({"result": True})
+                self._reply({"status": {"error": "bad request"}}, 400)
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                parts = self.path.strip("/").split("/")
+                api.snapshots.pop(parts[3], None)
+                self._reply({"result": True})
+
+        return Handler
+
+
+def test_qdrant_server_mode_uses_the_snapshot_api(tmp_path: Path) -> None:
+    api = _SnapshotApi()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), api.handler())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        db = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+        write_rows(db)
+        stores = backup.Stores(db, qdrant_url=url, qdrant_api_key="secret-key", project=tmp_path)
+        saved = backup.create(stores, tmp_path / "backups")
+        manifest = json.loads((saved / "manifest.json").read_text())
+        assert manifest["qdrant"] == {"mode": "server", "collections": ["documents", "chunks"]}
+        assert (saved / "qdrant" / "documents.snapshot").read_bytes() == b"tar-of-documents"
+        assert api.snapshots == {}, "server-side snapshots are deleted once downloaded"
+        api.collections = {"documents": b"", "chunks": b""}
+        backup.restore(stores, saved)
+        assert api.collections == {"documents": b"tar-of-documents", "chunks": b"tar-of-chunks"}
+        assert api.keys == {"secret-key"}
+    finally:
+        server.shutdown()
+        server.server_close()
