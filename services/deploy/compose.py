@@ -109,20 +109,15 @@ def merge(base: Any, extra: Any) -> Any:
 
 # --- the model services ---------------------------------------------------------------
 
-def engine_args(model: Model, cat: Catalogue) -> list[str]:
-    """The vLLM server's arguments for ``model`` in a container: the native runner's command, minus the
-    interpreter (the image's entrypoint) and minus its environment (compose maps the GPUs itself)."""
+def engine_invocation(model: Model, cat: Catalogue) -> tuple[list[str], list[str]]:
+    """(entrypoint, command) of ``model``'s engine in the vLLM image: the native runner's argv
+    (``hxp.model.command``) with the image's ``python3``; its environment is not used, as compose
+    maps the GPUs itself and the image has its own caches."""
     from hxp.model import command
 
     argv = command.engine_command([model], cat.profile_settings, host=CONTAINER_HOST).argv
-    prefix = argv.index(command.ENTRYPOINT) + 1
-    return argv[prefix:]
-
-
-def engine_entrypoint() -> list[str]:
-    from hxp.model import command
-
-    return ["python3", "-m", command.ENTRYPOINT]
+    split = argv.index(command.ENTRYPOINT) + 1
+    return ["python3", *argv[1:split]], argv[split:]
 
 
 def _health_test(port: int) -> list[str]:
@@ -134,9 +129,10 @@ def _health_test(port: int) -> list[str]:
 def gpu_service(model: Model, cat: Catalogue) -> dict[str, Any]:
     """The model-specific part of a GPU engine service."""
     dep = model.deployment
+    entrypoint, args = engine_invocation(model, cat)
     return {
-        "entrypoint": engine_entrypoint(),
-        "command": engine_args(model, cat),
+        "entrypoint": entrypoint,
+        "command": args,
         "ports": [f"{PUBLISH}:{model.port}:{model.port}"],
         "healthcheck": {"test": _health_test(model.port)},
         "deploy": {"resources": {"reservations": {"devices": [
