@@ -11,6 +11,7 @@ import sys
 # Modules exposing ``register(subparsers)``; each adds its own subcommands.
 COMMAND_MODULES = [
     "hxp.catalogue_cli",
+    "hxp.gateway.cli",
     "hxp.loadtest.cli",
     "hxp.deploy.cli",
     "hxp.monitoring.cli",

@@ -6,5 +6,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 pytest_plugins = [
     "tests.fixtures.stores",
+    "tests.fixtures.gateway",
     "tests.fixtures.usage",
 ]

@@ -22,8 +22,13 @@ _MIGRATION_LOCK_ID = 0x4858_5001  # pg_advisory_lock key for schema migrations
 
 
 def default_url() -> str:
-    """DATABASE_URL, or an SQLite file in the state directory."""
-    return os.environ.get("DATABASE_URL") or f"sqlite:///{state_dir() / 'gateway.sqlite3'}"
+    """HXP_DATABASE_URL, DATABASE_URL, or an SQLite file in the state directory.
+
+    The gateway launcher moves DATABASE_URL to HXP_DATABASE_URL before LiteLLM is
+    imported, because LiteLLM would otherwise try to start its Prisma client on it.
+    """
+    url = os.environ.get("HXP_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    return url or f"sqlite:///{state_dir() / 'gateway.sqlite3'}"
 
 
 def redact(url: str) -> str:

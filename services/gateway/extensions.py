@@ -1,0 +1,43 @@
+"""The gateway's extension points, one place each.
+
+CALLBACKS are LiteLLM CustomLogger instances (``module:attribute``) added to
+``litellm_settings.callbacks``; ROUTERS are FastAPI routers (``module:attribute``)
+included in the proxy app. Each concern adds its own line here.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
+CALLBACKS = [
+    "hxp.gateway.hooks:gateway_hooks",          # model access, validation, cache opt-in
+    "hxp.gateway.usage:usage_logger",           # one SQL row per request
+    "hxp.gateway.metrics:metrics_logger",       # Prometheus metrics
+    "hxp.vector.rag:rag_hook",                  # retrieval-augmented prompts
+]
+
+ROUTERS = [
+    "hxp.gateway.health:router",                # liveness, readiness, per-model status
+    "hxp.gateway.admin:router",                 # key management (master key only)
+    "hxp.gateway.usage:router",                 # usage pipeline start (replay) and flush at shutdown
+    "hxp.gateway.metrics:router",               # /metrics
+    "hxp.vector.api:router",                    # Qdrant collections and search
+]
+
+
+def resolve(path: str) -> Any:
+    """The object named by ``module:attribute``."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def installed(path: str) -> bool:
+    """Whether ``module:attribute`` exists yet (the launcher skips, and logs, a concern not delivered yet)."""
+    module, _, attribute = path.partition(":")
+    try:
+        if importlib.util.find_spec(module) is None:
+            return False
+    except ModuleNotFoundError:
+        return False
+    return hasattr(importlib.import_module(module), attribute)

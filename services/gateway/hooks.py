@@ -1,0 +1,101 @@
+"""The gateway's CustomLogger: checks before the backend call, cache opt-in and the cache header.
+
+Before the call (``async_pre_call_hook``): the model must exist (404) and be
+allowed for the key (403), and the parameters must be valid (400). A backend
+that cannot be reached becomes a 503 (``async_post_call_failure_hook``). Requests at
+temperature 0 to a model whose catalogue entry has ``api.cache`` opt in to
+LiteLLM's response cache (configured ``mode: default_off``). After the call, the
+response carries ``x-hxp-cache: hit|miss``; ``/v1/models`` lists only the
+models the key may use.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Sequence
+
+import aiohttp
+import httpx
+import litellm
+import openai
+from litellm.integrations.custom_logger import CustomLogger
+from litellm.types.router import RouterRateLimitError
+from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
+
+from hxp import catalogue as catalogue_module
+from hxp.catalogue import Catalogue
+from hxp.gateway import errors
+from hxp.gateway.validation import validate
+
+CACHE_HEADER = "x-hxp-cache"
+CHECKED_CALLS = frozenset({"completion", "acompletion", "text_completion", "atext_completion",
+                           "embeddings", "aembedding"})
+
+
+_UNREACHABLE = (litellm.APIConnectionError, litellm.ServiceUnavailableError, RouterRateLimitError,
+                openai.APIConnectionError, httpx.ConnectError, aiohttp.ClientConnectorError, ConnectionError)
+
+
+def _unreachable(exc: BaseException | None, depth: int = 0) -> bool:
+    """Whether an error (or one it was raised from) means no backend could be reached."""
+    if exc is None or depth > 8:
+        return False
+    if isinstance(exc, _UNREACHABLE) and not isinstance(exc, openai.APITimeoutError):
+        return True
+    return any(_unreachable(inner, depth + 1) for inner in
+               (exc.__cause__, exc.__context__, getattr(exc, "original_exception", None)) if inner is not exc)
+
+
+def _allowed(user: UserAPIKeyAuth, model: str) -> bool:
+    return user.user_role == LitellmUserRoles.PROXY_ADMIN or not user.models or model in user.models
+
+
+class GatewayHooks(CustomLogger):
+    """Model access, request validation and response-cache opt-in."""
+
+    @cached_property
+    def catalogue(self) -> Catalogue:
+        return catalogue_module.load()
+
+    async def async_pre_call_hook(self, user_api_key_dict: UserAPIKeyAuth, cache: Any, data: dict,
+                                  call_type: str) -> dict:
+        if call_type not in CHECKED_CALLS:
+            return data
+        name = data.get("model")
+        if not name or not isinstance(name, str):
+            raise errors.bad_request("model", "'model' is required")
+        try:
+            model = self.catalogue.get(name)
+        except KeyError:
+            raise errors.model_not_found(name) from None
+        if not _allowed(user_api_key_dict, name):
+            raise errors.forbidden(f"API key '{user_api_key_dict.key_alias}' may not use model '{name}'", "model")
+        validate(data, call_type, model)
+        if model.api.cache and data.get("temperature") == 0:
+            data["cache"] = {**(data.get("cache") or {}), "use-cache": True}
+        return data
+
+    async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
+                                           user_api_key_dict: UserAPIKeyAuth,
+                                           traceback_str: str | None = None) -> errors.ReplacementError | None:
+        """A backend that cannot be reached is a 503 (not LiteLLM's 500, nor its cooldown 429)."""
+        if isinstance(original_exception, errors.GatewayError) or not _unreachable(original_exception):
+            return None
+        cooldown = getattr(original_exception, "cooldown_time", 0) or 1
+        return errors.backend_unavailable(str(request_data.get("model")), "no backend answered; retry shortly",
+                                          cooldown)
+
+    async def async_post_call_response_headers_hook(self, data: dict, user_api_key_dict: UserAPIKeyAuth,
+                                                    response: object, request_headers: dict[str, str] | None = None,
+                                                    litellm_call_info: dict[str, object] | None = None,
+                                                    ) -> dict[str, str] | None:
+        if response is None:
+            return None
+        hidden = getattr(response, "_hidden_params", None) or {}
+        return {CACHE_HEADER: "hit" if hidden.get("cache_hit") else "miss"}
+
+    async def async_filter_listed_models(self, user_api_key_dict: UserAPIKeyAuth,
+                                         model_names: Sequence[str]) -> Sequence[str]:
+        return [name for name in model_names if _allowed(user_api_key_dict, name)]
+
+
+gateway_hooks = GatewayHooks()

@@ -1,0 +1,58 @@
+"""LiteLLM's model list and router settings, generated from the model catalogue.
+
+Each catalogue model becomes one LiteLLM deployment per backend replica, named
+after the model and pointing at ``openai/<name>`` on that replica's base URL.
+Replicas of a model share its name, so LiteLLM's router balances between them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from hxp.catalogue import Catalogue, Model
+
+
+def backend_urls(model: Model, backends: dict[str, list[str]], template: str) -> list[str]:
+    """The base URLs (…/v1) of a model's replicas: HXP_BACKENDS entry, else the URL template."""
+    urls = backends.get(model.name) or [template.format(name=model.name, port=model.port)]
+    return [url.rstrip("/") for url in urls]
+
+
+def model_list(catalogue: Catalogue, backends: dict[str, list[str]], template: str) -> list[dict[str, Any]]:
+    """One LiteLLM deployment per (model, replica)."""
+    deployments = []
+    for model in catalogue.models:
+        for index, url in enumerate(backend_urls(model, backends, template)):
+            deployments.append({
+                "model_name": model.name,
+                "litellm_params": {
+                    "model": f"openai/{model.name}",
+                    "api_base": url,
+                    "api_key": "unused",  # vLLM engines run without keys behind the gateway
+                    "timeout": model.api.timeout_s,
+                    "stream_timeout": model.api.timeout_s,
+                    "max_retries": 0,  # the HTTP client's own retries; the router's are num_retries
+                    "num_retries": model.api.retries,
+                    "max_parallel_requests": model.api.max_concurrent_requests,
+                },
+                "model_info": {
+                    "id": f"{model.name}-{index}",
+                    "mode": "embedding" if model.task == "embedding" else "chat",
+                    "max_input_tokens": model.max_model_len,
+                    "max_tokens": model.max_model_len,
+                    "input_cost_per_token": 0.0,
+                    "output_cost_per_token": 0.0,
+                },
+            })
+    return deployments
+
+
+def router_settings(catalogue: Catalogue) -> dict[str, Any]:
+    """Retries, per-model fallbacks and load balancing between replicas."""
+    return {
+        "routing_strategy": "simple-shuffle",
+        "num_retries": 0,  # each deployment carries its model's retries
+        "fallbacks": [{m.name: list(m.api.fallbacks)} for m in catalogue.models if m.api.fallbacks],
+        "allowed_fails": 3,
+        "cooldown_time": 5,
+        "retry_after": 0,
+    }
