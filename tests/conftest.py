@@ -6,6 +6,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 pytest_plugins = [
     "tests.fixtures.stores",
+    "tests.fixtures.engines",
     "tests.fixtures.gateway",
     "tests.fixtures.usage",
+    "tests.fixtures.vector",
 ]

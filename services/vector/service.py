@@ -1,0 +1,127 @@
+"""Documents in, hits out: request limits, embedding and the store together.
+
+The API and the retrieval-augmented chat hook both go through ``VectorService``; inside
+the gateway there is one per process (``get_service``), opened at start.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hxp.vector import config as vector_config
+from hxp.vector.embedder import Embedder
+from hxp.vector.errors import VectorError
+from hxp.vector.store import DocumentId, Hit, Record, VectorStore, Where
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document to store: its text is embedded unless a vector is given."""
+
+    id: DocumentId
+    text: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    vector: Sequence[float] | None = None
+
+
+class VectorService:
+    def __init__(self, store: VectorStore, embedder: Embedder) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.config = store.config
+
+    @classmethod
+    async def open(
+        cls,
+        config: vector_config.VectorConfig | None = None,
+        embedder: Embedder | None = None,
+        **location: str,
+    ) -> VectorService:
+        """Open the store (``url=``/``path=`` or the environment) and ensure the declared collections."""
+        config = config or vector_config.load()
+        store = await VectorStore.open(config, **location)
+        return cls(store, embedder or Embedder(batch_size=config.upsert.embedding_batch))
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def embed_query(self, collection: str, text: str) -> list[float]:
+        if not text.strip():
+            raise VectorError("query: the text is empty", "query")
+        model = self.store.collection(collection).embedding_model
+        return (await self.embedder.embed(model, [text]))[0]
+
+    async def upsert(self, collection: str, documents: Sequence[Document]) -> int:
+        """Embed the documents that carry no vector and store all of them; returns how many."""
+        c = self.store.collection(collection)
+        cap = self.config.upsert.max_documents
+        if not documents:
+            raise VectorError("documents: at least one document is required", "documents")
+        if len(documents) > cap:
+            raise VectorError(f"documents: {len(documents)} documents exceed the limit of {cap} per request", "documents")
+        seen: set[str] = set()
+        for i, d in enumerate(documents):
+            if str(d.id) in seen:
+                raise VectorError(f"documents[{i}].id: duplicate id {d.id!r} in one request", f"documents[{i}].id")
+            seen.add(str(d.id))
+            if d.vector is None and not d.text.strip():
+                raise VectorError(f"documents[{i}].text: the text is empty", f"documents[{i}].text")
+        to_embed = [i for i, d in enumerate(documents) if d.vector is None]
+        vectors = await self.embedder.embed(c.embedding_model, [documents[i].text for i in to_embed])
+        computed = dict(zip(to_embed, vectors))
+        records = [
+            Record(d.id, d.vector if d.vector is not None else computed[i], d.text, d.metadata)
+            for i, d in enumerate(documents)
+        ]
+        await self.store.upsert(c.name, records)
+        return len(records)
+
+    async def search(
+        self,
+        collection: str,
+        query: str | None = None,
+        vector: Sequence[float] | None = None,
+        limit: int | None = None,
+        score_threshold: float | None = None,
+        where: Where | None = None,
+    ) -> list[Hit]:
+        """Search by text (embedded with the collection's model) or by vector."""
+        limits = self.config.search
+        self.store.collection(collection)
+        if (query is None) == (vector is None):
+            raise VectorError("give exactly one of 'query' (text) or 'vector'", "query")
+        limit = limits.default_limit if limit is None else limit
+        if not 1 <= limit <= limits.max_limit:
+            raise VectorError(f"limit: {limit} is outside 1..{limits.max_limit}", "limit")
+        threshold = limits.score_threshold if score_threshold is None else score_threshold
+        if vector is None:
+            vector = await self.embed_query(collection, query or "")
+        return await self.store.search(collection, vector, limit, threshold, where)
+
+    async def delete(self, collection: str, ids: Sequence[DocumentId] = (), where: Where | None = None) -> int:
+        if not ids and not where:
+            raise VectorError("give 'ids' and/or a non-empty 'filter' to delete", "ids")
+        return await self.store.delete(collection, ids, where)
+
+
+_service: VectorService | None = None
+_lock = asyncio.Lock()
+
+
+async def get_service() -> VectorService:
+    """The gateway process's service, opened on first use from the environment and collections.yaml."""
+    global _service
+    async with _lock:
+        if _service is None:
+            _service = await VectorService.open()
+        return _service
+
+
+async def close_service() -> None:
+    global _service
+    async with _lock:
+        if _service is not None:
+            await _service.close()
+            _service = None
