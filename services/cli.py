@@ -12,6 +12,7 @@ import sys
 COMMAND_MODULES = [
     "hxp.catalogue_cli",
     "hxp.gateway.cli",
+    "hxp.model.cli",
     "hxp.loadtest.cli",
     "hxp.deploy.cli",
     "hxp.monitoring.cli",

@@ -1,0 +1,124 @@
+"""Child services in their own process group: start, wait until healthy, stop without orphans.
+
+Used by the model engines (hxp.model.service) and the native runner (hxp.runner).
+Each child starts a new session, so a signal to its group reaches every process
+it forked (vLLM's engine core and workers) and a Ctrl-C in the terminal reaches
+only us: we decide how children stop.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import httpx
+
+
+class ServiceError(RuntimeError):
+    """A child service died or did not become ready."""
+
+
+class Service:
+    """One child process group, optionally logging to a file."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
+                 log: Path | None = None) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = dict(env or {})
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Service":
+        out = None
+        if self.log is not None:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            out = self.log.open("ab")
+        try:
+            self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=out,
+                                         stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        finally:
+            if out is not None:
+                out.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise ServiceError(f"{self.name} was not started")
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def send(self, signum: int) -> None:
+        """Send ``signum`` to the whole process group."""
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, url: str, timeout: float, interval: float = 1.0) -> float:
+        """Poll ``url`` until it answers 200; fail fast if the process dies. Returns the seconds waited."""
+        start = time.monotonic()
+        with httpx.Client(timeout=5.0) as client:
+            while True:
+                if not self.alive():
+                    code = self.proc.returncode if self.proc else None
+                    raise ServiceError(f"{self.name} exited with code {code} before it was ready\n{self.log_tail()}")
+                try:
+                    if client.get(url).status_code == 200:
+                        return time.monotonic() - start
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() - start > timeout:
+                    raise ServiceError(f"{self.name} not ready at {url} after {timeout:.0f}s\n{self.log_tail()}")
+                time.sleep(interval)
+
+    def wait(self) -> int:
+        """Wait for the process; returns its exit code (128+N when killed by signal N)."""
+        code = self.proc.wait() if self.proc else 0
+        self.send(signal.SIGKILL)  # whatever it forked and left behind
+        return 128 - code if code < 0 else code
+
+    def stop(self, grace: float = 30.0, signum: int = signal.SIGTERM) -> int | None:
+        """Send ``signum`` to the group, wait up to ``grace`` seconds, then SIGKILL it. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.alive():
+            self.send(signum)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.send(signal.SIGKILL)
+        return self.wait()
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a flag that a supervising loop polls (and remembers the signal)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep in short steps, returning early once a stop is requested."""
+        end = time.monotonic() + seconds
+        while not self and time.monotonic() < end:
+            time.sleep(min(0.2, end - time.monotonic()))
