@@ -65,7 +65,8 @@ def _init(environment: Environment, **_: Any) -> None:
 @events.request.add_listener
 def _record(response_time: float, exception: Exception | None, context: dict[str, Any], **_: Any) -> None:
     if "model" in context:
-        recorder.record(context["model"], Sample(exception is None, response_time, context.get("ttft_ms")))
+        error = None if exception is None else str(exception)[:300]
+        recorder.record(context["model"], Sample(exception is None, response_time, context.get("ttft_ms"), error))
 
 
 @events.test_start.add_listener

@@ -12,7 +12,7 @@ import csv
 import json
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import fmean
@@ -21,6 +21,7 @@ from typing import Any
 from hxp.catalogue import Model, Targets
 
 DEFAULT_MAX_FAILURE_RATIO = 0.01
+TOP_ERRORS = 3
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Sample:
     ok: bool
     latency_ms: float
     ttft_ms: float | None = None  # time to the first content token, streamed requests only
+    error: str | None = None  # why it failed
 
 
 @dataclass
@@ -83,6 +85,7 @@ class ModelResult:
     target_p95_ms: float
     target_rps: float
     problems: tuple[str, ...]
+    errors: tuple[tuple[str, int], ...] = ()  # the most frequent failure reasons and their counts
 
     @property
     def passed(self) -> bool:
@@ -116,7 +119,8 @@ def evaluate(model: str, samples: list[Sample], window_s: float, targets: Target
         model=model, requests=len(samples), failures=failures, avg_ms=avg, p50_ms=percentile(good, 50), p95_ms=p95,
         streamed=len(ttft), ttft_avg_ms=fmean(ttft) if ttft else None, ttft_p95_ms=percentile(ttft, 95), rps=rps,
         target_avg_ms=targets.avg_latency_ms, target_p95_ms=targets.p95_latency_ms,
-        target_rps=targets.throughput_rps, problems=tuple(problems))
+        target_rps=targets.throughput_rps, problems=tuple(problems),
+        errors=tuple(Counter(s.error or "unknown" for s in samples if not s.ok).most_common(TOP_ERRORS)))
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,10 @@ class Verdict:
                  f"max failure ratio {self.max_failure_ratio:.1%}"]
         lines += ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
                   for row in [head, *rows]]
-        lines += [f"FAIL {r.model}: {'; '.join(r.problems)}" for r in self.results if not r.passed]
+        for r in self.results:
+            if not r.passed:
+                lines.append(f"FAIL {r.model}: {'; '.join(r.problems)}")
+            lines += [f"  {count} x {error}" for error, count in r.errors]
         lines.append("RESULT: PASS" if self.passed else f"RESULT: FAIL ({', '.join(self.failed_models)})")
         return "\n".join(lines)
 
@@ -171,7 +178,9 @@ class Verdict:
         with csv_path.open("w", newline="") as out:
             writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["model"])
             writer.writeheader()
-            writer.writerows({**row, "problems": "; ".join(row["problems"])} for row in rows)
+            writer.writerows({**row, "problems": "; ".join(row["problems"]),
+                              "errors": "; ".join(f"{count} x {error}" for error, count in row["errors"])}
+                             for row in rows)
         return [json_path, csv_path]
 
 

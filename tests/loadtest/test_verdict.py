@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hxp.catalogue import Targets
-from hxp.loadtest.verdict import Recorder, Sample, evaluate, judge, percentile
+from hxp.loadtest.verdict import Recorder, Sample, Verdict, evaluate, judge, percentile
 
 TARGETS = Targets(avg_latency_ms=1000, p95_latency_ms=1500, throughput_rps=2, memory_gb=1)
 
@@ -57,6 +57,14 @@ def test_latency_counts_successful_requests_only():
     assert r.avg_ms == 900 and r.p95_ms == 900
     assert (r.requests, r.failures) == (100, 1)
     assert r.rps == pytest.approx(9.9)
+
+
+def test_the_most_frequent_errors_are_reported():
+    samples = [ok(500)] * 10 + [Sample(False, 5, error="HTTP 500: boom")] * 3 + [Sample(False, 5, error="timeout")]
+    r = evaluate("m", samples, window_s=1, targets=TARGETS)
+    assert r.errors == (("HTTP 500: boom", 3), ("timeout", 1))
+    table = Verdict("cpu", "2026-01-01T00:00:00Z", 1.0, 1, 0.01, (r,)).table()
+    assert "  3 x HTTP 500: boom" in table and "  1 x timeout" in table
 
 
 def test_failure_ratio_threshold_is_a_setting():

@@ -1,0 +1,124 @@
+"""Headless Locust runs of loadtests/locustfile.py, as `make loadtest` starts them."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from hxp import catalogue
+from hxp.loadtest.plan import users_needed
+from tests.support.gateway import GatewayFactory
+from tests.support.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+# Variables of the developer's shell that would change what a test run does.
+_ISOLATED = ("GATEWAY_URL", "HXP_LOADTEST_KEY", "HXP_MASTER_KEY", "HXP_LOADTEST_MODELS", "HXP_CATALOGUE",
+             "HXP_LOADTEST_MAX_FAILURE_RATIO", "HXP_LOADTEST_RESULTS", "HXP_LOADTEST_TRAFFIC")
+
+
+def locust(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run Locust on the load test; stdout and stderr together in ``.stdout``."""
+    full_env = {k: v for k, v in os.environ.items() if k not in _ISOLATED} | {"PYTHONUNBUFFERED": "1"} | (env or {})
+    return subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args], cwd=ROOT, env=full_env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+def headless(host: str, results: Path, seconds: int, users: int, env: dict[str, str] | None = None,
+             timeout: float = 300) -> subprocess.CompletedProcess:
+    return locust("--headless", "--only-summary", "--host", host, "-u", str(users), "-r", str(users),
+                  "-t", f"{seconds}s", "--stop-timeout", "60", "--results-dir", str(results), env=env,
+                  timeout=timeout)
+
+
+def verdict_row(output: str, model: str) -> list[str]:
+    line = next(line for line in output.splitlines() if re.match(rf"{re.escape(model)}\s+\d", line))
+    return line.split()
+
+
+def test_one_user_class_per_catalogue_model():
+    out = locust("--list").stdout
+    listed = re.findall(r"^\s+(\w+User)$", out, re.M)
+    assert len(listed) == len(catalogue.load().models), out
+    narrowed = locust("--list", env={"HXP_LOADTEST_MODELS": catalogue.load().chat_models[0].name}).stdout
+    assert len(re.findall(r"^\s+(\w+User)$", narrowed, re.M)) == 1, narrowed
+
+
+def test_an_unknown_model_is_refused_by_name():
+    run = locust("--list", env={"HXP_LOADTEST_MODELS": "no-such-model"})
+    assert run.returncode != 0 and "no-such-model" in run.stdout
+
+
+def test_an_unreachable_gateway_fails_on_the_failure_ratio(tmp_path):
+    model = catalogue.load().chat_models[0].name
+    run = headless(f"http://127.0.0.1:{free_port()}", tmp_path, seconds=2, users=1,
+                   env={"HXP_LOADTEST_MODELS": model})
+    assert run.returncode == 1, run.stdout
+    assert re.search(rf"^FAIL {re.escape(model)}: no successful request; failure ratio 100.0% > 1.0%", run.stdout,
+                     re.M), run.stdout
+    assert "x connection failed" in run.stdout
+    saved = json.loads((tmp_path / "verdict.json").read_text())
+    assert saved["passed"] is False and [r["model"] for r in saved["results"]] == [model]
+    assert (tmp_path / "verdict.csv").exists() and (tmp_path / "report.html").exists()
+
+
+# --- against the real CPU stack: the gateway in front of the real engines ------------------------
+
+@pytest.fixture(scope="module")
+def stack(chat_engine, embedding_engine):
+    """A gateway routing every catalogue model to the session's real engines."""
+    backends = {name: [f"{engine.base_url}/v1"] for engine in (chat_engine, embedding_engine) for name in engine.names}
+    factory = GatewayFactory()
+    yield factory(backends)
+    factory.close()
+
+
+@pytest.mark.engine
+def test_a_short_run_meets_the_cpu_targets_through_the_gateway(stack, tmp_path):
+    models = catalogue.load(profile="cpu").models
+    run = headless(stack.url, tmp_path, seconds=30, users=users_needed(models),
+                   env={"HXP_PROFILE": "cpu", "HXP_MASTER_KEY": stack.master_key})
+    print(run.stdout[-3000:])
+    assert run.returncode == 0, run.stdout
+    assert "RESULT: PASS" in run.stdout
+    for model in models:
+        row = verdict_row(run.stdout, model.name)
+        assert row[-1] == "PASS" and int(row[1]) > 0 and row[2] == "0", row
+    saved = json.loads((tmp_path / "verdict.json").read_text())
+    assert saved["passed"] and {r["model"] for r in saved["results"]} == {m.name for m in models}
+    assert all(r["streamed"] > 0 and r["ttft_p95_ms"] <= r["p95_ms"] for r in saved["results"]
+               if catalogue.load(profile="cpu").get(r["model"]).task == "chat")
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+    # the run made its own key and revoked it afterwards
+    keys = httpx.get(f"{stack.url}/admin/keys", headers=stack.headers(), timeout=30).json()["data"]
+    made = [k for k in keys if k["owner"] == "loadtest"]
+    assert len(made) == 1 and made[0]["revoked_at"] is not None
+
+
+@pytest.mark.engine
+def test_a_model_missing_its_target_fails_the_run_by_name(stack, tmp_path):
+    cat = catalogue.load(profile="cpu")
+    victim = cat.chat_models[-1].name
+    raw = yaml.safe_load(cat.path.read_text())
+    entry = next(m for m in raw["models"] if m["name"] == victim)
+    entry["profiles"]["cpu"] = copy.deepcopy(entry["profiles"]["cpu"])  # the anchor is shared with other models
+    entry["profiles"]["cpu"]["targets"]["p95_latency_ms"] = 1
+    override = tmp_path / "models.yaml"
+    override.write_text(yaml.safe_dump(raw))
+    run = headless(stack.url, tmp_path / "results", seconds=8, users=len(cat.chat_models),
+                   env={"HXP_PROFILE": "cpu", "HXP_CATALOGUE": str(override),
+                        "HXP_LOADTEST_MODELS": ",".join(m.name for m in cat.chat_models),
+                        "HXP_LOADTEST_KEY": stack.create_key(alias="loadtest-given")})
+    assert run.returncode == 1, run.stdout
+    assert re.search(rf"^FAIL {re.escape(victim)}: .*p95 \d+ ms > 1 ms", run.stdout, re.M), run.stdout
+    assert verdict_row(run.stdout, victim)[-1] == "FAIL"
+    failed = re.search(r"^RESULT: FAIL \((.*)\)$", run.stdout, re.M)
+    assert failed and victim in failed.group(1).split(", ")
