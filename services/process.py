@@ -70,19 +70,8 @@ class Service:
     def wait_ready(self, url: str, timeout: float, interval: float = 1.0) -> float:
         """Poll ``url`` until it answers 200; fail fast if the process dies. Returns the seconds waited."""
         start = time.monotonic()
-        with httpx.Client(timeout=5.0) as client:
-            while True:
-                if not self.alive():
-                    code = self.proc.returncode if self.proc else None
-                    raise ServiceError(f"{self.name} exited with code {code} before it was ready\n{self.log_tail()}")
-                try:
-                    if client.get(url).status_code == 200:
-                        return time.monotonic() - start
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() - start > timeout:
-                    raise ServiceError(f"{self.name} not ready at {url} after {timeout:.0f}s\n{self.log_tail()}")
-                time.sleep(interval)
+        wait_all_ready([(self, url)], timeout, interval=interval)
+        return time.monotonic() - start
 
     def wait(self) -> int:
         """Wait for the process; returns its exit code (128+N when killed by signal N)."""
@@ -101,6 +90,45 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.send(signal.SIGKILL)
         return self.wait()
+
+
+def wait_all_ready(checks: Sequence[tuple[Service, str]], timeout: float, stop: "StopRequest | None" = None,
+                   interval: float = 1.0) -> bool:
+    """Wait until every service answers 200 at its URL; fail fast when one dies.
+
+    Returns False if a stop was requested meanwhile, True when all are ready.
+    """
+    pending = list(checks)
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=5.0) as client:
+        while pending:
+            if stop:
+                return False
+            for service, url in list(pending):
+                if not service.alive():
+                    code = service.proc.returncode if service.proc else None
+                    raise ServiceError(f"{service.name} exited with code {code} before it was ready\n"
+                                       f"{service.log_tail()}")
+                try:
+                    if client.get(url).status_code == 200:
+                        pending.remove((service, url))
+                except httpx.HTTPError:
+                    pass
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(f"{s.name} ({u})" for s, u in pending)
+                raise ServiceError(f"not ready after {timeout:.0f}s: {names}\n{pending[0][0].log_tail()}")
+            if pending:
+                (stop.sleep if stop is not None else time.sleep)(interval)
+    return True
+
+
+def stop_all(services: Sequence[Service], grace: float = 30.0, signum: int = signal.SIGTERM) -> None:
+    """Signal every service at once, then wait for each (killing whatever outlives ``grace``)."""
+    for service in services:
+        if service.alive():
+            service.send(signum)
+    for service in services:
+        service.stop(grace)
 
 
 class StopRequest:

