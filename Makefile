@@ -170,3 +170,20 @@ systemd-units: $(VENV)/.installed  ## write systemd units for this checkout into
 
 deploy-test: $(VENV)/.installed  ## the deployment tests only (compose, images, systemd, env files, backups)
 	$(VENV)/bin/pytest -ra tests/deploy $(PYTEST_ARGS)
+
+# --- gateway (owner: gateway) --------------------------------------------------
+.PHONY: gateway bench bench-gateway gateway-test
+
+gateway: $(VENV)/.installed  ## serve only the gateway on :8000 (HXP_MASTER_KEY; DATABASE_URL, REDIS_URL optional; WORKERS)
+	$(HXP) gateway serve --host $${GATEWAY_HOST:-127.0.0.1} --port $${GATEWAY_PORT:-8000} --workers $${WORKERS:-$$(nproc)}
+
+gateway-test: $(VENV)/.installed system-deps  ## the gateway tests only (fake upstream, PostgreSQL, Redis; not the engine)
+	$(VENV)/bin/pytest -ra tests/gateway -m "not engine" $(PYTEST_ARGS)
+
+bench-gateway: $(VENV)/.installed  ## gateway overhead table: direct vs bare LiteLLM vs full gateway (BENCH_REQUESTS, BENCH_CONCURRENCY)
+	$(VENV)/bin/python -m bench.gateway_overhead
+
+bench: bench-gateway  ## every benchmark (prints markdown tables)
+
+grafana-dashboards:  ## regenerate grafana/dashboards/*.json from hxp.monitoring.dashboards
+	$(HXP) grafana generate

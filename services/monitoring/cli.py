@@ -93,7 +93,19 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grafana(args: argparse.Namespace) -> int:
+    from hxp.monitoring import dashboards
+
+    print("\n".join(str(p) for p in dashboards.write(Path(args.out) if args.out else dashboards.DASHBOARDS_DIR)))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser("grafana", help="Grafana dashboards as code")
+    g_actions = g.add_subparsers(dest="action", required=True)
+    g_gen = g_actions.add_parser("generate", help="write the dashboards' JSON (default grafana/dashboards)")
+    g_gen.add_argument("--out", help="output directory")
+    g_gen.set_defaults(func=_grafana)
     p = sub.add_parser("prometheus", help="generate Prometheus configuration, register with the remote Prometheus")
     actions = p.add_subparsers(dest="action", required=True)
     gen = actions.add_parser("generate", help="write the development config or the remote target files")
