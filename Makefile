@@ -187,3 +187,14 @@ bench: bench-gateway  ## every benchmark (prints markdown tables)
 
 grafana-dashboards:  ## regenerate grafana/dashboards/*.json from hxp.monitoring.dashboards
 	$(HXP) grafana generate
+
+# --- vector search (owner: vector) ------------------------------------------------
+.PHONY: bench-vector vector-test
+
+bench-vector: $(VENV)/.installed  ## Qdrant store table: upsert rate, search p50/p95 over 10,000 x 384-dim vectors (local mode; QDRANT_URL: a server)
+	$(VENV)/bin/python -m hxp.vector.bench $(if $(QDRANT_URL),--url $(QDRANT_URL))
+
+bench: bench-vector
+
+vector-test: $(VENV)/.installed  ## the vector tests only (Qdrant local mode, real embedding engine, gateway)
+	$(VENV)/bin/pytest -ra tests/vector $(PYTEST_ARGS)
