@@ -73,6 +73,9 @@ prometheus-register:  ## write target (and rule) files for the remote Prometheus
 monitoring-test:  ## the observability tests only (rules, configs, dashboards, live queries)
 	$(VENV)/bin/pytest -ra tests/monitoring $(PYTEST_ARGS)
 
+grafana-dashboards:  ## regenerate grafana/dashboards/*.json from hxp.monitoring.dashboards
+	$(HXP) grafana generate
+
 # --- load tests (Locust through the gateway; targets from the catalogue's active profile) ---
 # The key: HXP_LOADTEST_KEY, else one is created (and revoked afterwards) with HXP_MASTER_KEY.
 # USERS defaults to what the targets need (`hxp loadtest plan`); MODELS narrows the models.
@@ -184,9 +187,6 @@ bench-gateway: $(VENV)/.installed  ## gateway overhead table: direct vs bare Lit
 	$(VENV)/bin/python -m bench.gateway_overhead
 
 bench: bench-gateway  ## every benchmark (prints markdown tables)
-
-grafana-dashboards:  ## regenerate grafana/dashboards/*.json from hxp.monitoring.dashboards
-	$(HXP) grafana generate
 
 # --- vector search (owner: vector) ------------------------------------------------
 .PHONY: bench-vector vector-test

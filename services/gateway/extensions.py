@@ -2,7 +2,10 @@
 
 CALLBACKS are LiteLLM CustomLogger instances (``module:attribute``) added to
 ``litellm_settings.callbacks``; ROUTERS are FastAPI routers (``module:attribute``)
-included in the proxy app. Each concern adds its own line here.
+included in the proxy app, ahead of LiteLLM's routes (a router's ``lifespan`` runs
+with the app's); WORKER_STARTUP_HOOKS are functions each worker calls at start
+(LiteLLM's LITELLM_WORKER_STARTUP_HOOKS); BEFORE_WORKERS are functions the
+launcher calls before it starts several workers. Each concern adds its own line here.
 """
 from __future__ import annotations
 
@@ -20,9 +23,18 @@ CALLBACKS = [
 ROUTERS = [
     "hxp.gateway.health:router",                # liveness, readiness, per-model status
     "hxp.gateway.admin:router",                 # key management (master key only)
+    "hxp.gateway.usage:router",                 # usage pipeline lifespan: replay at start, flush at stop
     "hxp.gateway.usage:router",                 # usage pipeline start (replay) and flush at shutdown
     "hxp.gateway.metrics:router",               # /metrics
     "hxp.vector.api:router",                    # Qdrant collections and search
+]
+
+WORKER_STARTUP_HOOKS = [
+    "hxp.gateway.health:start_redis_watch",     # log + gauge when Redis goes away or comes back
+]
+
+BEFORE_WORKERS = [
+    "hxp.gateway.metrics:prepare_multiprocess_dir",  # Prometheus samples summed over the workers
 ]
 
 

@@ -29,7 +29,8 @@ from hxp.gateway.database import Database, redact
 log = logging.getLogger("hxp.gateway")
 router = APIRouter(tags=["health"])
 
-REDIS_UP = Gauge("hxp_gateway_redis_up", "1 when the gateway's Redis answers, 0 when not (-1: no Redis configured)")
+REDIS_UP = Gauge("hxp_gateway_redis_up", "1 when the gateway's Redis answers, 0 when not (-1: no Redis configured)",
+                 multiprocess_mode="min")
 REDIS_OUTAGES = Counter("hxp_gateway_redis_outages_total", "Times the gateway found its Redis unreachable")
 REDIS_WATCH_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 2.0

@@ -16,13 +16,12 @@ import os
 import yaml
 
 from hxp import catalogue as catalogue_module
-from hxp.gateway import proxy_config, settings
+from hxp.gateway import extensions, proxy_config, settings
 from hxp.gateway.database import Database, default_url, redact
 from hxp.paths import state_path
 
 log = logging.getLogger("hxp.gateway")
 
-STARTUP_HOOKS = ["hxp.gateway.health:start_redis_watch"]
 # LiteLLM's retry back-off (seconds). Its defaults (0.5 doubling, up to 8, plus 0.75 jitter) make a
 # request to a dead single-replica backend wait seconds before its 503; engines are local, so retry fast.
 RETRY_BACKOFF = {"INITIAL_RETRY_DELAY": "0.05", "MAX_RETRY_DELAY": "1.0", "JITTER": "0.05"}
@@ -40,7 +39,8 @@ def prepare_environment() -> settings.Settings:
     if not cfg.master_key:
         raise SystemExit("HXP_MASTER_KEY is not set: the gateway needs a master key (e.g. sk-$(openssl rand -hex 24))")
     os.environ["LITELLM_MASTER_KEY"] = cfg.master_key
-    os.environ["LITELLM_WORKER_STARTUP_HOOKS"] = ",".join(STARTUP_HOOKS)
+    os.environ["LITELLM_WORKER_STARTUP_HOOKS"] = ",".join(  # LiteLLM reads these as module:function
+        p for p in extensions.WORKER_STARTUP_HOOKS if extensions.installed(p))
     return cfg
 
 
@@ -66,6 +66,10 @@ def serve(host: str, port: int, workers: int = 1) -> None:
     else:
         log.warning("REDIS_URL is not set: rate limits and the response cache are in-process, "
                     "so run ONE gateway replica (workers share nothing)")
+    if workers > 1:
+        for path in extensions.BEFORE_WORKERS:
+            if extensions.installed(path):
+                extensions.resolve(path)()
     log.info("LiteLLM config written to %s; serving on %s:%d with %d worker(s)", write_config(cfg), host, port,
              workers)
     uvicorn.run("hxp.gateway.app:app", host=host, port=port, workers=workers, log_level="warning",

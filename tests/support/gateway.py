@@ -56,13 +56,14 @@ class Gateway:
         self.workers = workers
         self._proc: subprocess.Popen | None = None
 
-    def start(self) -> "Gateway":
+    def start(self, wait: bool = True) -> "Gateway":
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "hxp.cli", "gateway", "serve", "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", str(self.workers)],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_ready()
+        if wait:
+            self.wait_ready()
         return self
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
@@ -130,12 +131,13 @@ class GatewayFactory:
         self.started: list[Gateway] = []
 
     def __call__(self, backends: dict[str, list[str]] | str | list[str], env: dict[str, str] | None = None,
-                 workers: int = 1, **kwargs: Any) -> Gateway:
+                 workers: int = 1, wait: bool = True, **kwargs: Any) -> Gateway:
+        """A started gateway; with ``wait=False`` call its ``wait_ready()`` (to start several at once)."""
         if not isinstance(backends, dict):
             backends = all_models(backends)
         gateway = Gateway(backends, env, workers, **kwargs)
         self.started.append(gateway)
-        return gateway.start()
+        return gateway.start(wait)
 
     def close(self) -> None:
         for gateway in self.started:
