@@ -200,6 +200,15 @@ def test_dev_stack_builds_cpu_engines_and_adds_monitoring(project: Path) -> None
         assert name in services
     mounts = {m["target"]: m["source"] for m in services["prometheus"]["volumes"]}
     assert mounts["/etc/prometheus"] == str(project / "prometheus")
+    binds = [m for s in services.values() for m in s.get("volumes") or [] if m["type"] == "bind"
+             and m["source"].startswith(str(project))]
+    for bind in binds:  # what the dev stack mounts from the checkout exists there
+        assert Path(bind["source"]).exists(), f"{bind['source']} is mounted but missing"
+    config = services["prometheus"]["command"][0].split("=", 1)[1]
+    assert (project / "prometheus" / Path(config).relative_to("/etc/prometheus")).is_file()
+    providers = yaml.safe_load((project / "grafana/provisioning/dashboards/hxp.yml").read_text())["providers"]
+    grafana_mounts = {m["target"] for m in services["grafana"]["volumes"]}
+    assert {p["options"]["path"] for p in providers} <= grafana_mounts, "Grafana's dashboards are not mounted"
     assert services["locust"]["build"]["target"] == "loadtest"
     without = resolved(project, ["compose.yaml", "compose.dev.yaml"], [])["services"]
     assert "locust" not in without, "Locust runs only with --profile loadtest"
