@@ -212,3 +212,14 @@ def test_dev_stack_builds_cpu_engines_and_adds_monitoring(project: Path) -> None
     assert services["locust"]["build"]["target"] == "loadtest"
     without = resolved(project, ["compose.yaml", "compose.dev.yaml"], [])["services"]
     assert "locust" not in without, "Locust runs only with --profile loadtest"
+
+
+def test_dev_prometheus_scrapes_services_of_the_stack(project: Path) -> None:
+    """prometheus/prometheus.yml (hxp.monitoring) and the compose services agree on names."""
+    services = resolved(project, ["compose.yaml", "compose.dev.yaml"], [])["services"]
+    config = yaml.safe_load((project / "prometheus" / "prometheus.yml").read_text())
+    hosts = {target.rsplit(":", 1)[0] for job in config["scrape_configs"] for group in job["static_configs"]
+             for target in group["targets"]}
+    hosts |= {t.rsplit(":", 1)[0] for a in config["alerting"]["alertmanagers"] for g in a["static_configs"]
+              for t in g["targets"]}
+    assert hosts and hosts <= set(services), f"scraped but not in the stack: {sorted(hosts - set(services))}"
