@@ -19,6 +19,7 @@ from typing import Any
 
 from locust import events
 from locust.env import Environment
+from locust.runners import LocalRunner
 
 from hxp import catalogue
 from hxp.loadtest import keys, traffic
@@ -50,6 +51,8 @@ def _arguments(parser: Any) -> None:
 
 @events.init.add_listener
 def _init(environment: Environment, **_: Any) -> None:
+    if not isinstance(environment.runner, LocalRunner):
+        raise SystemExit("the load-test verdict needs the samples in one process: run Locust without workers")
     options = environment.parsed_options
     run["headless"] = bool(getattr(options, "headless", False))
     run["results"] = Path(getattr(options, "results_dir", "")
