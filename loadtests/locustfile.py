@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,22 @@ USER_CLASSES = user_classes(MODELS, traffic.load(), host=os.environ.get("GATEWAY
 globals().update({cls.__name__: cls for cls in USER_CLASSES})
 
 recorder = Recorder()
-run: dict[str, Any] = {"users": 0, "verdict": None, "results": None, "headless": False, "host": "", "key": None}
+
+
+@dataclass
+class Run:
+    """What the event handlers share about the current run."""
+
+    env: Environment | None = None
+    headless: bool = False
+    results: Path = PROJECT_ROOT / "loadtests" / "results"
+    host: str = ""
+    key: keys.TestKey | None = None
+    users: dict[str, int] = field(default_factory=dict)  # per model, the most spawned at once
+    verdict: Verdict | None = None
+
+
+run = Run()
 
 
 @events.init_command_line_parser.add_listener
@@ -54,15 +70,16 @@ def _init(environment: Environment, **_: Any) -> None:
     if not isinstance(environment.runner, LocalRunner):
         raise SystemExit("the load-test verdict needs the samples in one process: run Locust without workers")
     options = environment.parsed_options
-    run["headless"] = bool(getattr(options, "headless", False))
-    run["results"] = Path(getattr(options, "results_dir", "")
-                          or PROJECT_ROOT / "loadtests" / "results" / time.strftime("%Y%m%d-%H%M%S"))
+    run.env = environment
+    run.headless = bool(getattr(options, "headless", False))
+    run.results = Path(getattr(options, "results_dir", "")
+                       or PROJECT_ROOT / "loadtests" / "results" / time.strftime("%Y%m%d-%H%M%S"))
     if options is not None and not options.html_file:
-        options.html_file = str(run["results"] / "report.html")
-    run["host"] = environment.host or USER_CLASSES[0].host
-    run["key"] = keys.provision(run["host"])
+        options.html_file = str(run.results / "report.html")
+    run.host = environment.host or USER_CLASSES[0].host
+    run.key = keys.provision(run.host)
     for cls in USER_CLASSES:
-        cls.api_key = run["key"].secret
+        cls.api_key = run.key.secret
 
 
 @events.request.add_listener
@@ -75,39 +92,41 @@ def _record(response_time: float, exception: Exception | None, context: dict[str
 @events.test_start.add_listener
 def _start(**_: Any) -> None:
     recorder.start()
+    run.users = {}
 
 
 @events.spawning_complete.add_listener
-def _spawned(user_count: int) -> None:
-    run["users"] = max(run["users"], user_count)
+def _spawned(**_: Any) -> None:
+    counts = run.env.runner.user_classes_count
+    for cls in USER_CLASSES:
+        run.users[cls.model.name] = max(run.users.get(cls.model.name, 0), counts.get(cls.__name__, 0))
 
 
 @events.test_stop.add_listener
 def _stop(environment: Environment, **_: Any) -> None:
     recorder.stop()
-    verdict = judge(recorder, MODELS, profile=CATALOGUE.profile, users=run["users"],
+    verdict = judge(recorder, MODELS, profile=CATALOGUE.profile, users=run.users,
                     max_failure_ratio=getattr(environment.parsed_options, "max_failure_ratio",
                                               DEFAULT_MAX_FAILURE_RATIO))
-    verdict.save(run["results"])
-    run["verdict"] = verdict
-    if not run["headless"]:
+    verdict.save(run.results)
+    run.verdict = verdict
+    if not run.headless:  # the web UI may start and stop several runs
         _print(verdict)
 
 
 @events.quitting.add_listener
 def _quitting(environment: Environment, **_: Any) -> None:
-    if run["key"] is not None:
-        keys.revoke(run["host"], run["key"])
-    verdict: Verdict | None = run["verdict"]
-    if verdict is not None and not verdict.passed:
+    if run.key is not None:
+        keys.revoke(run.host, run.key)
+    if run.verdict is not None and not run.verdict.passed:
         environment.process_exit_code = 1
 
 
 @events.quit.add_listener
 def _report(**_: Any) -> None:
-    if run["headless"] and run["verdict"] is not None:
-        _print(run["verdict"])
+    if run.headless and run.verdict is not None:
+        _print(run.verdict)
 
 
 def _print(verdict: Verdict) -> None:
-    print(f"\n{verdict.table()}\nresults: {run['results']}", flush=True)
+    print(f"\n{verdict.table()}\nresults: {run.results}", flush=True)

@@ -72,6 +72,7 @@ class ModelResult:
     """One model's statistics for a run and the checks it failed."""
 
     model: str
+    users: int  # simulated users that sent this model's requests
     requests: int
     failures: int
     avg_ms: float | None
@@ -97,7 +98,7 @@ class ModelResult:
 
 
 def evaluate(model: str, samples: list[Sample], window_s: float, targets: Targets,
-             max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO) -> ModelResult:
+             max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO, users: int = 0) -> ModelResult:
     """Check one model's samples against its targets."""
     good = [s.latency_ms for s in samples if s.ok]
     ttft = [s.ttft_ms for s in samples if s.ok and s.ttft_ms is not None]
@@ -116,7 +117,7 @@ def evaluate(model: str, samples: list[Sample], window_s: float, targets: Target
     if rps < targets.throughput_rps:
         problems.append(f"throughput {rps:.2f} req/s < {targets.throughput_rps:g} req/s")
     return ModelResult(
-        model=model, requests=len(samples), failures=failures, avg_ms=avg, p50_ms=percentile(good, 50), p95_ms=p95,
+        model=model, users=users, requests=len(samples), failures=failures, avg_ms=avg, p50_ms=percentile(good, 50), p95_ms=p95,
         streamed=len(ttft), ttft_avg_ms=fmean(ttft) if ttft else None, ttft_p95_ms=percentile(ttft, 95), rps=rps,
         target_avg_ms=targets.avg_latency_ms, target_p95_ms=targets.p95_latency_ms,
         target_rps=targets.throughput_rps, problems=tuple(problems),
@@ -151,9 +152,9 @@ class Verdict:
 
     def table(self) -> str:
         """The verdict as a fixed-width text table, with the reasons of every failure below it."""
-        head = ["model", "reqs", "fail", "avg ms", "p50 ms", "p95 ms", "TTFT avg/p95 ms", "req/s",
+        head = ["model", "users", "reqs", "fail", "avg ms", "p50 ms", "p95 ms", "TTFT avg/p95 ms", "req/s",
                 "target avg/p95 ms @ req/s", "verdict"]
-        rows = [[r.model, str(r.requests), str(r.failures), _ms(r.avg_ms), _ms(r.p50_ms), _ms(r.p95_ms),
+        rows = [[r.model, str(r.users), str(r.requests), str(r.failures), _ms(r.avg_ms), _ms(r.p50_ms), _ms(r.p95_ms),
                  f"{_ms(r.ttft_avg_ms)}/{_ms(r.ttft_p95_ms)}" if r.streamed else "-", f"{r.rps:.2f}",
                  f"{r.target_avg_ms:g}/{r.target_p95_ms:g} @ {r.target_rps:g}", "PASS" if r.passed else "FAIL"]
                 for r in self.results]
@@ -188,11 +189,11 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def judge(recorder: Recorder, models: list[Model], *, profile: str, users: int,
+def judge(recorder: Recorder, models: list[Model], *, profile: str, users: dict[str, int],
           max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO) -> Verdict:
-    """The verdict of a recorded run for ``models`` (those under test) against their targets."""
+    """The verdict of a recorded run for ``models`` (those under test, with their ``users``) against their targets."""
     window = recorder.window_s
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(recorder.started or time.time()))
-    results = tuple(evaluate(m.name, recorder.samples.get(m.name, []), window, m.targets, max_failure_ratio)
-                    for m in models)
-    return Verdict(profile, started, round(window, 3), users, max_failure_ratio, results)
+    results = tuple(evaluate(m.name, recorder.samples.get(m.name, []), window, m.targets, max_failure_ratio,
+                             users.get(m.name, 0)) for m in models)
+    return Verdict(profile, started, round(window, 3), sum(users.values()), max_failure_ratio, results)

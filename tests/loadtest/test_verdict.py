@@ -87,7 +87,7 @@ def test_judge_covers_every_model_under_test_and_saves_json_and_csv(tmp_path):
     rec.record("unknown-to-the-run", ok(1))
     rec.stop(now=1010.0)
     models = [_Model("fast", TARGETS), _Model("slow", TARGETS), _Model("idle", TARGETS)]
-    verdict = judge(rec, models, profile="cpu", users=6, max_failure_ratio=0.01)
+    verdict = judge(rec, models, profile="cpu", users={"fast": 2, "slow": 4}, max_failure_ratio=0.01)
 
     assert [r.model for r in verdict.results] == ["fast", "slow", "idle"]
     assert verdict.duration_s == 10
@@ -97,13 +97,14 @@ def test_judge_covers_every_model_under_test_and_saves_json_and_csv(tmp_path):
     assert "FAIL idle: no successful request" in table
     assert table.splitlines()[-1] == "RESULT: FAIL (slow, idle)"
     fast_row = next(line for line in table.splitlines() if line.startswith("fast "))
-    assert fast_row.split()[1:3] == ["40", "0"] and fast_row.rstrip().endswith("PASS")
+    assert fast_row.split()[1:4] == ["2", "40", "0"] and fast_row.rstrip().endswith("PASS")
     assert "50/50" in fast_row and "1000/1500 @ 2" in fast_row
 
     json_path, csv_path = verdict.save(tmp_path / "run")
     data = json.loads(json_path.read_text())
     assert data["passed"] is False and data["profile"] == "cpu" and data["users"] == 6
     assert [(m["model"], m["passed"]) for m in data["results"]] == [("fast", True), ("slow", False), ("idle", False)]
+    assert [m["users"] for m in data["results"]] == [2, 4, 0]
     rows = list(csv.DictReader(csv_path.open()))
     assert rows[1]["model"] == "slow" and rows[1]["problems"] == "avg 1400 ms > 1000 ms"
     assert float(rows[0]["rps"]) == pytest.approx(4.0)
