@@ -198,3 +198,17 @@ bench: bench-vector
 
 vector-test: $(VENV)/.installed  ## the vector tests only (Qdrant local mode, real embedding engine, gateway)
 	$(VENV)/bin/pytest -ra tests/vector $(PYTEST_ARGS)
+
+# --- model engines (owner: model) ----------------------------------------------
+.PHONY: engine-lock bench-engine model-test
+
+engine-lock: $(ENGINE_VENV)/.installed  ## regenerate requirements/engine.lock from the fixed engine venv
+	$(ENGINE_VENV)/bin/python -m hxp.model.engine_venv freeze > requirements/engine.lock
+
+bench-engine: prepare  ## vLLM CPU engine table: start time (eager, compiled), RSS, tokens/s single and 8 concurrent
+	$(VENV)/bin/python -m hxp.model.bench --compiled
+
+bench: bench-engine
+
+model-test: prepare  ## the catalogue, engine command, prepare, engine and native-runner tests
+	$(VENV)/bin/pytest -ra tests/test_catalogue.py tests/model tests/test_runner.py $(PYTEST_ARGS)
