@@ -85,7 +85,11 @@ def run(cat: Catalogue, *, separate: bool, enforce_eager: bool, host: str, port:
     stop = StopRequest()
     commands = catalogue_commands(cat, separate=separate, enforce_eager=enforce_eager)
     check_ports_free("127.0.0.1", [c.port for c in commands] + [port])
-    prepare(cat)
+    try:
+        prepare(cat)
+    except subprocess.CalledProcessError as err:
+        print(f"[run] preparing the weights failed (exit code {err.returncode})", file=sys.stderr)
+        return 1
     logs = state_path("logs")
     engines = [Engine(cmd, logs / f"engine-{cmd.log_name}.log") for cmd in commands]
     env = {"HXP_MASTER_KEY": master_key(), "HXP_BACKENDS": json.dumps(backends(commands)),
