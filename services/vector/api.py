@@ -1,8 +1,10 @@
 """The vector API on the gateway: /v1/vector/collections/{collection}/documents, /search, /delete.
 
-Same keys as the model API (the gateway's key check); errors in OpenAI's shape, bad
-input answered 400 (404 for an unknown collection or document). The declared
-collections are opened, and created when missing, when the gateway starts.
+Same keys and limits as the model API: the gateway's key check guards every route, and
+texts are embedded through the gateway's own /v1/embeddings with the caller's key, so
+its model access, rate limits and usage log apply. Errors in OpenAI's shape: bad input
+400, an unknown collection or document 404. The declared collections are opened, and
+created when missing, when the gateway starts.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from hxp.gateway.errors import GatewayError
+from hxp.vector.embedder import Embedder, GatewayEmbedder
 from hxp.vector.errors import NotFound, VectorError
 from hxp.vector.service import Document, close_service, get_service
 from hxp.vector.store import Hit
@@ -149,6 +152,21 @@ router = APIRouter(
 )
 
 CollectionName = Path(description="A collection declared in collections.yaml")
+KEY_HEADERS = ("authorization", "x-litellm-api-key", "api-key", "x-api-key")
+
+
+async def caller_embedder(request: Request) -> Embedder:
+    """Embeds through this gateway's own /v1/embeddings with the caller's key: same limits, access and usage log."""
+    service = await get_service()
+    server = request.scope.get("server")
+    if not server or server[1] is None:  # not on a TCP socket: the proxy's router, uncounted
+        return service.embedder
+    host = f"[{server[0]}]" if ":" in server[0] else server[0]
+    headers = {name: value for name, value in request.headers.items() if name in KEY_HEADERS}
+    return GatewayEmbedder(f"http://{host}:{server[1]}/v1", headers, service.config.upsert.embedding_batch)
+
+
+CallerEmbedder = Depends(caller_embedder)
 
 
 def _hit(hit: Hit, with_text: bool = True) -> SearchHit:
@@ -173,10 +191,12 @@ async def describe_collection(collection: str = CollectionName) -> CollectionInf
 
 
 @router.post("/collections/{collection}/documents", response_model=UpsertResponse, summary="Add or replace documents")
-async def upsert_documents(body: UpsertRequest, collection: str = CollectionName) -> UpsertResponse:
+async def upsert_documents(
+    body: UpsertRequest, collection: str = CollectionName, embedder: Embedder = CallerEmbedder
+) -> UpsertResponse:
     service = await get_service()
     documents = [Document(d.id, d.text, d.metadata, d.vector) for d in body.documents]
-    return UpsertResponse(collection=collection, upserted=await service.upsert(collection, documents))
+    return UpsertResponse(collection=collection, upserted=await service.upsert(collection, documents, embedder))
 
 
 @router.get("/collections/{collection}/documents/{document_id}", response_model=SearchHit, summary="Read a document")
@@ -195,7 +215,11 @@ async def delete_documents(body: DeleteRequest, collection: str = CollectionName
 
 
 @router.post("/collections/{collection}/search", response_model=SearchResponse, summary="Similarity search")
-async def search(body: SearchRequest, collection: str = CollectionName) -> SearchResponse:
+async def search(
+    body: SearchRequest, collection: str = CollectionName, embedder: Embedder = CallerEmbedder
+) -> SearchResponse:
     service = await get_service()
-    hits = await service.search(collection, body.query, body.vector, body.limit, body.score_threshold, body.filter)
+    hits = await service.search(
+        collection, body.query, body.vector, body.limit, body.score_threshold, body.filter, embedder
+    )
     return SearchResponse(collection=collection, data=[_hit(h, body.with_text) for h in hits])

@@ -7,10 +7,12 @@ class VectorError(Exception):
 
     status = 400
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        if status is not None:
+            self.status = status
 
 
 class NotFound(VectorError):

@@ -47,14 +47,14 @@ class VectorService:
     async def close(self) -> None:
         await self.store.close()
 
-    async def embed_query(self, collection: str, text: str) -> list[float]:
+    async def embed_query(self, collection: str, text: str, embedder: Embedder | None = None) -> list[float]:
         if not text.strip():
             raise VectorError("query: the text is empty", "query")
         model = self.store.collection(collection).embedding_model
-        return (await self.embedder.embed(model, [text]))[0]
+        return (await (embedder or self.embedder).embed(model, [text]))[0]
 
-    async def upsert(self, collection: str, documents: Sequence[Document]) -> int:
-        """Embed the documents that carry no vector and store all of them; returns how many."""
+    async def upsert(self, collection: str, documents: Sequence[Document], embedder: Embedder | None = None) -> int:
+        """Embed the documents that carry no vector (with ``embedder``, default the service's) and store them all."""
         c = self.store.collection(collection)
         cap = self.config.upsert.max_documents
         if not documents:
@@ -69,7 +69,7 @@ class VectorService:
             if d.vector is None and not d.text.strip():
                 raise VectorError(f"documents[{i}].text: the text is empty", f"documents[{i}].text")
         to_embed = [i for i, d in enumerate(documents) if d.vector is None]
-        vectors = await self.embedder.embed(c.embedding_model, [documents[i].text for i in to_embed])
+        vectors = await (embedder or self.embedder).embed(c.embedding_model, [documents[i].text for i in to_embed])
         computed = dict(zip(to_embed, vectors))
         records = [
             Record(d.id, d.vector if d.vector is not None else computed[i], d.text, d.metadata)
@@ -86,6 +86,7 @@ class VectorService:
         limit: int | None = None,
         score_threshold: float | None = None,
         where: Where | None = None,
+        embedder: Embedder | None = None,
     ) -> list[Hit]:
         """Search by text (embedded with the collection's model) or by vector."""
         limits = self.config.search
@@ -97,7 +98,7 @@ class VectorService:
             raise VectorError(f"limit: {limit} is outside 1..{limits.max_limit}", "limit")
         threshold = limits.score_threshold if score_threshold is None else score_threshold
         if vector is None:
-            vector = await self.embed_query(collection, query or "")
+            vector = await self.embed_query(collection, query or "", embedder)
         return await self.store.search(collection, vector, limit, threshold, where)
 
     async def delete(self, collection: str, ids: Sequence[DocumentId] = (), where: Where | None = None) -> int:
