@@ -7,8 +7,9 @@ under several ``--served-model-name`` aliases.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hxp.catalogue import Catalogue, Model, Profile
@@ -31,7 +32,11 @@ class EngineCommand:
     port: int
     names: list[str]
     task: str
-    log_name: str = field(default="")
+
+    @property
+    def log_name(self) -> str:
+        """A short file-name friendly label: the first name, plus how many aliases follow."""
+        return self.names[0] + (f"+{len(self.names) - 1}" if len(self.names) > 1 else "")
 
     @property
     def base_url(self) -> str:
@@ -39,8 +44,7 @@ class EngineCommand:
         return f"http://{host}:{self.port}"
 
     def shell(self) -> str:
-        import shlex
-
+        """The command as one copy-pasteable shell line, environment first."""
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
         return f"{env} {shlex.join(self.argv)}"
 
@@ -120,7 +124,7 @@ def engine_command(
     if enforce_eager:
         argv.append("--enforce-eager")
     env = engine_env(profile, dep.devices, local_weights=Path(source).is_absolute())
-    return EngineCommand(argv, env, host, port, names, first.task, log_name=names[0] if len(names) == 1 else f"{names[0]}+{len(names) - 1}")
+    return EngineCommand(argv, env, host, port, names, first.task)
 
 
 def catalogue_commands(

