@@ -17,6 +17,7 @@ prompt are never read into the row.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ from litellm.proxy._types import UserAPIKeyAuth
 from hxp.gateway.usage import pipeline
 from hxp.gateway.usage.record import UsageRecord, iso, request_uuid
 
+log = logging.getLogger(__name__)
 _LOGGED = "_hxp_usage_logged"  # set in the request data once its row is recorded
 _SECRET = re.compile(r"\b(sk-[A-Za-z0-9]{0,4})[A-Za-z0-9_\-]{8,}")
 _STATUS = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 408: "timeout",
@@ -113,11 +115,14 @@ class UsageLogger(CustomLogger):
         data[_LOGGED] = True
         start = _started(data)
         fields.setdefault("latency_ms", _since(start, time.time()))
-        pipeline.submit(UsageRecord(
-            request_id=request_uuid(data.get("litellm_call_id")), model_name=_model(data),
-            timestamp=iso(datetime.fromtimestamp(start, timezone.utc)) if start else iso(datetime.now(timezone.utc)),
-            **_identity(user), **fields,
-        ))
+        try:
+            pipeline.submit(UsageRecord(
+                request_id=request_uuid(data.get("litellm_call_id")), model_name=_model(data),
+                timestamp=iso(datetime.fromtimestamp(start or time.time(), timezone.utc)),
+                **_identity(user), **fields,
+            ))
+        except Exception:  # noqa: BLE001 - logging must never fail the request it describes
+            log.exception("usage row for request %s could not be queued", data.get("litellm_call_id"))
 
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: UserAPIKeyAuth,
                                            response: Any) -> None:
@@ -157,9 +162,9 @@ class UsageLogger(CustomLogger):
                                            ) -> None:
         code = _status_code(original_exception)
         message = getattr(original_exception, "message", None) or str(original_exception)
-        self._record(request_data, user_api_key_dict, status=status_name(code), stream=request_data.get("stream") is True,
-                     error_message=_error_text(code, getattr(original_exception, "type", None)
-                                               or type(original_exception).__name__, str(message)))
+        kind = getattr(original_exception, "type", None) or type(original_exception).__name__
+        self._record(request_data, user_api_key_dict, status=status_name(code),
+                     stream=request_data.get("stream") is True, error_message=_error_text(code, kind, str(message)))
 
 
 def _status_code(exc: BaseException) -> int:

@@ -1,8 +1,8 @@
 """Per-model performance rows (``llm_model_performance``), rolled up from the request rows.
 
-Every ``interval_s`` (60 by default) and for each model of the catalogue, one row describes the interval that just ended:
-average latency, requests per second, error rate, and the memory and CPU of
-the model's engine processes when they run on this machine (NULL otherwise;
+Every ``interval_s`` (60 by default) and for each model of the catalogue, one
+row describes the interval that just ended: average latency, requests per
+second, error rate, and the memory and CPU of the model's engine processes when they run on this machine (NULL otherwise;
 never guessed). The row id is derived from the model and the interval, so the
 gateway workers that all compute it write it once.
 """

@@ -1,0 +1,247 @@
+"""Usage rows written by a real gateway: one per request answered, across SIGTERM and a PostgreSQL outage."""
+from __future__ import annotations
+
+import secrets
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+import pytest
+
+from hxp import catalogue
+from hxp.gateway.database import Database
+from tests.fixtures.usage import drop_postgres_database, fresh_postgres_database
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import Gateway
+
+CHAT = [m.name for m in catalogue.load().chat_models]
+WRONG_KEY = "sk-hxp-" + "x" * 40
+
+
+def started(gateway_factory, *args, **kwargs) -> Gateway:
+    """A gateway from the factory, given time to start on a busy machine."""
+    gateway = gateway_factory(*args, wait=False, **kwargs)
+    gateway.wait_ready(timeout=300)
+    return gateway
+
+
+def sqlite_db(gateway: Gateway) -> Database:
+    return Database(f"sqlite:///{gateway.state_dir / 'gateway.sqlite3'}")
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
+        time.sleep(0.2)
+
+
+def stream_chat(gateway: Gateway, key: str, model: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "count"}], "stream": True}
+    with httpx.stream("POST", f"{gateway.base_url}/chat/completions", json=body, headers=gateway.headers(key),
+                      timeout=60) as response:
+        response.read()
+    return response
+
+
+def test_each_request_is_one_row_with_its_outcome_and_no_secret(gateway: Gateway) -> None:
+    alias = "usage-" + secrets.token_hex(4)
+    key = gateway.create_key(alias=alias, models=[CHAT[0]])
+    unique = secrets.token_hex(8)
+    answers = {
+        "ok": gateway.chat(key, CHAT[0]),
+        "stream": stream_chat(gateway, key, CHAT[0]),
+        "first": gateway.chat(key, CHAT[0], content=unique, temperature=0),
+        "cached": gateway.chat(key, CHAT[0], content=unique, temperature=0),
+        "forbidden": gateway.chat(key, CHAT[1]),
+        "unknown": gateway.chat(key, "no-such-model"),
+        "invalid": gateway.chat(key, CHAT[0], temperature=5),
+    }
+    assert [r.status_code for r in answers.values()] == [200, 200, 200, 200, 403, 404, 400]
+    assert answers["cached"].headers.get("x-hxp-cache") == "hit"
+    db = sqlite_db(gateway)
+    try:
+        wait_for(lambda: len(db.fetchall("SELECT 1 FROM llm_model_requests WHERE user_id = ?", (alias,))) >= 7,
+                 what="7 rows")
+        rows = {str(r["request_id"]): r for r in
+                db.fetchall("SELECT * FROM llm_model_requests WHERE user_id = ?", (alias,))}
+        assert len(rows) == 7
+        row = {name: rows[r.headers["x-litellm-call-id"]] for name, r in answers.items()}
+        key_id = row["ok"]["key_id"]
+        assert key_id and all(r["key_id"] == key_id for r in rows.values())
+        ok = row["ok"]
+        assert ok["status"] == "success" and ok["model_name"] == CHAT[0] and not ok["stream"]
+        assert ok["prompt_tokens"] > 0 and ok["completion_tokens"] > 0
+        assert ok["total_tokens"] == ok["prompt_tokens"] + ok["completion_tokens"]
+        assert ok["latency_ms"] >= 0 and ok["time_to_first_token_ms"] is None and ok["cost"] is not None
+        stream = row["stream"]
+        assert stream["status"] == "success" and stream["stream"] and stream["completion_tokens"] > 0
+        assert 0 <= stream["time_to_first_token_ms"] <= stream["latency_ms"]
+        assert not row["first"]["cache_hit"] and row["cached"]["cache_hit"]
+        assert (row["forbidden"]["status"], row["forbidden"]["model_name"]) == ("forbidden", CHAT[1])
+        assert row["unknown"]["status"] == "not_found" and row["invalid"]["status"] == "invalid_request"
+        assert "temperature" in row["invalid"]["error_message"] and "400" in row["invalid"]["error_message"]
+
+        before = db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests WHERE status = 'unauthorized'")["n"]
+        assert gateway.chat(WRONG_KEY, CHAT[0]).status_code == 401
+        wait_for(lambda: db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests WHERE status = 'unauthorized'"
+                                     )["n"] == before + 1, what="the 401 row")
+        dump = "\n".join(str(r) for r in db.fetchall("SELECT * FROM llm_model_requests"))
+    finally:
+        db.close()
+    for secret in (key, WRONG_KEY, gateway.master_key):
+        assert secret not in dump
+        assert secret.encode() not in (gateway.state_dir / "gateway.sqlite3").read_bytes()
+    assert unique not in dump  # no prompt text either
+
+
+class Load:
+    """Client threads sending a mix of requests until stopped; counts the responses they received."""
+
+    def __init__(self, gateway: Gateway, key: str, threads: int = 6) -> None:
+        self.gateway, self.key = gateway, key
+        self.answered: Counter[int] = Counter()
+        self.call_ids: set[str] = set()
+        self.failures = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(threads)]
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.answered.values())
+
+    def __enter__(self) -> "Load":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(90)
+
+    def _client(self, index: int) -> None:
+        gw = self.gateway
+        with httpx.Client(timeout=60) as client:
+            for n in range(100_000):
+                if self._stop.is_set():
+                    return
+                kind = (index + n) % 5
+                key = WRONG_KEY if kind == 4 else self.key
+                body = {"model": CHAT[0], "messages": [{"role": "user", "content": f"req {index}-{n}"}],
+                        "stream": kind == 1}
+                if kind == 3:
+                    body["temperature"] = 7  # a 400 from validation
+                try:
+                    with client.stream("POST", f"{gw.base_url}/chat/completions", json=body,
+                                       headers=gw.headers(key)) as response:
+                        response.read()
+                except httpx.TransportError:
+                    with self._lock:
+                        self.failures += 1  # never answered (the gateway is stopping or stopped)
+                    time.sleep(0.05)
+                    continue
+                with self._lock:
+                    self.answered[response.status_code] += 1
+                    if "x-litellm-call-id" in response.headers:
+                        self.call_ids.add(response.headers["x-litellm-call-id"])
+
+
+@pytest.fixture
+def slow_upstream() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream(delay=0.1).start()  # requests stay in flight long enough to be caught by SIGTERM
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture
+def pg_url(postgres) -> Iterator[str]:
+    url = fresh_postgres_database(postgres)
+    yield url
+    drop_postgres_database(postgres, url)
+
+
+def spilled_rows(state_dir: Path) -> int:
+    return sum(1 for p in (state_dir / "usage-spill").glob("usage-*.jsonl") for line in p.open() if line.strip())
+
+
+def stored_ids(db: Database) -> set[str]:
+    return {str(r["request_id"]) for r in db.fetchall("SELECT request_id FROM llm_model_requests")}
+
+
+def test_sigterm_during_load_logs_every_answered_request(gateway_factory, slow_upstream: FakeUpstream,
+                                                         pg_url: str) -> None:
+    # Nothing is written before the shutdown (huge batch, long interval): every row comes from the flush.
+    gateway = started(gateway_factory, slow_upstream.url, workers=2, env={
+        "DATABASE_URL": pg_url, "HXP_USAGE_BATCH_SIZE": "100000", "HXP_USAGE_FLUSH_INTERVAL_S": "600"})
+    key = gateway.create_key(alias="sigterm-load", models=[CHAT[0]])
+    with Load(gateway, key) as load:
+        wait_for(lambda: load.total >= 60, what="60 answered requests")
+        gateway.stop(signal.SIGTERM)
+    db = Database(pg_url)
+    try:
+        assert load.total >= 60 and load.answered[200] and load.answered[400] and load.answered[401]
+        assert db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"] == load.total, load.answered
+        assert load.call_ids <= stored_ids(db)
+    finally:
+        db.close()
+
+
+def test_postgres_outage_during_load_loses_no_row(gateway_factory, fake_upstream: FakeUpstream, postgres,
+                                                  pg_url: str) -> None:
+    gateway = started(gateway_factory, fake_upstream.url, workers=2, env={
+        "DATABASE_URL": pg_url, "HXP_KEY_CACHE_TTL_S": "600", "HXP_USAGE_MAX_BUFFER": "5",
+        "HXP_USAGE_RETRY_MAX_S": "1"})
+    key = gateway.create_key(alias="outage-load", models=[CHAT[0]])
+    with Load(gateway, key) as load:
+        wait_for(lambda: load.total >= 30, what="30 answered requests")
+        postgres.stop()
+        try:
+            during = load.total
+            time.sleep(10)
+            during = load.total - during
+            spilled = spilled_rows(gateway.state_dir)
+        finally:
+            postgres.start()
+        time.sleep(1)
+    assert during >= 20, during  # the gateway kept answering while the database was away
+    assert spilled > 0  # beyond the memory bound rows went to disk
+    db = Database(pg_url)
+    try:
+        wait_for(lambda: db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"] >= load.total,
+                 timeout=90, what="every answered request in the database")
+        assert db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"] == load.total
+        assert load.call_ids <= stored_ids(db)
+        assert spilled_rows(gateway.state_dir) == 0  # replayed once the database returned
+    finally:
+        db.close()
+
+
+def test_rows_spilled_at_shutdown_during_an_outage_are_replayed_at_the_next_start(
+        gateway_factory, fake_upstream: FakeUpstream, postgres, pg_url: str) -> None:
+    env = {"DATABASE_URL": pg_url, "HXP_KEY_CACHE_TTL_S": "600"}
+    first = started(gateway_factory, fake_upstream.url, env=env)
+    key = first.create_key(alias="spill-replay", models=[CHAT[0]])
+    assert first.chat(key, CHAT[0]).status_code == 200  # the key is cached: auth works without the database
+    postgres.stop()
+    try:
+        answered = [first.chat(key, CHAT[0], content=f"outage {i}") for i in range(10)]
+        first.stop(signal.SIGTERM)
+    finally:
+        postgres.start()
+    assert spilled_rows(first.state_dir) >= 10  # the outage's rows (and any not yet written before it)
+    second = started(gateway_factory, fake_upstream.url, env=env, state_dir=first.state_dir)
+    db = Database(pg_url)
+    try:
+        wait_for(lambda: db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"] == 11,
+                 what="the spilled rows replayed")
+        assert {r.headers["x-litellm-call-id"] for r in answered} <= stored_ids(db)
+    finally:
+        db.close()
+        second.stop()
