@@ -30,13 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import httpx
 import psutil
 import yaml
 
 from hxp import catalogue
 from hxp.gateway import routes
+from hxp.gateway.launcher import WORKER_HEALTHCHECK_S
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import Gateway, all_models
+from tests.support.lifetime import die_with_parent
 from tests.support.servers import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +90,7 @@ async def _load(url: str, key: str | None, model: str, count: int) -> tuple[list
             latencies.append(time.perf_counter() - start)
 
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         start = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(CONCURRENCY)))
         return latencies, time.perf_counter() - start
@@ -99,7 +102,9 @@ def measure(target: str, url: str, pid: int | None, key: str | None, model: str,
     latencies, wall = asyncio.run(_load(url, key, model, REQUESTS))
     cpu_ms = None if cpu_before is None else (_cpu_seconds(pid) - cpu_before) * 1000 / REQUESTS
     q = statistics.quantiles(latencies, n=100)
-    return Result(target, workers, REQUESTS / wall, q[49] * 1000, q[94] * 1000, cpu_ms)
+    result = Result(target, workers, REQUESTS / wall, q[49] * 1000, q[94] * 1000, cpu_ms)
+    print(f"measured {result}", file=sys.stderr, flush=True)
+    return result
 
 
 class BareProxy:
@@ -121,8 +126,14 @@ class BareProxy:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "litellm.proxy.proxy_server:app", "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", str(workers), "--log-level", "warning", "--no-access-log",
-             "--loop", "uvloop"], env=env, cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT)
+             "--loop", "uvloop", "--timeout-worker-healthcheck", str(WORKER_HEALTHCHECK_S)],
+            env=env, cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         wait_port(self.port, timeout=180)
+        deadline = time.monotonic() + 180
+        while httpx.get(f"http://127.0.0.1:{self.port}/health/liveliness", timeout=30).status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the bare LiteLLM proxy did not start")
+            time.sleep(0.5)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -27,6 +27,11 @@ log = logging.getLogger("hxp.gateway")
 RETRY_BACKOFF = {"INITIAL_RETRY_DELAY": "0.05", "MAX_RETRY_DELAY": "1.0", "JITTER": "0.05"}
 
 
+# How long uvicorn waits for a worker's answer before it kills it as hung. Its default (5 s) is shorter
+# than LiteLLM's start-up on a busy machine, which would make it kill and restart workers forever.
+WORKER_HEALTHCHECK_S = 120
+
+
 def prepare_environment() -> settings.Settings:
     """Hide DATABASE_URL from LiteLLM and pass on what the workers need; return the settings."""
     os.environ[settings.DATABASE_URL_VAR] = default_url()
@@ -73,4 +78,5 @@ def serve(host: str, port: int, workers: int = 1) -> None:
     log.info("LiteLLM config written to %s; serving on %s:%d with %d worker(s)", write_config(cfg), host, port,
              workers)
     uvicorn.run("hxp.gateway.app:app", host=host, port=port, workers=workers, log_level="warning",
-                access_log=False, loop="uvloop", timeout_graceful_shutdown=30)
+                access_log=False, loop="uvloop", timeout_graceful_shutdown=30,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)

@@ -59,6 +59,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
 from hxp.gateway import request_log
+from hxp.gateway.hooks import gateway_hooks
 from hxp.gateway.usage.rollup import EngineProcesses, _local_port
 from hxp.paths import state_path
 
@@ -195,9 +196,12 @@ class MetricsLogger(CustomLogger):
     async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
                                            user_api_key_dict: UserAPIKeyAuth, traceback_str: str | None = None
                                            ) -> None:
-        code = status_code(original_exception)
-        message = getattr(original_exception, "message", None) or str(original_exception)
-        self._finish(request_data, user_api_key_dict, code, stream=request_data.get("stream") is True,
+        # The client gets the gateway hooks' replacement when there is one (an unreachable backend is a 503).
+        replacement = await gateway_hooks.async_post_call_failure_hook(request_data, original_exception,
+                                                                       user_api_key_dict)
+        answered = replacement or original_exception
+        message = getattr(answered, "message", None) or str(answered)
+        self._finish(request_data, user_api_key_dict, status_code(answered), stream=request_data.get("stream") is True,
                      error=f"{type(original_exception).__name__}: {message}")
 
     def _finish(self, data: dict, user: UserAPIKeyAuth | None, status: int, *, prompt_tokens: int | None = None,

@@ -1,7 +1,8 @@
 """The LiteLLM proxy configuration, generated from the catalogue and the settings.
 
 Nothing in it is secret: the master key reaches LiteLLM through its
-environment (LITELLM_MASTER_KEY), and the SQL database is ours, not LiteLLM's.
+environment (LITELLM_MASTER_KEY), Redis through an ``os.environ/REDIS_URL``
+reference (its URL may hold a password), and the SQL database is ours, not LiteLLM's.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hxp.gateway.settings import Settings
 log = logging.getLogger("hxp.gateway")
 
 CACHED_CALL_TYPES = ["acompletion", "atext_completion", "aembedding"]
+REDIS_URL_REF = "os.environ/REDIS_URL"
 
 
 def litellm_path(path: str) -> str:
@@ -45,8 +47,8 @@ def build(cfg: Settings, catalogue: Catalogue) -> dict[str, Any]:
         "background_health_checks": False,
     }
     if cfg.redis_url:
-        cache_params.update({"type": "redis", "url": cfg.redis_url})
-        general["coordination_redis"] = {"url": cfg.redis_url}
+        cache_params.update({"type": "redis", "url": REDIS_URL_REF})
+        general["coordination_redis"] = {"url": REDIS_URL_REF}
     else:
         cache_params["type"] = "local"
     return {

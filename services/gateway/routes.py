@@ -52,7 +52,7 @@ def router_settings(catalogue: Catalogue) -> dict[str, Any]:
         "routing_strategy": "simple-shuffle",
         "num_retries": 0,  # each deployment carries its model's retries
         "fallbacks": [{m.name: list(m.api.fallbacks)} for m in catalogue.models if m.api.fallbacks],
-        "allowed_fails": 3,
+        "allowed_fails": 0,  # a replica that fails is set aside (cooldown_time) and the retry goes elsewhere
         "cooldown_time": 5,
         "retry_after": 0,
     }

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from hxp import catalogue
+from tests.support.servers import free_port
 
 CHAT = catalogue.load().chat_models[0]
 OTHER = catalogue.load().chat_models[1]
@@ -122,11 +123,12 @@ def test_rate_limit_is_429_with_retry_after(gateway):
     assert int(limited.headers["retry-after"]) > 0
 
 
-def test_backend_down_is_503_quickly(gateway_factory):
-    from tests.support.servers import free_port
-
-    dead = f"http://127.0.0.1:{free_port()}/v1"
-    down = gateway_factory(dead)
+def test_backend_down_is_503_and_readiness_says_so(gateway_factory, fake_upstream):
+    dead = [f"http://127.0.0.1:{free_port()}/v1"]
+    backends = {name: [fake_upstream.url] for name in catalogue.load().names}
+    backends[CHAT.name] = dead
+    backends[OTHER.name] = [fake_upstream.url, *dead]  # one replica of two is down
+    down = gateway_factory(backends)
     key = down.create_key()
     for _ in range(2):  # answered, not hung until the client gives up (the latency is in `make bench`)
         response = httpx.post(f"{down.base_url}/chat/completions", headers=down.headers(key), timeout=15,
@@ -134,3 +136,11 @@ def test_backend_down_is_503_quickly(gateway_factory):
         error = _error(response, 503, "service_unavailable_error", CHAT.name)
         assert error["code"] == "backend_unavailable"
         assert int(response.headers["retry-after"]) >= 1
+    statuses = [down.chat(key, OTHER.name).status_code for _ in range(6)]
+    assert statuses == [200] * 6, statuses  # the dead replica is set aside, the live one answers
+    ready = httpx.get(f"{down.url}/health/readiness", timeout=30)
+    assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+    assert ready.json()["models"][CHAT.name] is False and ready.json()["models"][OTHER.name] is True
+    assert httpx.get(f"{down.url}/health/readiness?strict=true", timeout=30).status_code == 503
+    replicas = {m["model"]: m["replicas"] for m in httpx.get(f"{down.url}/health/models", timeout=30).json()["data"]}
+    assert [r["healthy"] for r in replicas[OTHER.name]] == [True, False]

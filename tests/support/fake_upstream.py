@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 
+from tests.support.lifetime import die_with_parent
 from tests.support.servers import free_port, wait_port
 
 REPLY_WORDS = ["Hello", "from", "the", "fake", "upstream", "."]
@@ -170,7 +171,7 @@ class FakeUpstream:
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tests.support.fake_upstream", "--port", str(self.port), "--delay", str(self.delay)],
-            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         wait_port(self.port)
         return self
 

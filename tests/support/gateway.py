@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from hxp import catalogue
+from tests.support.lifetime import die_with_parent
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +62,8 @@ class Gateway:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "hxp.cli", "gateway", "serve", "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", str(self.workers)],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_parent)
         if wait:
             self.wait_ready()
         return self

@@ -1,0 +1,57 @@
+"""The LiteLLM configuration generated from the catalogue and the settings (no server)."""
+from __future__ import annotations
+
+import dataclasses
+
+import yaml
+
+from hxp import catalogue
+from hxp.gateway import proxy_config, routes, settings
+
+CAT = catalogue.load()
+
+
+def _settings(**changes) -> settings.Settings:
+    base = settings.Settings(master_key="sk-secret-master", database_url="sqlite:///x", redis_url=None,
+                             rate_limit_fail_closed=False, cache_ttl_s=3600, key_cache_ttl_s=10,
+                             backend_url_template=settings.DEFAULT_BACKEND_URL_TEMPLATE)
+    return dataclasses.replace(base, **changes)
+
+
+def test_every_model_routes_to_its_port_with_its_api_settings():
+    deployments = routes.model_list(CAT, {}, "http://{name}:{port}/v1")
+    assert [d["model_name"] for d in deployments] == CAT.names
+    for model, deployment in zip(CAT.models, deployments):
+        params = deployment["litellm_params"]
+        assert params["model"] == f"openai/{model.name}"
+        assert params["api_base"] == f"http://{model.name}:{model.port}/v1"
+        assert params["timeout"] == model.api.timeout_s
+        assert params["max_parallel_requests"] == model.api.max_concurrent_requests
+        assert params["num_retries"] == model.api.retries
+        assert deployment["model_info"]["max_input_tokens"] == model.max_model_len
+
+
+def test_replicas_share_the_model_name_and_fallbacks_come_from_the_catalogue():
+    model = CAT.chat_models[0]
+    deployments = routes.model_list(CAT, {model.name: ["http://a:1/v1/", "http://b:2/v1"]},
+                                    settings.DEFAULT_BACKEND_URL_TEMPLATE)
+    replicas = [d for d in deployments if d["model_name"] == model.name]
+    assert [d["litellm_params"]["api_base"] for d in replicas] == ["http://a:1/v1", "http://b:2/v1"]
+    assert len({d["model_info"]["id"] for d in deployments}) == len(deployments)
+    fallbacks = routes.router_settings(CAT)["fallbacks"]
+    assert fallbacks == [{m.name: m.api.fallbacks} for m in CAT.models if m.api.fallbacks]
+
+
+def test_proxy_config_hooks_stores_and_no_secrets():
+    plain = proxy_config.build(_settings(), CAT)
+    assert plain["general_settings"]["custom_auth"] == "hxp.gateway.auth.user_api_key_auth"
+    assert "hxp.gateway.hooks.gateway_hooks" in plain["litellm_settings"]["callbacks"]
+    assert plain["litellm_settings"]["cache_params"]["type"] == "local"
+    assert "coordination_redis" not in plain["general_settings"]
+    shared = proxy_config.build(_settings(redis_url="redis://:pw-123@redis:6379/0", rate_limit_fail_closed=True,
+                                          cache_ttl_s=60), CAT)
+    assert shared["general_settings"]["coordination_redis"] == {"url": "os.environ/REDIS_URL"}
+    assert shared["general_settings"]["fail_closed_rate_limit_enforcement"] is True
+    assert shared["litellm_settings"]["cache_params"]["ttl"] == 60
+    text = yaml.safe_dump(shared)
+    assert "pw-123" not in text and "sk-secret-master" not in text
