@@ -24,7 +24,6 @@ ROUTERS = [
     "hxp.gateway.health:router",                # liveness, readiness, per-model status
     "hxp.gateway.admin:router",                 # key management (master key only)
     "hxp.gateway.usage:router",                 # usage pipeline lifespan: replay at start, flush at stop
-    "hxp.gateway.usage:router",                 # usage pipeline start (replay) and flush at shutdown
     "hxp.gateway.metrics:router",               # /metrics
     "hxp.vector.api:router",                    # Qdrant collections and search
 ]
