@@ -43,13 +43,17 @@ class SpillFile:
             return 0
         data = "".join(lines).encode()
         with self._lock:
-            if self._fd < 0:  # rows arriving after close(): keep them all the same
+            late = self._fd < 0  # rows arriving after close(): kept all the same, the file left unlocked
+            if late:
                 self._open()
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view):]
             os.fsync(self._fd)
             self._count += len(lines)
+            if late:
+                os.close(self._fd)
+                self._fd = -1
         return len(lines)
 
     def pending(self) -> int:
