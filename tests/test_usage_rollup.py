@@ -19,11 +19,8 @@ REMOTE = ["http://10.255.0.1:11401/v1"]  # not this machine: resources unknown (
 
 
 @pytest.fixture
-def db(usage_db_url: str):
-    database = Database(usage_db_url)
-    database.migrate()
-    yield database
-    database.close()
+def db(usage_db: Database) -> Database:
+    return usage_db
 
 
 def add(db: Database, model: str, at: float, latency: int, status: str = "success") -> None:

@@ -12,21 +12,9 @@ from hxp.gateway.database import Database
 from hxp.gateway.usage.record import UsageRecord
 from hxp.gateway.usage.spill import SpillFile
 from hxp.gateway.usage.writer import UsageWriter, WriterSettings
-from tests.fixtures.usage import drop_postgres_database, fresh_postgres_database
+from tests.fixtures.usage import CountingDatabase, drop_postgres_database, fresh_postgres_database
 
 SLOW_FLUSH = WriterSettings(batch_size=10, flush_interval_s=60.0, retry_initial_s=0.05, retry_max_s=0.5)
-
-
-class CountingDatabase(Database):
-    """A real Database that counts the batches written to it."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.batches: list[int] = []
-
-    def executemany(self, sql, rows):  # type: ignore[override]
-        super().executemany(sql, rows)
-        self.batches.append(len(rows))
 
 
 def rows(n: int, model: str = "phi-3-mini") -> list[UsageRecord]:
@@ -46,11 +34,8 @@ def wait_until(predicate, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture
-def db(usage_db_url: str):
-    database = CountingDatabase(usage_db_url)
-    database.migrate()
-    yield database
-    database.close()
+def db(usage_db: CountingDatabase) -> CountingDatabase:
+    return usage_db
 
 
 def test_full_batches_are_written_at_once_and_the_rest_on_flush(db: CountingDatabase, tmp_path: Path) -> None:
