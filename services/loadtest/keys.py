@@ -41,7 +41,8 @@ def provision(host: str) -> TestKey:
     resp = httpx.post(f"{gateway_root(host)}/admin/keys", headers={"Authorization": f"Bearer {master}"},
                       json={"alias": alias, "owner": "loadtest", "days": 1}, timeout=30)
     if resp.status_code != 201:
-        raise SystemExit(f"could not create a load-test key at {gateway_root(host)}: HTTP {resp.status_code} {resp.text}")
+        raise SystemExit(f"could not create a load-test key at {gateway_root(host)}: "
+                         f"HTTP {resp.status_code} {resp.text}")
     return TestKey(resp.json()["key"], alias)
 
 

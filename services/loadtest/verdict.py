@@ -92,10 +92,6 @@ class ModelResult:
     def passed(self) -> bool:
         return not self.problems
 
-    @property
-    def failure_ratio(self) -> float:
-        return self.failures / self.requests if self.requests else 0.0
-
 
 def evaluate(model: str, samples: list[Sample], window_s: float, targets: Targets,
              max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO, users: int = 0) -> ModelResult:
@@ -103,25 +99,27 @@ def evaluate(model: str, samples: list[Sample], window_s: float, targets: Target
     good = [s.latency_ms for s in samples if s.ok]
     ttft = [s.ttft_ms for s in samples if s.ok and s.ttft_ms is not None]
     failures = len(samples) - len(good)
+    failure_ratio = failures / len(samples) if samples else 0.0
     avg, p95 = (fmean(good) if good else None), percentile(good, 95)
     rps = len(good) / window_s if window_s > 0 else 0.0
     problems = []
     if not good:
         problems.append("no successful request")
-    if samples and failures / len(samples) > max_failure_ratio:
-        problems.append(f"failure ratio {failures / len(samples):.1%} > {max_failure_ratio:.1%}")
+    if failure_ratio > max_failure_ratio:
+        problems.append(f"failure ratio {failure_ratio:.1%} > {max_failure_ratio:.1%}")
     if avg is not None and avg > targets.avg_latency_ms:
         problems.append(f"avg {avg:.0f} ms > {targets.avg_latency_ms:g} ms")
     if p95 is not None and p95 > targets.p95_latency_ms:
         problems.append(f"p95 {p95:.0f} ms > {targets.p95_latency_ms:g} ms")
     if rps < targets.throughput_rps:
         problems.append(f"throughput {rps:.2f} req/s < {targets.throughput_rps:g} req/s")
+    errors = Counter(s.error or "unknown" for s in samples if not s.ok).most_common(TOP_ERRORS)
     return ModelResult(
-        model=model, users=users, requests=len(samples), failures=failures, avg_ms=avg, p50_ms=percentile(good, 50), p95_ms=p95,
-        streamed=len(ttft), ttft_avg_ms=fmean(ttft) if ttft else None, ttft_p95_ms=percentile(ttft, 95), rps=rps,
-        target_avg_ms=targets.avg_latency_ms, target_p95_ms=targets.p95_latency_ms,
-        target_rps=targets.throughput_rps, problems=tuple(problems),
-        errors=tuple(Counter(s.error or "unknown" for s in samples if not s.ok).most_common(TOP_ERRORS)))
+        model=model, users=users, requests=len(samples), failures=failures,
+        avg_ms=avg, p50_ms=percentile(good, 50), p95_ms=p95,
+        streamed=len(ttft), ttft_avg_ms=fmean(ttft) if ttft else None, ttft_p95_ms=percentile(ttft, 95),
+        rps=rps, target_avg_ms=targets.avg_latency_ms, target_p95_ms=targets.p95_latency_ms,
+        target_rps=targets.throughput_rps, problems=tuple(problems), errors=tuple(errors))
 
 
 @dataclass(frozen=True)
