@@ -181,3 +181,24 @@ def test_postgres_outage_rows_are_retried_until_all_are_written(postgres, tmp_pa
     writer.close()
     db.close()
     drop_postgres_database(postgres, url)
+
+
+def test_a_live_writers_spill_file_is_neither_counted_nor_replayed_by_another(usage_db: CountingDatabase,
+                                                                              tmp_path: Path) -> None:
+    spill_dir = tmp_path / "spill"
+    down = Database(f"sqlite:///{tmp_path / 'unmigrated.sqlite3'}")
+    worker_a = UsageWriter(down, spill_dir, WriterSettings(batch_size=5, max_buffer=5, flush_interval_s=60))
+    for record in rows(10):
+        worker_a.submit(record)  # beyond the bound: on disk, in worker A's own file
+    worker_b = UsageWriter(usage_db, spill_dir, SLOW_FLUSH)
+    worker_b.start()
+    assert worker_b.backlog() == 0 and worker_b.flush(5)
+    assert count(usage_db) == 0  # A's rows are A's to write
+    worker_a.close()  # A ends (its database still away): its file is left for the next start
+    down.close()
+    worker_c = UsageWriter(usage_db, spill_dir, SLOW_FLUSH)
+    assert worker_c.backlog() == 10
+    worker_c.start()
+    assert worker_c.flush(10) and count(usage_db) == 10
+    worker_b.close()
+    worker_c.close()

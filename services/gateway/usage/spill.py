@@ -34,7 +34,7 @@ class SpillFile:
         self._fd = -1
         self._open()
         self._count = 0  # rows in our own file
-        self._foreign = sum(_count_lines(p) for p in self._foreign_files())
+        self._foreign = self._count_replayable()
 
     def append(self, records: Iterable[UsageRecord]) -> int:
         """Write the records durably (one write, then fsync); return how many."""
@@ -57,7 +57,7 @@ class SpillFile:
         return len(lines)
 
     def pending(self) -> int:
-        """Rows waiting on disk (this file and the unreplayed files of ended processes)."""
+        """Rows waiting on disk: this file's, and those of ended processes (as of start or the last replay)."""
         return self._count + self._foreign
 
     def replay(self, write: Callable[[list[UsageRecord]], None], batch_size: int) -> int:
@@ -82,7 +82,7 @@ class SpillFile:
                 path.unlink()
             finally:
                 os.close(fd)
-        self._foreign = sum(_count_lines(p) for p in self._foreign_files())
+        self._foreign = self._count_replayable()
         with self._lock:
             if self._count:
                 replayed += _write_all(_read(self.path), write, batch_size)
@@ -104,6 +104,23 @@ class SpillFile:
     def _open(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def _count_replayable(self) -> int:
+        """Rows in the files of ended processes (a live writer's file is its own to count)."""
+        total = 0
+        for path in self._foreign_files():
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                total += _count_lines(path)
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
+        return total
 
     def _foreign_files(self) -> list[Path]:
         return sorted(p for p in self.folder.glob(f"usage-*{_SUFFIX}") if p != self.path)
