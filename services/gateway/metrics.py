@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, AsyncGenerator, AsyncIterator, Iterable, Mapping
 
 import httpx
@@ -84,10 +84,12 @@ _STATE = "_hxp_metrics"  # request data key: (model, start) while in flight, Non
 
 
 def prepare_multiprocess_dir() -> str:
-    """Empty <state>/prometheus-multiproc and export it to the workers; call before they start."""
-    path = state_path("prometheus-multiproc")
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
+    """Empty PROMETHEUS_MULTIPROC_DIR (default <state>/prometheus-multiproc) of the previous run's samples and
+    export it to the workers; the launcher calls this before they start."""
+    path = Path(os.environ.get(MULTIPROC_ENV) or state_path("prometheus-multiproc"))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
     os.environ[MULTIPROC_ENV] = str(path)
     return str(path)
 

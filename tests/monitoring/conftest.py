@@ -65,10 +65,8 @@ def live_stack(chat_engine, postgres, redis_server) -> Iterator[LiveStack]:
     factory = GatewayFactory()
     prometheus: PrometheusServer | None = None
     try:
-        multiproc = workdir / "multiproc"
-        multiproc.mkdir()
-        gateway = factory(backends, env={"DATABASE_URL": postgres.url, "REDIS_URL": redis_server.url,
-                                         "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}, workers=2, wait=False)
+        gateway = factory(backends, env={"DATABASE_URL": postgres.url, "REDIS_URL": redis_server.url},
+                          workers=2, wait=False)
         exporters = [Exporter.node().start(workdir / "node.log"),
                      Exporter.postgres(postgres.url).start(workdir / "postgres-exporter.log"),
                      Exporter.redis(redis_server.url).start(workdir / "redis-exporter.log")]
