@@ -20,6 +20,7 @@ from hxp import catalogue
 from hxp.model.command import EngineCommand, engine_command, engine_groups
 from hxp.model.service import start_engine
 from hxp.paths import state_path
+from hxp.process import ServiceError
 
 CONCURRENCY = 8
 
@@ -70,14 +71,18 @@ def embeddings_per_s(base_url: str, model: str, requests: int = 64) -> float:
     return requests / (time.monotonic() - start)
 
 
-def measure(command: EngineCommand, tokens: int) -> dict[str, str]:
-    log = state_path("logs", "bench") / f"engine-{command.log_name}.log"
+def measure(command: EngineCommand, tokens: int, timeout: float) -> dict[str, str]:
+    eager = "--enforce-eager" in command.argv
+    log = state_path("logs", "bench") / f"engine-{command.log_name}-{'eager' if eager else 'compiled'}.log"
+    row = {"engine": "/".join(command.names), "eager": str(eager).lower()}
     started = time.monotonic()
-    engine = start_engine(command, log=log)
-    start_s = time.monotonic() - started
     try:
-        row = {"engine": "/".join(command.names), "eager": str("--enforce-eager" in command.argv).lower(),
-               "start s": f"{start_s:.0f}"}
+        engine = start_engine(command, log=log, timeout=timeout)
+    except ServiceError as err:
+        row["start s"] = f"failed: {str(err).splitlines()[0]} (log: {log})"
+        return row
+    row["start s"] = f"{time.monotonic() - started:.0f}"
+    try:
         model = command.names[0]
         if command.task == "chat":
             generate(engine.base_url, model, 8)  # warm-up
@@ -102,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hxp.model.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--compiled", action="store_true", help="also measure engines without --enforce-eager")
     parser.add_argument("--tokens", type=int, default=128, help="tokens generated per request")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds an engine may take to start")
     args = parser.parse_args(argv)
     cat = catalogue.load(profile="cpu")
     load_before = os.getloadavg()[0]
@@ -111,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             if group[0].task == "embedding" and not eager:
                 continue
             command = engine_command(group, cat.profile_settings, port=free_port(), enforce_eager=eager)
-            rows.append(measure(command, args.tokens))
-    columns = list(rows[0])
+            rows.append(measure(command, args.tokens, args.timeout))
+    columns = list(max(rows, key=len))
     print(f"\nvLLM CPU engines ({machine()}, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after; "
           f"{args.tokens} tokens per request)\n")
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
