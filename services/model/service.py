@@ -51,6 +51,7 @@ def serve(command: EngineCommand) -> int:
     30 s later the group is killed. Returns the engine's exit code.
     """
     stop = StopRequest()
+    print(f"[model] {command.shell()}", file=sys.stderr, flush=True)
     engine = Engine(command).start()
     while engine.alive() and not stop:
         stop.sleep(1.0)
