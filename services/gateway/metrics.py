@@ -245,7 +245,7 @@ def _engine_root(base_url: str) -> str:
     return root[:-3] if root.endswith("/v1") else root
 
 
-def _remote_memory(client: httpx.Client, base_url: str) -> float | None:
+def engine_memory_from_metrics(client: httpx.Client, base_url: str) -> float | None:
     """An engine's own ``process_resident_memory_bytes`` (its API server process), from its /metrics."""
     try:
         text = client.get(_engine_root(base_url) + "/metrics").text
@@ -284,7 +284,7 @@ class EngineCollector:
                   for m in catalogue.load().models]
         with httpx.Client(timeout=PROBE_TIMEOUT_S) as client:
             health = {(n, u): self._pool.submit(_engine_health, client, u) for n, urls in models for u in urls}
-            remote = {(n, u): self._pool.submit(_remote_memory, client, u)
+            remote = {(n, u): self._pool.submit(engine_memory_from_metrics, client, u)
                       for n, urls in models for u in urls if _local_port(u) is None}
             for name, urls in models:
                 up.add_metric([name], float(all(health[(name, u)].result() for u in urls)))

@@ -95,3 +95,12 @@ def test_one_json_log_line_per_request_without_content_or_secrets(live_stack: Li
     assert all("prompt" not in r and "completion" not in r for r in requests)
     assert "cache me" not in json.dumps(requests) and "sk-not-a-key" not in json.dumps(requests)
     assert all(secret not in log for secret in live_stack.keys.values())
+
+
+def test_engine_memory_of_a_remote_engine_comes_from_its_own_metrics(chat_engine) -> None:
+    """Where the gateway cannot see the engine's processes (compose), the engine's /metrics tells."""
+    from hxp.gateway.metrics import engine_memory_from_metrics
+
+    with httpx.Client(timeout=10) as client:
+        assert engine_memory_from_metrics(client, chat_engine.base_url + "/v1") > 100 * 2**20
+        assert engine_memory_from_metrics(client, "http://127.0.0.1:9/v1") is None

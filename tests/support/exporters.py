@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.prometheus import stop_process
 from tests.support.servers import free_port, wait_port
 
 
@@ -47,10 +48,4 @@ class Exporter:
         return self
 
     def stop(self) -> None:
-        if self._proc and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc)

@@ -13,6 +13,18 @@ import httpx
 from tests.support.servers import free_port, wait_port
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
+    """Terminate ``proc`` and wait for it; kill it when it does not exit in ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class PrometheusServer:
     """Prometheus with its own data directory; ``config`` is the prometheus.yml it loads."""
 
@@ -65,11 +77,5 @@ class PrometheusServer:
             time.sleep(interval)
 
     def stop(self) -> None:
-        if self._proc and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc)
         shutil.rmtree(self.dir, ignore_errors=True)
