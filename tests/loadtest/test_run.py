@@ -105,8 +105,8 @@ def test_a_short_run_meets_the_cpu_targets_through_the_gateway(stack, tmp_path):
     assert len(made) == 1 and made[0]["revoked_at"] is not None
 
 
-@pytest.mark.engine
-def test_a_model_missing_its_target_fails_the_run_by_name(stack, tmp_path):
+def test_a_model_missing_its_target_fails_the_run_by_name(gateway, tmp_path):
+    """The gateway here fronts the fake upstream: a run's exit code and naming do not need a real engine."""
     cat = catalogue.load(profile="cpu")
     victim = cat.chat_models[-1].name
     raw = yaml.safe_load(cat.path.read_text())
@@ -115,10 +115,10 @@ def test_a_model_missing_its_target_fails_the_run_by_name(stack, tmp_path):
     entry["profiles"]["cpu"]["targets"]["p95_latency_ms"] = 1
     override = tmp_path / "models.yaml"
     override.write_text(yaml.safe_dump(raw))
-    run = headless(stack.url, tmp_path / "results", seconds=8, users=len(cat.chat_models),
+    run = headless(gateway.url, tmp_path / "results", seconds=5, users=len(cat.chat_models),
                    env={"HXP_PROFILE": "cpu", "HXP_CATALOGUE": str(override),
                         "HXP_LOADTEST_MODELS": ",".join(m.name for m in cat.chat_models),
-                        "HXP_LOADTEST_KEY": stack.create_key(alias="loadtest-given")})
+                        "HXP_LOADTEST_KEY": gateway.create_key()})
     assert run.returncode == 1, run.stdout
     assert re.search(rf"^FAIL {re.escape(victim)}: .*p95 \d+ ms > 1 ms", run.stdout, re.M), run.stdout
     assert verdict_row(run.stdout, victim)[-1] == "FAIL"
