@@ -116,7 +116,7 @@ def _describe(errors: list[dict[str, Any]]) -> tuple[str, str]:
 
 
 class _OpenAIErrorRoute(APIRoute):
-    """Answers invalid bodies and vector-layer refusals in OpenAI's error shape (400/404/502)."""
+    """Answers invalid bodies (400) and vector-layer refusals (their own status) in OpenAI's error shape."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -135,8 +135,14 @@ class _OpenAIErrorRoute(APIRoute):
 
 @asynccontextmanager
 async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    """Open Qdrant and ensure the declared collections when the gateway starts."""
-    await get_service()
+    """Open Qdrant and ensure the declared collections when the gateway starts.
+
+    A mismatching collection stops the start; a local store held by a sibling worker does not.
+    """
+    try:
+        await get_service()
+    except VectorError:
+        pass  # logged; this worker's vector routes answer 503
     try:
         yield
     finally:

@@ -5,6 +5,7 @@ catalogue's embedding model that fills it, so its vectors and queries agree.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,7 @@ from hxp import catalogue
 from hxp.paths import state_path
 
 DEFAULT_PATH = Path(__file__).with_name("collections.yaml")
+log = logging.getLogger("hxp.vector")
 
 
 class VectorConfigError(ValueError):
@@ -107,3 +109,15 @@ def qdrant_location() -> dict[str, str]:
         return {"url": url, **({"api_key": key} if key else {})}
     path = os.environ.get("QDRANT_PATH")
     return {"path": str(Path(path) if path else state_path("qdrant"))}
+
+
+
+def warn_local_mode_with_workers() -> None:
+    """Launcher hook before several gateway workers start: the embedded engine serves one process only."""
+    where = qdrant_location()
+    if "path" in where:
+        log.warning(
+            "Qdrant's local mode (%s) serves one process: only one gateway worker will serve the vector API and "
+            "retrieval-augmented chat, the others answer 503. Run one worker, or set QDRANT_URL to a Qdrant server.",
+            where["path"],
+        )

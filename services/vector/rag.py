@@ -105,18 +105,19 @@ class RagHook(CustomLogger):
             first = err.errors()[0]
             param = ".".join([FIELD, *(str(p) for p in first["loc"])])
             raise bad_request(param, f"{param}: {first['msg']}") from None
-        service = await self.service()
-        settings = service.config.rag
-        top_k = settings.default_top_k if request.top_k is None else request.top_k
-        if not 1 <= top_k <= settings.max_top_k:
-            raise bad_request(f"{FIELD}.top_k", f"rag.top_k: {top_k} is outside 1..{settings.max_top_k}")
         messages = data.get("messages") or []
         question = _text(messages[_last_user_index(messages)]["content"])
-        threshold = settings.score_threshold if request.score_threshold is None else request.score_threshold
         try:
+            service = await self.service()
+            settings = service.config.rag
+            top_k = settings.default_top_k if request.top_k is None else request.top_k
+            if not 1 <= top_k <= settings.max_top_k:
+                raise VectorError(f"top_k: {top_k} is outside 1..{settings.max_top_k}", "top_k")
+            threshold = settings.score_threshold if request.score_threshold is None else request.score_threshold
             hits = await service.search(request.collection, question, None, top_k, threshold, request.filter)
         except VectorError as err:
-            raise GatewayError(err.status, f"rag: {err.message}", param=f"{FIELD}.{err.param or 'collection'}") from None
+            message = f"rag.{err.message}" if err.message.startswith(f"{err.param}:") else f"rag: {err.message}"
+            raise GatewayError(err.status, message, param=f"{FIELD}.{err.param or 'collection'}") from None
         data["messages"] = augment(messages, request.collection, hits)
         metadata = data.get("metadata")
         if not isinstance(metadata, dict):

@@ -6,6 +6,7 @@ the gateway there is one per process (``get_service``), opened at start.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,8 @@ from hxp.vector import config as vector_config
 from hxp.vector.embedder import Embedder
 from hxp.vector.errors import VectorError
 from hxp.vector.store import DocumentId, Hit, Record, VectorStore, Where
+
+log = logging.getLogger("hxp.vector")
 
 
 @dataclass(frozen=True)
@@ -108,15 +111,33 @@ class VectorService:
 
 
 _service: VectorService | None = None
+_unavailable: str | None = None
 _lock = asyncio.Lock()
+LOCAL_MODE_HELD = "already accessed by another instance"
 
 
 async def get_service() -> VectorService:
-    """The gateway process's service, opened on first use from the environment and collections.yaml."""
-    global _service
+    """The gateway process's service, opened on first use from the environment and collections.yaml.
+
+    Qdrant's local mode admits one process: in a second gateway worker the vector layer
+    answers 503 (it is not retried: opening loads every stored point before it fails).
+    """
+    global _service, _unavailable
     async with _lock:
+        if _unavailable is not None:
+            raise VectorError(_unavailable, status=503)
         if _service is None:
-            _service = await VectorService.open()
+            try:
+                _service = await VectorService.open()
+            except RuntimeError as err:
+                if LOCAL_MODE_HELD not in str(err):
+                    raise
+                _unavailable = (
+                    "the vector store is Qdrant's local mode, held by another gateway worker; "
+                    "set QDRANT_URL to a Qdrant server to serve vectors from several workers"
+                )
+                log.warning(_unavailable)
+                raise VectorError(_unavailable, status=503) from None
         return _service
 
 

@@ -243,10 +243,11 @@ def test_bad_rag_field_is_refused(gw: Gateway, rag: dict, status: int, message: 
 
 
 def test_real_chat_rag_and_documents_persist_across_gateway_restarts(
-    gateway_factory, chat_engine: RunningEngine, embedding_backends: dict[str, list[str]], tmp_path: Path
+    gateway_factory, chat_engine: RunningEngine, fake_upstream: FakeUpstream,
+    embedding_backends: dict[str, list[str]], tmp_path: Path,
 ) -> None:
-    backends = _backends(chat_engine.url("/v1"), embedding_backends)
-    first = gateway_factory(backends, env=LOCAL_QDRANT, state_dir=tmp_path)
+    first = gateway_factory(_backends(chat_engine.url("/v1"), embedding_backends), env=LOCAL_QDRANT,
+                            state_dir=tmp_path)
     assert post(first, f"/v1/vector/collections/{KB}/documents", {"documents": DOCS}).status_code == 200
     response = first.chat(first.master_key, "phi-3-mini", "How often are the backup tapes rotated?",
                           rag={"collection": KB, "top_k": 2}, max_tokens=24, temperature=0)
@@ -256,6 +257,7 @@ def test_real_chat_rag_and_documents_persist_across_gateway_restarts(
     assert answer["sources"][0]["id"] == "backup-policy"
     first.stop()
 
+    backends = _backends(fake_upstream.url, embedding_backends)  # the restarts need no real chat
     second = gateway_factory(backends, env=LOCAL_QDRANT, state_dir=tmp_path)
     hits = search(second, {"query": QUESTION, "score_threshold": 0.3}).json()["data"]
     assert hits[0]["id"] == "eiffel"
@@ -264,5 +266,7 @@ def test_real_chat_rag_and_documents_persist_across_gateway_restarts(
     # the same store declared with another vector size: the gateway refuses to start, naming both sizes
     changed = tmp_path / "collections.yaml"
     changed.write_text(f"collections:\n  - {{name: {KB}, embedding_model: all-minilm-l6-v2, vector_size: 768}}\n")
-    with pytest.raises(RuntimeError, match="exists with vector size 384 \\(Cosine\\) but is declared with size 768"):
+    with pytest.raises(RuntimeError, match="gateway exited"):
         gateway_factory(backends, env={**LOCAL_QDRANT, "HXP_VECTOR_CONFIG": str(changed)}, state_dir=tmp_path)
+    log = (tmp_path / "gateway.log").read_text(errors="replace")
+    assert "collection 'knowledge_base' exists with vector size 384 (Cosine) but is declared with size 768" in log

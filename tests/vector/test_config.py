@@ -63,3 +63,16 @@ def test_qdrant_location_url_then_path_then_state_dir(monkeypatch: pytest.Monkey
     monkeypatch.setenv("QDRANT_URL", "http://qdrant:6333")
     monkeypatch.setenv("QDRANT_API_KEY", "k")
     assert config.qdrant_location() == {"url": "http://qdrant:6333", "api_key": "k"}
+
+
+
+def test_several_workers_on_local_mode_are_warned_about(monkeypatch: pytest.MonkeyPatch, tmp_path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "q"))
+    config.warn_local_mode_with_workers()
+    assert "serves one process" in caplog.text and "set QDRANT_URL" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("QDRANT_URL", "http://qdrant:6333")
+    config.warn_local_mode_with_workers()
+    assert caplog.text == ""

@@ -119,3 +119,21 @@ async def test_documents_persist_across_reopen_and_mismatch_is_refused(tmp_path:
         with pytest.raises(CollectionMismatch, match=f"collection 'docs' exists with vector size 4 \\(Cosine\\) but is "
                                                      f"declared with size {size} \\({distance}\\)"):
             await VectorStore.open(_config(size, distance), path=path)
+
+
+async def test_a_second_process_on_the_local_store_answers_503(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hxp.vector import service as service_module
+
+    path = tmp_path / "qdrant"
+    holder = await VectorStore.open(_config(), path=str(path))  # another gateway worker holds the local store
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    monkeypatch.setenv("QDRANT_PATH", str(path))
+    monkeypatch.setattr(service_module, "_service", None)
+    monkeypatch.setattr(service_module, "_unavailable", None)
+    try:
+        for _ in range(2):  # remembered: not reopened on every request
+            with pytest.raises(VectorError, match="held by another gateway worker; set QDRANT_URL") as err:
+                await service_module.get_service()
+            assert err.value.status == 503
+    finally:
+        await holder.close()
