@@ -159,7 +159,7 @@ def test_postgres_outage_rows_are_retried_until_all_are_written(postgres, tmp_pa
     url = fresh_postgres_database(postgres)
     db = Database(url)
     db.migrate()
-    writer = UsageWriter(db, tmp_path / "spill", WriterSettings(batch_size=20, flush_interval_s=0.05,
+    writer = UsageWriter(db, tmp_path / "spill", WriterSettings(batch_size=20, flush_interval_s=0.05, max_buffer=1,
                                                                 retry_initial_s=0.1, retry_max_s=0.5))
     writer.start()
     records = rows(200)
@@ -172,9 +172,10 @@ def test_postgres_outage_rows_are_retried_until_all_are_written(postgres, tmp_pa
             writer.submit(record)
         wait_until(lambda: not writer.healthy, timeout=30)
         assert writer.backlog() >= 150
+        assert list((tmp_path / "spill").glob("usage-*.jsonl"))[0].stat().st_size > 0  # beyond the bound
     finally:
         postgres.start()
-    assert writer.flush(60)
+    assert writer.flush(60)  # nothing new arrives: the writer finds the database back by itself
     assert writer.healthy
     stored = {str(r["request_id"]) for r in db.fetchall("SELECT request_id FROM llm_model_requests")}
     assert stored == {r.request_id for r in records}

@@ -155,8 +155,8 @@ class UsageWriter:
                 batch = list(self._inflight)
             if batch:
                 self._write_batch(batch)
-            if self._healthy and self._spill.pending():
-                self._replay()
+            if self._spill.pending() and (self._healthy or time.monotonic() >= self._retry_at):
+                self._replay()  # also the probe that finds the database back when nothing new arrives
             with self._cond:
                 self._cond.notify_all()  # wake flush() waiters
 
@@ -198,6 +198,9 @@ class UsageWriter:
         with self._cond:
             self._inflight.clear()
             self.written += len(batch)
+        self._recovered()
+
+    def _recovered(self) -> None:
         if not self._healthy:
             log.warning("usage database reachable again; writing the backlog")
         self._healthy, self._delay, self._retry_at = True, 0.0, 0.0
@@ -234,6 +237,7 @@ class UsageWriter:
         except Exception as exc:  # noqa: BLE001 - database away: the files stay for the next try
             self._failed(exc)
             return
+        self._recovered()
         if replayed:
             log.warning("usage: replayed %d spilled rows", replayed)
 
