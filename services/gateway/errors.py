@@ -70,5 +70,13 @@ def backend_unavailable(model: str, reason: str, retry_after_s: float = 1) -> Re
                         headers={"retry-after": str(max(1, round(retry_after_s)))})
 
 
+def rate_limited(message: str, headers: dict[str, str]) -> ReplacementError:
+    """A 429 as OpenAI answers it: type 'requests' or 'tokens', code rate_limit_exceeded, Retry-After."""
+    error = ReplacementError(429, message, code="rate_limit_exceeded", headers=headers)
+    if headers.get("rate_limit_type") in ("requests", "tokens"):
+        error.type = headers["rate_limit_type"]
+    return error
+
+
 def model_not_found(model: str) -> GatewayError:
     return GatewayError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")

@@ -20,6 +20,8 @@ import openai
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.router import RouterRateLimitError
 from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
+from litellm.proxy.common_utils.proxy_rate_limit_error import ProxyRateLimitError
+from litellm.proxy.hooks.parallel_request_limiter_v3 import RateLimitUnverifiableError
 
 from hxp import catalogue as catalogue_module
 from hxp.catalogue import Catalogue
@@ -77,8 +79,17 @@ class GatewayHooks(CustomLogger):
     async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
                                            user_api_key_dict: UserAPIKeyAuth,
                                            traceback_str: str | None = None) -> errors.ReplacementError | None:
-        """A backend that cannot be reached is a 503 (not LiteLLM's 500, nor its cooldown 429)."""
-        if isinstance(original_exception, errors.GatewayError) or not _unreachable(original_exception):
+        """OpenAI's shape for LiteLLM's limit errors; a backend that cannot be reached is a 503
+        (not LiteLLM's 500, nor its cooldown 429)."""
+        if isinstance(original_exception, errors.GatewayError):
+            return None
+        if isinstance(original_exception, ProxyRateLimitError):
+            return errors.rate_limited(str(original_exception.detail), dict(original_exception.headers or {}))
+        if isinstance(original_exception, RateLimitUnverifiableError):
+            detail = original_exception.detail
+            return errors.ReplacementError(503, str(detail.get("error") if isinstance(detail, dict) else detail),
+                                           code="rate_limit_unverifiable", headers={"retry-after": "1"})
+        if not _unreachable(original_exception):
             return None
         cooldown = getattr(original_exception, "cooldown_time", 0) or 1
         return errors.backend_unavailable(str(request_data.get("model")), "no backend answered; retry shortly",

@@ -119,7 +119,8 @@ def test_rate_limit_is_429_with_retry_after(gateway):
     statuses = [_post(gateway, key, {"model": CHAT.name, "messages": USER}) for _ in range(3)]
     assert [r.status_code for r in statuses[:2]] == [200, 200]
     limited = statuses[2]
-    _error(limited, 429, limited.json()["error"]["type"], "Rate limit")
+    error = _error(limited, 429, "requests", "Rate limit")
+    assert error["code"] == "rate_limit_exceeded"
     assert int(limited.headers["retry-after"]) > 0
 
 

@@ -46,6 +46,7 @@ def test_redis_outage_fail_open_and_fail_closed(gateway_factory, fake_upstream):
         refused = closed_gw.chat(keys[closed_gw], CHAT.name)
         assert refused.status_code == 503, refused.text
         assert "Rate limit enforcement unavailable" in refused.json()["error"]["message"]
+        assert refused.json()["error"]["code"] == "rate_limit_unverifiable"
 
         redis.start()
         _wait_for(lambda: "reachable again" in open_gw.log)
