@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             command = engine_command(group, cat.profile_settings, port=free_port(), enforce_eager=eager)
             rows.append(measure(command, args.tokens, args.timeout))
+            print(f"[bench] {rows[-1]}", file=sys.stderr, flush=True)
     columns = list(max(rows, key=len))
     print(f"\nvLLM CPU engines ({machine()}, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after; "
           f"{args.tokens} tokens per request)\n")
