@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "1000"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "100"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
+START_TIMEOUT_S = 600  # a busy machine can take minutes to start LiteLLM
 CPU_TARGET = 1.15
 RPS_TARGET = 90.0
 
@@ -128,12 +129,16 @@ class BareProxy:
              "--port", str(self.port), "--workers", str(workers), "--log-level", "warning", "--no-access-log",
              "--loop", "uvloop", "--timeout-worker-healthcheck", str(WORKER_HEALTHCHECK_S)],
             env=env, cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-        wait_port(self.port, timeout=180)
-        deadline = time.monotonic() + 180
-        while httpx.get(f"http://127.0.0.1:{self.port}/health/liveliness", timeout=30).status_code != 200:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the bare LiteLLM proxy did not start")
-            time.sleep(0.5)
+        try:
+            wait_port(self.port, timeout=START_TIMEOUT_S)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while httpx.get(f"http://127.0.0.1:{self.port}/health/liveliness", timeout=30).status_code != 200:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the bare LiteLLM proxy did not start")
+                time.sleep(0.5)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -148,8 +153,9 @@ def run(workers: int, upstream: FakeUpstream, model: str) -> list[Result]:
         results.append(measure("bare LiteLLM proxy", bare.url, bare.proc.pid, bare.master_key, model, workers))
     finally:
         bare.stop()
-    gateway = Gateway(all_models(upstream.url), workers=workers).start()
+    gateway = Gateway(all_models(upstream.url), workers=workers)
     try:
+        gateway.start(wait=False).wait_ready(START_TIMEOUT_S)
         key = gateway.create_key(rpm=10**6, tpm=10**9)
         results.append(measure("full gateway", gateway.base_url, gateway.pid, key, model, workers))
     finally:
