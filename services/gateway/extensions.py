@@ -34,6 +34,7 @@ WORKER_STARTUP_HOOKS = [
 
 BEFORE_WORKERS = [
     "hxp.gateway.metrics:prepare_multiprocess_dir",  # Prometheus samples summed over the workers
+    "hxp.vector.config:warn_local_mode_with_workers",  # Qdrant's local mode serves one process
 ]
 
 
