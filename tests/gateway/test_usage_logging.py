@@ -14,7 +14,7 @@ import pytest
 
 from hxp import catalogue
 from hxp.gateway.database import Database
-from tests.fixtures.usage import drop_postgres_database, fresh_postgres_database
+from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import Gateway
 

@@ -2,23 +2,17 @@
 from __future__ import annotations
 
 import uuid
+from typing import Iterator
 
 import pytest
 
 from hxp.gateway.database import Database, redact
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
-    else:
-        server = request.getfixturevalue("postgres")
-        url = server.url
-    database = Database(url)
+@pytest.fixture
+def db(empty_db_url: str) -> Iterator[Database]:
+    database = Database(empty_db_url)
     yield database
-    if database.dialect == "postgresql":
-        database.execute("DROP TABLE IF EXISTS schema_migrations, api_keys, llm_model_requests, llm_model_performance")
     database.close()
 
 

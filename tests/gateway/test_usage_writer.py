@@ -12,7 +12,8 @@ from hxp.gateway.database import Database
 from hxp.gateway.usage.record import UsageRecord
 from hxp.gateway.usage.spill import SpillFile
 from hxp.gateway.usage.writer import UsageWriter, WriterSettings
-from tests.fixtures.usage import CountingDatabase, drop_postgres_database, fresh_postgres_database
+from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
+from tests.fixtures.usage import CountingDatabase
 
 SLOW_FLUSH = WriterSettings(batch_size=10, flush_interval_s=60.0, retry_initial_s=0.05, retry_max_s=0.5)
 
@@ -91,7 +92,7 @@ def test_rows_submitted_from_many_threads_are_all_written(db: CountingDatabase, 
     writer.close()
 
 
-def test_beyond_the_bound_rows_spill_to_disk_and_are_replayed_at_start(usage_db_url: str, tmp_path: Path) -> None:
+def test_beyond_the_bound_rows_spill_to_disk_and_are_replayed_at_start(empty_db_url: str, tmp_path: Path) -> None:
     spill_dir = tmp_path / "spill"
     down = Database(f"sqlite:///{tmp_path / 'unmigrated.sqlite3'}")  # no tables: every write fails
     writer = UsageWriter(down, spill_dir, WriterSettings(batch_size=5, flush_interval_s=0.05, max_buffer=10,
@@ -109,7 +110,7 @@ def test_beyond_the_bound_rows_spill_to_disk_and_are_replayed_at_start(usage_db_
     assert sorted(r["request_id"] for r in lines) == sorted(r.request_id for r in records)
     down.close()
 
-    up = Database(usage_db_url)
+    up = Database(empty_db_url)
     up.migrate()
     restarted = UsageWriter(up, spill_dir, SLOW_FLUSH)
     assert restarted.backlog() == 35  # counted before the replay: a metric sees it
@@ -195,11 +196,11 @@ def test_a_live_writers_spill_file_is_neither_counted_nor_replayed_by_another(us
     worker_b.start()
     assert worker_b.backlog() == 0 and worker_b.flush(5)
     assert count(usage_db) == 0  # A's rows are A's to write
+    worker_b.close()  # before A ends: once A's file is ownerless, any live writer may replay it
     worker_a.close()  # A ends (its database still away): its file is left for the next start
     down.close()
     worker_c = UsageWriter(usage_db, spill_dir, SLOW_FLUSH)
     assert worker_c.backlog() == 10
     worker_c.start()
     assert worker_c.flush(10) and count(usage_db) == 10
-    worker_b.close()
     worker_c.close()
