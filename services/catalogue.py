@@ -63,6 +63,7 @@ class Deployment(_Strict):
     """How one model runs under one profile."""
 
     source: str = Field(min_length=1)
+    timeout_s: PositiveFloat | None = None  # overrides api.timeout_s under this profile (slow CPU engines)
     devices: list[int] = []
     tensor_parallel_size: PositiveInt = 1
     vllm: VllmSettings
@@ -231,6 +232,12 @@ def _check_gpu_memory(prof_name: str, prof: Profile, models: list[ModelEntry]) -
             )
 
 
+def _api_under(entry: ModelEntry, profile: str) -> Api:
+    """The entry's API settings with the profile's overrides applied."""
+    timeout = entry.profiles[profile].timeout_s
+    return entry.api if timeout is None else entry.api.model_copy(update={"timeout_s": timeout})
+
+
 def parse(raw: Any, profile: str, path: Path = DEFAULT_PATH) -> Catalogue:
     """Validate a catalogue document and return its view under ``profile``."""
     if not isinstance(raw, dict):
@@ -243,7 +250,7 @@ def parse(raw: Any, profile: str, path: Path = DEFAULT_PATH) -> Catalogue:
     if profile not in data.profiles:
         raise CatalogueError(f"unknown profile '{profile}' (known: {', '.join(sorted(data.profiles))})")
     models = [
-        Model(m.name, m.description, m.port, m.task, m.api, m.profiles[profile], profile)
+        Model(m.name, m.description, m.port, m.task, _api_under(m, profile), m.profiles[profile], profile)
         for m in data.models
         if profile in m.profiles
     ]

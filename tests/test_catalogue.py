@@ -42,6 +42,15 @@ def test_the_project_catalogue_has_both_profiles() -> None:
     assert [m.package for m in cpu.embedding_models] == ["all-minilm-l6-v2"]
 
 
+def test_a_profile_may_override_the_request_timeout() -> None:
+    doc = raw()
+    entry(doc, "phi-3-mini")["profiles"]["cpu"] = {**entry(doc, "phi-3-mini")["profiles"]["cpu"], "timeout_s": 240}
+    assert catalogue.parse(doc, "cpu").get("phi-3-mini").api.timeout_s == 240
+    assert catalogue.parse(doc, "gpu").get("phi-3-mini").api.timeout_s == entry(doc, "phi-3-mini")["api"]["timeout_s"]
+    entry(doc, "phi-3-mini")["profiles"]["cpu"]["timeout_s"] = 0
+    fails(doc, "model 'phi-3-mini' field profiles.cpu.timeout_s", profile="cpu")
+
+
 def test_duplicate_name() -> None:
     doc = raw()
     entry(doc, "hermes-2")["name"] = "mixtral-8x7b"

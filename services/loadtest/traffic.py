@@ -69,10 +69,17 @@ class EmbeddingWorkload(_Strict):
     texts: list[str] = Field(min_length=1)
 
 
+class ProfileTraffic(_Strict):
+    """How one catalogue profile adjusts the traffic (slow CPU engines ask for shorter answers)."""
+
+    max_tokens_scale: float = Field(default=1.0, gt=0, le=1)
+
+
 class Traffic(_Strict):
     """The whole traffic file."""
 
     workloads: list[Workload] = Field(min_length=1)
+    profiles: dict[str, ProfileTraffic] = {}
     embeddings: EmbeddingWorkload
     documents: dict[str, str] = {}
 
@@ -113,7 +120,9 @@ def chat_request(traffic: Traffic, workload: Workload, model: Model, rng: random
         for i, text in enumerate([turns] if isinstance(turns, str) else turns):
             messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
     prompt_tokens = sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN + CONTEXT_MARGIN
-    max_tokens = min(rng.randint(*workload.max_tokens), max(1, model.max_model_len - prompt_tokens))
+    scale = traffic.profiles.get(model.profile, ProfileTraffic()).max_tokens_scale
+    low, high = (max(1, round(n * scale)) for n in workload.max_tokens)
+    max_tokens = min(rng.randint(low, high), max(1, model.max_model_len - prompt_tokens))
     body: dict[str, Any] = {"model": model.name, "messages": messages, "max_tokens": max_tokens,
                             "temperature": workload.temperature}
     if rng.random() < workload.stream_share:
