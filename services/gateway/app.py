@@ -7,21 +7,13 @@ DATABASE_URL from LiteLLM and written the proxy config (CONFIG_FILE_PATH).
 """
 from __future__ import annotations
 
-import logging
-
 from litellm.proxy.proxy_server import app
 
 from hxp.gateway import extensions
 
-log = logging.getLogger("hxp.gateway")
-
-
 def _compose() -> None:
     ours = []
     for path in extensions.ROUTERS:
-        if not extensions.installed(path):
-            log.warning("extension router %s is not installed: skipped", path)
-            continue
         before = len(app.router.routes)
         app.include_router(extensions.resolve(path))
         ours.extend(app.router.routes[before:])

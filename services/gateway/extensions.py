@@ -10,7 +10,6 @@ launcher calls before it starts several workers. Each concern adds its own line 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import Any
 
 CALLBACKS = [
@@ -44,12 +43,10 @@ def resolve(path: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def installed(path: str) -> bool:
-    """Whether ``module:attribute`` exists yet (the launcher skips, and logs, a concern not delivered yet)."""
-    module, _, attribute = path.partition(":")
-    try:
-        if importlib.util.find_spec(module) is None:
-            return False
-    except ModuleNotFoundError:
-        return False
-    return hasattr(importlib.import_module(module), attribute)
+def check() -> None:
+    """Resolve every extension now, so that a missing one stops the gateway at start with its name."""
+    for path in [*CALLBACKS, *ROUTERS, *WORKER_STARTUP_HOOKS, *BEFORE_WORKERS]:
+        try:
+            resolve(path)
+        except (ImportError, AttributeError) as exc:
+            raise SystemExit(f"gateway extension {path} cannot be loaded: {exc}") from exc

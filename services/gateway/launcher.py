@@ -44,8 +44,8 @@ def prepare_environment() -> settings.Settings:
     if not cfg.master_key:
         raise SystemExit("HXP_MASTER_KEY is not set: the gateway needs a master key (e.g. sk-$(openssl rand -hex 24))")
     os.environ["LITELLM_MASTER_KEY"] = cfg.master_key
-    os.environ["LITELLM_WORKER_STARTUP_HOOKS"] = ",".join(  # LiteLLM reads these as module:function
-        p for p in extensions.WORKER_STARTUP_HOOKS if extensions.installed(p))
+    extensions.check()
+    os.environ["LITELLM_WORKER_STARTUP_HOOKS"] = ",".join(extensions.WORKER_STARTUP_HOOKS)  # module:function
     return cfg
 
 
@@ -73,8 +73,7 @@ def serve(host: str, port: int, workers: int = 1) -> None:
                     "so run ONE gateway replica (workers share nothing)")
     if workers > 1:
         for path in extensions.BEFORE_WORKERS:
-            if extensions.installed(path):
-                extensions.resolve(path)()
+            extensions.resolve(path)()
     log.info("LiteLLM config written to %s; serving on %s:%d with %d worker(s)", write_config(cfg), host, port,
              workers)
     uvicorn.run("hxp.gateway.app:app", host=host, port=port, workers=workers, log_level="warning",

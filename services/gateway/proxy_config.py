@@ -6,14 +6,12 @@ reference (its URL may hold a password), and the SQL database is ours, not LiteL
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from hxp.catalogue import Catalogue
 from hxp.gateway import extensions, routes
 from hxp.gateway.settings import Settings
 
-log = logging.getLogger("hxp.gateway")
 
 CACHED_CALL_TYPES = ["acompletion", "atext_completion", "aembedding"]
 REDIS_URL_REF = "os.environ/REDIS_URL"
@@ -25,14 +23,8 @@ def litellm_path(path: str) -> str:
 
 
 def callbacks() -> list[str]:
-    """The installed CustomLogger callbacks, in LiteLLM's notation."""
-    found = []
-    for path in extensions.CALLBACKS:
-        if extensions.installed(path):
-            found.append(litellm_path(path))
-        else:
-            log.warning("extension callback %s is not installed: skipped", path)
-    return found
+    """The CustomLogger callbacks, in LiteLLM's notation."""
+    return [litellm_path(path) for path in extensions.CALLBACKS]
 
 
 def build(cfg: Settings, catalogue: Catalogue) -> dict[str, Any]:
