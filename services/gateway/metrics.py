@@ -60,7 +60,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hxp.gateway import request_log
 from hxp.gateway.hooks import gateway_hooks
-from hxp.gateway.usage.rollup import EngineProcesses, _local_port
+from hxp.gateway.engines import EngineProcesses, local_port
 from hxp.paths import state_path
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -285,7 +285,7 @@ class EngineCollector:
         with httpx.Client(timeout=PROBE_TIMEOUT_S) as client:
             health = {(n, u): self._pool.submit(_engine_health, client, u) for n, urls in models for u in urls}
             remote = {(n, u): self._pool.submit(engine_memory_from_metrics, client, u)
-                      for n, urls in models for u in urls if _local_port(u) is None}
+                      for n, urls in models for u in urls if local_port(u) is None}
             for name, urls in models:
                 up.add_metric([name], float(all(health[(name, u)].result() for u in urls)))
                 local_gb, _ = self._local.sample(name, urls)

@@ -11,7 +11,8 @@ import pytest
 
 from hxp.gateway.database import Database
 from hxp.gateway.usage.record import INSERT_SQL, UsageRecord, iso
-from hxp.gateway.usage.rollup import EngineProcesses, PerformanceRollup
+from hxp.gateway.engines import EngineProcesses
+from hxp.gateway.usage.rollup import PerformanceRollup
 from tests.support.servers import free_port, wait_port
 
 T0 = 1_800_000_000.0  # an interval boundary (divisible by 60)

@@ -15,16 +15,14 @@ import time
 import uuid
 from datetime import datetime, timezone
 from typing import Callable, Iterable
-from urllib.parse import urlsplit
 
-import psutil
 
 from hxp.gateway.database import Database
+from hxp.gateway.engines import EngineProcesses
 from hxp.gateway.usage.record import iso
 
 log = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("6f1c2d4e-8f0a-4b7e-9c51-3d2a1e0f4b77")
-_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 _MAX_CATCH_UP = 60  # intervals computed after an outage, at most
 INSERT_SQL = (
     "INSERT INTO llm_model_performance (metric_id, model_name, timestamp, avg_latency_ms, requests_per_second,"
@@ -36,68 +34,6 @@ SUMMARY_SQL = (
     " SUM(CASE WHEN status = 'success' THEN 0 ELSE 1 END) AS errors"
     " FROM llm_model_requests WHERE timestamp >= ? AND timestamp < ? GROUP BY model_name"
 )
-
-
-class EngineProcesses:
-    """Memory and CPU of the local processes serving a model (the listener on its port and their children)."""
-
-    def __init__(self) -> None:
-        self._last_cpu: dict[str, tuple[float, float]] = {}  # model -> (cpu seconds, monotonic time)
-
-    def sample(self, model: str, base_urls: Iterable[str]) -> tuple[float | None, float | None]:
-        """(resident memory in GB, CPU % of one core since the last sample) or None where unknown."""
-        ports = [_local_port(url) for url in base_urls]
-        procs = _listeners({p for p in ports if p is not None})
-        if not procs:
-            self._last_cpu.pop(model, None)
-            return None, None
-        rss = cpu = 0.0
-        for proc in procs:
-            for member in _tree(proc):
-                try:
-                    rss += member.memory_info().rss
-                    times = member.cpu_times()
-                    cpu += times.user + times.system
-                except psutil.Error:
-                    continue
-        now = time.monotonic()
-        previous = self._last_cpu.get(model)
-        self._last_cpu[model] = (cpu, now)
-        utilization = None
-        if previous is not None and now > previous[1] and cpu >= previous[0]:
-            utilization = 100.0 * (cpu - previous[0]) / (now - previous[1])
-        return rss / 2**30, utilization
-
-
-def _local_port(url: str) -> int | None:
-    parts = urlsplit(url)
-    if parts.hostname not in _LOCAL_HOSTS:
-        return None
-    return parts.port or (443 if parts.scheme == "https" else 80)
-
-
-def _listeners(ports: set[int]) -> list[psutil.Process]:
-    if not ports:
-        return []
-    try:
-        conns = psutil.net_connections(kind="tcp")
-    except (psutil.Error, OSError):
-        return []
-    pids = {c.pid for c in conns if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port in ports and c.pid}
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.Error:
-            continue
-    return procs
-
-
-def _tree(proc: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return [proc]
 
 
 class PerformanceRollup:
