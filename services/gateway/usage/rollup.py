@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable
 
 
 from hxp.gateway.database import Database
