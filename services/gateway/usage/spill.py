@@ -66,22 +66,11 @@ class SpillFile:
         Raises what ``write`` raises (the database is still away): files not finished stay.
         """
         replayed = 0
-        for path in self._foreign_files():
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live writer owns it
-                if not path.exists():
-                    continue  # replayed and removed by another process meanwhile
-                replayed += _write_all(_read(path), write, batch_size)
-                path.unlink()
-            finally:
-                os.close(fd)
+        for path in self._ended_files(fcntl.LOCK_EX):
+            if not path.exists():
+                continue  # replayed and removed by another process meanwhile
+            replayed += _write_all(_read(path), write, batch_size)
+            path.unlink()
         self._foreign = self._count_replayable()
         with self._lock:
             if self._count:
@@ -107,23 +96,24 @@ class SpillFile:
 
     def _count_replayable(self) -> int:
         """Rows in the files of ended processes (a live writer's file is its own to count)."""
-        total = 0
-        for path in self._foreign_files():
+        return sum(_count_lines(path) for path in self._ended_files(fcntl.LOCK_SH))
+
+    def _ended_files(self, lock: int) -> Iterator[Path]:
+        """Other processes' spill files that no live writer holds, each locked with ``lock`` while yielded."""
+        for path in sorted(p for p in self.folder.glob(f"usage-*{_SUFFIX}") if p != self.path):
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                total += _count_lines(path)
+                fcntl.flock(fd, lock | fcntl.LOCK_NB)
             except BlockingIOError:
-                pass
+                os.close(fd)
+                continue  # a live writer owns it
+            try:
+                yield path
             finally:
                 os.close(fd)
-        return total
-
-    def _foreign_files(self) -> list[Path]:
-        return sorted(p for p in self.folder.glob(f"usage-*{_SUFFIX}") if p != self.path)
 
 
 def _read(path: Path) -> Iterator[UsageRecord]:
