@@ -14,7 +14,7 @@ pytestmark = pytest.mark.services
 CHAT = catalogue.load().chat_models[0]
 
 
-def _wait_for(predicate, timeout: float = 30.0) -> None:
+def _wait_for(predicate, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
