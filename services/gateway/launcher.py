@@ -59,7 +59,10 @@ def write_config(cfg: settings.Settings) -> str:
 def serve(host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # INFO for our own loggers only: LiteLLM's loggers inherit the root level, and at INFO they would
+    # format a line per request (a measurable share of the gateway's CPU).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("hxp").setLevel(logging.INFO)
     cfg = prepare_environment()
     db = Database(cfg.database_url)
     applied = db.migrate()
