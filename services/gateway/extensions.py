@@ -29,6 +29,7 @@ ROUTERS = [
 
 WORKER_STARTUP_HOOKS = [
     "hxp.gateway.health:start_redis_watch",     # log + gauge when Redis goes away or comes back
+    "hxp.gateway.tuning:freeze_startup_heap",   # keep the collector off LiteLLM's long-lived objects
 ]
 
 BEFORE_WORKERS = [

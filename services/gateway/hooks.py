@@ -74,6 +74,8 @@ class GatewayHooks(CustomLogger):
         validate(data, call_type, model)
         if model.api.cache and data.get("temperature") == 0:
             data["cache"] = {**(data.get("cache") or {}), "use-cache": True}
+        else:
+            data["caching"] = False  # LiteLLM then skips its cache lookup (~1 ms of CPU per request)
         return data
 
     async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,

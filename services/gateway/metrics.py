@@ -80,7 +80,17 @@ CACHE_HITS = Counter("llm_cache_hits", "Requests answered from the response cach
 RATE_LIMITED = Counter("llm_rate_limit_rejections", "Requests rejected by a rate limit (429)", ["model", "user_id"])
 BACKLOG = Gauge("llm_usage_log_backlog", "Usage rows not yet written to the database", multiprocess_mode="livesum")
 
-_STATE = "_hxp_metrics"  # request data key: (model, start) while in flight, None once observed
+# Key in the request's LiteLLM metadata (which, unlike a top-level key, is never sent to the backend):
+# (model, start) while the request is in flight, None once it has been observed.
+_STATE = "hxp_metrics"
+
+
+def _metadata(data: dict) -> dict:
+    """The request's LiteLLM metadata dict (created when missing)."""
+    metadata = data.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = data["metadata"] = {}
+    return metadata
 
 
 def prepare_multiprocess_dir() -> str:
@@ -141,7 +151,8 @@ def _completion_text(obj: Any) -> str | None:
 
 def _start_of(data: Mapping[str, Any]) -> float | None:
     """When the request started (perf_counter seconds), if a pre-call hook saw it."""
-    state = data.get(_STATE)
+    metadata = data.get("metadata")
+    state = metadata.get(_STATE) if isinstance(metadata, Mapping) else None
     return state[1] if state else None
 
 
@@ -150,9 +161,10 @@ class MetricsLogger(CustomLogger):
 
     async def async_pre_call_hook(self, user_api_key_dict: UserAPIKeyAuth, cache: Any, data: dict,
                                   call_type: str) -> dict:
-        if _STATE not in data:
+        metadata = _metadata(data)
+        if _STATE not in metadata:
             model = model_label(data)
-            data[_STATE] = (model, time.perf_counter())
+            metadata[_STATE] = (model, time.perf_counter())
             ACTIVE.labels(model).inc()
         return data
 
@@ -210,10 +222,11 @@ class MetricsLogger(CustomLogger):
                 completion_tokens: int | None = None, cache_hit: bool = False, stream: bool = False,
                 ttft_s: float | None = None, error: str | None = None, completion: str | None = None) -> None:
         """Observe one answered request, once (a request may pass several hooks)."""
-        state = data.get(_STATE, ())
+        metadata = _metadata(data)
+        state = metadata.get(_STATE, ())
         if state is None:
             return
-        data[_STATE] = None
+        metadata[_STATE] = None
         model = state[0] if state else model_label(data)
         alias = (user.key_alias if user is not None else None) or UNKNOWN
         latency = time.perf_counter() - state[1] if state else None

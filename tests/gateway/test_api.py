@@ -73,6 +73,19 @@ def test_response_cache_in_process(gateway, fake_upstream):
     assert second.json()["choices"][0]["message"] == first.json()["choices"][0]["message"]
 
 
+def test_backend_receives_only_the_clients_fields(gateway, fake_upstream):
+    """The gateway's own bookkeeping (metrics, cache opt-in, usage) never reaches the engine's request."""
+    key = gateway.create_key()
+    fake_upstream.reset()
+    sent = [{"temperature": 0.5, "max_tokens": 4}, {"temperature": 0}, {"stream": True, "top_p": 0.9}]
+    for params in sent:
+        assert gateway.chat(key, CHAT.name, **params).status_code == 200
+    expected = {"model", "messages"}.union(*sent)
+    received = set(fake_upstream.stats()["fields"])
+    assert {"model", "messages", "temperature", "max_tokens", "top_p"} <= received
+    assert received <= expected | {"stream_options"}, received - expected
+
+
 def test_admin_api_only_with_the_master_key(gateway):
     user_key = gateway.create_key()
     for headers, status in (({}, 401), ({"Authorization": "Bearer sk-hxp-unknown"}, 401),

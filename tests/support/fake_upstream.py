@@ -53,6 +53,7 @@ class Upstream:
         self.delay = delay
         self.healthy = True
         self.counts: Counter[str] = Counter()
+        self.fields: Counter[str] = Counter()  # top-level request fields the backend received
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -71,9 +72,11 @@ class Upstream:
         if path == "/health":
             await _json(send, {} if self.healthy else {"error": "unhealthy"}, 200 if self.healthy else 503)
         elif path == "/_stats":
-            await _json(send, {"total": sum(self.counts.values()), "by_path": dict(self.counts)})
+            await _json(send, {"total": sum(self.counts.values()), "by_path": dict(self.counts),
+                               "fields": dict(self.fields)})
         elif path == "/_reset" and method == "POST":
             self.counts.clear()
+            self.fields.clear()
             await _json(send, {"ok": True})
         elif path == "/_health" and method == "POST":
             self.healthy = "ok=0" not in query
@@ -87,6 +90,7 @@ class Upstream:
             except ValueError:
                 await _json(send, {"error": {"message": "bad json", "type": "BadRequestError"}}, 400)
                 return
+            self.fields.update(request.keys())
             if self.delay:
                 await asyncio.sleep(self.delay)
             await self._answer(path, request, send)
