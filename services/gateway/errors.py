@@ -80,3 +80,15 @@ def rate_limited(message: str, headers: dict[str, str]) -> ReplacementError:
 
 def model_not_found(model: str) -> GatewayError:
     return GatewayError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status an exception is answered with (500 when it names none)."""
+    for attribute in ("status_code", "code"):
+        try:
+            code = int(getattr(exc, attribute, None))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        if 100 <= code <= 599:
+            return code
+    return 500

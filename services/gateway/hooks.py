@@ -112,3 +112,9 @@ class GatewayHooks(CustomLogger):
 
 
 gateway_hooks = GatewayHooks()
+
+
+async def answered_error(request_data: dict, exc: Exception, user: UserAPIKeyAuth) -> Exception:
+    """The error the client is answered with: the gateway hooks' replacement of ``exc`` when there is one
+    (the usage row and the metrics record what the client saw)."""
+    return await gateway_hooks.async_post_call_failure_hook(request_data, exc, user) or exc

@@ -59,7 +59,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
 from hxp.gateway import request_log
-from hxp.gateway.hooks import gateway_hooks
+from hxp.gateway.errors import status_of
+from hxp.gateway.hooks import answered_error
 from hxp.gateway.engines import EngineProcesses, local_port
 from hxp.paths import state_path
 
@@ -115,18 +116,6 @@ def model_label(data: Mapping[str, Any]) -> str:
     """The catalogue model a request asked for (``unknown`` for anything else: bounded cardinality)."""
     name = data.get("_litellm_client_requested_model") or data.get("model")
     return name if isinstance(name, str) and name in _catalogue_models() else UNKNOWN
-
-
-def status_code(exc: BaseException) -> int:
-    """The HTTP status an exception is answered with (500 when it names none)."""
-    for attribute in ("status_code", "code"):
-        try:
-            code = int(getattr(exc, attribute, None))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            continue
-        if 100 <= code <= 599:
-            return code
-    return 500
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -210,12 +199,9 @@ class MetricsLogger(CustomLogger):
     async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
                                            user_api_key_dict: UserAPIKeyAuth, traceback_str: str | None = None
                                            ) -> None:
-        # The client gets the gateway hooks' replacement when there is one (an unreachable backend is a 503).
-        replacement = await gateway_hooks.async_post_call_failure_hook(request_data, original_exception,
-                                                                       user_api_key_dict)
-        answered = replacement or original_exception
+        answered = await answered_error(request_data, original_exception, user_api_key_dict)
         message = getattr(answered, "message", None) or str(answered)
-        self._finish(request_data, user_api_key_dict, status_code(answered), stream=request_data.get("stream") is True,
+        self._finish(request_data, user_api_key_dict, status_of(answered), stream=request_data.get("stream") is True,
                      error=f"{type(original_exception).__name__}: {message}")
 
     def _finish(self, data: dict, user: UserAPIKeyAuth | None, status: int, *, prompt_tokens: int | None = None,

@@ -1,12 +1,14 @@
 """Every error the gateway answers itself: status, OpenAI error type, message; none reaches a backend."""
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
 
 from hxp import catalogue
+from hxp.gateway.database import Database
 from tests.support.servers import free_port
 
 CHAT = catalogue.load().chat_models[0]
@@ -137,6 +139,17 @@ def test_backend_down_is_503_and_readiness_says_so(gateway_factory, fake_upstrea
         error = _error(response, 503, "service_unavailable_error", CHAT.name)
         assert error["code"] == "backend_unavailable"
         assert int(response.headers["retry-after"]) >= 1
+    # the usage rows say what the client got (503), not LiteLLM's original 500
+    db = Database(f"sqlite:///{down.state_dir / 'gateway.sqlite3'}")
+    try:
+        deadline = time.monotonic() + 60
+        while len(logged := db.fetchall("SELECT status, error_message FROM llm_model_requests "
+                                        "WHERE model_name = ?", (CHAT.name,))) < 2:
+            assert time.monotonic() < deadline, logged
+            time.sleep(0.2)
+    finally:
+        db.close()
+    assert [(r["status"], r["error_message"][:4]) for r in logged] == [("unavailable", "503 ")] * 2, logged
     statuses = [down.chat(key, OTHER.name).status_code for _ in range(6)]
     assert statuses == [200] * 6, statuses  # the dead replica is set aside, the live one answers
     ready = httpx.get(f"{down.url}/health/readiness", timeout=30)

@@ -28,7 +28,8 @@ def rows(db: Database) -> list[dict]:
 
 @pytest.mark.parametrize("code, status", [(200, "success"), (400, "invalid_request"), (401, "unauthorized"),
                                           (403, "forbidden"), (404, "not_found"), (429, "rate_limited"),
-                                          (418, "client_error"), (503, "backend_error"), (504, "timeout")])
+                                          (418, "client_error"), (500, "backend_error"), (502, "backend_error"),
+                                          (503, "unavailable"), (504, "timeout")])
 def test_status_names(code: int, status: str) -> None:
     assert status_name(code) == status
 
@@ -54,4 +55,4 @@ def test_a_row_arriving_after_shutdown_is_kept_on_disk_and_replayed_at_start(usa
     assert sum(1 for p in (tmp_path / "spill").glob("usage-*.jsonl") for _ in p.open()) == 1
     pipeline.start()  # the next start replays it
     assert pipeline.start().writer.flush(10)
-    assert [r["status"] for r in rows(usage_env)] == ["backend_error"]
+    assert [r["status"] for r in rows(usage_env)] == ["unavailable"]

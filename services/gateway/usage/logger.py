@@ -26,6 +26,8 @@ from typing import Any, AsyncGenerator, Mapping
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import UserAPIKeyAuth
 
+from hxp.gateway.errors import status_of
+from hxp.gateway.hooks import answered_error
 from hxp.gateway.usage import pipeline
 from hxp.gateway.usage.record import UsageRecord, iso, request_uuid
 
@@ -33,7 +35,8 @@ log = logging.getLogger(__name__)
 _LOGGED = "_hxp_usage_logged"  # set in the request data once its row is recorded
 _SECRET = re.compile(r"\b(sk-[A-Za-z0-9]{0,4})[A-Za-z0-9_\-]{8,}")
 _STATUS = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 408: "timeout",
-           413: "invalid_request", 422: "invalid_request", 429: "rate_limited", 499: "cancelled", 504: "timeout"}
+           413: "invalid_request", 422: "invalid_request", 429: "rate_limited", 499: "cancelled", 503: "unavailable",
+           504: "timeout"}
 
 
 def status_name(code: int) -> str:
@@ -160,23 +163,11 @@ class UsageLogger(CustomLogger):
     async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
                                            user_api_key_dict: UserAPIKeyAuth, traceback_str: str | None = None
                                            ) -> None:
-        code = _status_code(original_exception)
+        code = status_of(await answered_error(request_data, original_exception, user_api_key_dict))
         message = getattr(original_exception, "message", None) or str(original_exception)
         kind = getattr(original_exception, "type", None) or type(original_exception).__name__
         self._record(request_data, user_api_key_dict, status=status_name(code),
                      stream=request_data.get("stream") is True, error_message=_error_text(code, kind, str(message)))
-
-
-def _status_code(exc: BaseException) -> int:
-    for attribute in ("status_code", "code"):
-        value = getattr(exc, attribute, None)
-        try:
-            code = int(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            continue
-        if 100 <= code <= 599:
-            return code
-    return 500
 
 
 usage_logger = UsageLogger()

@@ -42,7 +42,7 @@ class UsageRecord:
     """A row of ``llm_model_requests``; never carries a key secret or prompt text."""
 
     model_name: str
-    status: str  # "success", or the error class: "auth_error", "rate_limited", "backend_error", ...
+    status: str  # "success", or the error class: "auth_error", "rate_limited", "unavailable", "backend_error", ...
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     timestamp: str = field(default_factory=utc_now)
     user_id: str | None = None
