@@ -10,7 +10,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
@@ -19,6 +19,7 @@ from hxp.paths import PROJECT_ROOT
 
 DEFAULT_PATH = PROJECT_ROOT / "models.yaml"
 PACKAGE_PREFIX = "package:"
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
 
 
 class CatalogueError(ValueError):
@@ -76,10 +77,12 @@ class Api(_Strict):
     retries: int = Field(default=1, ge=0)
     fallbacks: list[str] = []
     cache: bool = True
+    # other names clients may use for this model (e.g. OpenAI's), answered as the model itself
+    aliases: list[Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]] = []
 
 
 class ModelEntry(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9.\-]*$")
+    name: str = Field(min_length=1, pattern=MODEL_NAME_PATTERN)
     description: str = ""
     port: int = Field(ge=1024, le=65535)
     task: Literal["chat", "embedding"] = "chat"
@@ -142,10 +145,18 @@ class Catalogue:
     path: Path = field(default=DEFAULT_PATH)
 
     def get(self, name: str) -> Model:
+        """The model with this name or alias."""
         for model in self.models:
-            if model.name == name:
+            if name == model.name or name in model.api.aliases:
                 return model
         raise KeyError(name)
+
+    def canonical(self, name: str) -> str | None:
+        """The catalogue name a client's model name (a name or an alias) stands for; None if unknown."""
+        try:
+            return self.get(name).name
+        except KeyError:
+            return None
 
     @property
     def names(self) -> list[str]:
@@ -184,6 +195,12 @@ def _check_consistency(data: _CatalogueFile) -> None:
         if m.port in ports:
             raise CatalogueError(f"model '{m.name}' field port: port {m.port} already used by '{ports[m.port]}'")
         ports[m.port] = m.name
+    taken = {m.name: m.name for m in data.models}  # model names and aliases: the model each one names
+    for m in data.models:
+        for alias in m.api.aliases:
+            if taken.get(alias, m.name) != m.name:
+                raise CatalogueError(f"model '{m.name}' field api.aliases: '{alias}' already names '{taken[alias]}'")
+            taken[alias] = m.name
     for m in data.models:
         for fallback in m.api.fallbacks:
             if fallback not in names or fallback == m.name:

@@ -143,6 +143,28 @@ def test_unknown_fallback() -> None:
     fails(doc, "model 'openchat-3.5'", "field api.fallbacks", "gpt-4")
 
 
+def test_an_alias_names_its_model() -> None:
+    cat = catalogue.load()
+    assert cat.get("text-embedding-ada-002").name == cat.canonical("text-embedding-ada-002") == "all-minilm-l6-v2"
+    assert cat.canonical("all-minilm-l6-v2") == "all-minilm-l6-v2" and cat.canonical("gpt-4") is None
+    assert "text-embedding-ada-002" not in cat.names  # not a model of its own: no engine, port or target
+
+
+def test_an_alias_may_not_name_another_model() -> None:
+    doc = raw()
+    entry(doc, "phi-3-mini")["api"]["aliases"] = ["hermes-2"]
+    fails(doc, "model 'phi-3-mini'", "field api.aliases", "'hermes-2' already names 'hermes-2'")
+    doc = raw()
+    entry(doc, "phi-3-mini")["api"]["aliases"] = ["text-embedding-ada-002"]  # all-minilm-l6-v2's alias
+    fails(doc, "field api.aliases", "'text-embedding-ada-002' already names")
+
+
+def test_an_alias_must_look_like_a_model_name() -> None:
+    doc = raw()
+    entry(doc, "phi-3-mini")["api"]["aliases"] = ["GPT 4"]
+    fails(doc, "model 'phi-3-mini'", "api.aliases")
+
+
 def test_unknown_field_is_rejected() -> None:
     doc = raw()
     entry(doc, "hermes-2")["profiles"]["gpu"]["vllm"]["max_modl_len"] = 4096

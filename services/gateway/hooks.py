@@ -1,7 +1,8 @@
 """The gateway's CustomLogger: checks before the backend call, cache opt-in and the cache header.
 
-Before the call (``async_pre_call_hook``): the model must exist (404) and be
-allowed for the key (403), and the parameters must be valid (400). A backend
+Before the call (``async_pre_call_hook``): the model must exist (404; a catalogue
+alias stands for its model) and be allowed for the key (403), and the parameters
+must be valid (400). A backend
 that cannot be reached becomes a 503 (``async_post_call_failure_hook``). Requests at
 temperature 0 to a model whose catalogue entry has ``api.cache`` opt in to
 LiteLLM's response cache (configured ``mode: default_off``). After the call, the
@@ -10,8 +11,8 @@ models the key may use.
 """
 from __future__ import annotations
 
-from functools import cached_property
-from typing import Any, Sequence
+from functools import lru_cache
+from typing import Any, Mapping, Sequence
 
 import aiohttp
 import httpx
@@ -47,16 +48,24 @@ def _unreachable(exc: BaseException | None, depth: int = 0) -> bool:
                (exc.__cause__, exc.__context__, getattr(exc, "original_exception", None)) if inner is not exc)
 
 
+@lru_cache(maxsize=1)
+def catalogue() -> Catalogue:
+    """The catalogue this gateway serves (loaded once per worker)."""
+    return catalogue_module.load()
+
+
+def requested_model(data: Mapping[str, Any]) -> str | None:
+    """The catalogue model a request asked for, by name or alias; None when it names none."""
+    name = data.get("_litellm_client_requested_model") or data.get("model")
+    return catalogue().canonical(name) if isinstance(name, str) else None
+
+
 def _allowed(user: UserAPIKeyAuth, model: str) -> bool:
     return user.user_role == LitellmUserRoles.PROXY_ADMIN or not user.models or model in user.models
 
 
 class GatewayHooks(CustomLogger):
     """Model access, request validation and response-cache opt-in."""
-
-    @cached_property
-    def catalogue(self) -> Catalogue:
-        return catalogue_module.load()
 
     async def async_pre_call_hook(self, user_api_key_dict: UserAPIKeyAuth, cache: Any, data: dict,
                                   call_type: str) -> dict:
@@ -66,11 +75,12 @@ class GatewayHooks(CustomLogger):
         if not name or not isinstance(name, str):
             raise errors.bad_request("model", "'model' is required")
         try:
-            model = self.catalogue.get(name)
+            model = catalogue().get(name)  # by name or alias (e.g. text-embedding-ada-002)
         except KeyError:
             raise errors.model_not_found(name) from None
-        if not _allowed(user_api_key_dict, name):
+        if not _allowed(user_api_key_dict, model.name):
             raise errors.forbidden(f"API key '{user_api_key_dict.key_alias}' may not use model '{name}'", "model")
+        data["model"] = model.name  # an alias is routed, limited and logged as its model
         validate(data, call_type, model)
         if model.api.cache and data.get("temperature") == 0:
             data["cache"] = {**(data.get("cache") or {}), "use-cache": True}

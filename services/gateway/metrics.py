@@ -44,7 +44,6 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, AsyncGenerator, AsyncIterator, Iterable, Mapping
 
@@ -60,7 +59,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hxp.gateway import request_log
 from hxp.gateway.errors import status_of
-from hxp.gateway.hooks import answered_error
+from hxp.gateway.hooks import answered_error, requested_model
 from hxp.gateway.engines import EngineProcesses, local_port
 from hxp.paths import state_path
 
@@ -105,17 +104,9 @@ def prepare_multiprocess_dir() -> str:
     return str(path)
 
 
-@lru_cache(maxsize=1)
-def _catalogue_models() -> frozenset[str]:
-    from hxp import catalogue
-
-    return frozenset(catalogue.load().names)
-
-
 def model_label(data: Mapping[str, Any]) -> str:
     """The catalogue model a request asked for (``unknown`` for anything else: bounded cardinality)."""
-    name = data.get("_litellm_client_requested_model") or data.get("model")
-    return name if isinstance(name, str) and name in _catalogue_models() else UNKNOWN
+    return requested_model(data) or UNKNOWN
 
 
 def _field(obj: Any, name: str) -> Any:

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import openai
 import pytest
 
 from hxp import catalogue
+from hxp.gateway.database import Database
 
 CAT = catalogue.load()
 CHAT, OTHER = CAT.chat_models[0], CAT.chat_models[1]
@@ -84,6 +86,29 @@ def test_backend_receives_only_the_clients_fields(gateway, fake_upstream):
     received = set(fake_upstream.stats()["fields"])
     assert {"model", "messages", "temperature", "max_tokens", "top_p"} <= received
     assert received <= expected | {"stream_options"}, received - expected
+
+
+def test_an_alias_is_answered_and_logged_as_its_model(gateway):
+    """OpenAI's embedding model name works for clients written against OpenAI (a catalogue alias)."""
+    alias, key_alias = "text-embedding-ada-002", f"alias-{uuid.uuid4().hex[:8]}"
+    assert CAT.get(alias).name == EMBEDDING.name
+    key = gateway.create_key(key_alias, models=[EMBEDDING.name])
+    vectors = _client(gateway, key).embeddings.create(model=alias, input=["alias"])
+    assert len(vectors.data) == 1 and len(vectors.data[0].embedding) > 0
+    chat_only = gateway.create_key(models=[CHAT.name])
+    refused = httpx.post(f"{gateway.base_url}/embeddings", headers=gateway.headers(chat_only), timeout=30,
+                         json={"model": alias, "input": "x"})
+    assert refused.status_code == 403, refused.text
+    db = Database(f"sqlite:///{gateway.state_dir / 'gateway.sqlite3'}")
+    try:
+        deadline = time.monotonic() + 60
+        while not (rows := db.fetchall("SELECT model_name, status FROM llm_model_requests WHERE user_id = ?",
+                                       (key_alias,))):
+            assert time.monotonic() < deadline, "no usage row"
+            time.sleep(0.2)
+    finally:
+        db.close()
+    assert [(r["model_name"], r["status"]) for r in rows] == [(EMBEDDING.name, "success")]
 
 
 def test_admin_api_only_with_the_master_key(gateway):

@@ -142,8 +142,8 @@ def test_same_model_access_and_rate_limits_as_the_model_api(gw: Gateway) -> None
 @pytest.mark.parametrize(
     ("path", "body", "status", "param", "message"),
     [
-        (f"/v1/vector/collections/nope/search", {"query": "x"}, 404, "collection", "unknown collection 'nope'"),
-        (f"/v1/vector/collections/nope/documents", {"documents": DOCS[:1]}, 404, "collection", "unknown collection"),
+        ("/v1/vector/collections/nope/search", {"query": "x"}, 404, "collection", "unknown collection 'nope'"),
+        ("/v1/vector/collections/nope/documents", {"documents": DOCS[:1]}, 404, "collection", "unknown collection"),
         (f"/v1/vector/collections/{KB}/search", {"vector": [0.1] * 10}, 400, "vector",
          "vector size 10 does not match collection 'knowledge_base' (size 384)"),
         (f"/v1/vector/collections/{KB}/documents", {"documents": [{"id": "v", "vector": [1.0] * 3}]}, 400,
