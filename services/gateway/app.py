@@ -11,6 +11,7 @@ from litellm.proxy.proxy_server import app
 
 from hxp.gateway import extensions
 
+
 def _compose() -> None:
     ours = []
     for path in extensions.ROUTERS:

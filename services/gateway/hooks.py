@@ -54,10 +54,16 @@ def catalogue() -> Catalogue:
     return catalogue_module.load()
 
 
+def requested_name(data: Mapping[str, Any]) -> str | None:
+    """The model name the client sent (before our pre-call hook turns an alias into its model)."""
+    name = data.get("_litellm_client_requested_model") or data.get("model")
+    return name if isinstance(name, str) and name else None
+
+
 def requested_model(data: Mapping[str, Any]) -> str | None:
     """The catalogue model a request asked for, by name or alias; None when it names none."""
-    name = data.get("_litellm_client_requested_model") or data.get("model")
-    return catalogue().canonical(name) if isinstance(name, str) else None
+    name = requested_name(data)
+    return catalogue().canonical(name) if name else None
 
 
 def _allowed(user: UserAPIKeyAuth, model: str) -> bool:

@@ -111,7 +111,6 @@ def qdrant_location() -> dict[str, str]:
     return {"path": str(Path(path) if path else state_path("qdrant"))}
 
 
-
 def warn_local_mode_with_workers() -> None:
     """Launcher hook before several gateway workers start: the embedded engine serves one process only."""
     where = qdrant_location()

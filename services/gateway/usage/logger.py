@@ -27,7 +27,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.proxy._types import UserAPIKeyAuth
 
 from hxp.gateway.errors import status_of
-from hxp.gateway.hooks import answered_error, requested_model
+from hxp.gateway.hooks import answered_error, requested_model, requested_name
 from hxp.gateway.usage import pipeline
 from hxp.gateway.usage.record import UsageRecord, iso, request_uuid
 
@@ -84,8 +84,7 @@ def _since(start: float | None, now: float) -> int | None:
 
 def _model(data: Mapping[str, Any]) -> str:
     """The catalogue model (an alias is logged as its model), else the name the client sent."""
-    name = data.get("_litellm_client_requested_model") or data.get("model")
-    return requested_model(data) or (name if isinstance(name, str) and name else "unknown")
+    return requested_model(data) or requested_name(data) or "unknown"
 
 
 def _usage_of(obj: Any) -> dict[str, int | None]:
