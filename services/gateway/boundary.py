@@ -3,8 +3,8 @@
 :class:`Boundary` is the ASGI app the gateway serves, wrapped around the proxy app (LiteLLM's
 FastAPI app with our routers). For each request, in this order:
 
-1. the route: a path and method the table (route_table.yaml) does not list is answered 404
-   (405 for a listed path with another method), for every caller, and reaches no handler;
+1. the route: a path and method the table (route_table.yaml) does not list is answered 404,
+   for every caller, and reaches no handler;
 2. the body: larger than HXP_MAX_BODY_BYTES is 413; it must be a JSON object (400);
 3. the caller: the route's access (public, client key, master key, metrics token) decides
    401/403; the caller found is kept in the request's context, and LiteLLM's custom_auth hands
@@ -163,7 +163,7 @@ def _named_model(route: Route, ctx: RequestContext, scope: Scope) -> Model | Non
     """The catalogue model the request names (404 unknown, 403 not granted), or None."""
     if route.model is None:
         return None
-    name = validation.model_name(ctx.body or {}) if route.model == "body" else ctx.params["model"]
+    name = validation.model_name(ctx.body or {}) if route.model == "body" else ctx.params["model_id"]
     try:
         model = deployments.catalogue().get(name)
     except KeyError:
@@ -278,11 +278,9 @@ def _kept(name: bytes) -> bool:
 
 
 def _not_served(scope: Scope, allowed: tuple[str, ...]) -> errors.GatewayError:
-    if allowed:
-        return errors.GatewayError(405, f"{scope['method']} is not allowed on {scope['path']}; use "
-                                        f"{', '.join(allowed)}", code="method_not_allowed",
-                                   headers={"allow": ", ".join(allowed)})
-    return errors.GatewayError(404, f"Unknown route: {scope['method']} {scope['path']}", code="unknown_route")
+    """404 for whatever the table does not list, a listed path with another method included."""
+    hint = f" (this path answers {', '.join(allowed)})" if allowed else ""
+    return errors.GatewayError(404, f"Unknown route: {scope['method']} {scope['path']}{hint}", code="unknown_route")
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, refusal: errors.GatewayError) -> None:

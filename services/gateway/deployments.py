@@ -41,6 +41,19 @@ def engine_root(base_url: str) -> str:
     return root[:-3] if root.endswith("/v1") else root
 
 
+def prices(model: Model) -> tuple[float, float]:
+    """A model's price per prompt token and per completion token (the catalogue sets none: self-hosted)."""
+    return 0.0, 0.0
+
+
+def cost(model: Model, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
+    """What a request cost at the model's prices; None when its token counts are unknown."""
+    if prompt_tokens is None and completion_tokens is None:
+        return None
+    prompt_price, completion_price = prices(model)
+    return (prompt_tokens or 0) * prompt_price + (completion_tokens or 0) * completion_price
+
+
 def model_list(catalogue: Catalogue, backends: dict[str, list[str]], template: str) -> list[dict[str, Any]]:
     """One LiteLLM deployment per (model, replica)."""
     deployments = []
@@ -63,8 +76,8 @@ def model_list(catalogue: Catalogue, backends: dict[str, list[str]], template: s
                     "mode": "embedding" if model.task == "embedding" else "chat",
                     "max_input_tokens": model.max_model_len,
                     "max_tokens": model.max_model_len,
-                    "input_cost_per_token": 0.0,
-                    "output_cost_per_token": 0.0,
+                    "input_cost_per_token": prices(model)[0],
+                    "output_cost_per_token": prices(model)[1],
                 },
             })
     return deployments

@@ -21,7 +21,7 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
-from hxp.gateway import metrics, request_log
+from hxp.gateway import deployments, metrics, request_log
 from hxp.gateway.usage import pipeline
 from hxp.gateway.usage.record import UsageRecord, iso
 from hxp.redaction import redact
@@ -32,7 +32,7 @@ CACHE_HEADER = b"x-hxp-cache"
 _USAGE_MARK = b'"prompt_tokens":'
 _TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _TOKEN_PATTERN = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)":\s*(\d+)')
-_DELTA_TEXT = re.compile(rb'"(?:content|text|arguments)":"[^"]')
+_DELTA_TEXT = re.compile(rb'"(?:content|text|arguments)":\s*"[^"]')
 _TAIL_BYTES = 8192  # the end of a non-streamed answer: where its usage is
 _STATUS_NAMES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 408: "timeout",
                  413: "invalid_request", 422: "invalid_request", 429: "rate_limited", 499: "cancelled",
@@ -63,7 +63,6 @@ class Observation:
     prompt: Any = None  # only kept when the request log records content
     status: int = 0
     cache_hit: bool = False
-    cost: float | None = None
     first_chunk: float | None = None
     chunks_with_text: int = 0
     usage: dict[str, int] = field(default_factory=dict)
@@ -114,11 +113,6 @@ class Observation:
                 self._streaming = value.startswith(b"text/event-stream")
             elif name == CACHE_HEADER:
                 self.cache_hit = value == b"hit"
-            elif name == b"x-litellm-response-cost":
-                try:
-                    self.cost = float(value)
-                except ValueError:
-                    pass
 
     def _chunk(self, body: bytes) -> bool:
         """Observe one streamed chunk; True when it is the usage chunk to hold back from the client."""
@@ -156,7 +150,7 @@ class Observation:
         error = self.error
         if status == DISCONNECTED:
             error = "client disconnected before the end of the answer"
-        error = redact(f"{status}: {error}")[:2000] if error else None
+        error = redact(f"{status} {error}")[:2000] if error else None
         prompt_tokens = self.usage.get("prompt_tokens")
         completion_tokens = self.usage.get("completion_tokens")
         total = self.usage.get("total_tokens")
@@ -170,7 +164,9 @@ class Observation:
             timestamp=iso_at(self.started), user_id=self.key_alias, key_id=self.key_id,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=total,
             latency_ms=round(latency * 1000), time_to_first_token_ms=None if ttft is None else round(ttft * 1000),
-            stream=self.stream, cache_hit=self.cache_hit, cost=self.cost, status=status_name(status),
+            stream=self.stream, cache_hit=self.cache_hit, status=status_name(status),
+            cost=None if self.model is None else deployments.cost(deployments.catalogue().get(self.model),
+                                                                  prompt_tokens, completion_tokens),
             error_message=error,
         ))
         request_log.emit(request_log.entry(
