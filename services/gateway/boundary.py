@@ -5,10 +5,10 @@ FastAPI app with our routers). For each request, in this order:
 
 1. the route: a path and method the table (route_table.yaml) does not list is answered 404,
    for every caller, and reaches no handler;
-2. the body: larger than HXP_MAX_BODY_BYTES is 413; it must be a JSON object (400);
-3. the caller: the route's access (public, client key, master key, metrics token) decides
+2. the caller: the route's access (public, client key, master key, metrics token) decides
    401/403; the caller found is kept in the request's context, and LiteLLM's custom_auth hands
-   it to LiteLLM (:func:`hxp.gateway.auth.user_api_key_auth`);
+   it to LiteLLM (:func:`hxp.gateway.auth.user_api_key_auth`). An unknown caller's body is never read;
+3. the body: larger than HXP_MAX_BODY_BYTES is 413; it must be a JSON object (400);
 4. the request: its fields are checked by kind (:mod:`hxp.gateway.validation`, 400), the model it
    names must exist (404) and be granted to the key (403), a vector collection must be granted for
    reading or writing (403), and so must the collection of a retrieval-augmented chat.
@@ -119,20 +119,16 @@ class Boundary:
         route, cfg = ctx.route, settings.current()
         assert route is not None
         headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in scope["headers"]}
-        raw = await _read_body(receive, headers, cfg.max_body_bytes)
-        takes_body = route.takes_body(scope["method"])
-        body, parse_error = _parse(raw) if takes_body else (None, None)
-        if observation is not None and isinstance(body, dict) and isinstance(body.get("model"), str):
-            observation.requested = body["model"][:100]
-            observation.model = deployments.catalogue().canonical(body["model"])
-        ctx.caller = await _authorize(route, headers)
+        ctx.caller = await _authorize(route, headers)  # before the body: an unknown caller's body is never read
         if observation is not None and ctx.caller is not None:
             observation.key_alias = ctx.caller.alias
             observation.key_id = ctx.caller.key.key_id if ctx.caller.key else None
-        if parse_error is not None:
-            raise parse_error
-        if takes_body:
-            ctx.body = validation.check_object(body)
+        raw = await _read_body(receive, headers, cfg.max_body_bytes)
+        if route.takes_body(scope["method"]):
+            ctx.body = validation.check_object(_parse(raw))
+            if observation is not None and isinstance(ctx.body.get("model"), str):
+                observation.requested = ctx.body["model"][:100]
+                observation.model = deployments.catalogue().canonical(ctx.body["model"])
         model = _named_model(route, ctx, scope)
         if model is not None:
             ctx.model = model
@@ -233,14 +229,14 @@ def _too_large(limit: int) -> errors.GatewayError:
                                param="body", code="request_too_large")
 
 
-def _parse(raw: bytes) -> tuple[Any, errors.GatewayError | None]:
-    """The body parsed as JSON, or the 400 to answer (raised after the caller is known)."""
+def _parse(raw: bytes) -> Any:
+    """The body parsed as JSON (400 when it is not)."""
     try:
-        return orjson.loads(raw), None
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         problem = "the body is empty" if not raw.strip() else f"{exc}"
-        return None, errors.GatewayError(400, f"The request body is not valid JSON: {problem}", param="body",
-                                         code="invalid_json")
+        raise errors.GatewayError(400, f"The request body is not valid JSON: {problem}", param="body",
+                                  code="invalid_json") from None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

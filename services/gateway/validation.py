@@ -37,6 +37,10 @@ def _integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _one_of(value: Any, choices: frozenset[str]) -> bool:
+    return isinstance(value, str) and value in choices
+
+
 def _strings(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
@@ -127,7 +131,7 @@ def _check_messages(body: dict[str, Any]) -> None:
         if not isinstance(message, dict):
             raise bad_request(where, f"'{where}' must be an object with 'role' and 'content'")
         role = message.get("role")
-        if role not in ROLES:
+        if not _one_of(role, ROLES):
             raise bad_request(f"{where}.role", f"'{where}.role' must be one of {', '.join(sorted(ROLES))}, "
                                                f"got {role!r}")
         content = message.get("content")
@@ -160,7 +164,7 @@ def _check_tools(body: dict[str, Any]) -> None:
     if choice is None:
         return
     if isinstance(choice, str):
-        if choice not in TOOL_CHOICES:
+        if not _one_of(choice, TOOL_CHOICES):
             raise bad_request("tool_choice", f"'tool_choice' must be one of {', '.join(sorted(TOOL_CHOICES))} "
                                              f"or a named function, got {choice!r}")
     elif not (isinstance(choice, dict) and choice.get("type") == "function"
@@ -175,7 +179,7 @@ def _check_response_format(body: dict[str, Any]) -> None:
     value = body.get("response_format")
     if value is None:
         return
-    if not isinstance(value, dict) or value.get("type") not in RESPONSE_FORMATS:
+    if not isinstance(value, dict) or not _one_of(value.get("type"), RESPONSE_FORMATS):
         raise bad_request("response_format", "'response_format' must be an object whose 'type' is one of "
                                              f"{', '.join(sorted(RESPONSE_FORMATS))}")
     if value["type"] == "json_schema":
@@ -220,7 +224,7 @@ def _completion(body: dict[str, Any], model: Model, max_inputs: int) -> None:
 def _embedding(body: dict[str, Any], model: Model, max_inputs: int) -> None:
     _check_inputs(body, "input", max_inputs)
     encoding = body.get("encoding_format")
-    if encoding is not None and encoding not in ENCODING_FORMATS:
+    if encoding is not None and not _one_of(encoding, ENCODING_FORMATS):
         raise bad_request("encoding_format", f"'encoding_format' must be one of {', '.join(sorted(ENCODING_FORMATS))}")
     dimensions = body.get("dimensions")
     if dimensions is not None and (not _integer(dimensions) or dimensions < 1):

@@ -48,7 +48,7 @@ def test_requests_are_counted_once_whichever_worker_answers(live_stack: LiveStac
     assert value(samples, "llm_requests_total", model=model, status="200", user_id="team-live") == 8
     assert value(samples, "llm_requests_total", model=model, status="200", user_id="team-limited") == 1
     assert value(samples, "llm_requests_total", model=model, status="429", user_id="team-limited") == 2
-    assert value(samples, "llm_requests_total", model=model, status="401", user_id="unknown") == 1
+    assert value(samples, "llm_requests_total", model="unknown", status="401", user_id="unknown") == 1  # body unread
     broken = [dict(ls) for (n, ls), v in samples.items()
               if n == "llm_requests_total" and dict(ls)["model"] == live_stack.broken_model and v == 1]
     assert [(b["status"], b["user_id"]) for b in broken] == [(str(live_stack.statuses[-1]), "team-live")]
