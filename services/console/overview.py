@@ -39,7 +39,7 @@ def _rates(stats: dict[str, Any], minutes: int) -> dict[str, Any]:
 def _traffic(names: list[str]) -> tuple[dict[int, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
     db = auth.key_store().db
     now = datetime.now(timezone.utc)
-    windows = {m: queries.traffic(db, now - timedelta(minutes=m)) for m in WINDOWS_MIN}
+    windows = {m: queries.traffic(db, names, now - timedelta(minutes=m)) for m in WINDOWS_MIN}
     return windows, queries.engine_samples(db, names, now - SAMPLE_AGE)
 
 

@@ -2,8 +2,9 @@
 
 The same statements run on PostgreSQL and SQLite (``?`` placeholders; times compared as the usage
 writer stores them, ISO-8601 UTC strings from :func:`hxp.gateway.usage.record.iso`). Each reads
-``llm_model_requests`` through an index: by time (``llm_model_requests_time``) or by key and time
-(``llm_model_requests_key_time``, migration 0007); ``llm_model_performance`` by model and time.
+``llm_model_requests`` through an index, searched, never scanned whole: by model and time (a recent
+window of the catalogue's models), by time (a range of days, ``llm_model_requests_time``) or by key
+and time (``llm_model_requests_key_time``, migration 0007); ``llm_model_performance`` by model and time.
 Percentiles are nearest-rank (the smallest value with at least p% of the requests at or below it).
 What a row counts for is defined once, by :func:`requests_expression`.
 """
@@ -22,14 +23,15 @@ _TRAFFIC = (
     "SELECT r.model_name AS model, SUM({n}) AS requests,"
     " SUM(CASE WHEN r.status = 'success' THEN 0 ELSE {n} END) AS errors,"
     " SUM(r.prompt_tokens) AS prompt_tokens, SUM(r.completion_tokens) AS completion_tokens"
-    " FROM llm_model_requests r WHERE r.timestamp >= ? GROUP BY r.model_name"
+    " FROM llm_model_requests r WHERE r.model_name IN ({names}) AND r.timestamp >= ? GROUP BY r.model_name"
 )
 _PERCENTILES = (
     "SELECT model, MIN(CASE WHEN rn >= 0.5 * n THEN v END) AS p50, MIN(CASE WHEN rn >= 0.95 * n THEN v END) AS p95"
     " FROM (SELECT r.model_name AS model, r.{column} AS v,"
     " ROW_NUMBER() OVER (PARTITION BY r.model_name ORDER BY r.{column}) AS rn,"
     " COUNT(*) OVER (PARTITION BY r.model_name) AS n"
-    " FROM llm_model_requests r WHERE r.timestamp >= ? AND r.status = 'success' AND r.{column} IS NOT NULL) ranked"
+    " FROM llm_model_requests r WHERE r.model_name IN ({names}) AND r.timestamp >= ? AND r.status = 'success'"
+    " AND r.{column} IS NOT NULL) ranked"
     " GROUP BY model"
 )
 _USAGE = (
@@ -72,16 +74,22 @@ def when(value: Any) -> str | None:
     return iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
 
 
-def traffic(db: Database, since: datetime) -> dict[str, dict[str, Any]]:
-    """Per model since ``since``: requests, errors, tokens, and the p50/p95 latency and time to first token of
-    the successful requests (ms)."""
-    bound = (iso(since),)
+def _placeholders(names: list[str]) -> str:
+    return ", ".join("?" * len(names))
+
+
+def traffic(db: Database, models: list[str], since: datetime) -> dict[str, dict[str, Any]]:
+    """Per model (of ``models``) since ``since``: requests, errors, tokens, and the p50/p95 latency and time to
+    first token of the successful requests (ms)."""
+    if not models:
+        return {}
+    names, bound = _placeholders(models), (*models, iso(since))
     found: dict[str, dict[str, Any]] = {}
-    for row in db.fetchall(_TRAFFIC.format(n=requests_expression(db)), bound):
+    for row in db.fetchall(_TRAFFIC.format(n=requests_expression(db), names=names), bound):
         found[row["model"]] = {k: int(row[k] or 0) for k in ("requests", "errors", "prompt_tokens",
                                                               "completion_tokens")}
     for column, name in (("latency_ms", "latency"), ("time_to_first_token_ms", "ttft")):
-        for row in db.fetchall(_PERCENTILES.format(column=column), bound):
+        for row in db.fetchall(_PERCENTILES.format(column=column, names=names), bound):
             stats = found.setdefault(row["model"], {})
             stats[f"{name}_p50_ms"], stats[f"{name}_p95_ms"] = row["p50"], row["p95"]
     return found
@@ -106,7 +114,7 @@ def engine_samples(db: Database, models: list[str], since: datetime) -> dict[str
     (models whose engines are not on this machine have none)."""
     if not models:
         return {}
-    sql = _ENGINE_SAMPLES.format(names=", ".join("?" * len(models)))
+    sql = _ENGINE_SAMPLES.format(names=_placeholders(models))
     latest: dict[str, dict[str, Any]] = {}
     for row in db.fetchall(sql, (*models, iso(since))):
         if row["memory_gb"] is not None or row["cpu"] is not None:

@@ -61,11 +61,11 @@
   const badge = (ok, yes, no) => h("span", {class: "badge " + (ok ? "up" : "down")}, ok ? yes : no);
 
   function table(columns, rows, attrs) {
-    return h("table", attrs || {},
+    return h("div", {class: "scroll"}, h("table", attrs || {},
       h("thead", {}, h("tr", {}, columns.map((c) => h("th", {class: c.num ? "num" : null}, c.label)))),
       h("tbody", {}, rows.length ? rows.map((row) => h("tr", row.attrs || {},
         columns.map((c) => h("td", {class: c.num ? "num" : null, "data-col": c.key || null}, c.cell(row.data))))) :
-        h("tr", {}, h("td", {colspan: columns.length, class: "note"}, "Nothing to show."))));
+        h("tr", {}, h("td", {colspan: columns.length, class: "note"}, "Nothing to show.")))));
   }
 
   function section(title, ...content) {
@@ -90,7 +90,7 @@
   function barChart(title, metric, days, groups) {
     const W = 760, H = 230, L = 56, R = 12, T = 14, B = 44;
     const totals = days.map((_, i) => groups.reduce((sum, g) => sum + g[metric][i], 0));
-    const top = niceMax(Math.max(1, ...totals));
+    const top = niceMax(Math.max(4, ...totals));  // counts: at least 0..4 in whole steps
     const step = (W - L - R) / Math.max(1, days.length);
     const y = (v) => T + (H - T - B) * (1 - v / top);
     const chart = svg("svg", {viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "data-metric": metric,
