@@ -69,6 +69,12 @@ def test_a_wrong_master_key_is_refused_and_opens_no_session(gateway) -> None:
     assert not any(w in gateway.log for w in wrong)
 
 
+def test_the_sign_in_page_sends_a_signed_in_operator_on(gateway, console) -> None:
+    assert console.get("/console/sign-in").headers.get("location") == "/console"
+    page = httpx.get(f"{gateway.url}/console/sign-in", timeout=30)
+    assert page.status_code == 200 and 'method="post"' in page.text  # never the key in a URL, even without script
+
+
 def test_the_session_cookie_is_httponly_strict_expiring_and_secure_over_tls(gateway) -> None:
     ttl = settings.Settings().console_session_ttl_s
     for scheme, secure in (("http", False), ("https", True)):

@@ -174,7 +174,7 @@
       {label: "Latency p95", num: true, cell: (m) => ms(m.windows[window].latency_p95_ms)},
       {label: "TTFT p50", num: true, cell: (m) => ms(m.windows[window].ttft_p50_ms)},
       {label: "TTFT p95", num: true, cell: (m) => ms(m.windows[window].ttft_p95_ms)},
-      {label: "Tokens/s", num: true, cell: (m) => num(m.windows[window].tokens_per_s, 2)},
+      {label: "Output tokens/s", num: true, cell: (m) => num(m.windows[window].tokens_per_s, 2)},
       {label: "Requests", num: true, key: "requests", cell: (m) => num(m.windows[window].requests)},
     ];
     const s = data.stores;
