@@ -221,6 +221,8 @@ def test_the_overview_shows_a_model_down_once_its_backend_stops(page, console_st
     expect(status).to_have_text("up", timeout=WAIT_MS)
     expect(page.locator("#models td[data-col=status]", has_text="up")).to_have_count(len(catalogue.load().models))
     expect(page.locator("[data-store=Database] .badge")).to_have_text("up")
+    expect(page.locator(f"#models tr[data-model='{stack.down_model}'] td[data-col=running]")).to_have_text("0")
+    expect(page.locator(f"#models tr[data-model='{stack.down_model}'] td[data-col=served]")).to_have_text("fake")
     page.screenshot(path=artifact("overview.png"), full_page=True)
     stack.second.stop()
     try:
