@@ -7,7 +7,7 @@ VENV := .venv
 ENGINE_VENV := .venv-engine
 HXP := $(VENV)/bin/hxp
 APT_PACKAGES := postgresql redis-server prometheus prometheus-node-exporter \
-	prometheus-postgres-exporter prometheus-redis-exporter prometheus-alertmanager systemd
+	prometheus-postgres-exporter prometheus-redis-exporter prometheus-alertmanager systemd chromium
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HXP_ENGINE_PYTHON ?= $(CURDIR)/$(ENGINE_VENV)/bin/python
 
