@@ -40,7 +40,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     engine = docker.engine()
     try:
         assert docker.compose_version() >= docker.MIN_COMPOSE
-        docker.base_image()
         project = f"hxp-compose-test-{time.strftime('%H%M%S')}"
         stack = Stack.create(project, tmp_path_factory.mktemp("compose-stack"))
         with pytest.MonkeyPatch.context() as patch:
@@ -58,10 +57,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def report(stack: Stack) -> None:
-    """Build and start times and image sizes, in the test log (README: The CPU development stack in Docker)."""
+    """Build and start times, image sizes and the services' memory, in the test log (README: the compose test)."""
     images = docker.docker("images", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}").stdout.splitlines()
+    containers = stack.compose("ps", "-q").stdout.split()
+    memory = docker.docker("stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *containers).stdout
     lines = [f"{step}: {seconds:.0f} s" for step, seconds in stack.timings.items()]
     lines += [line for line in images if line.startswith(("hxp-test/", "hxp-standin/"))]
+    lines += memory.splitlines()
     (state_path("logs", "tests") / "compose-stack.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

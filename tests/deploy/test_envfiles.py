@@ -88,3 +88,14 @@ def test_compose_finds_the_env_files_through_dotenv(env_dir: Path) -> None:
     assert dotenv in envfiles.create(env_dir)
     assert values(dotenv) == {"HXP_PUBLISH_ADDRESS": "10.0.0.5", "HXP_ENV_DIR": "./env"}
     assert envfiles.create(env_dir) == [] and values(dotenv)["HXP_ENV_DIR"] == "./env"
+
+
+def test_the_stacks_env_folder_is_found_as_compose_finds_it(env_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HXP_ENV_DIR from the environment first, then from .env, else env/ (used by `make backup STACK=compose`)."""
+    project = env_dir.parent
+    monkeypatch.delenv(envfiles.ENV_DIR_VARIABLE, raising=False)
+    assert envfiles.env_dir(project) == project / "env"
+    (project / ".env").write_text("HXP_ENV_DIR=./secrets\n")
+    assert envfiles.env_dir(project) == project / "secrets"
+    monkeypatch.setenv(envfiles.ENV_DIR_VARIABLE, "/srv/hxp/env")
+    assert envfiles.env_dir(project) == Path("/srv/hxp/env")

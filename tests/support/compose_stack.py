@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hxp.deploy import envfiles
 from hxp.paths import PROJECT_ROOT
+from tests.support import docker
 
 TESTS = PROJECT_ROOT / "tests" / "deploy"
 STANDINS = TESTS / "standins" / "compose.yaml"
@@ -84,13 +85,17 @@ class Stack:
         return self.run(["make", "-s", "--no-print-directory", *args], timeout).stdout
 
     def timed(self, step: str, *args: str, timeout: float = BUILD_TIMEOUT_S) -> None:
+        """``docker compose ARGS``, its duration recorded under ``step``."""
         start = time.monotonic()
         self.compose(*args, timeout=timeout)
         self.timings[step] = time.monotonic() - start
 
     def build(self) -> None:
-        """The stand-ins, then the project's images on top of them (the locust image last, reusing the gateway's
-        layers)."""
+        """The Debian base (when missing), the stand-ins, then the project's images on top of them (the locust image
+        last, reusing the gateway's layers)."""
+        start = time.monotonic()
+        docker.base_image()
+        self.timings["Debian base image"] = time.monotonic() - start
         wheels = torch_wheels()
         standins = ["-f", str(STANDINS), "-p", f"{self.project}-standins"]
         services = [] if wheels else ["python", "postgres", "redis", "prometheus", "alertmanager", "node-exporter",
