@@ -165,7 +165,7 @@ def test_the_usage_row_is_in_the_compose_postgres(stack: Stack) -> None:
     url, key = gateway(stack), create_key(stack, "compose-usage")
     answer = chat(url, key)
     assert answer.status_code == 200
-    call_id = answer.headers["x-litellm-call-id"]
+    call_id = answer.headers["x-request-id"]
     rows = usage_rows([call_id])
     assert rows.get(call_id) is not None, "no usage row for the answered request"
     model, user, status, prompt_tokens, stream = rows[call_id]
@@ -218,7 +218,7 @@ def test_sigterm_to_the_gateway_loses_no_answered_request_and_it_comes_back(stac
             calls.append(call)
             try:
                 answer = chat(url, key, max_tokens=48) if kind == "chat" else embed(url, key)
-                call.status, call.call_id = answer.status_code, answer.headers.get("x-litellm-call-id")
+                call.status, call.call_id = answer.status_code, answer.headers.get("x-request-id")
             except httpx.TransportError:
                 time.sleep(0.2)  # the gateway is down: not answered
             call.ended = time.monotonic()
