@@ -52,11 +52,12 @@ class Database:
             self._pool.open(wait=False)
         elif url.startswith("sqlite:///"):
             self._path = url[len("sqlite:///"):]
-            self._lock = threading.Lock()  # the one write connection, and the pool's bookkeeping
+            self._lock = threading.Lock()  # the one write connection
             self._writer: sqlite3.Connection | None = None
             self._readers: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
             self._reader_slots = threading.Semaphore(pool_size)
             self._opened: list[sqlite3.Connection] = []
+            self._opened_lock = threading.Lock()
         else:
             raise ValueError(f"unsupported DATABASE_URL scheme: {redact(url)} (use postgresql:// or sqlite:///)")
 
@@ -72,7 +73,8 @@ class Database:
             conn.execute("PRAGMA query_only=ON")
         else:
             conn.execute("PRAGMA journal_mode=WAL")
-        self._opened.append(conn)
+        with self._opened_lock:
+            self._opened.append(conn)
         return conn
 
     @contextmanager
@@ -106,8 +108,7 @@ class Database:
             try:
                 conn = self._readers.get_nowait()
             except queue.Empty:
-                with self._lock:
-                    conn = self._connect(read_only=True)
+                conn = self._connect(read_only=True)
             cur = conn.cursor()
             try:
                 yield _Cursor(cur, self._sql)
@@ -164,7 +165,7 @@ class Database:
         if self.dialect == "postgresql":
             self._pool.close()
             return
-        with self._lock:
+        with self._lock, self._opened_lock:
             for conn in self._opened:
                 conn.close()
             self._opened.clear()

@@ -212,3 +212,26 @@ def test_a_live_writers_spill_file_is_neither_counted_nor_replayed_by_another(us
     worker_c.start()
     assert worker_c.flush(10) and count(usage_db) == 10
     worker_c.close()
+
+
+def test_the_backlog_of_several_writers_counts_each_row_once(tmp_path: Path) -> None:
+    spill_dir = tmp_path / "spill"
+    down = Database(f"sqlite:///{tmp_path / 'unmigrated.sqlite3'}")  # nothing is ever written: rows stay
+    spilling = WriterSettings(max_buffer=1, flush_interval_s=0.05, retry_initial_s=0.05, retry_max_s=0.1)
+    ended = UsageWriter(down, spill_dir, spilling)
+    ended.start()
+    for record in rows(7):
+        ended.submit(record)
+    ended.close()  # a worker that ended: its 7 rows wait in a file nobody holds
+    workers = [UsageWriter(down, spill_dir, spilling) for _ in range(3)]
+    for n, worker in enumerate(workers):
+        worker.start()
+        for record in rows(5 + n):
+            worker.submit(record)
+    wait_until(lambda: spilled_lines(spill_dir) == 7 + 5 + 6 + 7)
+    assert sum(w.backlog() for w in workers) == 25  # each live worker its own, one of them the ended one's
+    workers[0].close()  # the worker counting ended files goes: another takes its place, and its rows
+    wait_until(lambda: sum(w.backlog() for w in workers[1:]) == 25, timeout=10)
+    for worker in workers[1:]:
+        worker.close()
+    down.close()

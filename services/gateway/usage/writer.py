@@ -107,10 +107,11 @@ class UsageWriter:
             if kept is None:
                 return
             self._buffer.append(kept)
-            if len(self._buffer) >= self._wake_at:
+            size = len(self._buffer)  # wake a thread as the size crosses its mark (a busy one looks by itself)
+            if size == self._wake_at:
                 self._work.notify()
-                if len(self._buffer) >= self.settings.max_buffer:
-                    self._overflow.notify()
+            if size == self.settings.max_buffer:
+                self._overflow.notify()
 
     def backlog(self) -> int:
         """Rows not yet in the database: in memory, being written, aggregated, or spilled to disk (this
