@@ -163,6 +163,20 @@ def test_a_row_the_database_refuses_is_set_aside_without_blocking_the_others(db:
     writer.close()
 
 
+def test_a_spilled_row_the_database_refuses_does_not_hold_up_the_replay(db: CountingDatabase,
+                                                                         tmp_path: Path) -> None:
+    spill_dir = tmp_path / "spill"
+    bad = UsageRecord(model_name=None, status="success")  # type: ignore[arg-type]  # NOT NULL violated
+    spilled = SpillFolder(spill_dir, 2**20)
+    spilled.append([*rows(3), bad, *rows(3)])  # left by a worker that ended during an outage
+    writer = UsageWriter(db, spill_dir, SLOW_FLUSH)
+    writer.start()
+    assert writer.flush(10) and writer.healthy
+    assert count(db) == 6 and bad.request_id in (spill_dir / "rejected-rows.json").read_text()
+    assert not list(spill_dir.glob("usage-*.jsonl"))
+    writer.close()
+
+
 def test_postgres_outage_rows_are_retried_until_all_are_written(postgres, tmp_path: Path) -> None:
     url = fresh_postgres_database(postgres)
     db = Database(url)

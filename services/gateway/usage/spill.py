@@ -41,10 +41,11 @@ _TMP = ".tmp-"  # a file being created; one still here after _STALE_TMP_S belong
 _STALE_TMP_S = 60.0
 _ROLE = "replay.lock"
 
+# The folder is shared: every worker measures all of it, the latest measurement stands (also once a worker ended).
 SPILL_BYTES = Gauge("llm_usage_spill_bytes", "Bytes of usage rows waiting in the spill folder",
-                    multiprocess_mode="livemax")
+                    multiprocess_mode="mostrecent")
 SPILL_LIMIT = Gauge("llm_usage_spill_limit_bytes", "Bound on the spill folder (HXP_USAGE_SPILL_MAX_MB)",
-                    multiprocess_mode="livemax")
+                    multiprocess_mode="mostrecent")
 DROPPED = Counter("llm_usage_rows_dropped", "Usage rows lost: the spill folder was full (or failed)")
 
 

@@ -170,8 +170,7 @@ class UsageWriter:
         if rest and self._healthy:
             try:
                 for i in range(0, len(rest), self.settings.batch_size):
-                    self._insert(rest[i:i + self.settings.batch_size])
-                    self.written += len(rest[i:i + self.settings.batch_size])
+                    self.written += self._insert_checked(rest[i:i + self.settings.batch_size])
                 rest = []
             except Exception as exc:  # noqa: BLE001 - any failure means: keep them on disk
                 log.warning("usage database unavailable at shutdown (%s); spilling rows", exc)
@@ -259,28 +258,18 @@ class UsageWriter:
 
     def _write_batch(self, batch: list[UsageRecord]) -> None:
         try:
-            self._insert(batch)
+            written = self._insert_checked(batch)
         except Exception as exc:  # noqa: BLE001 - the database's errors are many; all mean "not written"
-            error: Exception = exc
-            if _is_bad_row(exc):
-                try:
-                    self._write_singly(batch)
-                    return
-                except Exception as outage:  # noqa: BLE001 - went away meanwhile: retry the batch (idempotent)
-                    error = outage
-            self._failed(error)
+            self._failed(exc)
             with self._lock:
                 self._inflight.clear()
                 self._buffer.extendleft(reversed(batch))
                 if len(self._buffer) >= self.settings.max_buffer:
                     self._overflow.notify()
             return
-        self._done(batch)
-
-    def _done(self, batch: list[UsageRecord]) -> None:
         with self._lock:
             self._inflight.clear()
-            self.written += len(batch)
+            self.written += written
         self._recovered()
 
     def _recovered(self) -> None:
@@ -303,13 +292,20 @@ class UsageWriter:
             return
         self._recovered()
 
-    def _write_singly(self, batch: list[UsageRecord]) -> None:
-        """A batch the database refused for its data: write row by row, setting refused rows aside."""
-        written: list[UsageRecord] = []
+    def _insert_checked(self, batch: list[UsageRecord]) -> int:
+        """Insert a batch; when the database refuses it for its data, row by row, setting refused rows aside
+        (in ``rejected-rows.json``, never retried); return the rows written. Raises when the database is away."""
+        try:
+            self._insert(batch)
+            return len(batch)
+        except Exception as exc:  # noqa: BLE001
+            if not _is_bad_row(exc):
+                raise
+        written = 0
         for record in batch:
             try:
                 self._insert([record])
-                written.append(record)
+                written += 1
             except Exception as exc:  # noqa: BLE001
                 if not _is_bad_row(exc):
                     raise
@@ -317,7 +313,7 @@ class UsageWriter:
                           self._rejected)
                 with self._rejected.open("a") as f:
                     f.write(json.dumps(record.to_json()) + "\n")
-        self._done(written)
+        return written
 
     def _insert(self, batch: list[UsageRecord]) -> None:
         self._db.executemany(INSERT_SQL, [r.params() for r in batch])
@@ -326,7 +322,7 @@ class UsageWriter:
 
     def _replay(self) -> None:
         try:
-            replayed = self._spill.replay(self._insert, self.settings.batch_size)
+            replayed = self._spill.replay(self._insert_checked, self.settings.batch_size)
         except Exception as exc:  # noqa: BLE001 - database away: the files stay for the next try
             self._failed(exc)
             return
