@@ -19,10 +19,10 @@ def db(empty_db_url: str) -> Iterator[Database]:
 
 def test_migrations_apply_once_and_record_versions(db: Database) -> None:
     first = db.migrate()
-    assert first[:3] == ["0001_api_keys", "0002_usage", "0003_request_count"]
+    assert first[:4] == ["0001_api_keys", "0002_usage", "0003_key_collections", "0004_request_count"]
     assert db.migrate() == []
     versions = [r["version"] for r in db.fetchall("SELECT version FROM schema_migrations ORDER BY version")]
-    assert versions[:3] == [1, 2, 3]
+    assert versions[:4] == [1, 2, 3, 4]
 
 
 def test_usage_row_round_trip(db: Database) -> None:
