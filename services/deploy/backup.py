@@ -50,11 +50,11 @@ class Stores:
     @classmethod
     def from_environment(cls) -> Stores:
         """DATABASE_URL (or the SQLite default) and QDRANT_URL / QDRANT_PATH, as the gateway reads them."""
-        from hxp.gateway.database import default_url
+        from hxp.gateway import settings
         from hxp.vector.config import qdrant_location
 
         where = qdrant_location()
-        return cls(default_url(), where.get("url"), Path(where["path"]) if "path" in where else None,
+        return cls(settings.load().database_url, where.get("url"), Path(where["path"]) if "path" in where else None,
                    where.get("api_key"))
 
     @classmethod
