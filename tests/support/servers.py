@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -30,19 +31,37 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 
 
 class PostgresServer:
-    """A throwaway PostgreSQL cluster; can be stopped and started again (outage tests)."""
+    """A throwaway PostgreSQL cluster; can be stopped and started again (outage tests).
 
-    def __init__(self) -> None:
+    Without ``password`` every connection is trusted; with it the cluster asks every
+    client for a password (scram-sha-256) and ``url`` carries the superuser's.
+    """
+
+    def __init__(self, password: str | None = None) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="hxp-pg-"))
         self.data = self.dir / "data"
         self._as_user: list[str] = []
+        owner = None
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
             self._as_user = ["runuser", "-u", "postgres", "--"]
             pw = pwd.getpwnam("postgres")
-            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-        self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "hxp", "--auth=trust", "-E", "UTF8")
-        self.url = f"postgresql://hxp@127.0.0.1:{self.port}/postgres"
+            owner = (pw.pw_uid, pw.pw_gid)
+            os.chown(self.dir, *owner)
+        auth = ["--auth=trust"]
+        if password is not None:
+            pwfile = self.dir / "pwfile"
+            pwfile.write_text(password + "\n")
+            pwfile.chmod(0o600)
+            if owner:
+                os.chown(pwfile, *owner)
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        try:
+            self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "hxp", *auth, "-E", "UTF8")
+        finally:
+            (self.dir / "pwfile").unlink(missing_ok=True)
+        secret = f":{quote(password, safe='')}" if password is not None else ""
+        self.url = f"postgresql://hxp{secret}@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *cmd: str) -> None:
         subprocess.run([*self._as_user, *cmd], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -63,18 +82,29 @@ class PostgresServer:
 
 
 class RedisServer:
-    """A throwaway Redis server without persistence; can be stopped and started again."""
+    """A throwaway Redis server without persistence; can be stopped and started again.
 
-    def __init__(self) -> None:
+    With ``password`` it requires it (``requirepass``) and ``url`` carries it.
+    """
+
+    def __init__(self, password: str | None = None) -> None:
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        secret = f":{quote(password, safe='')}@" if password is not None else ""
+        self.url = f"redis://{secret}127.0.0.1:{self.port}/0"
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> None:
+        # the password goes in through stdin (a config file), never on the command line
+        config = f"requirepass {self.password}\n" if self.password is not None else ""
         self._proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
+            ["redis-server", "-", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
         )
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(config)
+        self._proc.stdin.close()
         wait_port(self.port)
 
     def stop(self) -> None:
