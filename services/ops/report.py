@@ -24,7 +24,8 @@ GROUPINGS = ("model", "key", "owner", "day")
 NONE = "(none)"  # requests without a key (refused before authentication) or keys without an owner
 _DURATION = re.compile(r"(\d+)([mhdw])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_FROM = "FROM llm_model_requests r LEFT JOIN api_keys k ON k.key_id = r.key_id WHERE r.timestamp >= ? AND r.timestamp < ?"
+_FROM = ("FROM llm_model_requests r LEFT JOIN api_keys k ON k.key_id = r.key_id"
+         " WHERE r.timestamp >= ? AND r.timestamp < ?")
 
 
 def iso(moment: datetime) -> str:
@@ -51,7 +52,8 @@ def parse_time(text: str, now: datetime) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ReportError(f"cannot read the time {text!r}: use 30m, 12h, 7d, 2w or an ISO date like 2026-11-01") from None
+        raise ReportError(f"cannot read the time {text!r}: use 30m, 12h, 7d, 2w or an ISO date like 2026-11-01"
+                          ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 

@@ -10,10 +10,11 @@
 | HXP_ALERTMANAGER_URL  | its Alertmanager                                               | compose: 127.0.0.1:9093   |
 | HXP_GRAFANA_URL       | Grafana (GRAFANA_USER / GRAFANA_PASSWORD)                      | compose: 127.0.0.1:3000   |
 
-DATABASE_URL, REDIS_URL, QDRANT_URL / QDRANT_PATH and HXP_BACKENDS are read as the gateway reads
-them. The engines are HXP_BACKENDS when set, else the ones the gateway routes to (its
-/health/models), else the layout ``hxp run`` starts (one engine per deployment, on the first
-model's catalogue port); on the compose stack each model's engine on its published catalogue port.
+DATABASE_URL, REDIS_URL, QDRANT_URL / QDRANT_PATH, HXP_BACKENDS and HXP_BACKEND_URL_TEMPLATE are
+read as the gateway reads them. The engines are the gateway's own choice when those two are set,
+else the ones a running gateway routes to (its /health/models), else the layout ``hxp run`` starts
+(one engine per deployment, on the first model's catalogue port); on the compose stack each
+model's engine on its published catalogue port.
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ class Stack:
     grafana_url: str | None = None
     grafana_auth: tuple[str, str] | None = None
     backends: dict[str, list[str]] = field(default_factory=dict)  # HXP_BACKENDS (explicit engines)
+    backend_template: str | None = None        # HXP_BACKEND_URL_TEMPLATE
+    guessed: frozenset[str] = frozenset()      # monitoring parts at their default address: may well be absent
     project: Path = PROJECT_ROOT
 
     @property
@@ -65,8 +68,13 @@ class Stack:
     def engines(self, client: httpx.Client) -> tuple[dict[str, list[str]], str]:
         """Each catalogue model's engine base URLs (…/v1), and where they were found."""
         names = self.catalogue.names
-        if self.backends:
-            return {n: list(self.backends.get(n, [])) for n in names}, "HXP_BACKENDS"
+        if self.backends or self.backend_template:
+            from hxp.gateway.routes import backend_urls
+            from hxp.gateway.settings import DEFAULT_BACKEND_URL_TEMPLATE
+
+            template = self.backend_template or DEFAULT_BACKEND_URL_TEMPLATE
+            return ({m.name: backend_urls(m, self.backends, template) for m in self.catalogue.models},
+                    "HXP_BACKENDS / HXP_BACKEND_URL_TEMPLATE")
         if self.compose:
             from hxp.deploy import published
 
@@ -118,7 +126,7 @@ def _backends() -> dict[str, list[str]]:
 
 def load(compose: bool = False, gateways: list[str] | None = None, prometheus: str | None = None,
          alertmanager: str | None = None, grafana: str | None = None, catalogue_path: str | None = None,
-         profile: str | None = None) -> Stack:
+         profile: str | None = None, project: Path = PROJECT_ROOT) -> Stack:
     """The stack from the environment (native) or from compose's published ports and env files."""
     env = os.environ.get
     cat = catalogue.load(catalogue_path, profile)
@@ -131,17 +139,19 @@ def load(compose: bool = False, gateways: list[str] | None = None, prometheus: s
         from hxp.deploy import published
 
         try:
-            database, problem = published.database_url(), None
+            database, problem = published.database_url(project), None
         except published.PublishedError as err:
             database, problem = None, str(err)
+        given = {"prometheus": prometheus or env("HXP_PROMETHEUS_URL"),
+                 "alertmanager": alertmanager or env("HXP_ALERTMANAGER_URL"),
+                 "grafana": grafana or env("HXP_GRAFANA_URL")}
+        monitoring = {f"{name}_url": url or published.development_url(name) for name, url in given.items()}
         return Stack(
             "compose", gateways=gateways or _urls(env("HXP_GATEWAY_URL")) or [published.gateway_url()],
-            master_key=env("HXP_MASTER_KEY") or published.master_key(), database_url=database,
+            master_key=env("HXP_MASTER_KEY") or published.master_key(project), database_url=database,
             database_problem=problem, redis_url=None, qdrant={"url": published.qdrant_url()},
-            prometheus_url=prometheus or env("HXP_PROMETHEUS_URL") or published.development_url("prometheus"),
-            alertmanager_url=alertmanager or env("HXP_ALERTMANAGER_URL") or published.development_url("alertmanager"),
-            grafana_url=grafana or env("HXP_GRAFANA_URL") or published.development_url("grafana"),
-            **{**common, "grafana_auth": common["grafana_auth"] or published.grafana_credentials()},
+            guessed=frozenset(name for name, url in given.items() if not url), project=project, **monitoring,
+            **{**common, "grafana_auth": common["grafana_auth"] or published.grafana_credentials(project)},
         )
     from hxp.gateway.database import default_url
     from hxp.vector.config import qdrant_location
@@ -152,5 +162,6 @@ def load(compose: bool = False, gateways: list[str] | None = None, prometheus: s
         redis_url=env("REDIS_URL") or None, qdrant=qdrant_location(),
         prometheus_url=prometheus or env("HXP_PROMETHEUS_URL") or None,
         alertmanager_url=alertmanager or env("HXP_ALERTMANAGER_URL") or None,
-        grafana_url=grafana or env("HXP_GRAFANA_URL") or None, backends=_backends(), **common,
+        grafana_url=grafana or env("HXP_GRAFANA_URL") or None, backends=_backends(),
+        backend_template=env("HXP_BACKEND_URL_TEMPLATE") or None, project=project, **common,
     )
