@@ -162,6 +162,10 @@ def _percent(value: float | None) -> str | None:
     return None if value is None else f"{100 * value:.1f}%"
 
 
+def _count(value: float | None) -> int | None:
+    return None if value is None else round(value)
+
+
 def render(status: dict[str, Any]) -> str:
     head = (f"hxp status · {status['stack']} stack · profile {status['profile']} · {status['time']} · "
             f"engines from {status['engines_from']}")
@@ -171,7 +175,8 @@ def render(status: dict[str, Any]) -> str:
         replicas = m["replicas"] or [{"url": "-", "up": False}]
         for i, r in enumerate(replicas):
             rows.append([m["model"] if i == 0 else "", m["state"] if i == 0 else "", _address(r["url"]),
-                         "up" if r.get("healthy") else "DOWN", r.get("version"), r.get("running"), r.get("waiting"),
+                         "up" if r.get("healthy") else "DOWN", r.get("version"), _count(r.get("running")),
+                         _count(r.get("waiting")),
                          _percent(r.get("kv_cache_used")),
                          None if r.get("memory_gb") is None else round(r["memory_gb"], 2),
                          t.get("requests") if i == 0 else None, _percent(t.get("error_rate")) if i == 0 else None,

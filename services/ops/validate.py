@@ -79,20 +79,27 @@ class Validation:
                                        + (f": {', '.join(down)} unhealthy" if down else ""),
                                 "the component named is down: `hxp status`, then `hxp doctor`"))
             else:
-                self.add(passed(check, f"{g.readiness} in {g.latency_ms} ms"))
+                degraded = " (a backend is down: see the engine checks)" if g.readiness == "degraded" else ""
+                self.add(passed(check, f"{g.readiness} in {g.latency_ms} ms{degraded}"))
+
+    def _gateway_json(self, check: str, path: str, fix: str) -> Any | None:
+        """GET a gateway path with the master key: its JSON, or None with a FAIL recorded."""
+        try:
+            response = self.client.get(f"{self.gateway}{path}", headers=self.stack.headers(), timeout=30)
+        except httpx.HTTPError as exc:
+            self.add(failed(check, probes.describe(exc), "the gateway is not answering: `hxp status`"))
+            return None
+        if response.status_code != 200:
+            self.add(failed(check, f"{path} answered HTTP {response.status_code}: {_error_text(response)}", fix))
+            return None
+        return response.json()
 
     def models_listed(self) -> None:
         check = "gateway /v1/models lists every model"
-        try:
-            response = self.client.get(f"{self.gateway}/v1/models", headers=self.stack.headers(), timeout=30)
-        except httpx.HTTPError as exc:
-            self.add(failed(check, probes.describe(exc), "the gateway is not answering: `hxp status`"))
+        body = self._gateway_json(check, "/v1/models", "check the master key (HXP_MASTER_KEY) and the gateway's log")
+        if body is None:
             return
-        if response.status_code != 200:
-            self.add(failed(check, f"HTTP {response.status_code}: {_error_text(response)}",
-                            "check the master key (HXP_MASTER_KEY) and the gateway's log"))
-            return
-        listed = {m["id"] for m in response.json().get("data", [])}
+        listed = {m["id"] for m in body.get("data", [])}
         missing = [n for n in self.stack.catalogue.names if n not in listed]
         if missing:
             self.add(failed(check, f"missing: {', '.join(missing)}",
@@ -296,17 +303,11 @@ class Validation:
 
         declared = vector_config.load(models=self.stack.catalogue).collections
         check = "qdrant collections present"
-        try:
-            response = self.client.get(f"{self.gateway}/v1/vector/collections", headers=self.stack.headers(),
-                                       timeout=30)
-        except httpx.HTTPError as exc:
-            self.add(failed(check, probes.describe(exc), "`hxp status`"))
+        body = self._gateway_json(check, "/v1/vector/collections",
+                                  "Qdrant is down or its local folder is held by another process: the gateway's log")
+        if body is None:
             return
-        if response.status_code != 200:
-            self.add(failed(check, f"the vector API answered HTTP {response.status_code}: {_error_text(response)}",
-                            "Qdrant is down or its local folder is held by another process: the gateway's log"))
-            return
-        present = {c["name"]: c for c in response.json()["data"]}
+        present = {c["name"]: c for c in body["data"]}
         missing = [c.name for c in declared if c.name not in present]
         if missing:
             self.add(failed(check, f"missing: {', '.join(missing)}", "restart the gateway (it creates them)"))
@@ -425,7 +426,7 @@ class Validation:
                 continue
             sizes = [probes.engine(self.client, u, local=True).memory_gb for u in urls]
             if any(s is None for s in sizes):
-                self.add(skipped(check, "its processes could not be measured (another user's?)"))
+                self.add(skipped(check, "no process of this host serves its port (down, or another user's)"))
                 continue
             worst = max(s for s in sizes if s is not None)
             limit = model.targets.memory_gb

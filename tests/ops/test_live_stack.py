@@ -60,16 +60,26 @@ def live(chat_engine: RunningEngine, embedding_engine: RunningEngine, postgres) 
         drop_postgres_database(postgres, database)
 
 
+def _run(live: LiveStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+         *args: str) -> tuple[int, str]:
+    """Run an hxp command against the live stack: (exit status, what it printed; printed again for the report)."""
+    for name, value in live.env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("HXP_BACKENDS", "HXP_BACKEND_URL_TEMPLATE", "HXP_PROMETHEUS_URL", "HXP_ALERTMANAGER_URL",
+                 "HXP_GRAFANA_URL", "QDRANT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr().out
+    print(f"$ hxp {' '.join(args)}  (exit {code})\n{out}")
+    return code, out
+
+
 def _hxp(live: LiveStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
          *args: str) -> tuple[int, dict[str, Any]]:
     """Run an hxp command with --json against the live stack: (exit status, its answer)."""
-    for name, value in live.env.items():
-        monkeypatch.setenv(name, value)
-    for name in ("HXP_BACKENDS", "HXP_BACKEND_URL_TEMPLATE", "HXP_PROMETHEUS_URL", "HXP_ALERTMANAGER_URL", "HXP_GRAFANA_URL", "QDRANT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    capsys.readouterr()
-    code = main([*args, "--json"])
-    return code, json.loads(capsys.readouterr().out)
+    code, out = _run(live, monkeypatch, capsys, *args, "--json")
+    return code, json.loads(out)
 
 
 def _failures(answer: dict[str, Any]) -> list[str]:
@@ -113,6 +123,8 @@ def test_status_shows_every_engine_up(live: LiveStack, monkeypatch, capsys) -> N
         assert model["model"] in replica["served"] and replica["version"]
         assert replica["running"] is not None and replica["kv_cache_used"] is not None
     assert {s["name"]: s["state"] for s in status["services"]}["redis"] == "up"
+    code, text = _run(live, monkeypatch, capsys, "status")
+    assert code == 0 and text.rstrip().endswith("HEALTHY")
 
 
 def test_a_stopped_engine_is_named(live: LiveStack, monkeypatch, capsys) -> None:  # noqa: ANN001
@@ -130,6 +142,10 @@ def test_a_stopped_engine_is_named(live: LiveStack, monkeypatch, capsys) -> None
         assert code == 1 and failures
         assert all(live.relayed in f for f in failures), failures
         assert f"model {live.relayed} engine health" in {c["check"] for c in answer["checks"] if c["status"] == "FAIL"}
+        code, text = _run(live, monkeypatch, capsys, "validate")
+        lines = text.splitlines()
+        health = next(i for i, line in enumerate(lines) if line.startswith(f"FAIL  model {live.relayed} engine health"))
+        assert code == 1 and "fix: start it" in lines[health + 1] and lines[-1].startswith("validate: FAILED")
     finally:
         live.relay.start()
     _wait_until(lambda: live.gateway.chat(live.gateway.master_key, live.relayed, max_tokens=1).status_code == 200)

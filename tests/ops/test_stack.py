@@ -18,8 +18,9 @@ CATALOGUE = catalogue.load(profile="cpu")
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HXP_BACKENDS", "HXP_BACKEND_URL_TEMPLATE", "HXP_GATEWAY_URL", "HXP_MASTER_KEY", "HXP_PUBLISH_ADDRESS", "HXP_PROMETHEUS_URL",
-                 "HXP_ALERTMANAGER_URL", "HXP_GRAFANA_URL", "GRAFANA_USER", "GRAFANA_PASSWORD", "REDIS_URL"):
+    for name in ("HXP_BACKENDS", "HXP_BACKEND_URL_TEMPLATE", "HXP_GATEWAY_URL", "HXP_MASTER_KEY",
+                 "HXP_PUBLISH_ADDRESS", "HXP_PROMETHEUS_URL", "HXP_ALERTMANAGER_URL", "HXP_GRAFANA_URL", "GRAFANA_USER",
+                 "GRAFANA_PASSWORD", "REDIS_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HXP_PROFILE", "cpu")
 

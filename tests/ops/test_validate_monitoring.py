@@ -54,7 +54,9 @@ def engine_metrics() -> Iterator[_Http]:
     server.close()
 
 
-def _prometheus(tmp_path: Path, engine: str, rules: bool) -> PrometheusServer:
+def _prometheus_findings(tmp_path: Path, engine: str, rules: bool, monkeypatch: pytest.MonkeyPatch
+                         ) -> dict[str, dict]:
+    """The Prometheus checks against a real Prometheus scraping a stopped gateway and a live engine stand-in."""
     cat = catalogue.load()
     endpoints = targets.Endpoints(gateway=[f"127.0.0.1:{free_port()}"],  # nothing listens: down
                                   engines={name: [engine] for name in cat.names}, exporters={})
@@ -64,14 +66,15 @@ def _prometheus(tmp_path: Path, engine: str, rules: bool) -> PrometheusServer:
     (tmp_path / "prometheus.yml").write_text(prometheus_config.dump(config))
     server = PrometheusServer(tmp_path / "prometheus.yml")
     server.start()
-    expected = 1 + len(cat.names)
+    try:
+        def scraped() -> bool:
+            found = server.targets()
+            return len(found) == 1 + len(cat.names) and all(t["health"] != "unknown" for t in found)
 
-    def scraped() -> bool:
-        found = server.targets()
-        return len(found) == expected and all(t["health"] != "unknown" for t in found)
-
-    server.wait(scraped, 60, "every target scraped once")
-    return server
+        server.wait(scraped, 60, "every target scraped once")
+        return _findings(monkeypatch, "prometheus", prometheus=server.url)
+    finally:
+        server.stop()
 
 
 def _findings(monkeypatch: pytest.MonkeyPatch, method: str, **urls: str | None) -> dict[str, dict]:
@@ -86,11 +89,7 @@ def _findings(monkeypatch: pytest.MonkeyPatch, method: str, **urls: str | None) 
 
 def test_prometheus_names_a_down_target_and_finds_the_alert_rules(tmp_path: Path, engine_metrics: _Http,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    prometheus = _prometheus(tmp_path, engine_metrics.address, rules=True)
-    try:
-        found = _findings(monkeypatch, "prometheus", prometheus=prometheus.url)
-    finally:
-        prometheus.stop()
+    found = _prometheus_findings(tmp_path, engine_metrics.address, True, monkeypatch)
     assert found["prometheus targets"]["status"] == "FAIL"
     assert found["prometheus targets"]["detail"].startswith("down: llm-gateway 127.0.0.1:")
     assert "llm-server-models" not in found["prometheus targets"]["detail"]
@@ -99,12 +98,7 @@ def test_prometheus_names_a_down_target_and_finds_the_alert_rules(tmp_path: Path
 
 def test_prometheus_without_the_rules_is_named(tmp_path: Path, engine_metrics: _Http,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    prometheus = _prometheus(tmp_path, engine_metrics.address, rules=False)
-    try:
-        found = _findings(monkeypatch, "prometheus", prometheus=prometheus.url)
-    finally:
-        prometheus.stop()
-    rules = found["prometheus alert rules"]
+    rules = _prometheus_findings(tmp_path, engine_metrics.address, False, monkeypatch)["prometheus alert rules"]
     assert rules["status"] == "FAIL" and "LLMServiceDown" in rules["detail"] and "rule_files" in rules["fix"]
 
 
