@@ -1,11 +1,10 @@
 """Probes of the stack's parts, shared by `hxp status`, `hxp validate` and `hxp doctor`: whether each
 answers, how fast, what it reports, and why not (a refused password told apart from an unreachable host).
 
-Every text that leaves here has its credentials masked (:func:`redact`).
+Every text that leaves here has its credentials masked (:func:`hxp.redaction.redact`).
 """
 from __future__ import annotations
 
-import re
 import secrets
 import sqlite3
 import time
@@ -16,6 +15,9 @@ from typing import Any
 
 import httpx
 
+from hxp.gateway.deployments import engine_root
+from hxp.redaction import redact
+
 TIMEOUT_S = 5.0
 NETWORK, AUTHENTICATION, OTHER = "network", "authentication", "other"
 _AUTH_WORDS = ("password authentication failed", "no password supplied", "authentication", "noauth", "wrongpass",
@@ -23,19 +25,6 @@ _AUTH_WORDS = ("password authentication failed", "no password supplied", "authen
 _NETWORK_WORDS = ("connection refused", "timed out", "timeout", "could not translate host name",
                   "name or service not known", "no route to host", "network is unreachable", "connection reset",
                   "connecterror", "server closed the connection", "temporary failure in name resolution")
-_CREDENTIALS = [
-    (re.compile(r"(?i)([a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@\s]*@"), r"\1***@"),
-    (re.compile(r"(?i)\b((?:password|passwd|pwd|pass|secret|token|api[_-]?key)=)[^&\s'\"]+"), r"\1***"),
-    (re.compile(r"\b(sk-[A-Za-z0-9]{0,4})[A-Za-z0-9_\-]{8,}"), r"\1***"),
-]
-
-
-def redact(text: str) -> str:
-    """``text`` with passwords in URLs (``user:pw@``, ``:pw@``, ``?password=``) and API keys masked."""
-    for pattern, replacement in _CREDENTIALS:
-        text = pattern.sub(replacement, text)
-    return text
-
 
 def describe(error: BaseException | str) -> str:
     """An error as one short line, credentials masked."""
@@ -162,12 +151,6 @@ def qdrant(location: dict[str, str], client: httpx.Client) -> Probe:
 
 # --- engines --------------------------------------------------------------------------------
 
-def engine_root(base_url: str) -> str:
-    """An engine's root URL from its OpenAI base URL (…/v1)."""
-    root = base_url.rstrip("/")
-    return root[:-3] if root.endswith("/v1") else root
-
-
 @dataclass
 class EngineState:
     """One vLLM engine as it answers: health, served names, version, load, KV cache and memory."""
@@ -241,23 +224,16 @@ class GatewayState:
     latency_ms: float | None = None
     readiness: str | None = None              # ready | degraded | not ready (as the gateway says)
     ready_code: int | None = None
-    components: dict[str, Any] = field(default_factory=dict)   # database / redis: the readiness entries
+    components: dict[str, Any] = field(default_factory=dict)   # database / redis: their readiness states
     backlog: float | None = None              # usage rows not yet in the database
+    errors: dict[str, str] = field(default_factory=dict)      # component -> its error (master key details)
     error: str | None = None
 
 
-def component_ok(entry: Any) -> bool | None:
-    """Whether a readiness component is healthy, whatever the answer's shape (details or status only)."""
-    if isinstance(entry, bool):
-        return entry
-    if isinstance(entry, dict):
-        if "healthy" in entry:
-            return bool(entry["healthy"])
-        if entry.get("mode") == "in-process":
-            return None
-        entry = entry.get("status")
-    if isinstance(entry, str):
-        return entry.lower() in ("ok", "healthy", "up", "ready", "alive")
+def component_ok(state: Any) -> bool | None:
+    """Whether a readiness component ("up", "down", or "in-process"/"off" when not configured) is healthy."""
+    if state in ("up", "down"):
+        return state == "up"
     return None
 
 
@@ -277,7 +253,11 @@ def gateway(client: httpx.Client, url: str, headers: dict[str, str], metrics_hea
     except ValueError:
         body = {}
     state.readiness = str(body.get("status") or ("ready" if ready.status_code == 200 else "not ready"))
-    state.components = {name: body[name] for name in ("database", "redis") if name in body}
+    components = body.get("components") or {}
+    state.components = {name: components[name] for name in ("database", "redis") if name in components}
+    details = body.get("details") or {}  # the master key's view: why a component is down
+    state.errors = {name: redact(str(details[name]["error"])) for name in state.components
+                    if isinstance(details.get(name), dict) and details[name].get("error")}
     try:
         metrics = client.get(f"{url}/metrics", headers=metrics_headers, timeout=TIMEOUT_S)
         if metrics.status_code == 200:

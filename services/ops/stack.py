@@ -69,7 +69,7 @@ class Stack:
         """Each catalogue model's engine base URLs (…/v1), and where they were found."""
         names = self.catalogue.names
         if self.backends or self.backend_template:
-            from hxp.gateway.routes import backend_urls
+            from hxp.gateway.deployments import backend_urls
             from hxp.gateway.settings import DEFAULT_BACKEND_URL_TEMPLATE
 
             template = self.backend_template or DEFAULT_BACKEND_URL_TEMPLATE
@@ -124,6 +124,18 @@ def _backends() -> dict[str, list[str]]:
     return {k: [u.rstrip("/") for u in v] for k, v in value.items()}
 
 
+def _hide_secrets(found: Stack) -> Stack:
+    """Mask the stack's passwords and keys in every text the commands print, whatever the text."""
+    from hxp import redaction
+
+    for url in (found.database_url, found.redis_url, found.qdrant.get("url")):
+        redaction.register_url_secrets(url)
+    for secret in (found.master_key, found.metrics_token, found.qdrant.get("api_key"),
+                   found.grafana_auth[1] if found.grafana_auth else None):
+        redaction.register_secret(secret)
+    return found
+
+
 def load(compose: bool = False, gateways: list[str] | None = None, prometheus: str | None = None,
          alertmanager: str | None = None, grafana: str | None = None, catalogue_path: str | None = None,
          profile: str | None = None, project: Path = PROJECT_ROOT) -> Stack:
@@ -146,17 +158,17 @@ def load(compose: bool = False, gateways: list[str] | None = None, prometheus: s
                  "alertmanager": alertmanager or env("HXP_ALERTMANAGER_URL"),
                  "grafana": grafana or env("HXP_GRAFANA_URL")}
         monitoring = {f"{name}_url": url or published.development_url(name) for name, url in given.items()}
-        return Stack(
+        return _hide_secrets(Stack(
             "compose", gateways=gateways or _urls(env("HXP_GATEWAY_URL")) or [published.gateway_url()],
             master_key=env("HXP_MASTER_KEY") or published.master_key(project), database_url=database,
             database_problem=problem, redis_url=None, qdrant={"url": published.qdrant_url()},
             guessed=frozenset(name for name, url in given.items() if not url), project=project, **monitoring,
             **{**common, "grafana_auth": common["grafana_auth"] or published.grafana_credentials(project)},
-        )
+        ))
     from hxp.gateway.database import default_url
     from hxp.vector.config import qdrant_location
 
-    return Stack(
+    return _hide_secrets(Stack(
         "native", gateways=gateways or _urls(env("HXP_GATEWAY_URL")) or [DEFAULT_GATEWAY],
         master_key=stored_master_key(), database_url=default_url(), database_problem=None,
         redis_url=env("REDIS_URL") or None, qdrant=qdrant_location(),
@@ -164,4 +176,4 @@ def load(compose: bool = False, gateways: list[str] | None = None, prometheus: s
         alertmanager_url=alertmanager or env("HXP_ALERTMANAGER_URL") or None,
         grafana_url=grafana or env("HXP_GRAFANA_URL") or None, backends=_backends(),
         backend_template=env("HXP_BACKEND_URL_TEMPLATE") or None, project=project, **common,
-    )
+    ))

@@ -74,9 +74,10 @@ class Validation:
                 self.add(failed(check, f"unreachable: {g.error}", "is it running? `hxp status`; native: `make run`, "
                                                                   "compose: `docker compose logs gateway`"))
             elif g.ready_code != 200:
-                down = [n for n, v in g.components.items() if probes.component_ok(v) is False]
+                down = [f"{n} down" + (f" ({g.errors[n]})" if n in g.errors else "")
+                        for n, v in g.components.items() if probes.component_ok(v) is False]
                 self.add(failed(check, f"readiness answered HTTP {g.ready_code} ({g.readiness})"
-                                       + (f": {', '.join(down)} unhealthy" if down else ""),
+                                       + (f": {'; '.join(down)}" if down else ""),
                                 "the component named is down: `hxp status`, then `hxp doctor`"))
             else:
                 degraded = " (a backend is down: see the engine checks)" if g.readiness == "degraded" else ""
@@ -264,14 +265,14 @@ class Validation:
                 self.add(failed(check, f"Redis at {where} {'refused the password' if refused else 'is unreachable'}: "
                                        f"{probe.detail}", fix))
             return
-        seen = probes.gateway(self.client, self.gateway, self.stack.headers(), {}).components.get("redis")
-        healthy = probes.component_ok(seen)
+        seen = probes.gateway(self.client, self.gateway, self.stack.headers(), {})
+        healthy = probes.component_ok(seen.components.get("redis"))
         if healthy is None:
             self.add(skipped(check, "no Redis configured: limits and cache are in-process (one gateway replica)"))
         elif healthy:
             self.add(passed(check, "the gateway reaches Redis (not published to this host)"))
         else:
-            self.add(failed(check, f"the gateway cannot reach Redis: {probes.describe(str(seen))}",
+            self.add(failed(check, f"the gateway cannot reach Redis: {seen.errors.get('redis', 'down')}",
                             "`docker compose ps redis`; the password in env/gateway.env REDIS_URL vs env/redis.env"))
 
     def shared_limit(self) -> None:

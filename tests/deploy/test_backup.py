@@ -21,6 +21,7 @@ from qdrant_client import QdrantClient, models
 from hxp.cli import main
 from hxp.deploy import backup
 from hxp.gateway.database import Database
+from tests.support.servers import PASSWORD_GROUP
 
 KEYS = [(f"key-{i}", f"hash-{i}", f"sk-{i}", f"alias-{i}") for i in range(3)]
 
@@ -246,18 +247,19 @@ def test_qdrant_server_mode_uses_the_snapshot_api(tmp_path: Path) -> None:
 # --- no password on a command line ----------------------------------------------------------
 
 @pytest.fixture
-def role_database(password_postgres) -> tuple[str, str, str]:  # noqa: ANN001 - the server fixture
-    """A role with its own password, owning a fresh database on the password-only server:
+def role_database(postgres) -> tuple[str, str, str]:  # noqa: ANN001 - the server fixture
+    """A role that must give its password (a member of PASSWORD_GROUP), owning a fresh database:
     (the role's URL, its password, the superuser's URL of that database)."""
-    role = f"app_{uuid.uuid4().hex[:8]}"
+    role = f"pw_app_{uuid.uuid4().hex[:8]}"
     password = f"Pw:{secrets.token_hex(8)}\\@x"  # ':' and '\\' need escaping in a passfile, '@' in a URL
-    with psycopg.connect(password_postgres.url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+            sql.Identifier(role), sql.Literal(password), sql.Identifier(PASSWORD_GROUP)))
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(role), sql.Identifier(role)))
-    base = f"127.0.0.1:{password_postgres.port}/{role}"
-    yield (f"postgresql://{role}:{quote(password, safe='')}@{base}", password,
-           password_postgres.url.rsplit("/", 1)[0] + f"/{role}")
-    with psycopg.connect(password_postgres.url, autocommit=True) as conn:
+    base = f"127.0.0.1:{postgres.port}/{role}"
+    admin = postgres.url.rsplit("/", 1)[0] + f"/{role}"
+    yield f"postgresql://{role}:{quote(password, safe='')}@{base}", password, admin
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -19,6 +20,7 @@ from hxp.cli import main
 from hxp.model import weights
 from hxp.ops import doctor
 from hxp.paths import PROJECT_ROOT
+from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
 from tests.support.servers import RedisServer, free_port
 
 EMBEDDING = catalogue.load(profile="cpu").embedding_models[0]
@@ -131,13 +133,16 @@ def test_doctor_text_names_the_fix_under_each_failure(small_stack: dict[str, str
 
 
 def test_doctor_tells_a_refused_password_from_an_unreachable_server(
-        password_postgres, small_stack: dict[str, str], tmp_path: Path,  # noqa: ANN001
+        postgres, small_stack: dict[str, str], tmp_path: Path,  # noqa: ANN001
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     redis = RedisServer(password="r3d1s-" + "9" * 20)
     redis.start()
+    admin_url = fresh_postgres_database(postgres)
+    database_url = postgres.password_user("pw_doctor_" + secrets.token_hex(4), "pgpw-" + secrets.token_hex(8),
+                                          admin_url.rsplit("/", 1)[1])
     try:
-        wrong_db = password_postgres.url.replace(password_postgres.url.split("@")[0].split(":")[-1], "wrong-pw", 1)
-        wrong_redis = redis.url.replace(quote(redis.password, safe=""), "wrong-pw")
+        wrong_db = database_url.replace(urlsplit(database_url).password, "wrong-pw")
+        wrong_redis = redis.url.replace(redis.password, "wrong-pw")
         env = {**small_stack, "DATABASE_URL": wrong_db, "REDIS_URL": wrong_redis}
         _, checks = _doctor(monkeypatch, capsys, env, "--env-dir", str(tmp_path))
         for name, fix in (("database", "POSTGRES_PASSWORD"), ("redis", "requirepass")):
@@ -153,13 +158,14 @@ def test_doctor_tells_a_refused_password_from_an_unreachable_server(
             assert checks[name]["status"] == "FAIL" and "cannot be reached" in checks[name]["detail"], checks[name]
             assert "start" in checks[name]["fix"]
 
-        env = {**small_stack, "DATABASE_URL": password_postgres.url, "REDIS_URL": redis.url}
+        env = {**small_stack, "DATABASE_URL": database_url, "REDIS_URL": redis.url}
         _, checks = _doctor(monkeypatch, capsys, env, "--env-dir", str(tmp_path))
         assert checks["database"]["status"] == checks["redis"]["status"] == "PASS"
         assert checks["clock skew with the database"]["status"] == "PASS"
         assert redis.password not in json.dumps(checks)
     finally:
         redis.stop()
+        drop_postgres_database(postgres, admin_url)
 
 
 def test_nvidia_smi_memory_is_read_per_gpu() -> None:
