@@ -76,8 +76,10 @@ def test_litellm_gets_a_hash_of_the_master_key_whatever_its_prefix(master: str, 
 
     monkeypatch.setenv("HXP_MASTER_KEY", master)
     monkeypatch.setenv("HXP_STATE_DIR", str(tmp_path))
-    for name in ("LITELLM_MASTER_KEY", "LITELLM_WORKER_STARTUP_HOOKS", "HXP_DATABASE_URL", "DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
+    for name in ("LITELLM_MASTER_KEY", "LITELLM_WORKER_STARTUP_HOOKS", "HXP_DATABASE_URL", "DATABASE_URL",
+                 "LITELLM_LOG", "LITELLM_LOCAL_MODEL_COST_MAP", *launcher.RETRY_BACKOFF):
+        monkeypatch.setenv(name, "")  # recorded, so that what prepare_environment sets is undone after the test
+        monkeypatch.delenv(name)
     launcher.prepare_environment()
     given = launcher.os.environ["LITELLM_MASTER_KEY"]
     assert given == litellm_master_key(master) and master not in given and given.startswith("sk-")

@@ -65,8 +65,8 @@ def _run(live: LiveStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     """Run an hxp command against the live stack: (exit status, what it printed; printed again for the report)."""
     for name, value in live.env.items():
         monkeypatch.setenv(name, value)
-    for name in ("HXP_BACKENDS", "HXP_BACKEND_URL_TEMPLATE", "HXP_PROMETHEUS_URL", "HXP_ALERTMANAGER_URL",
-                 "HXP_GRAFANA_URL", "QDRANT_URL"):
+    for name in ("HXP_BACKENDS", "HXP_BACKEND_URL_TEMPLATE", "HXP_DATABASE_URL", "HXP_PROMETHEUS_URL",
+                 "HXP_ALERTMANAGER_URL", "HXP_GRAFANA_URL", "QDRANT_URL"):
         monkeypatch.delenv(name, raising=False)
     capsys.readouterr()
     code = main(list(args))

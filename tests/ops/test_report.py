@@ -86,6 +86,7 @@ def test_an_explicit_window_and_no_prices(usage) -> None:
 
 def test_the_cli_writes_csv_and_json(usage, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     db, rows = usage
+    monkeypatch.delenv("HXP_DATABASE_URL", raising=False)
     monkeypatch.setenv("DATABASE_URL", db.url)
     assert main(["usage", "report", "--since", "7d", "--by", "owner", "--csv"]) == 0
     parsed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
@@ -104,6 +105,7 @@ def test_the_cli_writes_csv_and_json(usage, monkeypatch: pytest.MonkeyPatch, cap
 
 def test_unreadable_arguments_are_refused(capsys: pytest.CaptureFixture, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HXP_DATABASE_URL", raising=False)
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite3'}")
     assert main(["usage", "report", "--since", "last week"]) == 2
     assert "cannot read the time 'last week'" in capsys.readouterr().err
