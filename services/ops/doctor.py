@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -37,8 +38,15 @@ DISK_FAIL_GB, DISK_WARN_GB = 1.0, 5.0
 
 # --- processes and ports ---------------------------------------------------------------------
 
-def listener(port: int) -> tuple[int | None, str] | None:
-    """The process listening on a TCP port of this host: (pid or None when unknown, its command), or None."""
+@dataclass(frozen=True)
+class Listener:
+    pid: int | None         # None: another user's process, not visible to us
+    command: str
+    host: str               # where to reach it (a wildcard address means loopback)
+
+
+def listener(port: int) -> Listener | None:
+    """The process listening on a TCP port of this host, or None."""
     import psutil
 
     try:
@@ -51,28 +59,31 @@ def listener(port: int) -> tuple[int | None, str] | None:
                 argv = psutil.Process(conn.pid).cmdline() if conn.pid else ["unknown"]
             except psutil.Error:
                 argv = ["unknown"]
-            return conn.pid, " ".join(" ".join(argv).split())[:120]
+            host = "127.0.0.1" if conn.laddr.ip in ("0.0.0.0", "::", "") else conn.laddr.ip
+            return Listener(conn.pid, " ".join(" ".join(argv).split())[:120], host)
     import socket
 
     with socket.socket() as s:  # not allowed to see other users' sockets: is anything there at all?
         s.settimeout(1)
         if s.connect_ex(("127.0.0.1", port)) == 0:
-            return None, "unknown (another user's process)"
+            return Listener(None, "unknown (another user's process)", "127.0.0.1")
     return None
 
 
-def _serves(client: httpx.Client, port: int, names: set[str]) -> list[str]:
-    """The catalogue names an engine on ``port`` serves (none: not one of ours)."""
+def _serves(client: httpx.Client, port: int, names: set[str], host: str = "127.0.0.1") -> list[str]:
+    """The catalogue names an engine on ``host:port`` serves (none: not one of ours)."""
+    address = f"[{host}]" if ":" in host else host
     try:
-        served = {m["id"] for m in client.get(f"http://127.0.0.1:{port}/v1/models", timeout=3).json()["data"]}
+        served = {m["id"] for m in client.get(f"http://{address}:{port}/v1/models", timeout=3).json()["data"]}
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return []
     return sorted(served & names)
 
 
-def _is_gateway(client: httpx.Client, port: int) -> bool:
+def _is_gateway(client: httpx.Client, port: int, host: str) -> bool:
+    address = f"[{host}]" if ":" in host else host
     try:
-        return client.get(f"http://127.0.0.1:{port}/health/liveness", timeout=3).json().get("status") == "alive"
+        return client.get(f"http://{address}:{port}/health/liveness", timeout=3).json().get("status") == "alive"
     except (httpx.HTTPError, ValueError, AttributeError):
         return False
 
@@ -92,8 +103,9 @@ def ports(stack: Stack, client: httpx.Client) -> list[Finding]:
         if holder is None:
             findings.append(passed(check, "free"))
             continue
-        pid, command = holder
-        ours = _is_gateway(client, port) if role == "the gateway" else _serves(client, port, names)
+        pid, command = holder.pid, holder.command
+        ours = (_is_gateway(client, port, holder.host) if role == "the gateway"
+                else _serves(client, port, names, holder.host))
         if ours:
             what = "the running gateway" if ours is True else f"the running engine serving {', '.join(ours)}"
             findings.append(passed(check, f"in use by {what}"))
@@ -120,8 +132,11 @@ def parse_nvidia_smi(text: str) -> dict[int, tuple[float, float]]:
 def memory(stack: Stack, client: httpx.Client) -> list[Finding]:
     from hxp.model.command import engine_groups
 
+    from hxp.deploy import published
+
+    host = published.host() if stack.compose else "127.0.0.1"
     groups = engine_groups(stack.catalogue.models, separate=stack.compose)
-    waiting = [g for g in groups if not _serves(client, g[0].port, {m.name for m in g})]
+    waiting = [g for g in groups if not _serves(client, g[0].port, {m.name for m in g}, host)]
     if stack.catalogue.profile_settings.device == "cuda":
         return [_gpu_memory(stack, waiting)]
     import psutil
@@ -300,7 +315,8 @@ def stores(stack: Stack, client: httpx.Client) -> list[Finding]:
     if "url" in stack.qdrant:
         findings.append(_store_finding(
             "qdrant", probes.redact(stack.qdrant["url"]), probes.qdrant(stack.qdrant, client),
-            "QDRANT_API_KEY must be the server's api key", "start Qdrant, or fix QDRANT_URL"))
+            "QDRANT_API_KEY must be the server's api key",
+            "start Qdrant (compose: `docker compose up -d qdrant`), or fix QDRANT_URL"))
     else:
         path = Path(stack.qdrant["path"])
         target = path if path.exists() else path.parent
@@ -310,7 +326,9 @@ def stores(stack: Stack, client: httpx.Client) -> list[Finding]:
 
 
 def clock(stack: Stack) -> Finding:
-    url = stack.database_url or ""
+    url = stack.database_url
+    if url is None:
+        return skipped("clock skew with the database", "no database to ask (see above)")
     if not url.startswith(("postgresql://", "postgres://")):
         return skipped("clock skew with the database", "SQLite lives on this host")
     try:
