@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -57,7 +58,9 @@ def test_no_password_or_key_in_any_answer_log_or_row(protected) -> None:
                gateway.chat("sk-hxp-" + "w" * 40, "phi-3-mini").text, gateway.chat(key, "phi-3-mini", n=0).text]
     db = Database(url)
     try:
-        rows = db.fetchall("SELECT * FROM llm_model_requests")
+        deadline = time.monotonic() + 60  # the usage writer flushes in the background; a busy machine is slow
+        while not (rows := db.fetchall("SELECT * FROM llm_model_requests")) and time.monotonic() < deadline:
+            time.sleep(0.2)
         keys = db.fetchall("SELECT * FROM api_keys")
     finally:
         db.close()
