@@ -73,14 +73,14 @@ class Stores:
 
     @classmethod
     def from_compose(cls, project: Path = PROJECT_ROOT) -> Stores:
-        """The compose stack's PostgreSQL and Qdrant, through the ports compose.yaml publishes on this host."""
+        """The running compose stack's PostgreSQL, and its Qdrant when the stack has one, at the addresses
+        Docker publishes them on; the credentials from the stack's env files (hxp.deploy.published)."""
         from hxp.deploy import published
 
         try:
-            url = published.database_url(project)
+            return cls(published.database_url(project), qdrant_url=published.qdrant_url(project), project=project)
         except published.PublishedError as err:
             raise BackupError(str(err)) from None
-        return cls(url, qdrant_url=published.qdrant_url(), project=project)
 
 
 # --- the SQL store ------------------------------------------------------------------

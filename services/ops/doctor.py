@@ -25,7 +25,7 @@ import httpx
 from hxp.deploy import envfiles
 from hxp.ops import probes
 from hxp.ops.findings import Finding, failed, passed, skipped, warned
-from hxp.ops.stack import Stack
+from hxp.ops.stack import Stack, served_names
 from hxp.paths import state_dir
 
 MIN_MASTER_KEY_CHARS = 32
@@ -70,20 +70,13 @@ def listener(port: int) -> Listener | None:
     return None
 
 
-def _serves(client: httpx.Client, port: int, names: set[str], host: str = "127.0.0.1") -> list[str]:
-    """The catalogue names an engine on ``host:port`` serves (none: not one of ours)."""
-    address = f"[{host}]" if ":" in host else host
-    try:
-        served = {m["id"] for m in client.get(f"http://{address}:{port}/v1/models", timeout=3).json()["data"]}
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return []
-    return sorted(served & names)
+def _url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-def _is_gateway(client: httpx.Client, port: int, host: str) -> bool:
-    address = f"[{host}]" if ":" in host else host
+def _is_gateway(client: httpx.Client, url: str) -> bool:
     try:
-        return client.get(f"http://{address}:{port}/health/liveness", timeout=3).json().get("status") == "alive"
+        return client.get(f"{url}/health/liveness", timeout=3).json().get("status") == "alive"
     except (httpx.HTTPError, ValueError, AttributeError):
         return False
 
@@ -104,8 +97,9 @@ def ports(stack: Stack, client: httpx.Client) -> list[Finding]:
             findings.append(passed(check, "free"))
             continue
         pid, command = holder.pid, holder.command
-        ours = (_is_gateway(client, port, holder.host) if role == "the gateway"
-                else _serves(client, port, names, holder.host))
+        url = _url(holder.host, port)
+        ours = (_is_gateway(client, url) if role == "the gateway"
+                else sorted(set(served_names(client, f"{url}/v1")) & names))
         if ours:
             what = "the running gateway" if ours is True else f"the running engine serving {', '.join(ours)}"
             findings.append(passed(check, f"in use by {what}"))
@@ -132,11 +126,9 @@ def parse_nvidia_smi(text: str) -> dict[int, tuple[float, float]]:
 def memory(stack: Stack, client: httpx.Client) -> list[Finding]:
     from hxp.model.command import engine_groups
 
-    from hxp.deploy import published
-
-    host = published.host() if stack.compose else "127.0.0.1"
-    groups = engine_groups(stack.catalogue.models, separate=stack.compose)
-    waiting = [g for g in groups if not _serves(client, g[0].port, {m.name for m in g}, host)]
+    engines, _ = stack.engines(client)
+    serving = {name for name, urls in engines.items() if any(name in served_names(client, u) for u in urls)}
+    waiting = [g for g in engine_groups(stack.catalogue.models) if not any(m.name in serving for m in g)]
     if stack.catalogue.profile_settings.device == "cuda":
         return [_gpu_memory(stack, waiting)]
     import psutil
@@ -317,6 +309,9 @@ def stores(stack: Stack, client: httpx.Client) -> list[Finding]:
             "qdrant", probes.redact(stack.qdrant["url"]), probes.qdrant(stack.qdrant, client),
             "QDRANT_API_KEY must be the server's api key",
             "start Qdrant (compose: `docker compose up -d qdrant`), or fix QDRANT_URL"))
+    elif "path" not in stack.qdrant:
+        findings.append(skipped("qdrant", "the compose stack has no Qdrant server: the gateway keeps its vectors in "
+                                          "local mode (`hxp status` asks it)"))
     else:
         path = Path(stack.qdrant["path"])
         target = path if path.exists() else path.parent

@@ -4,8 +4,10 @@ Per model, key, owner or UTC day over a time window: requests, errors (in all an
 status), prompt and completion tokens, p50/p95 latency of the successful requests, and
 the cost for models whose catalogue entry has ``api.price_per_1k_tokens``. Three queries
 (sums, errors by status, latency percentiles), each reading the window through the index
-on the time (migration 0004), the same SQL on PostgreSQL and SQLite. Percentiles are
-nearest-rank: the smallest latency with at least p% of the requests at or below it.
+on the time (``llm_model_requests_time``, migration 0007), the same SQL on PostgreSQL and
+SQLite. What a row counts for is the console's one definition (hxp.console.queries).
+Percentiles are nearest-rank: the smallest latency with at least p% of the requests at or
+below it.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from hxp.catalogue import Catalogue, Prices
+from hxp.console.queries import requests_expression
 from hxp.gateway.database import Database
+from hxp.gateway.usage.record import iso
 from hxp.ops import table
 
 GROUPINGS = ("model", "key", "owner", "day")
@@ -26,12 +30,6 @@ _DURATION = re.compile(r"(\d+)([mhdw])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _FROM = ("FROM llm_model_requests r LEFT JOIN api_keys k ON k.key_id = r.key_id"
          " WHERE r.timestamp >= ? AND r.timestamp < ?")
-
-
-def iso(moment: datetime) -> str:
-    """A time as the usage writer stores it (hxp.gateway.usage.record.iso, which imports LiteLLM): SQLite
-    compares these strings, so the window's bounds must be written the same way."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
 class ReportError(ValueError):
@@ -63,16 +61,6 @@ def window(since: str, until: str | None = None, now: datetime | None = None) ->
     if result.since >= result.until:
         raise ReportError(f"the window is empty: --since {since} is not before --until {until or 'now'}")
     return result
-
-
-def requests_expression(db: Database) -> str:
-    """What one row counts for: its ``request_count`` (one row may stand for N aggregated refusals) where
-    the table has that column, else 1. The one place that defines what a request is in every report."""
-    try:
-        db.fetchall("SELECT request_count FROM llm_model_requests WHERE 1 = 0")
-    except Exception:  # noqa: BLE001 - the column does not exist (yet) in this database
-        return "1"
-    return "r.request_count"
 
 
 def group_expression(by: str, dialect: str) -> str:

@@ -14,7 +14,7 @@ DATABASE_URL, REDIS_URL, QDRANT_URL / QDRANT_PATH, HXP_BACKENDS and HXP_BACKEND_
 read as the gateway reads them. The engines are the gateway's own choice when those two are set,
 else the ones a running gateway routes to (its /health/models), else the layout ``hxp run`` starts
 (one engine per deployment, on the first model's catalogue port); on the compose stack each
-model's engine on its published catalogue port.
+published port of a running compose service that serves catalogue names (``docker compose ps``).
 """
 from __future__ import annotations
 
@@ -44,14 +44,13 @@ class Stack:
     database_url: str | None
     database_problem: str | None               # why the database cannot be addressed (compose: no env file)
     redis_url: str | None
-    qdrant: dict[str, str]                     # {"url", "api_key"?} or {"path"}
+    qdrant: dict[str, str]                     # {"url", "api_key"?}, {"path"}, or {}: inside the gateway (compose)
     prometheus_url: str | None = None
     alertmanager_url: str | None = None
     grafana_url: str | None = None
     grafana_auth: tuple[str, str] | None = None
     backends: dict[str, list[str]] = field(default_factory=dict)  # HXP_BACKENDS (explicit engines)
     backend_template: str | None = None        # HXP_BACKEND_URL_TEMPLATE
-    guessed: frozenset[str] = frozenset()      # monitoring parts at their default address: may well be absent
     project: Path = PROJECT_ROOT
 
     @property
@@ -76,15 +75,27 @@ class Stack:
             return ({m.name: backend_urls(m, self.backends, template) for m in self.catalogue.models},
                     "HXP_BACKENDS / HXP_BACKEND_URL_TEMPLATE")
         if self.compose:
-            from hxp.deploy import published
-
-            template = published.engine_url_template()
-            return {m.name: [template.format(name=m.name, port=m.port)] for m in self.catalogue.models}, \
-                "compose's published ports"
+            return self._published(client)
         routed = self._routed(client)
         if routed is not None:
             return {n: routed.get(n, []) for n in names}, "the gateway's /health/models"
         return run_layout(self.catalogue), "the layout of `hxp run` (gateway not answering)"
+
+    def _published(self, client: httpx.Client) -> tuple[dict[str, list[str]], str]:
+        """The compose stack's engines: every published port of a running service that serves catalogue names."""
+        from hxp.deploy import published
+
+        engines: dict[str, list[str]] = {n: [] for n in self.catalogue.names}
+        try:
+            addresses = published.published_addresses(self.project)
+        except published.PublishedError as err:
+            return engines, f"nowhere: {err}"
+        for service in sorted(addresses):
+            for address in addresses[service]:
+                for name in served_names(client, f"http://{address}/v1"):
+                    if name in engines:
+                        engines[name].append(f"http://{address}/v1")
+        return engines, "the running compose services (docker compose ps)"
 
     def _routed(self, client: httpx.Client) -> dict[str, list[str]] | None:
         for gateway in self.gateways:
@@ -95,6 +106,15 @@ class Stack:
             except (httpx.HTTPError, ValueError, KeyError, TypeError):
                 continue
         return None
+
+
+def served_names(client: httpx.Client, base_url: str) -> list[str]:
+    """The model names an OpenAI server at ``base_url`` (…/v1) lists without a key; none when it is not an engine."""
+    try:
+        response = client.get(f"{base_url}/models", timeout=3)
+        return [m["id"] for m in response.json()["data"]] if response.status_code == 200 else []
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return []
 
 
 def run_layout(cat: Catalogue) -> dict[str, list[str]]:
@@ -150,19 +170,25 @@ def load(compose: bool = False, gateways: list[str] | None = None, prometheus: s
     if compose:
         from hxp.deploy import published
 
-        try:
-            database, problem = published.database_url(project), None
-        except published.PublishedError as err:
-            database, problem = None, str(err)
+        def asked(what, default):  # noqa: ANN001, ANN202 - a published address, or ``default`` when Docker says none
+            try:
+                return what(), None
+            except published.PublishedError as err:
+                return default, str(err)
+
+        database, problem = asked(lambda: published.database_url(project), None)
+        qdrant, _ = asked(lambda: published.qdrant_url(project), None)
         given = {"prometheus": prometheus or env("HXP_PROMETHEUS_URL"),
                  "alertmanager": alertmanager or env("HXP_ALERTMANAGER_URL"),
                  "grafana": grafana or env("HXP_GRAFANA_URL")}
-        monitoring = {f"{name}_url": url or published.development_url(name) for name, url in given.items()}
+        monitoring = {f"{name}_url": url or asked(lambda: published.development_url(name, project), None)[0]
+                      for name, url in given.items()}
+        gateway, _ = asked(lambda: published.gateway_url(project), f"http://127.0.0.1:{published.GATEWAY_PORT}")
         return _hide_secrets(Stack(
-            "compose", gateways=gateways or _urls(env("HXP_GATEWAY_URL")) or [published.gateway_url()],
+            "compose", gateways=gateways or _urls(env("HXP_GATEWAY_URL")) or [gateway],
             master_key=env("HXP_MASTER_KEY") or published.master_key(project), database_url=database,
-            database_problem=problem, redis_url=None, qdrant={"url": published.qdrant_url()},
-            guessed=frozenset(name for name, url in given.items() if not url), project=project, **monitoring,
+            database_problem=problem, redis_url=None, qdrant={"url": qdrant} if qdrant else {},
+            project=project, **monitoring,
             **{**common, "grafana_auth": common["grafana_auth"] or published.grafana_credentials(project)},
         ))
     from hxp.gateway.database import default_url

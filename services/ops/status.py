@@ -107,6 +107,8 @@ def _qdrant_service(stack: Stack, client: httpx.Client) -> dict[str, Any]:
                                           f"({', '.join(names)})", True)
         return _service("qdrant", DOWN, f"the gateway's vector API answered HTTP {response.status_code}: "
                                         f"{probes.describe(response.text)}", True)
+    if "path" not in stack.qdrant:
+        return _service("qdrant", DOWN, "local mode inside the gateway, which does not answer", True)
     return _probe_service("qdrant", probes.qdrant(stack.qdrant, client), "no gateway answers")
 
 

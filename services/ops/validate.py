@@ -223,7 +223,7 @@ class Validation:
             self.add(failed(check, self.stack.database_problem or "no database URL", "make env"))
             return
         from hxp.gateway.database import Database
-        from hxp.ops.report import iso
+        from hxp.gateway.usage.record import iso
 
         deadline = time.monotonic() + USAGE_WAIT_S
         count, error = 0, None
@@ -345,15 +345,13 @@ class Validation:
     def _get(self, check: str, component: str, url: str | None, path: str, **kwargs: Any) -> httpx.Response | None:
         """GET from a monitoring component; None, with a SKIP or FAIL recorded, when it has no URL or no answer."""
         if not url:
-            self.add(skipped(check, f"no URL (--{component} or HXP_{component.upper()}_URL)"))
+            where = "the compose stack has none" if self.stack.compose else "no URL"
+            self.add(skipped(check, f"{where} (--{component} or HXP_{component.upper()}_URL)"))
             return None
         try:
             response = self.client.get(f"{url.rstrip('/')}{path}", timeout=15, **kwargs)
         except httpx.HTTPError as exc:
-            if component in self.stack.guessed and probes.classify(exc) == probes.NETWORK:
-                self.add(skipped(check, f"nothing answers at {url} (the development stack's address)"))
-            else:
-                self.add(failed(check, f"{url}: {probes.describe(exc)}", f"is {component} running at that URL?"))
+            self.add(failed(check, f"{url}: {probes.describe(exc)}", f"is {component} running at that URL?"))
             return None
         if response.status_code in (401, 403):
             self.add(failed(check, f"{url} refused the credentials (HTTP {response.status_code})",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from hxp.console.queries import requests_expression
 from hxp.gateway.database import Database
 from hxp.gateway.usage.record import iso
 
@@ -42,11 +43,8 @@ class Row:
 
 
 def has_request_count(db: Database) -> bool:
-    try:
-        db.fetchall("SELECT request_count FROM llm_model_requests WHERE 1 = 0")
-    except Exception:  # noqa: BLE001 - the column's migration is not there
-        return False
-    return True
+    """Whether one row may stand for several requests (the request_count column's migration is there)."""
+    return requests_expression(db) != "1"
 
 
 def generate(db: Database, models: list[str], now: datetime, count: int = 800, seed: int = 7) -> list[Row]:
