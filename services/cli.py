@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "hxp.loadtest.cli",
     "hxp.deploy.cli",
     "hxp.monitoring.cli",
+    "hxp.ops.cli",
 ]
 
 
