@@ -21,6 +21,9 @@
 | HXP_OPENAPI                | serve our API description at /openapi.json                       | false             |
 | HXP_REQUEST_LOG            | request log: ``stdout``, ``off``, or a file path (JSON lines)    | stdout            |
 | HXP_REQUEST_LOG_CONTENT    | include the prompt and completion text in the request log       | false             |
+| HXP_CONVERSATION_RETENTION_DAYS | how long stored responses (since created) and conversations | 30                |
+|                            | (since last used) are kept; then purged (hourly, or `hxp         |                   |
+|                            | conversations purge`)                                            |                   |
 
 The usage pipeline's own settings (HXP_USAGE_*) are in :mod:`hxp.gateway.usage.pipeline`.
 """
@@ -59,6 +62,7 @@ class Settings(BaseSettings):
     openapi: Annotated[bool, NoDecode] = Field(False, validation_alias="HXP_OPENAPI")
     request_log: str = Field("stdout", validation_alias="HXP_REQUEST_LOG")
     request_log_content: Annotated[bool, NoDecode] = Field(False, validation_alias="HXP_REQUEST_LOG_CONTENT")
+    conversation_retention_days: float = Field(30.0, gt=0, validation_alias="HXP_CONVERSATION_RETENTION_DAYS")
 
     @field_validator("rate_limit_fail_closed", "openapi", "request_log_content", mode="before")
     @classmethod
