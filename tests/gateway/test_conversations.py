@@ -99,8 +99,11 @@ def test_a_streamed_chain_ends_in_response_completed_with_the_stored_id(gateway,
     assert follow[-1].type == "response.completed" and follow[-1].response.previous_response_id == done.id
     assert last_messages(upstream) == [turn("user", "stream one"), turn("assistant", ANSWER),
                                        turn("user", "stream two")]
-    third = sdk.responses.create(model=MODEL, input="plain three", previous_response_id=follow[-1].response.id)
-    assert len(last_messages(upstream)) == 5 and third.output_text == ANSWER
+    with sdk.responses.stream(model=MODEL, input="helper three", previous_response_id=follow[-1].response.id) as run:
+        deltas = [e.delta for e in run if e.type == "response.output_text.delta"]  # the SDK's strict accumulator
+        final = run.get_final_response()
+    assert "".join(deltas) == final.output_text == ANSWER and sdk.responses.retrieve(final.id).status == "completed"
+    assert len(last_messages(upstream)) == 5
 
 
 def test_a_conversation_collects_every_turn_and_its_items_can_be_managed(gateway, upstream) -> None:
@@ -280,3 +283,22 @@ def test_function_calls_round_trip_as_items(gateway, upstream) -> None:
         {"role": "assistant", "content": ANSWER, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+
+
+def test_the_gateway_purges_what_is_past_the_retention(gateway_factory, upstream) -> None:
+    short = gateway_factory(all_models(upstream.url), {"HXP_CONVERSATION_RETENTION_DAYS": str(2 / 86400)})
+    sdk = client(short)
+    response, conversation = sdk.responses.create(model=MODEL, input="short-lived"), sdk.conversations.create()
+    time.sleep(3)
+    short.stop()
+    short.start()  # the purge runs when a worker starts, then every hour
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            sdk.responses.retrieve(response.id)
+        except openai.NotFoundError:
+            break
+        time.sleep(0.5)
+    for call in (lambda: sdk.responses.retrieve(response.id), lambda: sdk.conversations.retrieve(conversation.id)):
+        with pytest.raises(openai.NotFoundError):
+            call()

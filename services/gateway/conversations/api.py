@@ -26,7 +26,7 @@ from hxp.gateway import settings
 from hxp.gateway.boundary import context_of
 from hxp.gateway.conversations import items, model_calls, store, stream, turns
 from hxp.gateway.conversations.checks import MAX_NEW_ITEMS, check_items, check_metadata
-from hxp.gateway.conversations.turns import not_found
+from hxp.gateway.conversations.turns import not_found, stored
 from hxp.gateway.errors import GatewayError, bad_request
 
 log = logging.getLogger("hxp.gateway")
@@ -62,10 +62,6 @@ def _reader(request: Request) -> str | None:
     caller = context_of(request.scope).caller
     assert caller is not None  # every route here needs a key
     return store.reader_of(caller)
-
-
-async def _run(function: Any, *args: Any) -> Any:
-    return await asyncio.to_thread(function, *args)
 
 
 def _page(found: list[dict[str, Any]], request: Request) -> dict[str, Any]:
@@ -124,7 +120,7 @@ async def _relay(plan: turns.Plan, upstream: httpx.Response) -> AsyncIterator[by
 
 @router.get("/v1/responses/{response_id}", summary="Retrieve a stored response")
 async def get_response(response_id: str, request: Request) -> dict[str, Any]:
-    found = await _run(store.current().response, response_id, _reader(request))
+    found = await stored(store.current().response, response_id, _reader(request))
     if found is None:
         raise not_found("Response", response_id, "response_id")
     return found
@@ -132,14 +128,14 @@ async def get_response(response_id: str, request: Request) -> dict[str, Any]:
 
 @router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
 async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
-    if not await _run(store.current().delete_response, response_id, _reader(request)):
+    if not await stored(store.current().delete_response, response_id, _reader(request)):
         raise not_found("Response", response_id, "response_id")
     return {"id": response_id, "object": "response.deleted", "deleted": True}
 
 
 @router.get("/v1/responses/{response_id}/input_items", summary="The items a stored response was given")
 async def input_items(response_id: str, request: Request) -> dict[str, Any]:
-    context = await _run(store.current().chain_context, response_id, _reader(request), False)
+    context = await stored(store.current().chain_context, response_id, _reader(request), False)
     if context is None:
         raise not_found("Response", response_id, "response_id")
     return _page(context.items, request)
@@ -159,7 +155,7 @@ def _new_items(body: dict[str, Any], required: bool) -> list[dict[str, Any]]:
 
 
 async def _conversation(conversation_id: str, request: Request) -> dict[str, Any]:
-    found = await _run(store.current().conversation, conversation_id, _reader(request))
+    found = await stored(store.current().conversation, conversation_id, _reader(request))
     if found is None:
         raise not_found("Conversation", conversation_id, "conversation_id")
     return found
@@ -172,7 +168,7 @@ async def create_conversation(request: Request) -> dict[str, Any]:
     new = _new_items(body, required=False)
     caller = context_of(request.scope).caller
     assert caller is not None
-    return await _run(store.current().create_conversation, items.new_id("conv"), store.owner_of(caller),
+    return await stored(store.current().create_conversation, items.new_id("conv"), store.owner_of(caller),
                       body.get("metadata") or {}, new)
 
 
@@ -187,7 +183,7 @@ async def update_conversation(conversation_id: str, request: Request) -> dict[st
     if "metadata" not in body:
         raise bad_request("metadata", "'metadata' is required")
     check_metadata(body["metadata"])
-    found = await _run(store.current().update_conversation, conversation_id, _reader(request),
+    found = await stored(store.current().update_conversation, conversation_id, _reader(request),
                        body["metadata"] or {})
     if found is None:
         raise not_found("Conversation", conversation_id, "conversation_id")
@@ -196,14 +192,14 @@ async def update_conversation(conversation_id: str, request: Request) -> dict[st
 
 @router.delete("/v1/conversations/{conversation_id}", summary="Delete a conversation and its items")
 async def delete_conversation(conversation_id: str, request: Request) -> dict[str, Any]:
-    if not await _run(store.current().delete_conversation, conversation_id, _reader(request)):
+    if not await stored(store.current().delete_conversation, conversation_id, _reader(request)):
         raise not_found("Conversation", conversation_id, "conversation_id")
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
 
 @router.get("/v1/conversations/{conversation_id}/items", summary="List a conversation's items")
 async def list_items(conversation_id: str, request: Request) -> dict[str, Any]:
-    context = await _run(store.current().conversation_context, conversation_id, _reader(request))
+    context = await stored(store.current().conversation_context, conversation_id, _reader(request))
     if context is None:
         raise not_found("Conversation", conversation_id, "conversation_id")
     return _page(context.items, request)
@@ -212,7 +208,7 @@ async def list_items(conversation_id: str, request: Request) -> dict[str, Any]:
 @router.post("/v1/conversations/{conversation_id}/items", summary="Add items to a conversation")
 async def add_items(conversation_id: str, request: Request) -> dict[str, Any]:
     new = _new_items(_body(request), required=True)
-    if not await _run(store.current().add_items, conversation_id, _reader(request), new):
+    if not await stored(store.current().add_items, conversation_id, _reader(request), new):
         raise not_found("Conversation", conversation_id, "conversation_id")
     return _list(new)
 
@@ -220,7 +216,7 @@ async def add_items(conversation_id: str, request: Request) -> dict[str, Any]:
 @router.get("/v1/conversations/{conversation_id}/items/{item_id}", summary="Retrieve a conversation's item")
 async def get_item(conversation_id: str, item_id: str, request: Request) -> dict[str, Any]:
     await _conversation(conversation_id, request)
-    found = await _run(store.current().item, conversation_id, item_id)
+    found = await stored(store.current().item, conversation_id, item_id)
     if found is None:
         raise not_found("Item", item_id, "item_id")
     return found
@@ -229,6 +225,6 @@ async def get_item(conversation_id: str, item_id: str, request: Request) -> dict
 @router.delete("/v1/conversations/{conversation_id}/items/{item_id}", summary="Delete a conversation's item")
 async def delete_item(conversation_id: str, item_id: str, request: Request) -> dict[str, Any]:
     conversation = await _conversation(conversation_id, request)
-    if not await _run(store.current().delete_item, conversation_id, item_id):
+    if not await stored(store.current().delete_item, conversation_id, item_id):
         raise not_found("Item", item_id, "item_id")
     return conversation

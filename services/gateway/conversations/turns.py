@@ -16,19 +16,31 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from hxp.catalogue import Model
 from hxp.gateway.boundary import RequestContext
 from hxp.gateway.conversations import items, model_calls, store
 from hxp.gateway.conversations.checks import conversation_id
 from hxp.gateway.errors import GatewayError
+from hxp.redaction import redact
 
 AUTO_OUTPUT_ROOM = 512
 
 
 def not_found(kind: str, object_id: str, param: str) -> GatewayError:
     return GatewayError(404, f"{kind} with id '{object_id}' not found.", param=param, code="not_found")
+
+
+async def stored(function: Callable[..., Any], *args: Any) -> Any:
+    """A store call, off the event loop; a database that cannot answer is a 503 (LookupError passes)."""
+    try:
+        return await asyncio.to_thread(function, *args)
+    except LookupError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the client may retry
+        raise GatewayError(503, f"the conversation store cannot answer: {redact(str(exc))[:300]}",
+                           code="store_unavailable", headers={"retry-after": "1"}) from None
 
 
 @dataclass
@@ -59,7 +71,7 @@ class Plan:
                           outputs=response["output"], previous_response_id=self.body.get("previous_response_id"),
                           conversation_id=self.conversation_id, history_end=self.history_end)
         try:
-            await asyncio.to_thread(store.current().save_turn, turn)
+            await stored(store.current().save_turn, turn)
         except LookupError:
             raise not_found("Conversation", self.conversation_id or "", "conversation") from None
 
@@ -67,12 +79,12 @@ class Plan:
 async def _context(body: dict[str, Any], reader: str | None) -> store.Context:
     previous, conversation = body.get("previous_response_id"), conversation_id(body)
     if previous is not None:
-        found = await asyncio.to_thread(store.current().chain_context, previous, reader)
+        found = await stored(store.current().chain_context, previous, reader)
         if found is None:
             raise not_found("Previous response", previous, "previous_response_id")
         return found
     if conversation is not None:
-        found = await asyncio.to_thread(store.current().conversation_context, conversation, reader)
+        found = await stored(store.current().conversation_context, conversation, reader)
         if found is None:
             raise not_found("Conversation", conversation, "conversation")
         return found
