@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import httpx
 from fastapi import APIRouter, FastAPI, Request
@@ -62,6 +62,18 @@ def _reader(request: Request) -> str | None:
     caller = context_of(request.scope).caller
     assert caller is not None  # every route here needs a key
     return store.reader_of(caller)
+
+
+async def _owned(request: Request, kind: str, object_id: str, method: Callable[..., Any], *args: Any) -> Any:
+    """``method(object_id, the caller's owner, *args)`` of the store; a 404 naming the object when it finds nothing."""
+    found = await stored(method, object_id, _reader(request), *args)
+    if found is None or found is False:
+        raise not_found(kind.capitalize(), object_id, f"{kind}_id")
+    return found
+
+
+def _deleted(kind: str, object_id: str) -> dict[str, Any]:
+    return {"id": object_id, "object": f"{kind}.deleted", "deleted": True}
 
 
 def _page(found: list[dict[str, Any]], request: Request) -> dict[str, Any]:
@@ -120,24 +132,18 @@ async def _relay(plan: turns.Plan, upstream: httpx.Response) -> AsyncIterator[by
 
 @router.get("/v1/responses/{response_id}", summary="Retrieve a stored response")
 async def get_response(response_id: str, request: Request) -> dict[str, Any]:
-    found = await stored(store.current().response, response_id, _reader(request))
-    if found is None:
-        raise not_found("Response", response_id, "response_id")
-    return found
+    return await _owned(request, "response", response_id, store.current().response)
 
 
 @router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
 async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
-    if not await stored(store.current().delete_response, response_id, _reader(request)):
-        raise not_found("Response", response_id, "response_id")
-    return {"id": response_id, "object": "response.deleted", "deleted": True}
+    await _owned(request, "response", response_id, store.current().delete_response)
+    return _deleted("response", response_id)
 
 
 @router.get("/v1/responses/{response_id}/input_items", summary="The items a stored response was given")
 async def input_items(response_id: str, request: Request) -> dict[str, Any]:
-    context = await stored(store.current().chain_context, response_id, _reader(request), False)
-    if context is None:
-        raise not_found("Response", response_id, "response_id")
+    context = await _owned(request, "response", response_id, store.current().chain_context, False)
     return _page(context.items, request)
 
 
@@ -154,13 +160,6 @@ def _new_items(body: dict[str, Any], required: bool) -> list[dict[str, Any]]:
     return items.stored_items(value)
 
 
-async def _conversation(conversation_id: str, request: Request) -> dict[str, Any]:
-    found = await stored(store.current().conversation, conversation_id, _reader(request))
-    if found is None:
-        raise not_found("Conversation", conversation_id, "conversation_id")
-    return found
-
-
 @router.post("/v1/conversations", summary="Create a conversation")
 async def create_conversation(request: Request) -> dict[str, Any]:
     body = _body(request)
@@ -169,12 +168,12 @@ async def create_conversation(request: Request) -> dict[str, Any]:
     caller = context_of(request.scope).caller
     assert caller is not None
     return await stored(store.current().create_conversation, items.new_id("conv"), store.owner_of(caller),
-                      body.get("metadata") or {}, new)
+                        body.get("metadata") or {}, new)
 
 
 @router.get("/v1/conversations/{conversation_id}", summary="Retrieve a conversation")
 async def get_conversation(conversation_id: str, request: Request) -> dict[str, Any]:
-    return await _conversation(conversation_id, request)
+    return await _owned(request, "conversation", conversation_id, store.current().conversation)
 
 
 @router.post("/v1/conversations/{conversation_id}", summary="Update a conversation's metadata")
@@ -183,39 +182,32 @@ async def update_conversation(conversation_id: str, request: Request) -> dict[st
     if "metadata" not in body:
         raise bad_request("metadata", "'metadata' is required")
     check_metadata(body["metadata"])
-    found = await stored(store.current().update_conversation, conversation_id, _reader(request),
-                       body["metadata"] or {})
-    if found is None:
-        raise not_found("Conversation", conversation_id, "conversation_id")
-    return found
+    return await _owned(request, "conversation", conversation_id, store.current().update_conversation,
+                        body["metadata"] or {})
 
 
 @router.delete("/v1/conversations/{conversation_id}", summary="Delete a conversation and its items")
 async def delete_conversation(conversation_id: str, request: Request) -> dict[str, Any]:
-    if not await stored(store.current().delete_conversation, conversation_id, _reader(request)):
-        raise not_found("Conversation", conversation_id, "conversation_id")
-    return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+    await _owned(request, "conversation", conversation_id, store.current().delete_conversation)
+    return _deleted("conversation", conversation_id)
 
 
 @router.get("/v1/conversations/{conversation_id}/items", summary="List a conversation's items")
 async def list_items(conversation_id: str, request: Request) -> dict[str, Any]:
-    context = await stored(store.current().conversation_context, conversation_id, _reader(request))
-    if context is None:
-        raise not_found("Conversation", conversation_id, "conversation_id")
+    context = await _owned(request, "conversation", conversation_id, store.current().conversation_context)
     return _page(context.items, request)
 
 
 @router.post("/v1/conversations/{conversation_id}/items", summary="Add items to a conversation")
 async def add_items(conversation_id: str, request: Request) -> dict[str, Any]:
     new = _new_items(_body(request), required=True)
-    if not await stored(store.current().add_items, conversation_id, _reader(request), new):
-        raise not_found("Conversation", conversation_id, "conversation_id")
+    await _owned(request, "conversation", conversation_id, store.current().add_items, new)
     return _list(new)
 
 
 @router.get("/v1/conversations/{conversation_id}/items/{item_id}", summary="Retrieve a conversation's item")
 async def get_item(conversation_id: str, item_id: str, request: Request) -> dict[str, Any]:
-    await _conversation(conversation_id, request)
+    await _owned(request, "conversation", conversation_id, store.current().conversation)
     found = await stored(store.current().item, conversation_id, item_id)
     if found is None:
         raise not_found("Item", item_id, "item_id")
@@ -224,7 +216,7 @@ async def get_item(conversation_id: str, item_id: str, request: Request) -> dict
 
 @router.delete("/v1/conversations/{conversation_id}/items/{item_id}", summary="Delete a conversation's item")
 async def delete_item(conversation_id: str, item_id: str, request: Request) -> dict[str, Any]:
-    conversation = await _conversation(conversation_id, request)
+    conversation = await _owned(request, "conversation", conversation_id, store.current().conversation)
     if not await stored(store.current().delete_item, conversation_id, item_id):
         raise not_found("Item", item_id, "item_id")
     return conversation

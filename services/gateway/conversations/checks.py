@@ -98,18 +98,14 @@ def conversation_id(body: dict[str, Any]) -> str | None:
 
 def _check_tools(body: dict[str, Any]) -> None:
     tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise bad_request("tools", "'tools' must be a list of tools")
-        for i, tool in enumerate(tools):
-            where = f"tools[{i}]"
-            if not isinstance(tool, dict) or tool.get("type") != "function":
-                raise bad_request(where, f"'{where}' must be a function tool ({{\"type\": \"function\", \"name\": "
-                                         "...}}): only function tools run on this gateway")
-            if not isinstance(tool.get("name"), str) or not tool["name"]:
-                raise bad_request(f"{where}.name", f"'{where}.name' must be a non-empty string")
-            if tool.get("parameters") is not None and not isinstance(tool["parameters"], dict):
-                raise bad_request(f"{where}.parameters", f"'{where}.parameters' must be a JSON Schema object")
+    if tools is not None and not isinstance(tools, list):
+        raise bad_request("tools", "'tools' must be a list of tools")
+    for i, tool in enumerate(tools or []):
+        if not (isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("name"), str)
+                and tool["name"] and isinstance(tool.get("parameters") or {}, dict)):
+            raise bad_request(f"tools[{i}]", f"'tools[{i}]' must be a function tool: {{\"type\": \"function\", "
+                                             "\"name\": ..., \"parameters\": {JSON Schema}} (only function tools "
+                                             "run on this gateway)")
     choice = body.get("tool_choice")
     if choice is None or _one_of(choice, TOOL_CHOICES):
         return
