@@ -24,6 +24,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
+def stores(body: dict[str, Any]) -> bool:
+    """Whether a /v1/responses body asks for its response to be stored (the default)."""
+    return body.get("store") is not False
+
+
 def _part(part: dict[str, Any], role: str) -> dict[str, Any]:
     if part["type"] in TEXT_PARTS:
         kind = "output_text" if role == "assistant" else "input_text"
@@ -169,10 +174,10 @@ def response_object(response_id: str, body: dict[str, Any], created_at: int, sta
         "completed_at": int(time.time()) if status == "completed" else None, "error": error,
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
         "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
-        "model": body["model"], "output": output, "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "model": body["model"], "output": output, "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
         "previous_response_id": body.get("previous_response_id"),
         "conversation": {"id": conversation} if conversation else None,
-        "store": body.get("store", True), "temperature": body.get("temperature"), "top_p": body.get("top_p"),
+        "store": stores(body), "temperature": body.get("temperature"), "top_p": body.get("top_p"),
         "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
         "truncation": body.get("truncation") or "disabled", "text": body.get("text") or {"format": {"type": "text"}},
         "metadata": body.get("metadata") or {}, "user": body.get("user"), "background": False, "usage": usage_,

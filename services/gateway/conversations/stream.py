@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+import httpx
 import orjson
 
 from hxp.gateway.conversations import items
@@ -64,13 +65,17 @@ class Answer:
 
 
 async def _chunks(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
-    async for line in lines:
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        yield orjson.loads(data)
+    """The chat chunks; a stream that breaks off ends with an error chunk."""
+    try:
+        async for line in lines:
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            yield orjson.loads(data)
+    except httpx.HTTPError as exc:
+        yield {"error": {"message": f"the model call broke off: {exc!r}"}}
 
 
 async def events(plan: Plan, lines: AsyncIterator[str],

@@ -59,13 +59,13 @@ class Plan:
 
     def response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
                  error: dict[str, Any] | None = None) -> dict[str, Any]:
-        conversation = self.conversation_id if self.body.get("store", True) else None
+        conversation = self.conversation_id if items.stores(self.body) else None
         return items.response_object(self.response_id, self.body, self.created_at, status, output, usage, error,
                                      conversation)
 
     async def save(self, response: dict[str, Any]) -> None:
         """Store the response and its items (``store: false``: nothing)."""
-        if not self.body.get("store", True):
+        if not items.stores(self.body):
             return
         turn = store.Turn(response=response, owner=self.owner, session_id=self.session, inputs=self.inputs,
                           outputs=response["output"], previous_response_id=self.body.get("previous_response_id"),
