@@ -1,12 +1,13 @@
 """A fast, deterministic fake OpenAI-compatible upstream (a stand-in vLLM engine).
 
 Serves /v1/chat/completions (streamed and not), /v1/completions, /v1/embeddings,
-/v1/models, /health and vLLM's /tokenize (one token per word) for any model name,
-with an optional fixed delay. It counts the requests it served (GET /_stats,
-POST /_reset) so tests can prove that a request never reached a backend, keeps the
-bodies of the latest model requests in order (GET /_requests), and can be told to
-fail its health check (POST /_health?ok=0). With ``--forward URL`` it answers nothing
-itself: it relays every request to that real engine, keeping the model requests' bodies.
+/v1/models, /health, vLLM's /tokenize (one token per word) and its queue gauges on /metrics
+(requests being answered) for any model name, with an optional fixed delay. It counts
+the requests it served (GET /_stats, POST /_reset) so tests can prove that a request
+never reached a backend, keeps the bodies of the latest model requests in order
+(GET /_requests), and can be told to fail its health check (POST /_health?ok=0).
+With ``--forward URL`` it answers nothing itself: it relays every request to that real
+engine, keeping the model requests' bodies.
 
 Run it as a process: ``python -m tests.support.fake_upstream --port P [--delay S]``,
 or from tests through :class:`FakeUpstream`.
@@ -62,6 +63,7 @@ class Upstream:
         self.fields: Counter[str] = Counter()  # top-level request fields the backend received
         self.health_checks = 0
         self.requests: deque[dict[str, Any]] = deque(maxlen=REQUESTS_KEPT)  # latest model request bodies
+        self.running = 0  # requests being answered now (vllm:num_requests_running on /metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -102,6 +104,11 @@ class Upstream:
             self.counts[path] += 1
             count = _tokens(_prompt_text(json.loads(body or b"{}")))
             await _json(send, {"count": count, "max_model_len": 0, "tokens": list(range(count))})
+        elif path == "/metrics":
+            await _text(send, "# TYPE vllm:num_requests_running gauge\n"
+                              f'vllm:num_requests_running{{engine="0",model_name="fake"}} {float(self.running)}\n'
+                              "# TYPE vllm:num_requests_waiting gauge\n"
+                              'vllm:num_requests_waiting{engine="0",model_name="fake"} 0.0\n')
         elif path == "/v1/models":
             await _json(send, {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "fake"}]})
         elif method == "POST" and path in MODEL_PATHS:
@@ -113,9 +120,13 @@ class Upstream:
                 return
             self.fields.update(request.keys())
             self.requests.append(request)
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            await self._answer(path, request, send)
+            self.running += 1
+            try:
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                await self._answer(path, request, send)
+            finally:
+                self.running -= 1
         else:
             self.counts[path] += 1  # a call the backend has no route for is still a call that reached it
             await _json(send, {"error": {"message": f"no route {path}", "type": "NotFoundError"}}, 404)
@@ -189,10 +200,17 @@ class Upstream:
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
 
+async def _text(send: Send, text: str) -> None:
+    await _send(send, text.encode(), b"text/plain; version=0.0.4")
+
+
 async def _json(send: Send, payload: Any, status: int = 200) -> None:
-    data = json.dumps(payload).encode()
+    await _send(send, json.dumps(payload).encode(), b"application/json", status)
+
+
+async def _send(send: Send, data: bytes, content_type: bytes, status: int = 200) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]})
     await send({"type": "http.response.body", "body": data})
 
 
