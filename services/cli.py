@@ -12,6 +12,7 @@ import sys
 COMMAND_MODULES = [
     "hxp.catalogue_cli",
     "hxp.gateway.cli",
+    "hxp.gateway.conversations.cli",
     "hxp.model.cli",
     "hxp.runner",
     "hxp.loadtest.cli",

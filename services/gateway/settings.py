@@ -22,6 +22,9 @@
 | HXP_REQUEST_LOG            | request log: ``stdout``, ``off``, or a file path (JSON lines)    | stdout            |
 | HXP_REQUEST_LOG_CONTENT    | include the prompt and completion text in the request log       | false             |
 | HXP_CONSOLE_SESSION_TTL_S  | how long a web console sign-in lasts (/console)                  | 28800 (8 hours)   |
+| HXP_CONVERSATION_RETENTION_DAYS | how long stored responses (since created) and conversations | 30                |
+|                            | (since last used) are kept; then purged (hourly, or `hxp         |                   |
+|                            | conversations purge`)                                            |                   |
 
 The usage pipeline's own settings (HXP_USAGE_*) are in :mod:`hxp.gateway.usage.pipeline`.
 """
@@ -69,6 +72,7 @@ class Settings(BaseSettings):
     usage_rollup_interval_s: float = Field(60.0, gt=0, validation_alias="HXP_USAGE_ROLLUP_INTERVAL_S")
     usage_spill_dir: str = Field("", validation_alias="HXP_USAGE_SPILL_DIR")
     console_session_ttl_s: int = Field(8 * 3600, gt=0, validation_alias="HXP_CONSOLE_SESSION_TTL_S")
+    conversation_retention_days: float = Field(30.0, gt=0, validation_alias="HXP_CONVERSATION_RETENTION_DAYS")
 
     @field_validator("rate_limit_fail_closed", "openapi", "request_log_content", mode="before")
     @classmethod
