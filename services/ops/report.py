@@ -5,7 +5,7 @@ status), prompt and completion tokens, p50/p95 latency of the successful request
 the cost for models whose catalogue entry has ``api.price_per_1k_tokens``. Three queries
 (sums, errors by status, latency percentiles), each reading the window through the index
 on the time (``llm_model_requests_time``, migration 0007), the same SQL on PostgreSQL and
-SQLite. What a row counts for is the console's one definition (hxp.console.queries).
+SQLite. One row may stand for N aggregated refusals: requests are ``SUM(request_count)``.
 Percentiles are nearest-rank: the smallest latency with at least p% of the requests at or
 below it.
 """
@@ -19,7 +19,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from hxp.catalogue import Catalogue, Prices
-from hxp.console.queries import requests_expression
 from hxp.gateway.database import Database
 from hxp.gateway.usage.record import iso
 from hxp.ops import table
@@ -93,15 +92,15 @@ class Queries:
     latency: tuple[str, list[Any]]
 
 
-def queries(group: str, requests: str, prices: dict[str, Prices], span: Window) -> Queries:
+def queries(group: str, prices: dict[str, Prices], span: Window) -> Queries:
     """The statements for one grouping expression (a constant such as ``'total'`` gives one row)."""
     bounds = [iso(span.since), iso(span.until)]
     cost, cost_params = cost_expression(prices) if prices else ("NULL", [])
-    sums = (f"SELECT {group} AS grp, SUM({requests}) AS requests,"
-            f" SUM(CASE WHEN r.status = 'success' THEN 0 ELSE {requests} END) AS errors,"
+    sums = (f"SELECT {group} AS grp, SUM(r.request_count) AS requests,"
+            " SUM(CASE WHEN r.status = 'success' THEN 0 ELSE r.request_count END) AS errors,"
             " SUM(r.prompt_tokens) AS prompt_tokens, SUM(r.completion_tokens) AS completion_tokens,"
             f" {cost} AS cost {_FROM} GROUP BY grp")
-    statuses = (f"SELECT {group} AS grp, COALESCE(r.status, 'unknown') AS status, SUM({requests}) AS requests"
+    statuses = (f"SELECT {group} AS grp, COALESCE(r.status, 'unknown') AS status, SUM(r.request_count) AS requests"
                 f" {_FROM} AND (r.status IS NULL OR r.status <> 'success') GROUP BY grp, status")
     latency = ("SELECT grp, MIN(CASE WHEN rn >= 0.5 * n THEN latency_ms END) AS p50_ms,"
                " MIN(CASE WHEN rn >= 0.95 * n THEN latency_ms END) AS p95_ms FROM ("
@@ -148,10 +147,9 @@ def _number(value: Any) -> int | None:
 
 def build(db: Database, cat: Catalogue, span: Window, by: str = "model") -> Report:
     """The report over ``span``, one row per group (busiest first; by day in date order) and the totals."""
-    requests = requests_expression(db)
     prices = {m.name: m.api.price_per_1k_tokens for m in cat.models if m.api.price_per_1k_tokens is not None}
-    groups = _collect(db, queries(group_expression(by, db.dialect), requests, prices, span))
-    totals = _collect(db, queries("'total'", requests, prices, span)).get("total") or _empty()
+    groups = _collect(db, queries(group_expression(by, db.dialect), prices, span))
+    totals = _collect(db, queries("'total'", prices, span)).get("total") or _empty()
     rows = [{by: name, **values} for name, values in groups.items()]
     rows.sort(key=(lambda r: r[by]) if by == "day" else (lambda r: (-r["requests"], r[by])))
     statuses = sorted({s for r in rows for s in r["errors_by_status"]})

@@ -191,12 +191,13 @@ def load(compose: bool = False, gateways: list[str] | None = None, prometheus: s
             project=project, **monitoring,
             **{**common, "grafana_auth": common["grafana_auth"] or published.grafana_credentials(project)},
         ))
-    from hxp.gateway.database import default_url
+    from hxp.gateway import settings
     from hxp.vector.config import qdrant_location
 
     return _hide_secrets(Stack(
         "native", gateways=gateways or _urls(env("HXP_GATEWAY_URL")) or [DEFAULT_GATEWAY],
-        master_key=stored_master_key(), database_url=default_url(), database_problem=None,
+        master_key=stored_master_key(), database_url=settings.load().database_url,
+        database_problem=None,
         redis_url=env("REDIS_URL") or None, qdrant=qdrant_location(),
         prometheus_url=prometheus or env("HXP_PROMETHEUS_URL") or None,
         alertmanager_url=alertmanager or env("HXP_ALERTMANAGER_URL") or None,

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from hxp.console.queries import requests_expression
 from hxp.gateway.database import Database
 from hxp.gateway.usage.record import iso
 
@@ -42,15 +41,9 @@ class Row:
         return (known[1] if known else None) or "(none)"
 
 
-def has_request_count(db: Database) -> bool:
-    """Whether one row may stand for several requests (the request_count column's migration is there)."""
-    return requests_expression(db) != "1"
-
-
 def generate(db: Database, models: list[str], now: datetime, count: int = 800, seed: int = 7) -> list[Row]:
     """Write ``count`` rows spread over the 10 days before ``now`` (and a few after it); return them."""
     rnd = random.Random(seed)
-    counted = has_request_count(db)
     db.executemany("INSERT INTO api_keys (key_id, key_hash, key_prefix, alias, owner) VALUES (?, ?, ?, ?, ?)",
                    [(k, f"hash-{k}", "sk-x", alias, owner) for k, (alias, owner) in KEYS.items()])
     rows = []
@@ -65,14 +58,14 @@ def generate(db: Database, models: list[str], now: datetime, count: int = 800, s
             latency_ms=rnd.choice([None, rnd.randint(1, 5000), rnd.randint(1, 200)]),
             prompt_tokens=rnd.choice([None, rnd.randint(0, 900)]),
             completion_tokens=rnd.choice([None, rnd.randint(0, 400)]),
-            request_count=rnd.randint(1, 5) if counted and status != "success" else 1,
+            request_count=rnd.randint(1, 5) if status != "success" else 1,  # aggregated refusals
         ))
     columns = ["request_id", "model_name", "timestamp", "key_id", "user_id", "status", "latency_ms",
-               "prompt_tokens", "completion_tokens", *(["request_count"] if counted else [])]
+               "prompt_tokens", "completion_tokens", "request_count"]
     db.executemany(
         f"INSERT INTO llm_model_requests ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
         [(str(uuid.uuid4()), r.model_name, iso(r.timestamp), r.key_id, r.user_id, r.status, r.latency_ms,
-          r.prompt_tokens, r.completion_tokens, *([r.request_count] if counted else [])) for r in rows])
+          r.prompt_tokens, r.completion_tokens, r.request_count) for r in rows])
     return rows
 
 
