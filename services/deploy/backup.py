@@ -59,16 +59,23 @@ class Stores:
 
     @classmethod
     def from_compose(cls, project: Path = PROJECT_ROOT) -> Stores:
-        """The compose stack's PostgreSQL and Qdrant, through the ports compose.yaml publishes on this host."""
-        from hxp.deploy.envfiles import assignments
+        """The running compose stack's PostgreSQL, and its Qdrant when the stack has one, at the addresses
+        Docker publishes them on; the credentials from the stack's env files (hxp.deploy.envfiles.env_dir)."""
+        from hxp.deploy import running
+        from hxp.deploy.envfiles import assignments, env_dir
 
-        env_file = project / "env" / "postgres.env"
+        env_file = env_dir(project) / "postgres.env"
         if not env_file.is_file():
             raise BackupError(f"{env_file} is missing: the compose stack's credentials live there (make env)")
         pg = assignments(env_file.read_text())
-        host = os.environ.get("HXP_PUBLISH_ADDRESS") or "127.0.0.1"
-        url = f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@{host}:5432/{pg['POSTGRES_DB']}"
-        return cls(url, qdrant_url=f"http://{host}:6333", project=project)
+        try:
+            url = (f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@"
+                   f"{running.address('postgres', 5432, project)}/{pg['POSTGRES_DB']}")
+            qdrant = (f"http://{running.address('qdrant', 6333, project)}"
+                      if "qdrant" in running.services(project) else None)
+        except running.ComposeError as err:
+            raise BackupError(str(err)) from None
+        return cls(url, qdrant_url=qdrant, project=project)
 
 
 # --- the SQL store ------------------------------------------------------------------

@@ -5,6 +5,10 @@ the same value (so DATABASE_URL in gateway.env matches POSTGRES_PASSWORD in
 postgres.env), taken from the environment variable NAME when set, otherwise a new
 random one. ``${NAME}`` is copied from the environment (empty when unset), e.g.
 HF_TOKEN. Existing env files are never overwritten.
+
+The compose files find the env files through ``HXP_ENV_DIR``, which this step adds to
+the project's ``.env`` (read by Compose; its other lines are kept): until then
+``docker compose`` stops with a message that names ``make env``.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from hxp.paths import PROJECT_ROOT
 SECRET = re.compile(r"__([A-Z][A-Z0-9_]*)__")
 FROM_ENVIRONMENT = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 SUFFIX = ".example"
+ENV_DIR_VARIABLE = "HXP_ENV_DIR"
 
 
 def fill(text: str, values: dict[str, str]) -> str:
@@ -61,8 +66,28 @@ def _known_secrets(env_dir: Path) -> dict[str, str]:
     return values
 
 
+def env_dir(project: Path = PROJECT_ROOT) -> Path:
+    """The env folder Compose uses: HXP_ENV_DIR from the environment, else from the project's .env, else env/."""
+    dotenv = project / ".env"
+    configured = os.environ.get(ENV_DIR_VARIABLE) or (
+        assignments(dotenv.read_text()).get(ENV_DIR_VARIABLE) if dotenv.is_file() else None)
+    return project / (configured or "env")
+
+
+def register_env_dir(env_dir: Path) -> Path | None:
+    """Add HXP_ENV_DIR to the .env next to ``env_dir`` unless it is there; returns .env when it changed."""
+    dotenv = env_dir.parent / ".env"
+    text = dotenv.read_text() if dotenv.exists() else ""
+    if ENV_DIR_VARIABLE in assignments(text):
+        return None
+    separator = "" if not text or text.endswith("\n") else "\n"
+    dotenv.write_text(f"{text}{separator}# Where Compose reads the env files (written by `make env`).\n"
+                      f"{ENV_DIR_VARIABLE}=./{env_dir.name}\n")
+    return dotenv
+
+
 def create(env_dir: Path = PROJECT_ROOT / "env") -> list[Path]:
-    """Create each missing env file from its example; returns the files created."""
+    """Create each missing env file from its example, then register the folder in .env; returns what changed."""
     values = _known_secrets(env_dir)
     created = []
     for example in sorted(env_dir.glob(f"*.env{SUFFIX}")):
@@ -72,4 +97,5 @@ def create(env_dir: Path = PROJECT_ROOT / "env") -> list[Path]:
         real.write_text(fill(example.read_text(), values))
         real.chmod(0o600)
         created.append(real)
-    return created
+    dotenv = register_env_dir(env_dir)
+    return created + ([dotenv] if dotenv else [])

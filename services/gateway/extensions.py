@@ -24,6 +24,7 @@ ROUTERS = [
     "hxp.gateway.usage:router",                 # usage pipeline lifespan: replay at start, flush at stop
     "hxp.gateway.metrics:router",               # /metrics
     "hxp.vector.api:router",                    # Qdrant collections and search
+    "hxp.console.routes:router",                # the operator's web console (/console)
 ]
 
 WORKER_STARTUP_HOOKS = [

@@ -21,7 +21,7 @@ TABLE_FILE = Path(__file__).with_name("route_table.yaml")
 OUTSIDE_FILE = Path(__file__).with_name("litellm_routes_outside.txt")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
-Access = Literal["public", "client", "master", "metrics"]
+Access = Literal["public", "client", "master", "metrics", "console"]
 
 
 class Route(BaseModel):

@@ -21,6 +21,7 @@
 | HXP_OPENAPI                | serve our API description at /openapi.json                       | false             |
 | HXP_REQUEST_LOG            | request log: ``stdout``, ``off``, or a file path (JSON lines)    | stdout            |
 | HXP_REQUEST_LOG_CONTENT    | include the prompt and completion text in the request log       | false             |
+| HXP_CONSOLE_SESSION_TTL_S  | how long a web console sign-in lasts (/console)                  | 28800 (8 hours)   |
 
 The usage pipeline's own settings (HXP_USAGE_*) are in :mod:`hxp.gateway.usage.pipeline`.
 """
@@ -59,6 +60,7 @@ class Settings(BaseSettings):
     openapi: Annotated[bool, NoDecode] = Field(False, validation_alias="HXP_OPENAPI")
     request_log: str = Field("stdout", validation_alias="HXP_REQUEST_LOG")
     request_log_content: Annotated[bool, NoDecode] = Field(False, validation_alias="HXP_REQUEST_LOG_CONTENT")
+    console_session_ttl_s: int = Field(8 * 3600, gt=0, validation_alias="HXP_CONSOLE_SESSION_TTL_S")
 
     @field_validator("rate_limit_fail_closed", "openapi", "request_log_content", mode="before")
     @classmethod

@@ -1,7 +1,8 @@
 """A fast, deterministic fake OpenAI-compatible upstream (a stand-in vLLM engine).
 
 Serves /v1/chat/completions (streamed and not), /v1/completions, /v1/embeddings,
-/v1/models and /health for any model name, with an optional fixed delay. It
+/v1/models, /health and vLLM's queue gauges on /metrics (requests being answered) for any
+model name, with an optional fixed delay. It
 counts the requests it served (GET /_stats, POST /_reset) so tests can prove
 that a request never reached a backend, and can be told to fail its health
 check (POST /_health?ok=0).
@@ -64,6 +65,7 @@ class Upstream:
         self.counts: Counter[str] = Counter()
         self.fields: Counter[str] = Counter()  # top-level request fields the backend received
         self.health_checks = 0
+        self.running = 0  # requests being answered now (vllm:num_requests_running on /metrics)
         self.streams: Counter[str] = Counter()  # completed | cut
         self.cut_after: list[int] = []  # text chunks each cut stream had sent
 
@@ -104,6 +106,11 @@ class Upstream:
         elif path == "/_health" and method == "POST":
             self.healthy = "ok=0" not in query
             await _json(send, {"healthy": self.healthy})
+        elif path == "/metrics":
+            await _text(send, "# TYPE vllm:num_requests_running gauge\n"
+                              f'vllm:num_requests_running{{engine="0",model_name="fake"}} {float(self.running)}\n'
+                              "# TYPE vllm:num_requests_waiting gauge\n"
+                              'vllm:num_requests_waiting{engine="0",model_name="fake"} 0.0\n')
         elif path == "/v1/models":
             await _json(send, {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "fake"}]})
         elif method == "POST" and path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
@@ -114,9 +121,13 @@ class Upstream:
                 await _json(send, {"error": {"message": "bad json", "type": "BadRequestError"}}, 400)
                 return
             self.fields.update(request.keys())
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            await self._answer(path, request, receive, send)
+            self.running += 1
+            try:
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                await self._answer(path, request, receive, send)
+            finally:
+                self.running -= 1
         else:
             self.counts[path] += 1  # a call the backend has no route for is still a call that reached it
             await _json(send, {"error": {"message": f"no route {path}", "type": "NotFoundError"}}, 404)
@@ -202,10 +213,17 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
+async def _text(send: Send, text: str) -> None:
+    await _send(send, text.encode(), b"text/plain; version=0.0.4")
+
+
 async def _json(send: Send, payload: Any, status: int = 200) -> None:
-    data = json.dumps(payload).encode()
+    await _send(send, json.dumps(payload).encode(), b"application/json", status)
+
+
+async def _send(send: Send, data: bytes, content_type: bytes, status: int = 200) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]})
     await send({"type": "http.response.body", "body": data})
 
 

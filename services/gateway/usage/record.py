@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
 COLUMNS: tuple[str, ...] = (
     "request_id", "model_name", "timestamp", "user_id", "key_id", "prompt_tokens", "completion_tokens",
     "total_tokens", "latency_ms", "time_to_first_token_ms", "stream", "cache_hit", "cost", "status",
-    "error_message",
+    "error_message", "request_count",
 )
 INSERT_SQL = (
     f"INSERT INTO llm_model_requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -27,6 +27,17 @@ def utc_now() -> str:
 
 def iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def iso_at(epoch: float) -> str:
+    """``iso`` of epoch seconds."""
+    return iso(datetime.fromtimestamp(epoch, timezone.utc))
+
+
+def epoch_of(timestamp: str) -> float:
+    """Epoch seconds of an ISO-8601 timestamp (UTC when it names no zone)."""
+    moment = datetime.fromisoformat(timestamp)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def request_uuid(candidate: object = None) -> str:
@@ -56,6 +67,7 @@ class UsageRecord:
     cache_hit: bool = False
     cost: float | None = None
     error_message: str | None = None
+    request_count: int = 1  # >1: an aggregate of that many refusals (hxp.gateway.usage.refusals)
 
     def __post_init__(self) -> None:
         # Clamp to the column sizes so that one odd request can never block a batch.
@@ -75,7 +87,7 @@ class UsageRecord:
         return tuple(getattr(self, name) for name in COLUMNS)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # the fields, all scalars (asdict's deep copy costs twice the JSON encoding)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "UsageRecord":
