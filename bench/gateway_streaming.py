@@ -53,8 +53,11 @@ class Workload:
 
 
 WORKLOADS = [Workload("fast", None, 1, 10), Workload("fast", None, 64, 64),
-             Workload("paced", PACE, 1, 2), Workload("paced", PACE, 64, 64)]
+             Workload("paced", PACE, 1, 4), Workload("paced", PACE, 64, 64)]
 WARMUP = Workload("fast", None, 16, 32)
+# The client's connections open this far apart: a burst of connections would be accepted by whichever
+# worker wakes first (asyncio accepts up to 100 at once), one at a time they split about evenly.
+RAMP_S = 0.005
 
 
 @dataclass
@@ -79,7 +82,8 @@ async def _streams(server: Server, model: str, workload: Workload) -> tuple[list
     gaps: list[float] = []
     queue = iter(range(workload.streams))
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker(session: aiohttp.ClientSession, index: int) -> None:
+        await asyncio.sleep(index * RAMP_S)
         for _ in queue:
             start = time.perf_counter()
             times: list[float] = []
@@ -97,7 +101,7 @@ async def _streams(server: Server, model: str, workload: Workload) -> tuple[list
     connector = aiohttp.TCPConnector(limit=workload.concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
         start = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(workload.concurrency)))
+        await asyncio.gather(*(worker(session, i) for i in range(workload.concurrency)))
         return ttfts, gaps, time.perf_counter() - start
 
 
