@@ -15,8 +15,9 @@ cores >= 0.95x bare (ratios: the median of the per-round ratios).
 
 Bounded: ROUNDS rounds of each workload's ``streams`` per target (WORKLOADS) after WARMUP
 streams per target; environment: BENCH_STREAM_ROUNDS, BENCH_STREAM_CHUNKS, BENCH_STREAM_PACE.
-About 6 minutes on this 2-core machine (half of it starting LiteLLM four times).
-The measured runs are in bench/README.md.
+Streams open their connections RAMP_S apart, so that the workers share them. 5.5-6.5 minutes
+on this 2-core machine (about 1.5 of them starting the proxies). The measured runs, before and
+after the observer's per-chunk work was trimmed, with the machine's load, are in bench/README.md.
 """
 from __future__ import annotations
 
