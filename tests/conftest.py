@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.usage",
     "tests.fixtures.vector",
+    "tests.fixtures.console",
 ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +28,13 @@ def _compose_env(args: argparse.Namespace) -> int:
     for path in created:
         print(f"created {path}")
     if not created:
-        print("every env file exists already; nothing changed")
+        print("every env file exists already and .env names them; nothing changed")
+    return 0
+
+
+def _compose_cpus(args: argparse.Namespace) -> int:
+    for task, cpus in compose.cpu_sets(sorted(os.sched_getaffinity(0))).items():
+        print(f"{compose.cpus_variable(task)}={cpus}")
     return 0
 
 
@@ -84,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = csub.add_parser("env", help="create env/*.env from the examples with fresh secrets (never overwrites)")
     e.add_argument("--env-dir", default=str(PROJECT_ROOT / "env"))
     e.set_defaults(func=_compose_env)
+    c = csub.add_parser("cpus", help="the development engines' CPU sets on this machine, as VAR=cpus lines "
+                                     "for compose.dev.yaml (make dev uses them)")
+    c.set_defaults(func=_compose_cpus)
 
     p = sub.add_parser("systemd", help="systemd units for hosts without Docker")
     ssub = p.add_subparsers(dest="systemd_command", required=True)

@@ -8,8 +8,14 @@ module) plus one service per catalogue model, made from the stack's
   :mod:`hxp.model.command` (the same builder the native runner uses), the GPUs the
   catalogue assigns, the model's port and a /health check;
 * cpu (compose.dev.yaml, applied on top of compose.yaml): the image built from
-  services/model running ``hxp model serve NAME``, which builds the same arguments
-  inside the container, with the packaged small models and a memory limit.
+  services/model running ``hxp model serve NAME…``, which builds the same arguments
+  inside the container, with the packaged small models and a memory limit. Like
+  ``make run``, models with the same deployment share one engine by default (a
+  ``<task>-engine`` service answering every name of its group through network
+  aliases); their own services form the ``separate-engines`` profile. Every
+  development engine listens on :data:`DEV_ENGINE_PORT` inside its container, so the
+  gateway and Prometheus reach any model at ``<name>:8000`` in either layout, and
+  each task's engines get their own CPU set (:func:`cpu_sets`).
 
 ``generate`` returns the files' text; ``hxp compose generate`` writes them and
 ``--check`` fails when the checked-in files differ from what the catalogue gives.
@@ -19,7 +25,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -30,11 +36,16 @@ from hxp.paths import PROJECT_ROOT
 HERE = Path(__file__).parent
 TEMPLATE_KEY = "x-model-service"
 # Key order of a generated service, for reading; other keys follow in the stack's order.
-KEY_ORDER = ("build", "image", "profiles", "entrypoint", "command", "ports", "env_file", "environment", "volumes",
-             "ipc", "depends_on", "deploy", "healthcheck", "restart")
+KEY_ORDER = ("build", "image", "profiles", "scale", "entrypoint", "command", "ports", "networks", "env_file",
+             "environment", "volumes", "ipc", "shm_size", "cpuset", "depends_on", "deploy", "healthcheck", "restart")
 PUBLISH = "${HXP_PUBLISH_ADDRESS:-127.0.0.1}"
 CONTAINER_HOST = "0.0.0.0"
 CONTAINER_CHAT_TEMPLATES = Path("/opt/hxp/templates")  # services/model/templates, mounted there by stack.yaml
+DEV_ENGINE_PORT = 8000  # vLLM's default port, inside every development engine container
+DEV_BACKEND_URL_TEMPLATE = f"http://{{name}}:{DEV_ENGINE_PORT}/v1"
+SEPARATE_PROFILE = "separate-engines"
+SHARED_SCALE = "${HXP_SHARED_ENGINES:-1}"  # 0 with the separate-engines profile (make dev DEV_ENGINES=separate)
+REFERENCE_CPUS = (0, 1)  # the smallest development machine; the CPU sets' defaults in compose.dev.yaml
 
 
 # --- YAML with Compose's merge tags (!override, !reset) ----------------------------
@@ -143,14 +154,74 @@ def gpu_service(model: Model, cat: Catalogue) -> dict[str, Any]:
     }
 
 
-def cpu_service(model: Model, cat: Catalogue) -> dict[str, Any]:
-    """The model-specific part of a CPU development engine service."""
+def _ranges(cpus: Sequence[int]) -> str:
+    """A cpuset string: 0-5,8."""
+    parts, run = [], [cpus[0]]
+    for cpu in cpus[1:]:
+        if cpu == run[-1] + 1:
+            run.append(cpu)
+        else:
+            parts.append(run)
+            run = [cpu]
+    parts.append(run)
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in parts)
+
+
+def cpu_sets(cpus: Sequence[int]) -> dict[str, str]:
+    """Each task's CPU set on a machine with these CPUs: embeddings get a quarter of them (at least
+    one), chat the rest; disjoint from two CPUs on. The one place CPUs are split between engines."""
+    cpus = sorted(cpus)
+    embedding = max(1, len(cpus) // 4)
+    chat = cpus[:-embedding] or cpus
+    return {"chat": _ranges(chat), "embedding": _ranges(cpus[-embedding:])}
+
+
+def cpus_variable(task: str) -> str:
+    """The variable holding a task's CPU set (`hxp compose cpus` prints them for this machine)."""
+    return f"HXP_{task.upper()}_CPUS"
+
+
+def _dev_engine(names: list[str], model: Model) -> dict[str, Any]:
+    """What every development engine service has: its models, its port, its CPUs, its memory."""
+    default_cpus = cpu_sets(REFERENCE_CPUS)[model.task]
     return {
-        "command": [model.name, "--host", CONTAINER_HOST],
-        "ports": OverrideList([f"127.0.0.1:{model.port}:{model.port}"]),
-        "healthcheck": {"test": ["CMD", "python", "-m", "hxp.deploy.probe", f"http://127.0.0.1:{model.port}/health"]},
+        "command": [*names, "--host", CONTAINER_HOST, "--port", str(DEV_ENGINE_PORT), "--enforce-eager"],
+        "ports": OverrideList([f"127.0.0.1:{model.port}:{DEV_ENGINE_PORT}"]),
+        "cpuset": f"${{{cpus_variable(model.task)}:-{default_cpus}}}",
+        "healthcheck": {"test": ["CMD", "python", "-m", "hxp.deploy.probe",
+                                 f"http://127.0.0.1:{DEV_ENGINE_PORT}/health"]},
         "deploy": {"resources": {"limits": {"memory": f"{model.targets.memory_gb:g}g"}}},
     }
+
+
+def cpu_service(model: Model, cat: Catalogue) -> dict[str, Any]:
+    """The model-specific part of a CPU development engine service (a profile when its group shares one)."""
+    service = _dev_engine([model.name], model)
+    if len(_group_of(model, cat)) > 1:
+        service["profiles"] = [SEPARATE_PROFILE]
+    return service
+
+
+def _group_of(model: Model, cat: Catalogue) -> list[Model]:
+    from hxp.model.command import engine_groups
+
+    return next(g for g in engine_groups(cat.models) if model in g)
+
+
+def shared_services(cat: Catalogue) -> dict[str, dict[str, Any]]:
+    """The development stack's shared engines: one per group of models with the same deployment."""
+    from hxp.model.command import engine_groups
+
+    shared = [g for g in engine_groups(cat.models) if len(g) > 1]
+    services = {}
+    for group in shared:
+        task = group[0].task
+        same_task = [g for g in shared if g[0].task == task]
+        name = f"{task}-engine" + (f"-{same_task.index(group) + 1}" if len(same_task) > 1 else "")
+        names = [m.name for m in group]
+        services[name] = {**_dev_engine(names, group[0]), "scale": SHARED_SCALE,
+                          "networks": {"default": {"aliases": names}}}
+    return services
 
 
 def _ordered(service: dict[str, Any]) -> dict[str, Any]:
@@ -167,6 +238,8 @@ class Target:
     stack: str
     service: Callable[[Model, Catalogue], dict[str, Any]]
     header: str
+    shared: Callable[[Catalogue], dict[str, dict[str, Any]]] = lambda cat: {}
+    gateway_env: tuple[tuple[str, str], ...] = ()
 
 
 TARGETS = (
@@ -174,7 +247,8 @@ TARGETS = (
            "The GPU server stack: `docker compose up -d` (README: Deploying on a GPU server)."),
     Target("compose.dev.yaml", "cpu", "stack.dev.yaml", cpu_service,
            "The CPU development stack, on top of compose.yaml: `make dev`\n"
-           "# (docker compose -f compose.yaml -f compose.dev.yaml up -d)."),
+           "# (docker compose -f compose.yaml -f compose.dev.yaml up -d).",
+           shared_services, (("HXP_BACKEND_URL_TEMPLATE", DEV_BACKEND_URL_TEMPLATE),)),
 )
 
 
@@ -183,10 +257,15 @@ def render(target: Target, cat: Catalogue, stack_text: str) -> str:
     stack = load_yaml(stack_text)
     template = stack.pop(TEMPLATE_KEY)
     models = {m.name: _ordered(merge(template, target.service(m, cat))) for m in cat.models}
-    clash = sorted(set(models) & set(stack.get("services") or {}))
+    models.update({name: _ordered(merge(template, s)) for name, s in target.shared(cat).items()})
+    services = stack.get("services") or {}
+    clash = sorted(set(models) & set(services))
     if clash:
-        raise ValueError(f"{target.stack}: services {', '.join(clash)} are catalogue models; remove them")
-    document = {"services": {**models, **(stack.get("services") or {})}}
+        raise ValueError(f"{target.stack}: services {', '.join(clash)} are generated (catalogue models, shared "
+                         "engines); remove them")
+    if target.gateway_env:
+        services["gateway"] = merge(services.get("gateway") or {}, {"environment": dict(target.gateway_env)})
+    document = {"services": {**models, **services}}
     document.update({k: v for k, v in stack.items() if k != "services"})
     header = (
         f"# GENERATED by `hxp compose generate` from models.yaml (profile {target.profile}) and\n"

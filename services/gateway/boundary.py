@@ -5,8 +5,9 @@ FastAPI app with our routers). For each request, in this order:
 
 1. the route: a path and method the table (route_table.yaml) does not list is answered 404,
    for every caller, and reaches no handler;
-2. the caller: the route's access (public, client key, master key, metrics token) decides
-   401/403; the caller found is kept in the request's context, and LiteLLM's custom_auth hands
+2. the caller: the route's access (public, client key, master key, metrics token, console session
+   with its CSRF token on a POST) decides 401/403 (a console page without a session: a redirect to
+   sign in); the caller found is kept in the request's context, and LiteLLM's custom_auth hands
    it to LiteLLM (:func:`hxp.gateway.auth.user_api_key_auth`). An unknown caller's body is never read;
 3. the body: larger than HXP_MAX_BODY_BYTES is 413; it must be a JSON object (400);
 4. the request: its fields are checked by kind (:mod:`hxp.gateway.validation`, 400), the model it
@@ -29,6 +30,7 @@ from typing import Any, Awaitable, Callable
 import orjson
 
 from hxp.catalogue import Model
+from hxp.console import sessions as console_sessions
 from hxp.gateway import auth, deployments, errors, request_log, settings, validation
 from hxp.gateway.auth import Caller
 from hxp.gateway.observer import Observation
@@ -119,7 +121,7 @@ class Boundary:
         route, cfg = ctx.route, settings.current()
         assert route is not None
         headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in scope["headers"]}
-        ctx.caller = await _authorize(route, headers)  # before the body: an unknown caller's body is never read
+        ctx.caller = await _authorize(route, headers, scope)  # before the body: an unknown caller's body is never read
         if observation is not None and ctx.caller is not None:
             observation.key_alias = ctx.caller.alias
             observation.key_id = ctx.caller.key.key_id if ctx.caller.key else None
@@ -139,8 +141,10 @@ class Boundary:
         return _replay(raw, receive)
 
 
-async def _authorize(route: Route, headers: dict[str, str]) -> Caller | None:
+async def _authorize(route: Route, headers: dict[str, str], scope: Scope) -> Caller | None:
     """The caller the route's access requires (401/403 otherwise); None for an anonymous public call."""
+    if route.access == "console":
+        return await console_sessions.authorize(scope["method"], scope["path"], headers)
     secret = auth.secret_of(headers)
     if route.access == "public":
         return Caller(None) if auth.is_master_key(secret) else None

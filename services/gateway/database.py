@@ -7,7 +7,7 @@ gateway workers can start together.
 """
 from __future__ import annotations
 
-import os
+import queue
 import re
 import sqlite3
 import threading
@@ -22,18 +22,19 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 0x4858_5001  # pg_advisory_lock key for schema migrations
 
 
-def default_url() -> str:
-    """HXP_DATABASE_URL, DATABASE_URL, or an SQLite file in the state directory.
-
-    The gateway launcher moves DATABASE_URL to HXP_DATABASE_URL before LiteLLM is
-    imported, because LiteLLM would otherwise try to start its Prisma client on it.
-    """
-    url = os.environ.get("HXP_DATABASE_URL") or os.environ.get("DATABASE_URL")
-    return url or f"sqlite:///{state_dir() / 'gateway.sqlite3'}"
+def embedded_url() -> str:
+    """The embedded default store: an SQLite file in the state directory (when DATABASE_URL names none; see
+    :mod:`hxp.gateway.settings`)."""
+    return f"sqlite:///{state_dir() / 'gateway.sqlite3'}"
 
 
 class Database:
-    """A small portable SQL interface over a pooled PostgreSQL or an SQLite file."""
+    """A small portable SQL interface over a pooled PostgreSQL or an SQLite file.
+
+    Writes (``transaction``, ``execute``, ``executemany``, ``migrate``) are serialized; reads (``read``,
+    ``fetchall``, ``fetchone``, ``ping``) on SQLite use their own read-only connections (WAL readers), so they
+    never wait for a writer of this or another process. Nothing is opened before the first statement.
+    """
 
     def __init__(self, url: str, pool_size: int = 4) -> None:
         self.url = url
@@ -45,35 +46,70 @@ class Database:
                                         kwargs={"connect_timeout": 3})
             self._pool.open(wait=False)
         elif url.startswith("sqlite:///"):
-            path = url[len("sqlite:///"):]
-            if path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._sqlite = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-            self._sqlite.execute("PRAGMA journal_mode=WAL")
-            self._sqlite.execute("PRAGMA busy_timeout=30000")
-            self._lock = threading.Lock()
+            self._path = url[len("sqlite:///"):]
+            self._lock = threading.Lock()  # the one write connection
+            self._writer: sqlite3.Connection | None = None
+            self._readers: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+            self._reader_slots = threading.Semaphore(pool_size)
+            self._opened: list[sqlite3.Connection] = []
+            self._opened_lock = threading.Lock()
         else:
             raise ValueError(f"unsupported DATABASE_URL scheme: {redact(url)} (use postgresql:// or sqlite:///)")
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
 
+    def _connect(self, read_only: bool) -> sqlite3.Connection:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, check_same_thread=False, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=30000")
+        if read_only:
+            conn.execute("PRAGMA query_only=ON")
+        else:
+            conn.execute("PRAGMA journal_mode=WAL")
+        with self._opened_lock:
+            self._opened.append(conn)
+        return conn
+
     @contextmanager
     def transaction(self) -> Iterator[Any]:
-        """A cursor inside one transaction (committed on success, rolled back on error)."""
+        """A cursor inside one write transaction (committed on success, rolled back on error)."""
         if self.dialect == "postgresql":
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
                 yield _Cursor(cur, self._sql)
-        else:
-            with self._lock:
-                cur = self._sqlite.cursor()
-                cur.execute("BEGIN IMMEDIATE")
-                try:
-                    yield _Cursor(cur, self._sql)
-                except BaseException:
-                    cur.execute("ROLLBACK")
-                    raise
-                cur.execute("COMMIT")
+            return
+        with self._lock:
+            if self._writer is None:
+                self._writer = self._connect(read_only=False)
+            cur = self._writer.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Cursor(cur, self._sql)
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[Any]:
+        """A cursor for reads: on SQLite a read-only connection in autocommit (each statement sees the last
+        commit, takes no write lock); on PostgreSQL a pooled connection."""
+        if self.dialect == "postgresql" or self._path == ":memory:":  # one in-memory database per connection
+            with self.transaction() as cur:
+                yield cur
+            return
+        with self._reader_slots:
+            try:
+                conn = self._readers.get_nowait()
+            except queue.Empty:
+                conn = self._connect(read_only=True)
+            cur = conn.cursor()
+            try:
+                yield _Cursor(cur, self._sql)
+            finally:
+                cur.close()  # ends the statement, hence its read snapshot
+                self._readers.put(conn)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self.transaction() as cur:
@@ -84,7 +120,8 @@ class Database:
             cur.executemany(sql, rows)
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self.transaction() as cur:
+        """The rows of a query, on the read path."""
+        with self.read() as cur:
             cur.execute(sql, params)
             return cur.fetchall()
 
@@ -122,8 +159,13 @@ class Database:
     def close(self) -> None:
         if self.dialect == "postgresql":
             self._pool.close()
-        else:
-            self._sqlite.close()
+            return
+        with self._lock, self._opened_lock:
+            for conn in self._opened:
+                conn.close()
+            self._opened.clear()
+            self._writer = None
+            self._readers = queue.LifoQueue()
 
 
 class _Cursor:

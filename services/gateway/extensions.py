@@ -15,6 +15,7 @@ from typing import Any
 CALLBACKS = [
     "hxp.gateway.hooks:gateway_hooks",          # the admitted model, cache opt-in, error shapes
     "hxp.vector.rag:rag_hook",                  # retrieval-augmented prompts
+    "hxp.gateway.conversations.routing:session_affinity",  # a session's turns to one backend (prefix cache)
 ]
 
 ROUTERS = [
@@ -25,6 +26,8 @@ ROUTERS = [
     "hxp.gateway.usage:router",                 # usage pipeline lifespan: replay at start, flush at stop
     "hxp.gateway.metrics:router",               # /metrics
     "hxp.vector.api:router",                    # Qdrant collections and search
+    "hxp.console.routes:router",                # the operator's web console (/console)
+    "hxp.gateway.conversations.api:router",     # Responses and Conversations APIs, stored state, retention
 ]
 
 WORKER_STARTUP_HOOKS = [

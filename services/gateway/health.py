@@ -124,6 +124,11 @@ class Readiness:
 _readiness = Readiness()
 
 
+async def readiness_details() -> dict[str, Any]:
+    """The master's view of readiness (database, Redis, every model's replicas), at most a second old."""
+    return await _readiness.details()
+
+
 def _state(component: dict[str, Any]) -> str:
     if "healthy" not in component:
         return component.get("mode", "off")
@@ -138,7 +143,7 @@ async def liveness() -> dict[str, str]:
 
 @router.get("/health/readiness")
 async def readiness(request: Request, strict: bool = False) -> JSONResponse:
-    details = await _readiness.details()
+    details = await readiness_details()
     backends_ok = all(m["healthy"] for m in details["models"].values())
     ready = (details["database"]["healthy"] and details["redis"].get("healthy", True)
              and (backends_ok or not strict))

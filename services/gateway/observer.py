@@ -23,7 +23,7 @@ import orjson
 
 from hxp.gateway import deployments, metrics, request_log
 from hxp.gateway.usage import pipeline
-from hxp.gateway.usage.record import UsageRecord, iso
+from hxp.gateway.usage.record import UsageRecord, iso_at, status_name
 from hxp.redaction import redact
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -34,17 +34,7 @@ _TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _TOKEN_PATTERN = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)":\s*(\d+)')
 _DELTA_TEXT = re.compile(rb'"(?:content|text|arguments)":\s*"[^"]')
 _TAIL_BYTES = 8192  # the end of a non-streamed answer: where its usage is
-_STATUS_NAMES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 408: "timeout",
-                 413: "invalid_request", 422: "invalid_request", 429: "rate_limited", 499: "cancelled",
-                 503: "unavailable", 504: "timeout"}
 DISCONNECTED = 499  # nginx's code for "client closed the request", recorded when a client leaves mid-answer
-
-
-def status_name(code: int) -> str:
-    """The usage row's ``status`` for an HTTP status code."""
-    if code < 400:
-        return "success"
-    return _STATUS_NAMES.get(code, "backend_error" if code >= 500 else "client_error")
 
 
 @dataclass(slots=True)
@@ -191,12 +181,6 @@ class Observation:
                 self._text = [str((c.get("message") or {}).get("content") or c.get("text") or "") for c in choices]
             except (orjson.JSONDecodeError, AttributeError):
                 pass
-
-
-def iso_at(epoch: float) -> str:
-    from datetime import datetime, timezone
-
-    return iso(datetime.fromtimestamp(epoch, timezone.utc))
 
 
 def _tokens(data: bytes) -> dict[str, int]:

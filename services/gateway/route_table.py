@@ -21,7 +21,7 @@ TABLE_FILE = Path(__file__).with_name("route_table.yaml")
 OUTSIDE_FILE = Path(__file__).with_name("litellm_routes_outside.txt")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
-Access = Literal["public", "client", "master", "metrics"]
+Access = Literal["public", "client", "master", "metrics", "console"]
 
 
 class Route(BaseModel):
@@ -32,7 +32,7 @@ class Route(BaseModel):
     path: str
     methods: tuple[str, ...]
     access: Access
-    body: Literal["chat", "completion", "embedding", "json"] | None = None
+    body: Literal["chat", "completion", "embedding", "responses", "json"] | None = None
     model: Literal["body", "path"] | None = None
     collection: Literal["read", "write"] | None = None
     usage: bool = False

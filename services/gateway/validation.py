@@ -1,7 +1,7 @@
 """Request bodies checked before any handler or backend runs; each failure is a 400 naming the field.
 
 :func:`validate` takes the body's kind from the route table (chat, completion, embedding,
-json) and the catalogue model the body names. Types follow OpenAI's API reference: a wrong
+responses, json) and the catalogue model the body names. Types follow OpenAI's API reference: a wrong
 type, a value out of range or too many inputs is refused here, never passed on to become a
 backend's 500. So are tools sent to a model the catalogue declares without tool support, and
 JSON schemas (``response_format``, tool parameters) that the JSON Schema metaschema rejects.
@@ -29,7 +29,7 @@ RANGES = {
     "presence_penalty": (-2.0, 2.0),
     "frequency_penalty": (-2.0, 2.0),
 }
-TASKS = {"chat": "chat", "completion": "chat", "embedding": "embedding"}
+TASKS = {"chat": "chat", "completion": "chat", "embedding": "embedding", "responses": "chat"}
 
 
 def _number(value: Any) -> bool:
@@ -263,8 +263,15 @@ def _embedding(body: dict[str, Any], model: Model, max_inputs: int) -> None:
         raise bad_request("dimensions", f"'dimensions' must be a positive integer, got {dimensions!r}")
 
 
+def _responses(body: dict[str, Any], model: Model, max_inputs: int) -> None:
+    from hxp.gateway.conversations.checks import check_create  # the Responses API's rules live with it
+
+    check_create(body, model, max_inputs)
+    _check_tool_support(body, model)
+
+
 CHECKS: dict[str, Callable[[dict[str, Any], Model, int], None]] = {
-    "chat": _chat, "completion": _completion, "embedding": _embedding,
+    "chat": _chat, "completion": _completion, "embedding": _embedding, "responses": _responses,
 }
 
 

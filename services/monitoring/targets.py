@@ -14,7 +14,7 @@ Jobs (the alert rules and dashboards select on these names):
 
 Where each component is reached depends on who scrapes: the development
 Prometheus in compose uses the compose service names (``COMPOSE_SERVICES``,
-engines by model name), a native one uses 127.0.0.1, and the operators'
+engines by model name on the development engines' port), a native one uses 127.0.0.1, and the operators'
 remote Prometheus uses HXP_PUBLIC_HOST. Engines are found where the gateway
 finds them (HXP_BACKENDS / HXP_BACKEND_URL_TEMPLATE), so replicas are scraped
 too; a loopback engine address is replaced by the scraping host.
@@ -28,6 +28,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from hxp.catalogue import Catalogue
+from hxp.deploy.compose import DEV_BACKEND_URL_TEMPLATE
 from hxp.gateway.deployments import backend_urls
 from hxp.gateway.settings import DEFAULT_BACKEND_URL_TEMPLATE
 
@@ -57,7 +58,7 @@ COMPOSE_SERVICES: dict[str, str] = {
     JOB_ALERTMANAGER: "alertmanager",
     JOB_PROMETHEUS: "prometheus",
 }
-COMPOSE_ENGINE_URL_TEMPLATE = "http://{name}:{port}/v1"
+COMPOSE_ENGINE_URL_TEMPLATE = DEV_BACKEND_URL_TEMPLATE  # where the development stack's gateway finds them
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
 

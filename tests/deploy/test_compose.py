@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ COMBINATIONS = [
     (["compose.yaml"], ["loadtest"]),
     (["compose.yaml", "compose.dev.yaml"], []),
     (["compose.yaml", "compose.dev.yaml"], ["loadtest"]),
+    (["compose.yaml", "compose.dev.yaml"], ["loadtest", compose.SEPARATE_PROFILE]),
 ]
 STATEFUL = {"postgres": "/var/lib/postgresql/data", "redis": "/data", "qdrant": "/qdrant/storage"}
 
@@ -193,21 +195,69 @@ def test_gateway_and_stores(project: Path) -> None:
         assert exporter in services
 
 
+def aliases(service: dict) -> list[str]:
+    """The other names a service answers to on the stack's network."""
+    return ((service.get("networks") or {}).get("default") or {}).get("aliases") or []
+
+
 def resolved_env(root: Path, name: str) -> dict[str, str]:
     return envfiles.assignments((root / "env" / name).read_text())
 
 
-def test_dev_stack_builds_cpu_engines_and_adds_monitoring(project: Path) -> None:
+def test_dev_stack_shares_engines_like_make_run_on_disjoint_cpus(project: Path) -> None:
+    """By default one engine per group of models with the same deployment (as `make run`): the chat engine
+    answers the four chat names through network aliases, each task on its own CPU set; the catalogue port of
+    the group's first model is published."""
     cat = catalogue.load(profile="cpu")
     services = resolved(project, ["compose.yaml", "compose.dev.yaml"], ["loadtest"])["services"]
+    engines = {name: s for name, s in services.items() if s.get("entrypoint") == ["hxp", "model", "serve"]}
+    groups = command.engine_groups(cat.models)
+    assert len(engines) == len(groups) == 2
+    for group in groups:
+        names = [m.name for m in group]
+        engine = engines["chat-engine" if len(group) > 1 else names[0]]
+        assert engine["command"] == [*names, "--host", "0.0.0.0", "--port", str(compose.DEV_ENGINE_PORT),
+                                     "--enforce-eager"]
+        assert engine["build"]["dockerfile"] == "services/model/Dockerfile"
+        assert "reservations" not in engine["deploy"]["resources"], "a CPU engine must not reserve a GPU"
+        assert engine["deploy"]["resources"]["limits"]["memory"] == str(int(group[0].targets.memory_gb * 2**30))
+        assert [(p["published"], p["target"]) for p in engine["ports"]] == [(str(group[0].port),
+                                                                          compose.DEV_ENGINE_PORT)]
+        assert set(names) <= {"chat-engine" if len(group) > 1 else names[0], *aliases(engine)}
+        assert engine["shm_size"] and "ipc" not in engine and not engine.get("volumes")
+    cpus = [set(e["cpuset"].split(",")) for e in engines.values()]
+    assert all(cpus) and not cpus[0] & cpus[1], "the two engines must not share a CPU"
+    gateway = services["gateway"]["environment"]
+    assert gateway["HXP_PROFILE"] == "cpu" and gateway["HXP_BACKEND_URL_TEMPLATE"] == compose.DEV_BACKEND_URL_TEMPLATE
+
+
+def test_one_engine_per_model_is_a_profile(project: Path) -> None:
+    """--profile separate-engines with HXP_SHARED_ENGINES=0 (make dev DEV_ENGINES=separate): every model its
+    own engine on its catalogue port, the shared engine scaled to nothing."""
+    cat = catalogue.load(profile="cpu")
+    done = subprocess.run([str(COMPOSE_BIN), "--project-directory", str(project), "-p", "hxp",
+                           "-f", str(project / "compose.yaml"), "-f", str(project / "compose.dev.yaml"),
+                           "--profile", compose.SEPARATE_PROFILE, "config", "--format", "json"],
+                          capture_output=True, text=True, env={**os.environ, "HXP_SHARED_ENGINES": "0"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    assert services["chat-engine"]["scale"] == 0
     for model in cat.models:
         engine = services[model.name]
-        assert engine["build"]["dockerfile"] == "services/model/Dockerfile"
-        assert engine["entrypoint"] == ["hxp", "model", "serve"] and engine["command"][0] == model.name
-        assert "reservations" not in engine["deploy"]["resources"], "a CPU engine must not reserve a GPU"
-        assert engine["deploy"]["resources"]["limits"]["memory"] == str(int(model.targets.memory_gb * 2**30))
-        assert "ipc" not in engine and not engine.get("volumes")
-    assert services["gateway"]["environment"]["HXP_PROFILE"] == "cpu"
+        assert engine["command"][0] == model.name and engine["command"][1] == "--host"
+        assert [p["published"] for p in engine["ports"]] == [str(model.port)]
+
+
+def test_cpu_sets_split_the_machine_between_the_tasks() -> None:
+    assert compose.cpu_sets([0, 1]) == {"chat": "0", "embedding": "1"}
+    assert compose.cpu_sets(range(8)) == {"chat": "0-5", "embedding": "6-7"}
+    assert compose.cpu_sets([0, 2, 4, 6, 7]) == {"chat": "0,2,4,6", "embedding": "7"}
+    assert compose.cpu_sets([0]) == {"chat": "0", "embedding": "0"}, "one CPU: shared, not empty"
+    assert main(["compose", "cpus"]) == 0
+
+
+def test_dev_stack_adds_monitoring_and_the_load_test_ui(project: Path) -> None:
+    services = resolved(project, ["compose.yaml", "compose.dev.yaml"], ["loadtest"])["services"]
     for name in ("prometheus", "alertmanager", "grafana", "locust"):
         assert name in services
     mounts = {m["target"]: m["source"] for m in services["prometheus"]["volumes"]}
@@ -229,9 +279,22 @@ def test_dev_stack_builds_cpu_engines_and_adds_monitoring(project: Path) -> None
 def test_dev_prometheus_scrapes_services_of_the_stack(project: Path) -> None:
     """prometheus/prometheus.yml (hxp.monitoring) and the compose services agree on names."""
     services = resolved(project, ["compose.yaml", "compose.dev.yaml"], [])["services"]
+    names = set(services) | {alias for service in services.values() for alias in aliases(service)}
     config = yaml.safe_load((project / "prometheus" / "prometheus.yml").read_text())
     hosts = {target.rsplit(":", 1)[0] for job in config["scrape_configs"] for group in job["static_configs"]
              for target in group["targets"]}
     hosts |= {t.rsplit(":", 1)[0] for a in config["alerting"]["alertmanagers"] for g in a["static_configs"]
               for t in g["targets"]}
-    assert hosts and hosts <= set(services), f"scraped but not in the stack: {sorted(hosts - set(services))}"
+    assert hosts and hosts <= names, f"scraped but not in the stack: {sorted(hosts - names)}"
+
+
+def test_a_fresh_clone_without_make_env_is_told_to_run_it(tmp_path: Path) -> None:
+    """No env files and no .env yet: Compose stops with a message that names `make env`."""
+    for name in ("compose.yaml", "compose.dev.yaml"):
+        shutil.copy(PROJECT_ROOT / name, tmp_path / name)
+    env = {k: v for k, v in os.environ.items() if k != envfiles.ENV_DIR_VARIABLE}
+    for files in (["compose.yaml"], ["compose.yaml", "compose.dev.yaml"]):
+        done = subprocess.run([str(COMPOSE_BIN), "--project-directory", str(tmp_path), "-p", "hxp",
+                               *[a for f in files for a in ("-f", str(tmp_path / f))], "up", "--no-start"],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode != 0 and "make env" in done.stderr, done.stderr

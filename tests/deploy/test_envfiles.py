@@ -18,9 +18,12 @@ SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|_KEY)$")
 
 @pytest.fixture
 def env_dir(tmp_path: Path) -> Path:
+    """A project's env folder holding only the examples."""
+    folder = tmp_path / "project" / "env"
+    folder.mkdir(parents=True)
     for example in EXAMPLES:
-        shutil.copy(example, tmp_path / example.name)
-    return tmp_path
+        shutil.copy(example, folder / example.name)
+    return folder
 
 
 def values(path: Path) -> dict[str, str]:
@@ -61,7 +64,8 @@ def test_existing_files_are_kept_and_their_secrets_reused(env_dir: Path) -> None
     gateway = values(env_dir / "gateway.env")
     (env_dir / "exporters.env").unlink()          # e.g. an example added by an upgrade
     (env_dir / "loadtest.env").unlink()
-    assert sorted(p.name for p in envfiles.create(env_dir)) == ["exporters.env", "loadtest.env"]
+    (env_dir.parent / ".env").unlink()
+    assert sorted(p.name for p in envfiles.create(env_dir)) == [".env", "exporters.env", "loadtest.env"]
     assert (env_dir / "postgres.env").read_text() == before
     pg = values(env_dir / "postgres.env")["POSTGRES_PASSWORD"]
     assert values(env_dir / "exporters.env")["DATA_SOURCE_NAME"].startswith(f"postgresql://hxp:{pg}@postgres")
@@ -70,8 +74,28 @@ def test_existing_files_are_kept_and_their_secrets_reused(env_dir: Path) -> None
 
 
 def test_two_runs_give_different_secrets(tmp_path: Path, env_dir: Path) -> None:
-    other = tmp_path / "other"
+    other = tmp_path / "other" / "env"
     shutil.copytree(env_dir, other)
     envfiles.create(env_dir)
     envfiles.create(other)
     assert values(env_dir / "redis.env") != values(other / "redis.env")
+
+
+def test_compose_finds_the_env_files_through_dotenv(env_dir: Path) -> None:
+    """`make env` names the env folder in .env (Compose's own file), keeping what the operator put there."""
+    dotenv = env_dir.parent / ".env"
+    dotenv.write_text("HXP_PUBLISH_ADDRESS=10.0.0.5")
+    assert dotenv in envfiles.create(env_dir)
+    assert values(dotenv) == {"HXP_PUBLISH_ADDRESS": "10.0.0.5", "HXP_ENV_DIR": "./env"}
+    assert envfiles.create(env_dir) == [] and values(dotenv)["HXP_ENV_DIR"] == "./env"
+
+
+def test_the_stacks_env_folder_is_found_as_compose_finds_it(env_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HXP_ENV_DIR from the environment first, then from .env, else env/ (used by `make backup STACK=compose`)."""
+    project = env_dir.parent
+    monkeypatch.delenv(envfiles.ENV_DIR_VARIABLE, raising=False)
+    assert envfiles.env_dir(project) == project / "env"
+    (project / ".env").write_text("HXP_ENV_DIR=./secrets\n")
+    assert envfiles.env_dir(project) == project / "secrets"
+    monkeypatch.setenv(envfiles.ENV_DIR_VARIABLE, "/srv/hxp/env")
+    assert envfiles.env_dir(project) == Path("/srv/hxp/env")

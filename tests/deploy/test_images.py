@@ -11,10 +11,12 @@ from hxp.paths import PROJECT_ROOT
 
 HADOLINT = PROJECT_ROOT / ".venv" / "bin" / "hadolint"
 DOCKERFILES = [PROJECT_ROOT / "services" / "gateway" / "Dockerfile", PROJECT_ROOT / "services" / "model" / "Dockerfile"]
+STANDINS = PROJECT_ROOT / "tests" / "deploy" / "standins" / "Dockerfile"  # the compose test's stand-in images
 ids = [p.parent.name for p in DOCKERFILES]
+PINNED = r"[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=ids)
+@pytest.mark.parametrize("dockerfile", [*DOCKERFILES, STANDINS], ids=[*ids, "standins"])
 def test_hadolint_passes(dockerfile: Path) -> None:
     done = subprocess.run([str(HADOLINT), "--no-color", str(dockerfile)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -30,8 +32,12 @@ def test_hadolint_reports_a_bad_dockerfile(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=ids)
 def test_pinned_non_root_healthchecked_without_secrets(dockerfile: Path) -> None:
     text = dockerfile.read_text().replace("\\\n", " ")  # one line per instruction
+    defaults = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.M))
+    stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, re.M | re.I))
     for image in re.findall(r"^FROM\s+(\S+)", text, re.M):
-        assert re.fullmatch(r"[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}", image) or image == "runtime", image
+        image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image)  # a build argument's default
+        assert re.fullmatch(PINNED, image) or image in stages or image == "scratch", image
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}", text, re.M), "the base must be a build argument (compose test)"
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("0", "root"), "the image must end as a non-root user"
     assert re.search(r"^HEALTHCHECK\s+.*CMD", text, re.M | re.S)

@@ -183,6 +183,16 @@ def test_the_bodies_the_fuzzer_starts_from_are_answered(client: httpx.Client) ->
         assert response.status_code == 200, (path, response.text)
 
 
+def test_a_filter_on_no_field_is_a_400_also_on_a_filled_collection(strict) -> None:
+    gateway, _, _ = strict
+    doc = {"documents": [{"id": "f1", "text": "x", "vector": [0.2] * 384, "metadata": {"lang": "en"}}]}
+    path = gateway.base_url + "/vector/collections/documents/documents"
+    assert httpx.post(path, json=doc, headers=gateway.headers(), timeout=30).status_code == 200
+    for where in ({"": False}, {"lang.": "en"}, {".x": 1}):
+        response = httpx.post(path + "/delete", json={"filter": where}, headers=gateway.headers(), timeout=30)
+        assert response.status_code == 400 and openai_error(response)["param"] == "filter", response.text
+
+
 @seed(20261130)
 @settings(max_examples=600, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -1,6 +1,7 @@
 """The SQL layer: migrations and portable queries on SQLite and on a real PostgreSQL."""
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Iterator
 
@@ -18,10 +19,10 @@ def db(empty_db_url: str) -> Iterator[Database]:
 
 def test_migrations_apply_once_and_record_versions(db: Database) -> None:
     first = db.migrate()
-    assert first[:2] == ["0001_api_keys", "0002_usage"]
+    assert first[:4] == ["0001_api_keys", "0002_usage", "0003_key_collections", "0004_request_count"]
     assert db.migrate() == []
     versions = [r["version"] for r in db.fetchall("SELECT version FROM schema_migrations ORDER BY version")]
-    assert versions[:2] == [1, 2]
+    assert versions[:4] == [1, 2, 3, 4]
 
 
 def test_usage_row_round_trip(db: Database) -> None:
@@ -35,6 +36,48 @@ def test_usage_row_round_trip(db: Database) -> None:
     row = db.fetchone("SELECT * FROM llm_model_requests WHERE request_id = ?", (rid,))
     assert row is not None
     assert str(row["request_id"]) == rid and row["prompt_tokens"] == 12 and bool(row["stream"]) is True
+    assert row["request_count"] == 1  # a row stands for one request unless it says otherwise
+
+
+def test_reads_do_not_wait_for_an_open_write_transaction(db: Database, empty_db_url: str) -> None:
+    db.migrate()
+    insert = "INSERT INTO llm_model_requests (request_id, model_name) VALUES (?, ?)"
+    db.execute(insert, (str(uuid.uuid4()), "committed"))
+    other_worker = Database(empty_db_url)
+    for writer in (other_worker, db):  # another process's transaction, and one of this Database in another thread
+        inside, release = threading.Event(), threading.Event()
+
+        def hold(writer: Database = writer) -> None:
+            with writer.transaction() as cur:
+                cur.execute(insert, (str(uuid.uuid4()), "uncommitted"))
+                inside.set()
+                release.wait(60)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert inside.wait(10)
+        seen: list = []
+        reader = threading.Thread(target=lambda: seen.extend([db.fetchall("SELECT model_name FROM llm_model_requests"),
+                                                              db.ping()]))
+        reader.start()
+        reader.join(10)
+        waited = reader.is_alive()
+        release.set()
+        holder.join(10)
+        reader.join(60)
+        assert not waited, "a read queued behind a write transaction"
+        assert seen[0] == [{"model_name": "committed"}]  # the last commit, nothing uncommitted
+        db.execute("DELETE FROM llm_model_requests WHERE model_name = 'uncommitted'")
+    other_worker.close()
+
+
+def test_a_read_sees_the_last_commit_of_another_connection(db: Database, empty_db_url: str) -> None:
+    db.migrate()
+    assert db.fetchone("SELECT COUNT(*) AS n FROM api_keys")["n"] == 0
+    other_worker = Database(empty_db_url)
+    other_worker.execute("INSERT INTO api_keys (key_id, key_hash, key_prefix, alias) VALUES ('k', 'h', 'p', 'a')")
+    assert db.fetchone("SELECT alias FROM api_keys")["alias"] == "a"  # no stale snapshot kept by a read connection
+    other_worker.close()
 
 
 def test_failed_transaction_rolls_back(db: Database) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 
 from hxp.gateway import observer
 from hxp.gateway.database import Database
-from hxp.gateway.observer import Observation, status_name
+from hxp.gateway.observer import Observation
+from hxp.gateway.usage.record import status_name
 from hxp.gateway.usage import backlog, pipeline
 
 
@@ -135,8 +137,11 @@ def test_a_row_arriving_after_shutdown_is_kept_on_disk_and_replayed_at_start(usa
     obs = Observation("4b7d2c2e-5e8a-4a53-9a55-3c8f2b8a8c11", model="phi-3-mini")
     obs.refused(503, "service_unavailable_error: backend down")  # a request that outlived the shutdown
     obs.finish()
+    deadline = time.monotonic() + 10  # written to disk by a thread of the writer, not the caller's
+    while sum(1 for p in (tmp_path / "spill").glob("usage-*.jsonl") for _ in p.open()) != 1:
+        assert time.monotonic() < deadline, "the late row never reached the spill folder"
+        time.sleep(0.02)
     assert rows(usage_env) == []
-    assert sum(1 for p in (tmp_path / "spill").glob("usage-*.jsonl") for _ in p.open()) == 1
     pipeline.start()  # the next start replays it
     assert pipeline.start().writer.flush(10)
     assert [r["status"] for r in rows(usage_env)] == ["unavailable"]

@@ -10,7 +10,7 @@ import pytest
 
 from hxp.gateway.database import Database
 from hxp.gateway.usage.record import UsageRecord
-from hxp.gateway.usage.spill import SpillFile
+from hxp.gateway.usage.spill import SpillFolder
 from hxp.gateway.usage.writer import UsageWriter, WriterSettings
 from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
 from tests.fixtures.usage import CountingDatabase
@@ -25,6 +25,10 @@ def rows(n: int, model: str = "phi-3-mini") -> list[UsageRecord]:
 
 def count(db: Database) -> int:
     return db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"]
+
+
+def spilled_lines(spill_dir: Path) -> int:
+    return sum(1 for p in spill_dir.glob("usage-*.jsonl") for line in p.open() if line.strip())
 
 
 def wait_until(predicate, timeout: float = 30.0) -> None:
@@ -101,19 +105,21 @@ def test_beyond_the_bound_rows_spill_to_disk_and_are_replayed_at_start(empty_db_
     records = rows(35)
     for record in records:
         writer.submit(record)
-    wait_until(lambda: not writer.healthy)
+    wait_until(lambda: not writer.healthy and spilled_lines(spill_dir) >= 30)  # beyond the bound: on disk
     assert writer.backlog() == 35
-    spilled = [p for p in spill_dir.glob("usage-*.jsonl")]
-    assert len(spilled) == 1 and sum(1 for _ in spilled[0].open()) >= 30  # beyond the bound: on disk, fsynced
     writer.close()  # the database is still away: the rest goes to disk too
+    spilled = list(spill_dir.glob("usage-*.jsonl"))
     lines = [json.loads(line) for line in spilled[0].open()]
-    assert sorted(r["request_id"] for r in lines) == sorted(r.request_id for r in records)
+    assert len(spilled) == 1 and sorted(r["request_id"] for r in lines) == sorted(r.request_id for r in records)
+    counting = UsageWriter(down, spill_dir, SLOW_FLUSH)
+    counting.start()
+    assert counting.backlog() == 35  # the ended writer's rows, counted by the next one: a metric sees them
+    counting.close()
     down.close()
 
     up = Database(empty_db_url)
     up.migrate()
     restarted = UsageWriter(up, spill_dir, SLOW_FLUSH)
-    assert restarted.backlog() == 35  # counted before the replay: a metric sees it
     restarted.start()
     wait_until(lambda: restarted.backlog() == 0)
     assert count(up) == 35
@@ -131,7 +137,8 @@ def test_replay_is_idempotent(db: CountingDatabase, tmp_path: Path) -> None:
         writer.submit(record)
     writer.close()
     # the same rows spilled again (a crash after the insert, before the file was removed), plus a torn last line
-    old = SpillFile(spill_dir)
+    old = SpillFolder(spill_dir, 2**20)
+    old.open()
     old.append(records + rows(3))
     old.close()
     with old.path.open("a") as f:
@@ -153,6 +160,20 @@ def test_a_row_the_database_refuses_is_set_aside_without_blocking_the_others(db:
     assert writer.flush(10)
     assert count(db) == 8
     assert bad.request_id in (tmp_path / "spill" / "rejected-rows.json").read_text()
+    writer.close()
+
+
+def test_a_spilled_row_the_database_refuses_does_not_hold_up_the_replay(db: CountingDatabase,
+                                                                         tmp_path: Path) -> None:
+    spill_dir = tmp_path / "spill"
+    bad = UsageRecord(model_name=None, status="success")  # type: ignore[arg-type]  # NOT NULL violated
+    spilled = SpillFolder(spill_dir, 2**20)
+    spilled.append([*rows(3), bad, *rows(3)])  # left by a worker that ended during an outage
+    writer = UsageWriter(db, spill_dir, SLOW_FLUSH)
+    writer.start()
+    assert writer.flush(10) and writer.healthy
+    assert count(db) == 6 and bad.request_id in (spill_dir / "rejected-rows.json").read_text()
+    assert not list(spill_dir.glob("usage-*.jsonl"))
     writer.close()
 
 
@@ -190,8 +211,10 @@ def test_a_live_writers_spill_file_is_neither_counted_nor_replayed_by_another(us
     spill_dir = tmp_path / "spill"
     down = Database(f"sqlite:///{tmp_path / 'unmigrated.sqlite3'}")
     worker_a = UsageWriter(down, spill_dir, WriterSettings(batch_size=5, max_buffer=5, flush_interval_s=60))
+    worker_a.start()
     for record in rows(10):
         worker_a.submit(record)  # beyond the bound: on disk, in worker A's own file
+    wait_until(lambda: spilled_lines(spill_dir) == 10)
     worker_b = UsageWriter(usage_db, spill_dir, SLOW_FLUSH)
     worker_b.start()
     assert worker_b.backlog() == 0 and worker_b.flush(5)
@@ -200,7 +223,29 @@ def test_a_live_writers_spill_file_is_neither_counted_nor_replayed_by_another(us
     worker_a.close()  # A ends (its database still away): its file is left for the next start
     down.close()
     worker_c = UsageWriter(usage_db, spill_dir, SLOW_FLUSH)
-    assert worker_c.backlog() == 10
     worker_c.start()
     assert worker_c.flush(10) and count(usage_db) == 10
     worker_c.close()
+
+
+def test_the_backlog_of_several_writers_counts_each_row_once(tmp_path: Path) -> None:
+    spill_dir = tmp_path / "spill"
+    down = Database(f"sqlite:///{tmp_path / 'unmigrated.sqlite3'}")  # nothing is ever written: rows stay
+    spilling = WriterSettings(max_buffer=1, flush_interval_s=0.05, retry_initial_s=0.05, retry_max_s=0.1)
+    ended = UsageWriter(down, spill_dir, spilling)
+    ended.start()
+    for record in rows(7):
+        ended.submit(record)
+    ended.close()  # a worker that ended: its 7 rows wait in a file nobody holds
+    workers = [UsageWriter(down, spill_dir, spilling) for _ in range(3)]
+    for n, worker in enumerate(workers):
+        worker.start()
+        for record in rows(5 + n):
+            worker.submit(record)
+    wait_until(lambda: spilled_lines(spill_dir) == 7 + 5 + 6 + 7)
+    assert sum(w.backlog() for w in workers) == 25  # each live worker its own, one of them the ended one's
+    workers[0].close()  # the worker counting ended files goes: another takes its place, and its rows
+    wait_until(lambda: sum(w.backlog() for w in workers[1:]) == 25, timeout=10)
+    for worker in workers[1:]:
+        worker.close()
+    down.close()

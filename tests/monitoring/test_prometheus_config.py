@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from hxp import catalogue
+from hxp.deploy.compose import DEV_ENGINE_PORT
 from hxp.monitoring import prometheus_config, register, targets
 from hxp.paths import PROJECT_ROOT
 from tests.support.prometheus import PrometheusServer
@@ -45,7 +46,8 @@ def test_every_catalogue_model_is_a_labelled_engine_target() -> None:
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == {"llm-gateway", "llm-server-models", "node", "postgres", "redis", "alertmanager", "prometheus"}
     engines = {g["labels"]["model"]: g["targets"] for g in jobs["llm-server-models"]["static_configs"]}
-    assert engines == {m.name: [f"{m.name}:{m.port}"] for m in cat.models}
+    # where the development stack's gateway reaches them: the model's name on the engines' container port
+    assert engines == {m.name: [f"{m.name}:{DEV_ENGINE_PORT}"] for m in cat.models}
 
 
 def test_engine_targets_follow_the_gateways_backends() -> None:

@@ -1,10 +1,22 @@
-"""The overflow file: usage rows that could not stay in memory, kept on disk until written.
+"""The spill folder: usage rows that could not stay in memory, kept on disk until written.
 
-Each writer appends JSON lines, fsynced, to its own file in the spill folder
-and holds an exclusive ``flock`` on it while it lives. Replay reads every file
-it can lock: its own, and those left by processes that ended (other gateway
-workers, or a previous run). Rows are inserted idempotently (``request_id``
-is the primary key), so a replay cut short is simply done again.
+Several gateway workers share the folder:
+
+- A writer appends fsynced JSON lines to files of its own (``usage-<pid>-<random>.jsonl``) and holds an
+  exclusive ``flock`` on each for as long as it lives. A file is created under a temporary name
+  (``.tmp-usage-…``), locked, and only then renamed into place, so that no other process ever finds it
+  unlocked while its owner lives.
+- To replay its rows, a writer *seals* its current file (the next rows go to a new file), inserts the sealed
+  file's rows without holding the lock that appending needs, then removes it.
+- Files left unlocked (their process ended, or rows came after its writer closed) are replayed by the one
+  writer that holds the replay role (an ``flock`` on ``replay.lock``, taken by the first writer to find it
+  free): each is locked, checked to be still the file at its path (same inode: never one replayed and
+  removed meanwhile), inserted, removed. Rows are inserted idempotently (``request_id`` is the primary key),
+  so a replay cut short is simply done again.
+- ``pending()`` counts this writer's own rows and, for the role holder only, the rows of ended processes'
+  files: summed over the workers, each row is counted once.
+- Beyond ``max_bytes`` in the folder (all its files), rows are dropped and counted in
+  ``llm_usage_rows_dropped_total``; ``llm_usage_spill_bytes`` is the folder's size.
 """
 from __future__ import annotations
 
@@ -13,107 +25,237 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
+
+from prometheus_client import Counter, Gauge
 
 from hxp.gateway.usage.record import UsageRecord
 
 log = logging.getLogger(__name__)
-_SUFFIX = ".jsonl"
+PREFIX, SUFFIX = "usage-", ".jsonl"
+_TMP = ".tmp-"  # a file being created; one still here after _STALE_TMP_S belongs to a process that died
+_STALE_TMP_S = 60.0
+_ROLE = "replay.lock"
+
+# The folder is shared: every worker measures all of it, the latest measurement stands (also once a worker ended).
+SPILL_BYTES = Gauge("llm_usage_spill_bytes", "Bytes of usage rows waiting in the spill folder",
+                    multiprocess_mode="mostrecent")
+SPILL_LIMIT = Gauge("llm_usage_spill_limit_bytes", "Bound on the spill folder (HXP_USAGE_SPILL_MAX_MB)",
+                    multiprocess_mode="mostrecent")
+DROPPED = Counter("llm_usage_rows_dropped", "Usage rows lost: the spill folder was full (or failed)")
 
 
-class SpillFile:
-    """This process's append-only overflow file, plus replay of every unlocked spill file in ``folder``."""
+@dataclass
+class _OwnFile:
+    path: Path
+    fd: int  # holds the exclusive flock
+    rows: int = 0
 
-    def __init__(self, folder: Path) -> None:
+
+class SpillFolder:
+    """This writer's spill files, and replay of ended processes' files when it holds the replay role."""
+
+    def __init__(self, folder: Path, max_bytes: int) -> None:
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"usage-{os.getpid()}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
-        self._lock = threading.Lock()
-        self._fd = -1
-        self._open()
-        self._count = 0  # rows in our own file
-        self._foreign = self._count_replayable()
+        self.max_bytes = max_bytes
+        self.path: Path | None = None  # the file appended to last
+        self._lock = threading.Lock()  # appending (the current file) and the list of sealed files
+        self._current: _OwnFile | None = None
+        self._sealed: list[_OwnFile] = []
+        self._open = False
+        self._role_fd = -1
+        self._ended: dict[tuple[str, int, int], int] = {}  # (name, inode, size) -> rows, as the role holder
 
+    def open(self) -> None:
+        """Create the folder, take the replay role when it is free, count what waits (blocking I/O)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._open = True
+        SPILL_LIMIT.set(self.max_bytes)
+        self.refresh()
+
+    # --- writing -----------------------------------------------------------------------------------------
     def append(self, records: Iterable[UsageRecord]) -> int:
-        """Write the records durably (one write, then fsync); return how many."""
-        lines = [json.dumps(r.to_json(), separators=(",", ":")) + "\n" for r in records]
+        """Write the records durably (one write, then fsync) as far as the bound allows; return how many.
+
+        The rest are dropped and counted (also all of them when the disk fails). After ``close()`` (rows of a
+        request that outlived the shutdown) they go to a new file, left unlocked for the next replay."""
+        lines = [json.dumps(r.to_json(), separators=(",", ":")).encode() + b"\n" for r in records]
         if not lines:
             return 0
-        data = "".join(lines).encode()
+        kept = 0
         with self._lock:
-            late = self._fd < 0  # rows arriving after close(): kept all the same, the file left unlocked
-            if late:
-                self._open()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
-            os.fsync(self._fd)
-            self._count += len(lines)
-            if late:
-                os.close(self._fd)
-                self._fd = -1
-        return len(lines)
+            try:
+                room, size = self.max_bytes - self.size(), 0
+                while kept < len(lines) and size + len(lines[kept]) <= room:
+                    size += len(lines[kept])
+                    kept += 1
+                if kept:
+                    self._write(b"".join(lines[:kept]), kept)
+                SPILL_BYTES.set(self.max_bytes - room + size)
+            except OSError as exc:
+                log.error("usage spill folder %s failed (%s): %d rows lost", self.folder, exc, len(lines))
+                kept = 0
+        if kept < len(lines):
+            DROPPED.inc(len(lines) - kept)
+            log.error("usage spill folder %s is full (%d bytes): %d rows dropped", self.folder, self.max_bytes,
+                      len(lines) - kept)
+        return kept
 
+    def _write(self, data: bytes, rows: int) -> None:
+        file = self._current or self._create()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(file.fd, view):]
+        os.fsync(file.fd)
+        file.rows += rows
+        if self._open:
+            self._current = file
+        else:
+            os.close(file.fd)
+
+    def _create(self) -> _OwnFile:
+        """A new file of ours, locked before it appears under its replayable name."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
+        temporary, path = self.folder / f"{_TMP}{name}", self.folder / name
+        fd = os.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(temporary, path)
+            _fsync_dir(self.folder)
+        except BaseException:
+            os.close(fd)
+            temporary.unlink(missing_ok=True)
+            raise
+        self.path = path
+        return _OwnFile(path, fd)
+
+    def size(self) -> int:
+        """Bytes in the folder's spill files (every process's)."""
+        total = 0
+        for path in _spill_files(self.folder):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    # --- replay and counting -------------------------------------------------------------------------------
     def pending(self) -> int:
-        """Rows waiting on disk: this file's, and those of ended processes (as of start or the last replay)."""
-        return self._count + self._foreign
+        """Rows waiting on disk: this writer's, plus ended processes' when it holds the replay role."""
+        with self._lock:
+            own = sum(f.rows for f in self._sealed) + (self._current.rows if self._current else 0)
+        return own + sum(self._ended.values())
+
+    def refresh(self) -> None:
+        """Take the replay role when free; as its holder, count ended processes' rows; publish the size."""
+        if self._role_fd < 0:
+            self._take_role()
+        if self._role_fd >= 0:
+            self._count_ended()
+        SPILL_BYTES.set(self.size())
 
     def replay(self, write: Callable[[list[UsageRecord]], None], batch_size: int) -> int:
-        """Insert every spilled row with ``write`` (idempotent), then drop the files; return rows replayed.
-
-        Raises what ``write`` raises (the database is still away): files not finished stay.
-        """
-        replayed = 0
-        for path in self._ended_files(fcntl.LOCK_EX):
-            if not path.exists():
-                continue  # replayed and removed by another process meanwhile
-            replayed += _write_all(_read(path), write, batch_size)
-            path.unlink()
-        self._foreign = self._count_replayable()
+        """Insert this writer's spilled rows (and, as the role holder, ended processes'), removing each file
+        once written; return the rows replayed. Raises what ``write`` raises: files not finished stay."""
         with self._lock:
-            if self._count:
-                replayed += _write_all(_read(self.path), write, batch_size)
-                os.ftruncate(self._fd, 0)
-                os.fsync(self._fd)
-                self._count = 0
+            if self._current is not None:
+                self._sealed.append(self._current)
+                self._current = None
+            sealed = list(self._sealed)
+        replayed = 0
+        for file in sealed:
+            replayed += _write_all(_read(file.path), write, batch_size)
+            file.path.unlink()
+            os.close(file.fd)
+            with self._lock:
+                self._sealed.remove(file)
+        if self._role_fd >= 0:
+            for path, _ in self._ended_files(fcntl.LOCK_EX):
+                replayed += _write_all(_read(path), write, batch_size)
+                path.unlink()
+            self._count_ended()
         return replayed
 
     def close(self) -> None:
-        """Release the file; remove it when it holds nothing."""
+        """Release this writer's files (their rows stay for the next replay) and the replay role."""
         with self._lock:
-            if self._fd < 0:
-                return
-            if self._count == 0:
-                self.path.unlink(missing_ok=True)
-            os.close(self._fd)
-            self._fd = -1
+            self._open = False
+            files = self._sealed + ([self._current] if self._current else [])
+            self._sealed, self._current = [], None
+        for file in files:
+            os.close(file.fd)
+        if self._role_fd >= 0:
+            os.close(self._role_fd)
+            self._role_fd = -1
+        self._ended = {}
 
-    def _open(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+    def _take_role(self) -> None:
+        fd = os.open(self.folder / _ROLE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return
+        self._role_fd = fd
 
-    def _count_replayable(self) -> int:
-        """Rows in the files of ended processes (a live writer's file is its own to count)."""
-        return sum(_count_lines(path) for path in self._ended_files(fcntl.LOCK_SH))
+    def _count_ended(self) -> None:
+        counted: dict[tuple[str, int, int], int] = {}
+        for path, stat in self._ended_files(fcntl.LOCK_SH):
+            key = (path.name, stat.st_ino, stat.st_size)
+            counted[key] = self._ended[key] if key in self._ended else _count_lines(path)
+        self._ended = counted
 
-    def _ended_files(self, lock: int) -> Iterator[Path]:
-        """Other processes' spill files that no live writer holds, each locked with ``lock`` while yielded."""
-        for path in sorted(p for p in self.folder.glob(f"usage-*{_SUFFIX}") if p != self.path):
+    def _ended_files(self, lock: int) -> Iterator[tuple[Path, os.stat_result]]:
+        """Spill files no live writer holds (this one's included), each locked with ``lock`` and checked to
+        be the file at its path while yielded."""
+        for path in _spill_files(self.folder):
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
                 continue
             try:
-                fcntl.flock(fd, lock | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue  # a live writer owns it
-            try:
-                yield path
+                stat = os.fstat(fd)
+                if path.name.startswith(_TMP) and time.time() - stat.st_mtime < _STALE_TMP_S:
+                    continue  # being created: its owner locks it in a moment
+                try:
+                    fcntl.flock(fd, lock | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer's
+                if _same_file(path, stat):
+                    yield path, stat
             finally:
                 os.close(fd)
+
+
+def _spill_files(folder: Path) -> list[Path]:
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return [folder / n for n in sorted(names)
+            if n.endswith(SUFFIX) and (n.startswith(PREFIX) or n.startswith(_TMP + PREFIX))]
+
+
+def _same_file(path: Path, stat: os.stat_result) -> bool:
+    """Whether ``path`` still names the file ``stat`` describes (not removed, not replaced)."""
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        return False
+    return (now.st_ino, now.st_dev) == (stat.st_ino, stat.st_dev)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> Iterator[UsageRecord]:
