@@ -69,6 +69,18 @@ def test_a_tool_request_to_a_model_without_tools_is_refused_before_the_backend(
     assert chat(gpu_gateway, key, model=model).status_code == 200  # the same model without tools answers
 
 
+def test_the_responses_api_refuses_tools_for_a_model_without_them(gpu_gateway, fake_upstream) -> None:
+    model = WITHOUT_TOOLS[0]
+    key = gpu_gateway.create_key(models=[model])
+    tool = {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"]}
+    before = fake_upstream.requests_served()
+    response = httpx.post(f"{gpu_gateway.base_url}/responses", headers=gpu_gateway.headers(key), timeout=30,
+                          json={"model": model, "input": "Weather in Paris?", "tools": [tool]})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "tools" and "has no tool support" in response.json()["error"]["message"]
+    assert fake_upstream.requests_served() == before
+
+
 def test_the_openai_sdk_sees_the_refusal_as_a_bad_request(gpu_gateway, fake_upstream) -> None:
     model = WITHOUT_TOOLS[0]
     client = openai.OpenAI(base_url=gpu_gateway.base_url, api_key=gpu_gateway.create_key(models=[model]),
