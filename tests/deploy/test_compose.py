@@ -94,11 +94,23 @@ def test_gpu_engines_run_the_native_runners_command() -> None:
     cat = catalogue.load(profile="gpu")
     services = compose.load_yaml((PROJECT_ROOT / "compose.yaml").read_text())["services"]
     for model in cat.models:
-        argv = command.engine_command([model], cat.profile_settings, host="0.0.0.0").argv
+        argv = command.engine_command([model], cat.profile_settings, host="0.0.0.0",
+                                      chat_templates=compose.CONTAINER_CHAT_TEMPLATES).argv
         service = services[model.name]
         assert service["entrypoint"][1:] == argv[1:3]          # -m vllm.entrypoints.openai.api_server
         assert service["command"] == argv[3:]
         assert service["image"] == "vllm/vllm-openai:v0.32.0"
+
+
+def test_gpu_engines_find_their_tool_chat_templates_in_the_container() -> None:
+    """The chat template a model's `tools` names is mounted from the repository where --chat-template points."""
+    services = compose.load_yaml((PROJECT_ROOT / "compose.yaml").read_text())["services"]
+    templated = {name: s["command"] for name, s in services.items() if "--chat-template" in s.get("command", [])}
+    assert set(templated) == {m.name for m in catalogue.load(profile="gpu").models if m.tools and m.tools.chat_template}
+    for name, argv in templated.items():
+        path = Path(argv[argv.index("--chat-template") + 1])
+        mounts = {target: source for source, target, *_ in (v.split(":") for v in services[name]["volumes"])}
+        assert (PROJECT_ROOT / mounts[str(path.parent)] / path.name).is_file(), name
 
 
 # --- validated by the real Docker Compose v2 ---------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hxp import catalogue
-from hxp.model.command import ENTRYPOINT, catalogue_commands, engine_command, engine_groups
+from hxp.model.command import ENTRYPOINT, catalogue_commands, engine_command, engine_groups, tool_flags
 from hxp.model.weights import package_dir, resolve_source
 
 GPU = catalogue.load(profile="gpu")
@@ -76,6 +76,31 @@ def test_cpu_command_uses_the_prepared_folder_and_no_gpu_settings(state: Path) -
     assert cmd.env["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert option(cmd.argv, "--dtype") == "bfloat16"
     assert "--enforce-eager" in cmd.argv
+
+
+def test_tool_calling_flags_come_from_the_catalogue(tmp_path: Path) -> None:
+    hermes = engine_command([GPU.get("hermes-2")], GPU.profile_settings).argv
+    assert "--enable-auto-tool-choice" in hermes
+    assert option(hermes, "--tool-call-parser") == "hermes"
+    assert option(hermes, "--tool-strict-level") == "parameter"  # arguments always follow the tool's schema
+    template = Path(option(hermes, "--chat-template"))
+    assert template == catalogue.CHAT_TEMPLATES / "chatml_tools.jinja" and template.is_file()
+    elsewhere = engine_command([GPU.get("hermes-2")], GPU.profile_settings, chat_templates=tmp_path).argv
+    assert option(elsewhere, "--chat-template") == str(tmp_path / "chatml_tools.jinja")
+    openchat = engine_command([GPU.get("openchat-3.5")], GPU.profile_settings).argv
+    assert not {"--enable-auto-tool-choice", "--tool-call-parser", "--tool-strict-level",
+                "--chat-template"} & set(openchat)
+    for flags in (tool_flags(m.tools) for m in CPU.chat_models):  # the shared CPU engine: tools for every name
+        assert option(flags, "--tool-call-parser") == "hermes" and flags == tool_flags(CPU.chat_models[0].tools)
+    assert tool_flags(None) == []
+
+
+def test_models_with_other_tool_settings_do_not_share_an_engine() -> None:
+    first, second = CPU.chat_models[:2]
+    without = replace(second, deployment=second.deployment.model_copy(update={"tools": None}))
+    assert [len(group) for group in engine_groups([first, without])] == [1, 1]
+    with pytest.raises(ValueError, match="different deployments"):
+        engine_command([first, without], CPU.profile_settings)
 
 
 def test_cpu_kv_cache_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
