@@ -77,7 +77,8 @@ grafana-dashboards:  ## regenerate grafana/dashboards/*.json from hxp.monitoring
 	$(HXP) grafana generate
 
 # --- load tests (Locust through the gateway; targets from the catalogue's active profile) ---
-# The key: HXP_LOADTEST_KEY, else one is created (and revoked afterwards) with HXP_MASTER_KEY.
+# The key: HXP_LOADTEST_KEY, else one is created (and revoked afterwards) with HXP_MASTER_KEY or, when that is
+# unset, the master key `make run` keeps in .state/master.key; with none, Locust stops before sending anything.
 # USERS defaults to what the targets need (`hxp loadtest plan`); MODELS narrows the models.
 LOCUST := $(VENV)/bin/locust
 LOCUSTFILE := loadtests/locustfile.py

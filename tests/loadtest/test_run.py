@@ -62,7 +62,7 @@ def test_an_unknown_model_is_refused_by_name():
 def test_an_unreachable_gateway_fails_on_the_failure_ratio(tmp_path):
     model = catalogue.load().chat_models[0].name
     run = headless(f"http://127.0.0.1:{free_port()}", tmp_path, seconds=2, users=1,
-                   env={"HXP_LOADTEST_MODELS": model})
+                   env={"HXP_LOADTEST_MODELS": model, "HXP_LOADTEST_KEY": "sk-unchecked"})
     assert run.returncode == 1, run.stdout
     assert re.search(rf"^FAIL {re.escape(model)}: no successful request; failure ratio 100.0% > 1.0%", run.stdout,
                      re.M), run.stdout
