@@ -83,7 +83,7 @@ def test_a_new_catalogue_entry_becomes_a_service(tmp_path: Path) -> None:
     gpu = compose.load_yaml(files["compose.yaml"])["services"]["qwen-7b"]
     assert gpu["ports"] == ["${HXP_PUBLISH_ADDRESS:-127.0.0.1}:11410:11410"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["6"]
-    assert gpu["command"][gpu["command"].index("--model") + 1] == "Qwen/Qwen2.5-7B-Instruct"
+    assert gpu["command"][:2] == ["serve", "Qwen/Qwen2.5-7B-Instruct"]  # `vllm serve MODEL`
     dev = compose.load_yaml(files["compose.dev.yaml"])["services"]["qwen-7b"]
     assert dev["command"][0] == "qwen-7b"
 
@@ -94,7 +94,7 @@ def test_gpu_engines_run_the_native_runners_command() -> None:
     for model in cat.models:
         argv = command.engine_command([model], cat.profile_settings, host="0.0.0.0").argv
         service = services[model.name]
-        assert service["entrypoint"][1:] == argv[1:3]          # -m vllm.entrypoints.openai.api_server
+        assert service["entrypoint"][1:] == argv[1:3]          # -m vllm.entrypoints.cli.main (`vllm`)
         assert service["command"] == argv[3:]
         assert service["image"] == "vllm/vllm-openai:v0.32.0"
 
