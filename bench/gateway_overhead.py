@@ -40,7 +40,7 @@ import psutil
 import yaml
 
 from hxp import catalogue
-from hxp.gateway import routes
+from hxp.gateway import deployments
 from hxp.gateway.launcher import WORKER_HEALTHCHECK_S
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import Gateway, all_models
@@ -132,8 +132,8 @@ class BareProxy:
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.master_key = "sk-bench-" + os.urandom(12).hex()
         cat = catalogue.load()
-        config = {"model_list": routes.model_list(cat, all_models(upstream_url), ""),
-                  "router_settings": routes.router_settings(cat)}
+        config = {"model_list": deployments.model_list(cat, all_models(upstream_url), ""),
+                  "router_settings": deployments.router_settings(cat)}
         (self.dir / "config.yaml").write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
         env.update({"CONFIG_FILE_PATH": str(self.dir / "config.yaml"), "LITELLM_MASTER_KEY": self.master_key,

@@ -1,7 +1,9 @@
-"""The admin HTTP API for API keys; only the master key may call it.
+"""The admin HTTP API for API keys; the route table lets only the master key call it.
 
-    POST /admin/keys                 {"alias", "owner"?, "models"?, "rpm"?, "tpm"?, "expires"? | "days"?}
+    POST /admin/keys                 {"alias", "owner"?, "models"?, "rpm"?, "tpm"?, "expires"? | "days"?,
+                                      "read_collections"? (default ["*"]), "write_collections"? (default [])}
     GET  /admin/keys
+    POST /admin/keys/{alias_or_id}/grants   {"read_collections"?, "write_collections"?}
     POST /admin/keys/{alias_or_id}/revoke
     POST /admin/keys/{alias_or_id}/rotate
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
@@ -20,15 +22,7 @@ from hxp.gateway import auth, errors
 from hxp.gateway.keys import KeyNotFound, KeyStoreError, expiry
 
 
-async def require_master_key(request: Request) -> None:
-    secret = auth.bearer(request.headers.get("authorization"))
-    if auth.is_master_key(secret):
-        return
-    await auth.authenticate(secret)  # 401 for a missing, unknown, revoked or expired key
-    raise errors.GatewayError(403, "The admin API requires the master key", code="admin_only")
-
-
-router = APIRouter(prefix="/admin/keys", tags=["admin"], dependencies=[Depends(require_master_key)])
+router = APIRouter(prefix="/admin/keys", tags=["admin"])
 
 
 class NewKey(BaseModel):
@@ -41,6 +35,15 @@ class NewKey(BaseModel):
     tpm: PositiveInt | None = None
     expires: str | None = None
     days: float | None = None
+    read_collections: list[str] | None = None
+    write_collections: list[str] = []
+
+
+class Grants(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    read_collections: list[str] | None = None
+    write_collections: list[str] | None = None
 
 
 async def _call(fn: Any, *args: Any, status: int = 200, **kwargs: Any) -> JSONResponse:
@@ -62,13 +65,21 @@ async def create_key(body: NewKey) -> JSONResponse:
     except KeyStoreError as exc:
         return errors.bad_request(exc.field or "expires", str(exc)).response()
     return await _call(auth.key_store().create, body.alias, owner=body.owner, models=body.models, rpm=body.rpm,
-                       tpm=body.tpm, expires_at=expires_at, status=201)
+                       tpm=body.tpm, expires_at=expires_at, read_collections=body.read_collections,
+                       write_collections=body.write_collections, status=201)
 
 
 @router.get("")
 async def list_keys() -> dict[str, Any]:
     keys = await asyncio.to_thread(auth.key_store().list)
     return {"data": [k.public() for k in keys]}
+
+
+@router.post("/{ref}/grants")
+async def set_grants(ref: str, body: Grants) -> JSONResponse:
+    response = await _call(auth.key_store().set_grants, ref, body.read_collections, body.write_collections)
+    auth.key_cache().clear()
+    return response
 
 
 @router.post("/{ref}/revoke")

@@ -1,4 +1,4 @@
-"""`hxp gateway serve` and `hxp keys create|list|revoke|rotate` (keys work on the database directly)."""
+"""`hxp gateway serve|routes` and `hxp keys create|list|grant|revoke|rotate` (keys work on the database directly)."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _routes(args: argparse.Namespace) -> int:
+    """Print the route table, or the app's routes the table and the outside list do not classify."""
+    from hxp.gateway import route_table
+
+    if args.unclassified:
+        from hxp.gateway.app import proxy_app
+
+        missing = sorted(route_table.unclassified(proxy_app), key=lambda r: (r[1], r[0]))
+        for kind, path in missing:
+            print(kind, path)
+        return 1 if missing else 0
+    for route in route_table.table().routes:
+        print(f"{','.join(route.methods):<10} {route.path:<62} {route.access}")
+    return 0
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _store() -> KeyStore:
     db = Database(default_url())
     db.migrate()
@@ -31,12 +51,14 @@ def _keys(args: argparse.Namespace) -> int:
     store = _store()
     try:
         if args.action == "create":
-            models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
-            key, secret = store.create(args.alias, owner=args.owner, models=models, rpm=args.rpm, tpm=args.tpm,
-                                       expires_at=expiry(args.expires, args.days))
+            key, secret = store.create(args.alias, owner=args.owner, models=_names(args.models), rpm=args.rpm,
+                                       tpm=args.tpm, expires_at=expiry(args.expires, args.days),
+                                       read_collections=_names(args.read), write_collections=_names(args.write))
             _print(key.issued(secret))
         elif args.action == "list":
             _print([k.public() for k in store.list()])
+        elif args.action == "grant":
+            _print(store.set_grants(args.ref, _names(args.read), _names(args.write)).public())
         elif args.action == "revoke":
             _print(store.revoke(args.ref).public())
         else:
@@ -58,6 +80,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (use the number of cores)")
     serve.set_defaults(func=_serve)
+    routes = gateway.add_parser("routes", help="the route table: every path served and who may call it")
+    routes.add_argument("--unclassified", action="store_true",
+                        help="list the app's routes neither served nor classified outside (exit 1 if any)")
+    routes.set_defaults(func=_routes)
 
     keys = sub.add_parser("keys", help="manage the gateway's API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create a key; prints its secret once")
@@ -69,6 +95,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     when = create.add_mutually_exclusive_group()
     when.add_argument("--expires", help="expiry time, ISO 8601 (UTC unless a zone is given)")
     when.add_argument("--days", type=float, help="expires this many days from now")
+    grant = keys.add_parser("grant", help="set a key's vector collection grants")
+    grant.add_argument("ref", metavar="ALIAS_OR_ID")
+    for parser in (create, grant):
+        parser.add_argument("--read", metavar="C1,C2", help="collections it may search and retrieve from "
+                            "(* for all; default on create: all)")
+        parser.add_argument("--write", metavar="C1,C2", help="collections it may upsert to and delete from "
+                            "(* for all; default on create: none)")
     keys.add_parser("list", help="list keys (never their secrets)")
     for action, text in (("revoke", "revoke a key"), ("rotate", "give a key a new secret (printed once)")):
         keys.add_parser(action, help=text).add_argument("ref", metavar="ALIAS_OR_ID")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from hxp.paths import state_dir
+from hxp.redaction import redact_url as redact
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 0x4858_5001  # pg_advisory_lock key for schema migrations
@@ -29,11 +30,6 @@ def default_url() -> str:
     """
     url = os.environ.get("HXP_DATABASE_URL") or os.environ.get("DATABASE_URL")
     return url or f"sqlite:///{state_dir() / 'gateway.sqlite3'}"
-
-
-def redact(url: str) -> str:
-    """The URL with any password replaced, for logs."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 class Database:

@@ -13,14 +13,13 @@ import importlib
 from typing import Any
 
 CALLBACKS = [
-    "hxp.gateway.hooks:gateway_hooks",          # model access, validation, cache opt-in
-    "hxp.gateway.usage:usage_logger",           # one SQL row per request
-    "hxp.gateway.metrics:metrics_logger",       # Prometheus metrics
+    "hxp.gateway.hooks:gateway_hooks",          # the admitted model, cache opt-in, error shapes
     "hxp.vector.rag:rag_hook",                  # retrieval-augmented prompts
 ]
 
 ROUTERS = [
     "hxp.gateway.health:router",                # liveness, readiness, per-model status
+    "hxp.gateway.openapi:router",               # our API description (HXP_OPENAPI)
     "hxp.gateway.admin:router",                 # key management (master key only)
     "hxp.gateway.usage:router",                 # usage pipeline lifespan: replay at start, flush at stop
     "hxp.gateway.metrics:router",               # /metrics

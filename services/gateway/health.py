@@ -1,9 +1,11 @@
 """Liveness, readiness and the per-model status view; and the Redis watch.
 
 - ``GET /health/liveness`` (and LiteLLM's spelling ``/health/liveliness``): the process answers.
-- ``GET /health/readiness``: 200 when the database and Redis (when configured) answer; the body
-  also reports every backend's ``/health``. With ``?strict=true`` every backend must answer too.
-- ``GET /health/models``: each model with each replica's health and response time.
+- ``GET /health/readiness``: 200 when the database and Redis (when configured) answer; with
+  ``?strict=true`` every backend must answer too. Anyone gets a status per component; the master
+  key also gets the details (latencies, redacted URLs and errors). Each worker computes it at
+  most once a second, whoever asks and however often.
+- ``GET /health/models`` (master key): each model with each replica's health and response time.
 
 The Redis watch (a LiteLLM worker startup hook) pings Redis every few seconds and,
 when it goes away or comes back, says so in the log and in the
@@ -18,13 +20,14 @@ from functools import lru_cache
 from typing import Any
 
 import httpx
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Gauge
 
-from hxp import catalogue as catalogue_module
-from hxp.gateway import routes, settings
-from hxp.gateway.database import Database, redact
+from hxp.gateway import deployments, settings
+from hxp.gateway.boundary import context_of
+from hxp.gateway.database import Database
+from hxp.redaction import redact, redact_url
 
 log = logging.getLogger("hxp.gateway")
 router = APIRouter(tags=["health"])
@@ -34,6 +37,7 @@ REDIS_UP = Gauge("hxp_gateway_redis_up", "1 when the gateway's Redis answers, 0 
 REDIS_OUTAGES = Counter("hxp_gateway_redis_outages_total", "Times the gateway found its Redis unreachable")
 REDIS_WATCH_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 2.0
+READINESS_CACHE_S = 1.0
 
 
 @lru_cache(maxsize=1)
@@ -55,7 +59,7 @@ async def _timed(probe: Any) -> dict[str, Any]:
         await probe
         return {"healthy": True, "latency_ms": round((time.perf_counter() - start) * 1000, 1)}
     except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
-        return {"healthy": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        return {"healthy": False, "error": redact(f"{type(exc).__name__}: {exc}")[:300]}
 
 
 async def _check_database() -> dict[str, Any]:
@@ -68,29 +72,62 @@ async def _check_redis() -> dict[str, Any] | None:
     return await _timed(asyncio.wait_for(_redis().ping(), PROBE_TIMEOUT_S))
 
 
-def health_url(base_url: str) -> str:
-    """A vLLM engine's /health, from its OpenAI base URL (…/v1)."""
-    root = base_url.rstrip("/")
-    return (root[:-3] if root.endswith("/v1") else root) + "/health"
-
-
 async def _get_ok(client: httpx.AsyncClient, url: str) -> None:
     (await client.get(url)).raise_for_status()
 
 
 async def model_status() -> list[dict[str, Any]]:
     """Every model with the health of each of its replicas."""
-    cfg = settings.current()
-    cat = catalogue_module.load()
+    cat = deployments.catalogue()
+    backends = deployments.served()
     async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
         models = []
         for model in cat.models:
-            urls = routes.backend_urls(model, cfg.backends, cfg.backend_url_template)
-            probes = await asyncio.gather(*(_timed(_get_ok(client, health_url(u))) for u in urls))
-            replicas = [{"url": u, **p} for u, p in zip(urls, probes)]
+            urls = backends[model.name]
+            probes = await asyncio.gather(*(_timed(_get_ok(client, deployments.engine_root(u) + "/health"))
+                                            for u in urls))
+            replicas = [{"url": redact_url(u), **p} for u, p in zip(urls, probes)]
             models.append({"model": model.name, "task": model.task, "healthy": any(r["healthy"] for r in replicas),
                            "replicas": replicas})
     return models
+
+
+class Readiness:
+    """The readiness answer, computed at most once per ``max_age`` seconds (concurrent askers share one)."""
+
+    def __init__(self, max_age: float = READINESS_CACHE_S) -> None:
+        self.max_age = max_age
+        self._at = float("-inf")
+        self._details: dict[str, Any] = {}
+        self._lock: asyncio.Lock | None = None
+
+    async def details(self) -> dict[str, Any]:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if time.monotonic() - self._at >= self.max_age:
+                self._details = await self._compute()
+                self._at = time.monotonic()
+        return self._details
+
+    @staticmethod
+    async def _compute() -> dict[str, Any]:
+        database, redis_check, models = await asyncio.gather(_check_database(), _check_redis(), model_status())
+        cfg = settings.current()
+        return {
+            "database": {"url": redact_url(cfg.database_url), **database},
+            "redis": {"url": redact_url(cfg.redis_url), **redis_check} if redis_check else {"mode": "in-process"},
+            "models": {m["model"]: m for m in models},
+        }
+
+
+_readiness = Readiness()
+
+
+def _state(component: dict[str, Any]) -> str:
+    if "healthy" not in component:
+        return component.get("mode", "off")
+    return "up" if component["healthy"] else "down"
 
 
 @router.get("/health/liveness")
@@ -100,17 +137,19 @@ async def liveness() -> dict[str, str]:
 
 
 @router.get("/health/readiness")
-async def readiness(strict: bool = False) -> JSONResponse:
-    database, redis_check, models = await asyncio.gather(_check_database(), _check_redis(), model_status())
-    backends_ok = all(r["healthy"] for m in models for r in m["replicas"])
-    cfg = settings.current()
-    ready = database["healthy"] and (redis_check is None or redis_check["healthy"]) and (backends_ok or not strict)
-    body = {
+async def readiness(request: Request, strict: bool = False) -> JSONResponse:
+    details = await _readiness.details()
+    backends_ok = all(m["healthy"] for m in details["models"].values())
+    ready = (details["database"]["healthy"] and details["redis"].get("healthy", True)
+             and (backends_ok or not strict))
+    body: dict[str, Any] = {
         "status": ("ready" if backends_ok else "degraded") if ready else "not ready",
-        "database": {"url": redact(cfg.database_url), **database},
-        "redis": {"url": redact(cfg.redis_url), **redis_check} if redis_check else {"mode": "in-process"},
-        "models": {m["model"]: m["healthy"] for m in models},
+        "components": {"database": _state(details["database"]), "redis": _state(details["redis"]),
+                       "models": {name: _state(m) for name, m in details["models"].items()}},
     }
+    caller = context_of(request.scope).caller
+    if caller is not None and caller.master:
+        body["details"] = details
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -126,11 +165,11 @@ async def _watch_redis(url: str, fail_closed: bool) -> None:
         if healthy != up:
             REDIS_UP.set(1 if healthy else 0)
             if healthy and up is not None:
-                log.warning("Redis at %s is reachable again: shared rate limits and cache resumed", redact(url))
+                log.warning("Redis at %s is reachable again: shared rate limits and cache resumed", redact_url(url))
             elif not healthy:
                 REDIS_OUTAGES.inc()
                 log.error("Redis at %s is unreachable: rate limits fail %s (%s) and the cache is bypassed",
-                          redact(url), "closed" if fail_closed else "open",
+                          redact_url(url), "closed" if fail_closed else "open",
                           "requests with limits are rejected with 503" if fail_closed else "requests are admitted")
             up = healthy
         await asyncio.sleep(REDIS_WATCH_INTERVAL_S)

@@ -1,18 +1,18 @@
-"""The gateway's CustomLogger: checks before the backend call, cache opt-in and the cache header.
+"""The gateway's LiteLLM hooks: the model call as the boundary admitted it, cache opt-in, error shapes.
 
-Before the call (``async_pre_call_hook``): the model must exist (404; a catalogue
-alias stands for its model) and be allowed for the key (403), and the parameters
-must be valid (400). A backend
-that cannot be reached becomes a 503 (``async_post_call_failure_hook``). Requests at
-temperature 0 to a model whose catalogue entry has ``api.cache`` opt in to
-LiteLLM's response cache (configured ``mode: default_off``). After the call, the
-response carries ``x-hxp-cache: hit|miss``; ``/v1/models`` lists only the
-models the key may use.
+Before the call (``async_pre_call_hook``): the boundary (:mod:`hxp.gateway.boundary`) has
+already checked the key, the body and the model; the hook makes sure the model LiteLLM is
+about to call is the one the boundary admitted (a route that reaches LiteLLM without
+naming its model is refused, 403), routes a catalogue alias as its model, and lets requests
+at temperature 0 to a model whose catalogue entry has ``api.cache`` use LiteLLM's response
+cache (configured ``mode: default_off``). A backend that cannot be reached becomes a 503 and
+LiteLLM's limit errors get OpenAI's shape (``async_post_call_failure_hook``). After the call,
+the response carries ``x-hxp-cache: hit|miss``; ``/v1/models`` lists only the models the key
+may use.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import aiohttp
 import httpx
@@ -24,14 +24,9 @@ from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 from litellm.proxy.common_utils.proxy_rate_limit_error import ProxyRateLimitError
 from litellm.proxy.hooks.parallel_request_limiter_v3 import RateLimitUnverifiableError
 
-from hxp import catalogue as catalogue_module
-from hxp.catalogue import Catalogue
-from hxp.gateway import errors
-from hxp.gateway.validation import validate
+from hxp.gateway import boundary, deployments, errors
 
 CACHE_HEADER = "x-hxp-cache"
-CHECKED_CALLS = frozenset({"completion", "acompletion", "text_completion", "atext_completion",
-                           "embeddings", "aembedding"})
 
 
 _UNREACHABLE = (litellm.APIConnectionError, litellm.ServiceUnavailableError, RouterRateLimitError,
@@ -48,46 +43,30 @@ def _unreachable(exc: BaseException | None, depth: int = 0) -> bool:
                (exc.__cause__, exc.__context__, getattr(exc, "original_exception", None)) if inner is not exc)
 
 
-@lru_cache(maxsize=1)
-def catalogue() -> Catalogue:
-    """The catalogue this gateway serves (loaded once per worker)."""
-    return catalogue_module.load()
-
-
-def requested_name(data: Mapping[str, Any]) -> str | None:
-    """The model name the client sent (before our pre-call hook turns an alias into its model)."""
-    name = data.get("_litellm_client_requested_model") or data.get("model")
-    return name if isinstance(name, str) and name else None
-
-
-def requested_model(data: Mapping[str, Any]) -> str | None:
-    """The catalogue model a request asked for, by name or alias; None when it names none."""
-    name = requested_name(data)
-    return catalogue().canonical(name) if name else None
-
-
 def _allowed(user: UserAPIKeyAuth, model: str) -> bool:
     return user.user_role == LitellmUserRoles.PROXY_ADMIN or not user.models or model in user.models
 
 
+def cache_hit(response: object) -> bool:
+    """Whether LiteLLM answered from its response cache. LiteLLM says so only in the response's private
+    ``_hidden_params`` (tests/gateway/test_hooks.py fails if an upgrade changes that)."""
+    hidden = getattr(response, "_hidden_params", None)
+    return bool(isinstance(hidden, dict) and hidden.get("cache_hit"))
+
+
 class GatewayHooks(CustomLogger):
-    """Model access, request validation and response-cache opt-in."""
+    """The admitted model, cache opt-in, error shapes and the cache header."""
 
     async def async_pre_call_hook(self, user_api_key_dict: UserAPIKeyAuth, cache: Any, data: dict,
                                   call_type: str) -> dict:
-        if call_type not in CHECKED_CALLS:
-            return data
+        ctx = boundary.current()
         name = data.get("model")
-        if not name or not isinstance(name, str):
-            raise errors.bad_request("model", "'model' is required")
-        try:
-            model = catalogue().get(name)  # by name or alias (e.g. text-embedding-ada-002)
-        except KeyError:
-            raise errors.model_not_found(name) from None
-        if not _allowed(user_api_key_dict, model.name):
-            raise errors.forbidden(f"API key '{user_api_key_dict.key_alias}' may not use model '{name}'", "model")
+        canonical = deployments.catalogue().canonical(name) if isinstance(name, str) else None
+        if ctx is None or ctx.model is None or canonical != ctx.model.name:
+            raise errors.forbidden(f"the call to model {name!r} was not admitted by the gateway's route table",
+                                   "model")
+        model = ctx.model
         data["model"] = model.name  # an alias is routed, limited and logged as its model
-        validate(data, call_type, model)
         if model.api.cache and data.get("temperature") == 0:
             data["cache"] = {**(data.get("cache") or {}), "use-cache": True}
         else:
@@ -119,8 +98,7 @@ class GatewayHooks(CustomLogger):
                                                     ) -> dict[str, str] | None:
         if response is None:
             return None
-        hidden = getattr(response, "_hidden_params", None) or {}
-        return {CACHE_HEADER: "hit" if hidden.get("cache_hit") else "miss"}
+        return {CACHE_HEADER: "hit" if cache_hit(response) else "miss"}
 
     async def async_filter_listed_models(self, user_api_key_dict: UserAPIKeyAuth,
                                          model_names: Sequence[str]) -> Sequence[str]:
@@ -129,8 +107,3 @@ class GatewayHooks(CustomLogger):
 
 gateway_hooks = GatewayHooks()
 
-
-async def answered_error(request_data: dict, exc: Exception, user: UserAPIKeyAuth) -> Exception:
-    """The error the client is answered with: the gateway hooks' replacement of ``exc`` when there is one
-    (the usage row and the metrics record what the client saw)."""
-    return await gateway_hooks.async_post_call_failure_hook(request_data, exc, user) or exc

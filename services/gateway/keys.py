@@ -15,9 +15,10 @@ from typing import Any
 
 from hxp import catalogue
 from hxp.gateway.database import Database
+from hxp.vector import config as vector_config
 
 SECRET_PREFIX = "sk-hxp-"
-ALL_MODELS = "*"
+ALL = "*"  # every model, or every collection
 
 
 class KeyStoreError(ValueError):
@@ -72,6 +73,8 @@ class ApiKey:
     alias: str
     owner: str | None
     models: tuple[str, ...]  # empty: every model
+    read_collections: tuple[str, ...]  # ("*",): every collection; searched and used for retrieval
+    write_collections: tuple[str, ...]  # (): none; documents upserted and deleted
     rpm_limit: int | None
     tpm_limit: int | None
     expires_at: datetime | None
@@ -80,6 +83,12 @@ class ApiKey:
 
     def allows(self, model: str) -> bool:
         return not self.models or model in self.models
+
+    def may_read(self, collection: str) -> bool:
+        return ALL in self.read_collections or collection in self.read_collections
+
+    def may_write(self, collection: str) -> bool:
+        return ALL in self.write_collections or collection in self.write_collections
 
     def refusal(self, now: datetime | None = None) -> str | None:
         """Why this key may not be used now, or None."""
@@ -98,26 +107,39 @@ class ApiKey:
         """The key's fields for display (the hash left out)."""
         out = asdict(self)
         out.pop("key_hash")
-        out["models"] = list(self.models)
+        for name in ("models", "read_collections", "write_collections"):
+            out[name] = list(out[name])
         for name in ("expires_at", "created_at", "revoked_at"):
             out[name] = out[name].isoformat() if out[name] else None
         return out
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "ApiKey":
-        allowed = row["allowed_models"] or ALL_MODELS
+        allowed = row["allowed_models"] or ALL
         return cls(
             key_id=row["key_id"], key_hash=row["key_hash"], key_prefix=row["key_prefix"], alias=row["alias"],
             owner=row["owner"],
-            models=() if allowed == ALL_MODELS else tuple(m for m in allowed.split(",") if m),
+            models=() if allowed == ALL else _names(allowed),
+            read_collections=_names(row["read_collections"]), write_collections=_names(row["write_collections"]),
             rpm_limit=row["rpm_limit"], tpm_limit=row["tpm_limit"],
             expires_at=_as_datetime(row["expires_at"]), created_at=_as_datetime(row["created_at"]),
             revoked_at=_as_datetime(row["revoked_at"]),
         )
 
 
-_COLUMNS = ("key_id, key_hash, key_prefix, alias, owner, allowed_models, rpm_limit, tpm_limit, "
-            "expires_at, created_at, revoked_at")
+def _check_known(field: str, names: list[str], known: list[str]) -> None:
+    unknown = [n for n in names if n not in known and n != ALL]
+    if unknown:
+        raise KeyStoreError(f"unknown {field.replace('_', ' ')}: {', '.join(unknown)} (known: {', '.join(known)})",
+                            field)
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(n for n in (text or "").split(",") if n)
+
+
+_COLUMNS = ("key_id, key_hash, key_prefix, alias, owner, allowed_models, read_collections, write_collections, "
+            "rpm_limit, tpm_limit, expires_at, created_at, revoked_at")
 
 
 class KeyStore:
@@ -127,9 +149,10 @@ class KeyStore:
         self.db = db
 
     def create(self, alias: str, owner: str | None = None, models: list[str] | None = None,
-               rpm: int | None = None, tpm: int | None = None,
-               expires_at: datetime | None = None) -> tuple[ApiKey, str]:
-        """A new key and its secret (shown this once)."""
+               rpm: int | None = None, tpm: int | None = None, expires_at: datetime | None = None,
+               read_collections: list[str] | None = None,
+               write_collections: list[str] | None = None) -> tuple[ApiKey, str]:
+        """A new key and its secret (shown this once). Collections: read every one and write none by default."""
         if not alias:
             raise KeyStoreError("alias is required", "alias")
         if self.db.fetchone("SELECT key_id FROM api_keys WHERE alias = ?", (alias,)):
@@ -137,16 +160,19 @@ class KeyStore:
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and value < 1:
                 raise KeyStoreError(f"{name} must be a positive integer", name)
-        known = catalogue.load().names
-        unknown = [m for m in models or [] if m not in known]
-        if unknown:
-            raise KeyStoreError(f"unknown models: {', '.join(unknown)} (known: {', '.join(known)})", "models")
+        _check_known("models", models or [], catalogue.load().names)
+        collections = [c.name for c in vector_config.load().collections]
+        reads = [ALL] if read_collections is None else read_collections
+        writes = write_collections or []
+        _check_known("read_collections", reads, collections)
+        _check_known("write_collections", writes, collections)
         secret = _new_secret()
         now = datetime.now(timezone.utc)
         self.db.execute(
-            f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (str(uuid.uuid4()), hash_secret(secret), secret[: len(SECRET_PREFIX) + 4], alias, owner,
-             ",".join(models) if models else ALL_MODELS, rpm, tpm, _as_datetime(expires_at), now, None),
+             ",".join(models) if models else ALL, ",".join(reads), ",".join(writes), rpm, tpm,
+             _as_datetime(expires_at), now, None),
         )
         return self.get(alias), secret
 
@@ -157,9 +183,9 @@ class KeyStore:
             raise KeyNotFound(f"no API key with alias or id '{ref}'")
         return ApiKey.from_row(row)
 
-    def lookup(self, secret: str) -> ApiKey | None:
-        """The key a secret belongs to, revoked or expired ones included; None when unknown."""
-        row = self.db.fetchone(f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ?", (hash_secret(secret),))
+    def lookup_hash(self, key_hash: str) -> ApiKey | None:
+        """The key with this secret hash, revoked or expired ones included; None when unknown."""
+        row = self.db.fetchone(f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,))
         return ApiKey.from_row(row) if row else None
 
     def list(self) -> list[ApiKey]:
@@ -170,6 +196,19 @@ class KeyStore:
         if key.revoked_at is None:
             self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?",
                             (datetime.now(timezone.utc), key.key_id))
+        return self.get(key.key_id)
+
+    def set_grants(self, ref: str, read_collections: list[str] | None = None,
+                   write_collections: list[str] | None = None) -> ApiKey:
+        """Replace a key's collection grants (each left as it is when None)."""
+        key = self.get(ref)
+        collections = [c.name for c in vector_config.load().collections]
+        reads = list(key.read_collections) if read_collections is None else read_collections
+        writes = list(key.write_collections) if write_collections is None else write_collections
+        _check_known("read_collections", reads, collections)
+        _check_known("write_collections", writes, collections)
+        self.db.execute("UPDATE api_keys SET read_collections = ?, write_collections = ? WHERE key_id = ?",
+                        (",".join(reads), ",".join(writes), key.key_id))
         return self.get(key.key_id)
 
     def rotate(self, ref: str) -> tuple[ApiKey, str]:

@@ -15,10 +15,11 @@ import os
 
 import yaml
 
-from hxp import catalogue as catalogue_module
-from hxp.gateway import extensions, proxy_config, settings
-from hxp.gateway.database import Database, default_url, redact
+from hxp import catalogue as catalogue_module, redaction
+from hxp.gateway import auth, extensions, proxy_config, settings
+from hxp.gateway.database import Database, default_url
 from hxp.paths import state_path
+from hxp.redaction import redact_url
 
 log = logging.getLogger("hxp.gateway")
 
@@ -41,9 +42,10 @@ def prepare_environment() -> settings.Settings:
     for name, value in RETRY_BACKOFF.items():
         os.environ.setdefault(name, value)
     cfg = settings.load()
-    if not cfg.master_key:
-        raise SystemExit("HXP_MASTER_KEY is not set: the gateway needs a master key (e.g. sk-$(openssl rand -hex 24))")
-    os.environ["LITELLM_MASTER_KEY"] = cfg.master_key
+    problem = cfg.master_key_problem()
+    if problem:
+        raise SystemExit(problem)
+    os.environ["LITELLM_MASTER_KEY"] = auth.litellm_master_key(cfg.master_secret or "")
     extensions.check()
     os.environ["LITELLM_WORKER_STARTUP_HOOKS"] = ",".join(extensions.WORKER_STARTUP_HOOKS)  # module:function
     return cfg
@@ -63,14 +65,16 @@ def serve(host: str, port: int, workers: int = 1) -> None:
     # format a line per request (a measurable share of the gateway's CPU).
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("hxp").setLevel(logging.INFO)
+    redaction.install_output_redaction()
     cfg = prepare_environment()
+    settings.register_secrets()
     db = Database(cfg.database_url)
     applied = db.migrate()
     db.close()
-    log.info("database %s (migrations applied: %s)", redact(cfg.database_url), ", ".join(applied) or "none")
+    log.info("database %s (migrations applied: %s)", redact_url(cfg.database_url), ", ".join(applied) or "none")
     if cfg.redis_url:
         log.info("redis %s: shared rate limits and response cache; rate limits fail %s when it is unreachable",
-                 redact(cfg.redis_url), "closed" if cfg.rate_limit_fail_closed else "open")
+                 redact_url(cfg.redis_url), "closed" if cfg.rate_limit_fail_closed else "open")
     else:
         log.warning("REDIS_URL is not set: rate limits and the response cache are in-process, "
                     "so run ONE gateway replica (workers share nothing)")

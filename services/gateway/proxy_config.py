@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from hxp.catalogue import Catalogue
-from hxp.gateway import extensions, routes
+from hxp.gateway import deployments, extensions
 from hxp.gateway.settings import Settings
 
 
@@ -44,8 +44,8 @@ def build(cfg: Settings, catalogue: Catalogue) -> dict[str, Any]:
     else:
         cache_params["type"] = "local"
     return {
-        "model_list": routes.model_list(catalogue, cfg.backends, cfg.backend_url_template),
-        "router_settings": routes.router_settings(catalogue),
+        "model_list": deployments.model_list(catalogue, cfg.backends, cfg.backend_url_template),
+        "router_settings": deployments.router_settings(catalogue),
         "litellm_settings": {
             "callbacks": callbacks(),
             "cache": True,

@@ -1,13 +1,23 @@
-"""Request checks done before any backend is called; each failure is a 400 naming the field."""
+"""Request bodies checked before any handler or backend runs; each failure is a 400 naming the field.
+
+:func:`validate` takes the body's kind from the route table (chat, completion, embedding,
+json) and the catalogue model the body names. Types follow OpenAI's API reference: a wrong
+type, a value out of range or too many inputs is refused here, never passed on to become a
+backend's 500.
+"""
 from __future__ import annotations
 
 from numbers import Real
-from typing import Any
+from typing import Any, Callable
 
 from hxp.catalogue import Model
-from hxp.gateway.errors import bad_request
+from hxp.gateway.errors import GatewayError, bad_request
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
+TOOL_CHOICES = frozenset({"none", "auto", "required"})
+RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
+ENCODING_FORMATS = frozenset({"float", "base64"})
+MAX_STOP_SEQUENCES = 4
 
 # field -> (low, high), both inclusive
 RANGES = {
@@ -16,10 +26,54 @@ RANGES = {
     "presence_penalty": (-2.0, 2.0),
     "frequency_penalty": (-2.0, 2.0),
 }
+TASKS = {"chat": "chat", "completion": "chat", "embedding": "embedding"}
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _one_of(value: Any, choices: frozenset[str]) -> bool:
+    return isinstance(value, str) and value in choices
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _tokens(value: Any) -> bool:
+    return isinstance(value, list) and all(_integer(v) and v >= 0 for v in value)
+
+
+def check_object(body: Any) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 saying what it is instead."""
+    if not isinstance(body, dict):
+        kind = "null" if body is None else type(body).__name__.replace("str", "string").replace("dict", "object")
+        raise GatewayError(400, f"The request body must be a JSON object, not {kind}", param="body",
+                           code="invalid_json")
+    return body
+
+
+def model_name(body: dict[str, Any]) -> str:
+    """The ``model`` the body names (400 when missing or not a string)."""
+    name = body.get("model")
+    if name is None or name == "":
+        raise bad_request("model", "'model' is required")
+    if not isinstance(name, str):
+        raise bad_request("model", f"'model' must be a string, got {type(name).__name__}")
+    return name
+
+
+def check_task(kind: str, model: Model) -> None:
+    """A chat route must name a chat model and the embeddings route an embedding model."""
+    task = TASKS.get(kind)
+    if task is not None and model.task != task:
+        use = "/v1/embeddings" if model.task == "embedding" else "/v1/chat/completions"
+        raise bad_request("model", f"model '{model.name}' serves {model.task}, not {task}: use {use}")
 
 
 def _check_ranges(body: dict[str, Any]) -> None:
@@ -36,11 +90,34 @@ def _check_max_tokens(body: dict[str, Any], model: Model) -> None:
         value = body.get(name)
         if value is None:
             continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not _integer(value) or value < 1:
             raise bad_request(name, f"'{name}' must be a positive integer, got {value!r}")
         if value > model.max_model_len:
             raise bad_request(name, f"'{name}' is {value}, above the context window of model "
                                     f"'{model.name}' ({model.max_model_len} tokens)")
+
+
+def _check_generation(body: dict[str, Any], model: Model) -> None:
+    """Parameters shared by chat and text completions."""
+    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+        raise bad_request("stream", "'stream' must be true or false")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request("stream_options", "'stream_options' must be an object")
+    _check_ranges(body)
+    _check_max_tokens(body, model)
+    n = body.get("n")
+    if n is not None and (not _integer(n) or not 1 <= n <= 128):
+        raise bad_request("n", f"'n' must be an integer between 1 and 128, got {n!r}")
+    stop = body.get("stop")
+    if stop is not None and not (isinstance(stop, str) or (_strings(stop) and len(stop) <= MAX_STOP_SEQUENCES)):
+        raise bad_request("stop", f"'stop' must be a string or a list of at most {MAX_STOP_SEQUENCES} strings")
+    seed = body.get("seed")
+    if seed is not None and not _integer(seed):
+        raise bad_request("seed", f"'seed' must be an integer, got {seed!r}")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise bad_request("user", "'user' must be a string")
 
 
 def _check_messages(body: dict[str, Any]) -> None:
@@ -54,7 +131,7 @@ def _check_messages(body: dict[str, Any]) -> None:
         if not isinstance(message, dict):
             raise bad_request(where, f"'{where}' must be an object with 'role' and 'content'")
         role = message.get("role")
-        if role not in ROLES:
+        if not _one_of(role, ROLES):
             raise bad_request(f"{where}.role", f"'{where}.role' must be one of {', '.join(sorted(ROLES))}, "
                                                f"got {role!r}")
         content = message.get("content")
@@ -62,28 +139,106 @@ def _check_messages(body: dict[str, Any]) -> None:
             raise bad_request(f"{where}.content", f"'{where}.content' is required")
         if content is not None and not isinstance(content, (str, list)):
             raise bad_request(f"{where}.content", f"'{where}.content' must be a string or a list of parts")
+        if isinstance(content, list) and not all(isinstance(p, dict) and isinstance(p.get("type"), str)
+                                                 for p in content):
+            raise bad_request(f"{where}.content", f"'{where}.content' parts must be objects with a 'type'")
 
 
-def _check_required(body: dict[str, Any], name: str) -> None:
+def _check_tools(body: dict[str, Any]) -> None:
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise bad_request("tools", "'tools' must be a list of tools")
+        for i, tool in enumerate(tools):
+            where = f"tools[{i}]"
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
+                raise bad_request(where, f"'{where}' must be an object with type 'function' and a 'function'")
+            if not isinstance(function.get("name"), str) or not function["name"]:
+                raise bad_request(f"{where}.function.name", f"'{where}.function.name' must be a non-empty string")
+            parameters = function.get("parameters")
+            if parameters is not None and not isinstance(parameters, dict):
+                raise bad_request(f"{where}.function.parameters",
+                                  f"'{where}.function.parameters' must be a JSON Schema object")
+    choice = body.get("tool_choice")
+    if choice is None:
+        return
+    if isinstance(choice, str):
+        if not _one_of(choice, TOOL_CHOICES):
+            raise bad_request("tool_choice", f"'tool_choice' must be one of {', '.join(sorted(TOOL_CHOICES))} "
+                                             f"or a named function, got {choice!r}")
+    elif not (isinstance(choice, dict) and choice.get("type") == "function"
+              and isinstance(choice.get("function"), dict) and isinstance(choice["function"].get("name"), str)):
+        raise bad_request("tool_choice", "'tool_choice' must be a string or "
+                                         '{"type": "function", "function": {"name": ...}}')
+    if choice not in ("none", "auto") and not tools:
+        raise bad_request("tool_choice", "'tool_choice' names a tool but 'tools' is empty")
+
+
+def _check_response_format(body: dict[str, Any]) -> None:
+    value = body.get("response_format")
+    if value is None:
+        return
+    if not isinstance(value, dict) or not _one_of(value.get("type"), RESPONSE_FORMATS):
+        raise bad_request("response_format", "'response_format' must be an object whose 'type' is one of "
+                                             f"{', '.join(sorted(RESPONSE_FORMATS))}")
+    if value["type"] == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(
+                spec.get("schema", {}), dict):
+            raise bad_request("response_format", "'response_format.json_schema' must be an object with a 'name' "
+                                                 "and a 'schema' object")
+
+
+def _check_inputs(body: dict[str, Any], name: str, max_inputs: int) -> None:
+    """``prompt`` or ``input``: a string, a list of strings, a list of token ids or a list of such lists."""
     value = body.get(name)
     if value is None or value == "" or value == []:
         raise bad_request(name, f"'{name}' is required and must not be empty")
-
-
-def validate(body: dict[str, Any], call_type: str, model: Model) -> None:
-    """Raise a 400 GatewayError for the first invalid field of an OpenAI request."""
-    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
-        raise bad_request("stream", "'stream' must be true or false")
-    if call_type in ("embeddings", "aembedding"):
-        _check_required(body, "input")
+    if isinstance(value, str):
         return
-    if call_type in ("text_completion", "atext_completion"):
-        _check_required(body, "prompt")
-    else:
-        _check_messages(body)
-    _check_ranges(body)
-    _check_max_tokens(body, model)
-    n = body.get("n")
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise bad_request("n", f"'n' must be a positive integer, got {n!r}")
+    if not isinstance(value, list):
+        raise bad_request(name, f"'{name}' must be a string, a list of strings or a list of token ids, "
+                                f"got {type(value).__name__}")
+    if len(value) > max_inputs:
+        raise bad_request(name, f"'{name}' has {len(value)} items; at most {max_inputs} are accepted per request")
+    if not (_strings(value) or _tokens(value) or all(_tokens(v) and v for v in value)):
+        raise bad_request(name, f"'{name}' must be a string, a list of strings or a list of token ids, "
+                                "not a list mixing types")
+    if any(v == "" or v == [] for v in value):
+        raise bad_request(name, f"'{name}' must not contain empty items")
 
+
+def _chat(body: dict[str, Any], model: Model, max_inputs: int) -> None:
+    _check_messages(body)
+    _check_generation(body, model)
+    _check_tools(body)
+    _check_response_format(body)
+
+
+def _completion(body: dict[str, Any], model: Model, max_inputs: int) -> None:
+    _check_inputs(body, "prompt", max_inputs)
+    _check_generation(body, model)
+
+
+def _embedding(body: dict[str, Any], model: Model, max_inputs: int) -> None:
+    _check_inputs(body, "input", max_inputs)
+    encoding = body.get("encoding_format")
+    if encoding is not None and not _one_of(encoding, ENCODING_FORMATS):
+        raise bad_request("encoding_format", f"'encoding_format' must be one of {', '.join(sorted(ENCODING_FORMATS))}")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (not _integer(dimensions) or dimensions < 1):
+        raise bad_request("dimensions", f"'dimensions' must be a positive integer, got {dimensions!r}")
+
+
+CHECKS: dict[str, Callable[[dict[str, Any], Model, int], None]] = {
+    "chat": _chat, "completion": _completion, "embedding": _embedding,
+}
+
+
+def validate(kind: str, body: dict[str, Any], model: Model, max_inputs: int) -> None:
+    """Raise a 400 GatewayError for the first invalid field of a ``kind`` request to ``model``."""
+    check_task(kind, model)
+    check = CHECKS.get(kind)
+    if check is not None:
+        check(body, model, max_inputs)

@@ -54,12 +54,14 @@ def _generate(args: argparse.Namespace) -> int:
         _, sd_dir = publishing.split_destination(os.environ.get("HXP_PROMETHEUS_SD_DIR") or REMOTE_SD_DIR_IN_SNIPPET)
         files = remote_files(cat, os.environ)
         files["scrape-config.yml"] = ("# Add this job once to the remote Prometheus' scrape_configs.\n"
-                                      + prometheus_config.dump([prometheus_config.remote_scrape_config(sd_dir)]))
+                                      + prometheus_config.dump([prometheus_config.remote_scrape_config(
+                                          sd_dir, os.environ.get(prometheus_config.TOKEN_FILE_VAR))]))
         written = publishing.publish(files, str(out))
     elif args.where == "compose":
         out = Path(args.out or PROJECT_ROOT / "prometheus")
         written = [str(p) for p in prometheus_config.write_development(
-            out, cat, targets.for_compose(cat), rule_files=["rules/*.yml"], env={},
+            out, cat, targets.for_compose(cat), rule_files=["rules/*.yml"],
+            env={k: v for k, v in os.environ.items() if k == prometheus_config.TOKEN_FILE_VAR},
             header=GENERATED.format(where="compose"))]
     else:
         out = Path(args.out or state_path("prometheus"))

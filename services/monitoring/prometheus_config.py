@@ -16,10 +16,12 @@ import yaml
 
 from hxp.catalogue import Catalogue
 from hxp.monitoring import alertmanager
-from hxp.monitoring.targets import JOB_ALERTMANAGER, JOB_NODE, JOB_POSTGRES, JOB_REDIS, Endpoints, TargetGroup
+from hxp.monitoring.targets import (JOB_ALERTMANAGER, JOB_GATEWAY, JOB_NODE, JOB_POSTGRES, JOB_REDIS, Endpoints,
+                                   TargetGroup)
 from hxp.paths import PROJECT_ROOT
 
 RULES_DIR = PROJECT_ROOT / "prometheus" / "rules"
+TOKEN_FILE_VAR = "HXP_METRICS_TOKEN_FILE"  # where the scraping Prometheus reads the gateway's HXP_METRICS_TOKEN
 SD_PREFIX = "hxp-"
 REMOTE_JOB = "hxp-llm-server"
 # Scrape intervals per job; the rest use the global one.
@@ -33,11 +35,18 @@ def _jobs(groups: list[TargetGroup]) -> dict[str, list[TargetGroup]]:
     return jobs
 
 
+def bearer(token_file: str) -> dict[str, Any]:
+    """The scrape setting that sends the gateway's metrics token (HXP_METRICS_TOKEN), read from a file."""
+    return {"authorization": {"type": "Bearer", "credentials_file": token_file}}
+
+
 def development_config(catalogue: Catalogue, endpoints: Endpoints, *, rule_files: list[str],
-                       scrape_interval: str = "15s", job_intervals: bool = True) -> dict[str, Any]:
+                       scrape_interval: str = "15s", job_intervals: bool = True,
+                       gateway_token_file: str | None = None) -> dict[str, Any]:
     """A complete prometheus.yml scraping ``endpoints`` with the alert rules in ``rule_files``.
 
     ``job_intervals`` keeps the per-job intervals (INTERVALS); without it every job uses ``scrape_interval``.
+    ``gateway_token_file``: where Prometheus reads the gateway's metrics token (when /metrics needs one).
     """
     groups = endpoints.groups(catalogue)
     scrape_configs = []
@@ -45,6 +54,8 @@ def development_config(catalogue: Catalogue, endpoints: Endpoints, *, rule_files
         entry: dict[str, Any] = {"job_name": job}
         if job_intervals and job in INTERVALS:
             entry["scrape_interval"] = INTERVALS[job]
+        if job == JOB_GATEWAY and gateway_token_file:
+            entry.update(bearer(gateway_token_file))
         entry["static_configs"] = [
             {"targets": g.targets, **({"labels": g.labels} if g.labels else {})} for g in job_groups
         ]
@@ -71,12 +82,14 @@ def file_sd(catalogue: Catalogue, endpoints: Endpoints) -> dict[str, list[dict[s
     return files
 
 
-def remote_scrape_config(sd_dir: str) -> dict[str, Any]:
-    """The scrape job the operator adds once to the remote Prometheus to read the target files."""
+def remote_scrape_config(sd_dir: str, gateway_token_file: str | None = None) -> dict[str, Any]:
+    """The scrape job the operator adds once to the remote Prometheus to read the target files (with the
+    gateway's metrics token when /metrics needs one)."""
     return {
         "job_name": REMOTE_JOB,
         "scrape_interval": "15s",
         "file_sd_configs": [{"files": [f"{sd_dir.rstrip('/')}/{SD_PREFIX}*.json"], "refresh_interval": "1m"}],
+        **(bearer(gateway_token_file) if gateway_token_file else {}),
     }
 
 
@@ -91,11 +104,13 @@ def dump(data: Any) -> str:
 
 def write_development(out: Path, catalogue: Catalogue, endpoints: Endpoints, *, rule_files: list[str],
                       env: Mapping[str, str], header: str = "") -> list[Path]:
-    """Write prometheus.yml and alertmanager.yml (receivers from ``env``) for a development Prometheus."""
+    """Write prometheus.yml and alertmanager.yml (receivers from ``env``) for a development Prometheus; the gateway
+    job sends the metrics token from HXP_METRICS_TOKEN_FILE when ``env`` names one."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     documents = {
-        "prometheus.yml": development_config(catalogue, endpoints, rule_files=rule_files),
+        "prometheus.yml": development_config(catalogue, endpoints, rule_files=rule_files,
+                                             gateway_token_file=env.get(TOKEN_FILE_VAR) or None),
         "alertmanager.yml": alertmanager.config(env),
     }
     for name, document in documents.items():

@@ -28,7 +28,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from hxp.catalogue import Catalogue
-from hxp.gateway.routes import backend_urls
+from hxp.gateway.deployments import backend_urls
 from hxp.gateway.settings import DEFAULT_BACKEND_URL_TEMPLATE
 
 JOB_GATEWAY = "llm-gateway"

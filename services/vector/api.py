@@ -1,8 +1,9 @@
 """The vector API on the gateway: /v1/vector/collections/{collection}/documents, /search, /delete.
 
-Same keys and limits as the model API: the gateway's key check guards every route, and
-texts are embedded through the gateway's own /v1/embeddings with the caller's key, so
-its model access, rate limits and usage log apply. Errors in OpenAI's shape: bad input
+Same keys and limits as the model API: the gateway's boundary checks the key on every route
+and the collection grant each needs (read: describe, read, search; write: upsert, delete;
+hxp.gateway.route_table), and texts are embedded through the gateway's own /v1/embeddings
+with the caller's key, so its model access, rate limits and usage log apply. Errors in OpenAI's shape: bad input
 400, an unknown collection or document 404. The declared collections are opened, and
 created when missing, when the gateway starts.
 """
@@ -17,12 +18,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
+from hxp.gateway.boundary import context_of
 from hxp.gateway.errors import GatewayError
 from hxp.vector.embedder import Embedder, GatewayEmbedder
 from hxp.vector.errors import NotFound, VectorError
 from hxp.vector.service import Document, close_service, get_service
 from hxp.vector.store import Hit
-from litellm.proxy.auth.user_api_key_auth import user_api_key_auth
 
 DocumentId = str | int
 Filter = dict[str, Any]
@@ -153,7 +154,6 @@ router = APIRouter(
     prefix="/v1/vector",
     tags=["vector"],
     route_class=_OpenAIErrorRoute,
-    dependencies=[Depends(user_api_key_auth)],
     lifespan=_lifespan,
 )
 
@@ -185,10 +185,12 @@ async def _info(name: str) -> CollectionInfo:
     return CollectionInfo(**c.model_dump(), documents=await service.store.count(name))
 
 
-@router.get("/collections", response_model=CollectionList, summary="List the collections")
-async def list_collections() -> CollectionList:
+@router.get("/collections", response_model=CollectionList, summary="List the collections this key may read")
+async def list_collections(request: Request) -> CollectionList:
     service = await get_service()
-    return CollectionList(data=[await _info(c.name) for c in service.config.collections])
+    caller = context_of(request.scope).caller
+    readable = [c for c in service.config.collections if caller is not None and caller.may_read(c.name)]
+    return CollectionList(data=[await _info(c.name) for c in readable])
 
 
 @router.get("/collections/{collection}", response_model=CollectionInfo, summary="Describe a collection")

@@ -186,7 +186,11 @@ def test_health_endpoints(gateway):
     assert httpx.get(f"{gateway.url}/health/liveliness", timeout=10).status_code == 200
     ready = httpx.get(f"{gateway.url}/health/readiness?strict=true", timeout=30)
     assert ready.status_code == 200, ready.text
-    assert ready.json()["database"]["healthy"] and ready.json()["redis"] == {"mode": "in-process"}
-    models = httpx.get(f"{gateway.url}/health/models", timeout=30).json()["data"]
+    assert ready.json()["components"]["database"] == "up" and ready.json()["components"]["redis"] == "in-process"
+    assert "details" not in ready.json()
+    details = httpx.get(f"{gateway.url}/health/readiness", headers=gateway.headers(), timeout=30).json()["details"]
+    assert details["database"]["healthy"] and details["redis"] == {"mode": "in-process"}
+    assert httpx.get(f"{gateway.url}/health/models", timeout=30).status_code == 401  # the operator's view
+    models = httpx.get(f"{gateway.url}/health/models", headers=gateway.headers(), timeout=30).json()["data"]
     assert {m["model"] for m in models} == set(CAT.names) and all(m["healthy"] for m in models)
     assert "REDIS_URL is not set" in gateway.log  # in-process limits and cache, said at start-up

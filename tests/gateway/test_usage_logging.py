@@ -70,7 +70,7 @@ def test_each_request_is_one_row_with_its_outcome_and_no_secret(gateway: Gateway
         rows = {str(r["request_id"]): r for r in
                 db.fetchall("SELECT * FROM llm_model_requests WHERE user_id = ?", (alias,))}
         assert len(rows) == 7
-        row = {name: rows[r.headers["x-litellm-call-id"]] for name, r in answers.items()}
+        row = {name: rows[r.headers["x-request-id"]] for name, r in answers.items()}
         key_id = row["ok"]["key_id"]
         assert key_id and all(r["key_id"] == key_id for r in rows.values())
         ok = row["ok"]
@@ -149,8 +149,8 @@ class Load:
                     continue
                 with self._lock:
                     self.answered[response.status_code] += 1
-                    if "x-litellm-call-id" in response.headers:
-                        self.call_ids.add(response.headers["x-litellm-call-id"])
+                    if "x-request-id" in response.headers:
+                        self.call_ids.add(response.headers["x-request-id"])
 
 
 @pytest.fixture
@@ -241,7 +241,7 @@ def test_rows_spilled_at_shutdown_during_an_outage_are_replayed_at_the_next_star
     try:
         wait_for(lambda: db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"] == 11,
                  what="the spilled rows replayed")
-        assert {r.headers["x-litellm-call-id"] for r in answered} <= stored_ids(db)
+        assert {r.headers["x-request-id"] for r in answered} <= stored_ids(db)
     finally:
         db.close()
         second.stop()

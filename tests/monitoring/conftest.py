@@ -30,6 +30,7 @@ class LiveStack:
     prometheus: PrometheusServer
     chat_model: str
     broken_model: str                      # an embedding model whose backend is down: 5xx, llm_backend_up 0
+    metrics_token: str                     # /metrics needs it (HXP_METRICS_TOKEN); Prometheus sends it
     keys: dict[str, str] = field(default_factory=dict)     # alias -> secret
     statuses: list[int] = field(default_factory=list)      # every status the traffic got
 
@@ -64,9 +65,11 @@ def live_stack(chat_engine, postgres, redis_server) -> Iterator[LiveStack]:
     exporters: list[Exporter] = []
     factory = GatewayFactory()
     prometheus: PrometheusServer | None = None
+    token = "metrics-" + secrets.token_hex(16)
+    (workdir / "metrics-token").write_text(token)
     try:
-        gateway = factory(backends, env={"DATABASE_URL": postgres.url, "REDIS_URL": redis_server.url},
-                          workers=2, wait=False)
+        gateway = factory(backends, env={"DATABASE_URL": postgres.url, "REDIS_URL": redis_server.url,
+                                         "HXP_METRICS_TOKEN": token}, workers=2, wait=False)
         exporters = [Exporter.node().start(workdir / "node.log"),
                      Exporter.postgres(postgres.url).start(workdir / "postgres-exporter.log"),
                      Exporter.redis(redis_server.url).start(workdir / "redis-exporter.log")]
@@ -82,10 +85,10 @@ def live_stack(chat_engine, postgres, redis_server) -> Iterator[LiveStack]:
         )
         config = prometheus_config.development_config(
             cat, endpoints, rule_files=[str(prometheus_config.RULES_DIR / "*.yml")], scrape_interval="1s",
-            job_intervals=False)
+            job_intervals=False, gateway_token_file=str(workdir / "metrics-token"))
         (workdir / "prometheus.yml").write_text(prometheus_config.dump(config))
         prometheus.start()
-        stack = LiveStack(gateway, prometheus, chat_model, broken)
+        stack = LiveStack(gateway, prometheus, chat_model, broken, token)
         _traffic(stack)
         yield stack
     finally:

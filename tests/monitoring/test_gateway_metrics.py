@@ -12,9 +12,10 @@ from tests.monitoring.conftest import LiveStack
 pytestmark = [pytest.mark.engine, pytest.mark.services]
 
 
-def scrape(url: str) -> dict[tuple[str, tuple], float]:
+def scrape(stack: LiveStack) -> dict[tuple[str, tuple], float]:
     """Every sample of /metrics as {(name, sorted labels without pid): value}, summed over worker pids."""
-    response = httpx.get(f"{url}/metrics", timeout=30)
+    response = httpx.get(f"{stack.gateway.url}/metrics", headers={"Authorization": f"Bearer {stack.metrics_token}"},
+                         timeout=30)
     assert response.status_code == 200, response.text
     samples: dict[tuple[str, tuple], float] = {}
     for family in text_string_to_metric_families(response.text):
@@ -35,19 +36,19 @@ def test_traffic_got_the_expected_answers(live_stack: LiveStack) -> None:
 
 
 def test_requests_are_counted_once_whichever_worker_answers(live_stack: LiveStack) -> None:
-    url, model = live_stack.gateway.url, live_stack.chat_model
-    samples = scrape(url)
+    model = live_stack.chat_model
+    samples = scrape(live_stack)
     counted = ("llm_requests_total", "llm_request_duration_seconds", "llm_tokens_processed_total",
                "llm_cache_hits_total", "llm_rate_limit_rejections_total", "llm_time_to_first_token_seconds")
 
     def totals(scraped: dict) -> dict:
         return {k: v for k, v in scraped.items() if k[0].startswith(counted)}
 
-    assert all(totals(scrape(url)) == totals(samples) for _ in range(4)), "every worker must serve the same totals"
+    assert all(totals(scrape(live_stack)) == totals(samples) for _ in range(4)), "every worker must serve the same totals"
     assert value(samples, "llm_requests_total", model=model, status="200", user_id="team-live") == 8
     assert value(samples, "llm_requests_total", model=model, status="200", user_id="team-limited") == 1
     assert value(samples, "llm_requests_total", model=model, status="429", user_id="team-limited") == 2
-    assert value(samples, "llm_requests_total", model=model, status="401", user_id="unknown") == 1
+    assert value(samples, "llm_requests_total", model="unknown", status="401", user_id="unknown") == 1  # body unread
     broken = [dict(ls) for (n, ls), v in samples.items()
               if n == "llm_requests_total" and dict(ls)["model"] == live_stack.broken_model and v == 1]
     assert [(b["status"], b["user_id"]) for b in broken] == [(str(live_stack.statuses[-1]), "team-live")]
@@ -58,7 +59,7 @@ def test_requests_are_counted_once_whichever_worker_answers(live_stack: LiveStac
 
 
 def test_tokens_ttft_and_cache_hits(live_stack: LiveStack) -> None:
-    samples = scrape(live_stack.gateway.url)
+    samples = scrape(live_stack)
     model = live_stack.chat_model
     assert value(samples, "llm_tokens_processed_total", model=model, type="prompt") > 0
     assert value(samples, "llm_tokens_processed_total", model=model, type="completion") > 0
@@ -67,7 +68,7 @@ def test_tokens_ttft_and_cache_hits(live_stack: LiveStack) -> None:
 
 
 def test_engine_health_memory_and_backlog(live_stack: LiveStack) -> None:
-    samples = scrape(live_stack.gateway.url)
+    samples = scrape(live_stack)
     assert value(samples, "llm_backend_up", model=live_stack.chat_model) == 1
     assert value(samples, "llm_backend_up", model=live_stack.broken_model) == 0
     assert value(samples, "llm_model_memory_usage_bytes", model=live_stack.chat_model) > 100 * 2**20
@@ -75,8 +76,12 @@ def test_engine_health_memory_and_backlog(live_stack: LiveStack) -> None:
     assert ("llm_usage_log_backlog", ()) in samples
 
 
-def test_metrics_never_show_a_key(live_stack: LiveStack) -> None:
-    text = httpx.get(f"{live_stack.gateway.url}/metrics", timeout=30).text
+def test_metrics_need_the_token_and_never_show_a_key(live_stack: LiveStack) -> None:
+    url = f"{live_stack.gateway.url}/metrics"
+    assert httpx.get(url, timeout=30).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
+    assert httpx.get(url, headers=live_stack.gateway.headers(), timeout=30).status_code == 200  # the master key
+    text = httpx.get(url, headers={"Authorization": f"Bearer {live_stack.metrics_token}"}, timeout=30).text
     assert "sk-" not in text and all(secret not in text for secret in live_stack.keys.values())
 
 

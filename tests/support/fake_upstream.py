@@ -54,6 +54,7 @@ class Upstream:
         self.healthy = True
         self.counts: Counter[str] = Counter()
         self.fields: Counter[str] = Counter()  # top-level request fields the backend received
+        self.health_checks = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -70,13 +71,15 @@ class Upstream:
         path, method = scope["path"], scope["method"]
         query = scope.get("query_string", b"").decode()
         if path == "/health":
+            self.health_checks += 1
             await _json(send, {} if self.healthy else {"error": "unhealthy"}, 200 if self.healthy else 503)
         elif path == "/_stats":
             await _json(send, {"total": sum(self.counts.values()), "by_path": dict(self.counts),
-                               "fields": dict(self.fields)})
+                               "fields": dict(self.fields), "health_checks": self.health_checks})
         elif path == "/_reset" and method == "POST":
             self.counts.clear()
             self.fields.clear()
+            self.health_checks = 0
             await _json(send, {"ok": True})
         elif path == "/_health" and method == "POST":
             self.healthy = "ok=0" not in query
@@ -95,6 +98,7 @@ class Upstream:
                 await asyncio.sleep(self.delay)
             await self._answer(path, request, send)
         else:
+            self.counts[path] += 1  # a call the backend has no route for is still a call that reached it
             await _json(send, {"error": {"message": f"no route {path}", "type": "NotFoundError"}}, 404)
 
     async def _answer(self, path: str, request: dict[str, Any], send: Send) -> None:

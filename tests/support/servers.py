@@ -42,6 +42,8 @@ class PostgresServer:
             pw = pwd.getpwnam("postgres")
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
         self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "hxp", "--auth=trust", "-E", "UTF8")
+        hba = self.data / "pg_hba.conf"  # roles named pw_* must give their password; the rest is trusted
+        hba.write_text("host all /^pw_ 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         self.url = f"postgresql://hxp@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *cmd: str) -> None:
@@ -54,6 +56,16 @@ class PostgresServer:
     def stop(self) -> None:
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def password_user(self, name: str, password: str, database: str) -> str:
+        """A role ``name`` (must start with ``pw_``: it then needs its password) owning ``database``; its URL."""
+        import psycopg
+
+        assert name.startswith("pw_")
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+            conn.execute(f"ALTER DATABASE {database} OWNER TO {name}")
+        return f"postgresql://{name}:{password}@127.0.0.1:{self.port}/{database}"
+
     def close(self) -> None:
         try:
             self.stop()
@@ -63,16 +75,19 @@ class PostgresServer:
 
 
 class RedisServer:
-    """A throwaway Redis server without persistence; can be stopped and started again."""
+    """A throwaway Redis server without persistence (with a password if given); can be stopped and started again."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> None:
+        auth = ["--requirepass", self.password] if self.password else []
         self._proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             *auth],
             stdout=subprocess.DEVNULL,
         )
         wait_port(self.port)

@@ -1,9 +1,10 @@
 """Usage logging: one SQL row per request answered, never lost (batched, retried, spilled, replayed).
 
-- ``usage_logger``: the LiteLLM CustomLogger (``litellm_settings.callbacks``);
+Rows come from each request's observation (:mod:`hxp.gateway.observer`) through
+``pipeline.submit``.
+
 - ``router``: an APIRouter without routes whose lifespan starts the pipeline
   (migrations, replay of spilled rows) and flushes it at shutdown;
-- ``record_rejection(...)``: a row for a request refused outside LiteLLM's hooks;
 - ``backlog()``: rows not yet in the database (for the metrics).
 """
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter
 
 from hxp.gateway.usage import pipeline
-from hxp.gateway.usage.logger import UsageLogger, record_rejection, usage_logger
 from hxp.gateway.usage.pipeline import backlog
 
 
@@ -30,4 +30,4 @@ async def _lifespan(app: Any) -> AsyncIterator[None]:
 
 router = APIRouter(lifespan=_lifespan)
 
-__all__ = ["UsageLogger", "backlog", "record_rejection", "router", "usage_logger"]
+__all__ = ["backlog", "router"]

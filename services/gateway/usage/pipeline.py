@@ -61,10 +61,10 @@ class UsagePipeline:
 def _model_backends() -> dict[str, list[str]]:
     """Each catalogue model's backend base URLs, as the gateway routes them."""
     from hxp import catalogue
-    from hxp.gateway import routes, settings
+    from hxp.gateway import deployments, settings
 
     cfg = settings.current()
-    return {m.name: routes.backend_urls(m, cfg.backends, cfg.backend_url_template) for m in catalogue.load().models}
+    return {m.name: deployments.backend_urls(m, cfg.backends, cfg.backend_url_template) for m in catalogue.load().models}
 
 
 _lock = threading.Lock()

@@ -1,27 +1,22 @@
 """The LiteLLM configuration generated from the catalogue and the settings (no server)."""
 from __future__ import annotations
 
-import dataclasses
-
 import yaml
 
 from hxp import catalogue
-from hxp.gateway import proxy_config, routes, settings
+from hxp.gateway import deployments, proxy_config, settings
 
 CAT = catalogue.load()
 
 
 def _settings(**changes) -> settings.Settings:
-    base = settings.Settings(master_key="sk-secret-master", database_url="sqlite:///x", redis_url=None,
-                             rate_limit_fail_closed=False, cache_ttl_s=3600, key_cache_ttl_s=10,
-                             backend_url_template=settings.DEFAULT_BACKEND_URL_TEMPLATE)
-    return dataclasses.replace(base, **changes)
+    return settings.Settings(**{"master_key": "sk-secret-master", "database_url": "sqlite:///x", **changes})
 
 
 def test_every_model_routes_to_its_port_with_its_api_settings():
-    deployments = routes.model_list(CAT, {}, "http://{name}:{port}/v1")
-    assert [d["model_name"] for d in deployments] == CAT.names
-    for model, deployment in zip(CAT.models, deployments):
+    deployed = deployments.model_list(CAT, {}, "http://{name}:{port}/v1")
+    assert [d["model_name"] for d in deployed] == CAT.names
+    for model, deployment in zip(CAT.models, deployed):
         params = deployment["litellm_params"]
         assert params["model"] == f"openai/{model.name}"
         assert params["api_base"] == f"http://{model.name}:{model.port}/v1"
@@ -33,12 +28,12 @@ def test_every_model_routes_to_its_port_with_its_api_settings():
 
 def test_replicas_share_the_model_name_and_fallbacks_come_from_the_catalogue():
     model = CAT.chat_models[0]
-    deployments = routes.model_list(CAT, {model.name: ["http://a:1/v1/", "http://b:2/v1"]},
-                                    settings.DEFAULT_BACKEND_URL_TEMPLATE)
-    replicas = [d for d in deployments if d["model_name"] == model.name]
+    deployed = deployments.model_list(CAT, {model.name: ["http://a:1/v1/", "http://b:2/v1"]},
+                                      settings.DEFAULT_BACKEND_URL_TEMPLATE)
+    replicas = [d for d in deployed if d["model_name"] == model.name]
     assert [d["litellm_params"]["api_base"] for d in replicas] == ["http://a:1/v1", "http://b:2/v1"]
-    assert len({d["model_info"]["id"] for d in deployments}) == len(deployments)
-    fallbacks = routes.router_settings(CAT)["fallbacks"]
+    assert len({d["model_info"]["id"] for d in deployed}) == len(deployed)
+    fallbacks = deployments.router_settings(CAT)["fallbacks"]
     assert fallbacks == [{m.name: m.api.fallbacks} for m in CAT.models if m.api.fallbacks]
 
 
