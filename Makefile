@@ -206,7 +206,7 @@ vector-test: $(VENV)/.installed  ## the vector tests only (Qdrant local mode, re
 engine-lock: $(ENGINE_VENV)/.installed  ## regenerate requirements/engine.lock from the fixed engine venv
 	$(ENGINE_VENV)/bin/python -m hxp.model.engine_venv freeze > requirements/engine.lock
 
-bench-engine: prepare  ## vLLM CPU engine table: start time (eager, compiled), RSS, tokens/s single and 8 concurrent
+bench-engine: prepare  ## vLLM CPU engine table: per chat dtype the answer (right?) and tokens/s single and 8 concurrent; start time (eager, compiled), RSS
 	$(VENV)/bin/python -m hxp.model.bench --compiled
 
 bench: bench-engine
