@@ -47,30 +47,32 @@ def _round_down(value: float) -> float:
 
 def _propose(args: argparse.Namespace) -> int:
     """Targets measured runs honestly support, per model: its worst avg and p95 over the runs times the
-    margin, its lowest req/s divided by it (models sharing an engine still carry their own targets: their
-    workloads differ)."""
+    margin, its lowest req/s divided by it, rounded to two significant digits toward the measured value
+    (so no target is looser than the margin). Models sharing an engine still get their own targets: their
+    workloads differ."""
     runs = [json.loads((Path(folder) / "verdict.json").read_text()) for folder in args.results]
     profiles = {run["profile"] for run in runs}
     if len(profiles) != 1:
         print(f"hxp loadtest propose: runs of different profiles {sorted(profiles)}", file=sys.stderr)
         return 2
     cat = catalogue.load(profile=profiles.pop())
-    dates = sorted({run["started_at"][:10] for run in runs})
     for model in cat.models:
-        rows = [row for run in runs for row in run["results"] if row["model"] == model.name]
-        if not rows:
+        measured = [(run, row) for run in runs for row in run["results"] if row["model"] == model.name]
+        if not measured:
             continue
+        rows = [row for _, row in measured]
         if any(r["avg_ms"] is None or r["failures"] for r in rows):
             print(f"{model.name}: not proposed: a run had failures or no successful request", file=sys.stderr)
             continue
         avg, p95 = max(r["avg_ms"] for r in rows), max(r["p95_ms"] for r in rows)
         rps = min(r["rps"] for r in rows)
         users = "/".join(sorted({str(r["users"]) for r in rows}))
-        targets = (f"avg_latency_ms: {_round_up(avg * args.margin):g}, "
-                   f"p95_latency_ms: {_round_up(p95 * args.margin):g}, "
-                   f"throughput_rps: {_round_down(rps / args.margin):g}")
-        seconds = "/".join(f"{run['duration_s']:.0f}" for run in runs)
-        note = (f"{', '.join(dates)}, {len(rows)} run(s) of {seconds} s through the gateway, {users} user(s): "
+        targets = (f"avg_latency_ms: {_round_down(avg * args.margin):g}, "
+                   f"p95_latency_ms: {_round_down(p95 * args.margin):g}, "
+                   f"throughput_rps: {_round_up(rps / args.margin):g}")
+        dates = ", ".join(sorted({run["started_at"][:10] for run, _ in measured}))
+        seconds = "/".join(f"{run['duration_s']:.0f}" for run, _ in measured)
+        note = (f"{dates}, {len(rows)} run(s) of {seconds} s through the gateway, {users} user(s): "
                 f"worst avg {avg:.0f} ms, p95 {p95:.0f} ms, lowest {rps:.2f} req/s; margin {args.margin:g}")
         print(f"{model.name}:\n  {targets}, measured: \"{note}\"")
     return 0
