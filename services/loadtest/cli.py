@@ -33,12 +33,6 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _round_up(value: float) -> float:
-    """Up to two significant digits."""
-    step = 10 ** (math.floor(math.log10(value)) - 1)
-    return math.ceil(value / step - 1e-9) * step
-
-
 def _round_down(value: float) -> float:
     """Down to two significant digits."""
     step = 10 ** (math.floor(math.log10(value)) - 1)
@@ -47,9 +41,10 @@ def _round_down(value: float) -> float:
 
 def _propose(args: argparse.Namespace) -> int:
     """Targets measured runs honestly support, per model: its worst avg and p95 over the runs times the
-    margin, its lowest req/s divided by it, rounded to two significant digits toward the measured value
-    (so no target is looser than the margin). Models sharing an engine still get their own targets: their
-    workloads differ."""
+    margin, its lowest req/s divided by it, each rounded down to two significant digits: a latency target
+    is never looser than the margin, and throughput x latency never exceeds what was measured, so the
+    users the plan derives from them (Little's law) stay those of the run. Models sharing an engine still
+    get their own targets: their workloads differ."""
     runs = [json.loads((Path(folder) / "verdict.json").read_text()) for folder in args.results]
     profiles = {run["profile"] for run in runs}
     if len(profiles) != 1:
@@ -69,7 +64,7 @@ def _propose(args: argparse.Namespace) -> int:
         users = "/".join(sorted({str(r["users"]) for r in rows}))
         targets = (f"avg_latency_ms: {_round_down(avg * args.margin):g}, "
                    f"p95_latency_ms: {_round_down(p95 * args.margin):g}, "
-                   f"throughput_rps: {_round_up(rps / args.margin):g}")
+                   f"throughput_rps: {_round_down(rps / args.margin):g}")
         dates = ", ".join(sorted({run["started_at"][:10] for run, _ in measured}))
         seconds = "/".join(f"{run['duration_s']:.0f}" for run, _ in measured)
         note = (f"{dates}, {len(rows)} run(s) of {seconds} s through the gateway, {users} user(s): "
