@@ -11,6 +11,8 @@ from hxp import catalogue
 from hxp.loadtest import traffic
 from hxp.loadtest.plan import concurrency, models_under_test, users_needed
 
+MAX_MARGIN = 2.0  # a target looser than twice what was measured checks little (issue 11)
+
 
 def _plan(args: argparse.Namespace) -> int:
     cat = catalogue.load()
@@ -45,6 +47,9 @@ def _propose(args: argparse.Namespace) -> int:
     is never looser than the margin, and throughput x latency never exceeds what was measured, so the
     users the plan derives from them (Little's law) stay those of the run. Models sharing an engine still
     get their own targets: their workloads differ."""
+    if not 1 < args.margin <= MAX_MARGIN:
+        print(f"hxp loadtest propose: --margin must be above 1 and at most {MAX_MARGIN:g}", file=sys.stderr)
+        return 2
     runs = [json.loads((Path(folder) / "verdict.json").read_text()) for folder in args.results]
     profiles = {run["profile"] for run in runs}
     if len(profiles) != 1:
@@ -81,5 +86,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan.set_defaults(func=_plan)
     propose = loadtest.add_parser("propose", help="targets measured runs support, per model (worst run, with margin)")
     propose.add_argument("results", nargs="+", help="results folders of runs (loadtests/results/<timestamp>)")
-    propose.add_argument("--margin", type=float, default=1.5, help="latency x margin, req/s / margin (default 1.5)")
+    propose.add_argument("--margin", type=float, default=1.5,
+                         help=f"latency x margin, req/s / margin (default 1.5, at most {MAX_MARGIN:g})")
     propose.set_defaults(func=_propose)

@@ -54,3 +54,6 @@ def test_propose_refuses_runs_of_different_profiles(tmp_path, capsys):
     gpu = _run(tmp_path / "gpu", "2026-11-27T12:00:00Z", [_row(model, 1, 10, 20, 1.0)], profile="gpu")
     assert main(["loadtest", "propose", cpu, gpu]) == 2
     assert "different profiles" in capsys.readouterr().err
+    for margin in ("2.5", "1"):
+        assert main(["loadtest", "propose", cpu, "--margin", margin]) == 2
+        assert "--margin must be above 1 and at most 2" in capsys.readouterr().err
