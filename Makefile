@@ -77,7 +77,8 @@ grafana-dashboards:  ## regenerate grafana/dashboards/*.json from hxp.monitoring
 	$(HXP) grafana generate
 
 # --- load tests (Locust through the gateway; targets from the catalogue's active profile) ---
-# The key: HXP_LOADTEST_KEY, else one is created (and revoked afterwards) with HXP_MASTER_KEY.
+# The key: HXP_LOADTEST_KEY, else one is created (and revoked afterwards) with HXP_MASTER_KEY or, when that is
+# unset, the master key `make run` keeps in .state/master.key; with none, Locust stops before sending anything.
 # USERS defaults to what the targets need (`hxp loadtest plan`); MODELS narrows the models.
 LOCUST := $(VENV)/bin/locust
 LOCUSTFILE := loadtests/locustfile.py
@@ -246,7 +247,7 @@ vector-test: $(VENV)/.installed  ## the vector tests only (Qdrant local mode, re
 engine-lock: $(ENGINE_VENV)/.installed  ## regenerate requirements/engine.lock from the fixed engine venv
 	$(ENGINE_VENV)/bin/python -m hxp.model.engine_venv freeze > requirements/engine.lock
 
-bench-engine: prepare  ## vLLM CPU engine table: start time (eager, compiled), RSS, tokens/s single and 8 concurrent
+bench-engine: prepare  ## vLLM CPU engine table: per chat dtype the answer (right?) and tokens/s single and 8 concurrent; start time (eager, compiled), RSS
 	$(VENV)/bin/python -m hxp.model.bench --compiled
 
 bench: bench-engine

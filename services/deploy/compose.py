@@ -31,6 +31,7 @@ import yaml
 
 from hxp import catalogue
 from hxp.catalogue import Catalogue, Model
+from hxp.model.placement import place
 from hxp.paths import PROJECT_ROOT
 
 HERE = Path(__file__).parent
@@ -168,12 +169,10 @@ def _ranges(cpus: Sequence[int]) -> str:
 
 
 def cpu_sets(cpus: Sequence[int]) -> dict[str, str]:
-    """Each task's CPU set on a machine with these CPUs: embeddings get a quarter of them (at least
-    one), chat the rest; disjoint from two CPUs on. The one place CPUs are split between engines."""
-    cpus = sorted(cpus)
-    embedding = max(1, len(cpus) // 4)
-    chat = cpus[:-embedding] or cpus
-    return {"chat": _ranges(chat), "embedding": _ranges(cpus[-embedding:])}
+    """Each task's CPU set on a machine with these CPUs, as the native runner places its engines
+    (:func:`hxp.model.placement.place`): disjoint from two CPUs on."""
+    placed = place(cpus, ["chat", "embedding"])
+    return {"chat": _ranges(list(placed.engines[0])), "embedding": _ranges(list(placed.engines[1]))}
 
 
 def cpus_variable(task: str) -> str:
