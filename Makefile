@@ -77,7 +77,8 @@ grafana-dashboards:  ## regenerate grafana/dashboards/*.json from hxp.monitoring
 	$(HXP) grafana generate
 
 # --- load tests (Locust through the gateway; targets from the catalogue's active profile) ---
-# The key: HXP_LOADTEST_KEY, else one is created (and revoked afterwards) with HXP_MASTER_KEY.
+# The key: HXP_LOADTEST_KEY, else one is created (and revoked afterwards) with HXP_MASTER_KEY or, when that is
+# unset, the master key `make run` keeps in .state/master.key; with none, Locust stops before sending anything.
 # USERS defaults to what the targets need (`hxp loadtest plan`); MODELS narrows the models.
 LOCUST := $(VENV)/bin/locust
 LOCUSTFILE := loadtests/locustfile.py
@@ -107,7 +108,8 @@ loadtest-ui: $(VENV)/.installed  ## Locust web UI on :8089 against the running s
 # --- deployment: Docker Compose, keys, backups, systemd (hxp.deploy, compose*.yaml, env/) ----------
 # compose.yaml is the GPU server stack; compose.dev.yaml (on top of it) the CPU development stack.
 # Both are generated from models.yaml + services/deploy/stack*.yaml: `make compose-generate`.
-# STACK=compose makes keys-*, backup and restore act on the running compose stack instead of the native one.
+# STACK=compose makes keys-*, backup, restore, status, validate, doctor and usage-report act on the running
+# compose stack instead of the native one.
 COMPOSE ?= docker compose
 COMPOSE_DEV := $(COMPOSE) -f compose.yaml -f compose.dev.yaml
 UP_TIMEOUT ?= 3600
@@ -118,7 +120,7 @@ SYSTEMD_DIR ?= .state/systemd
 SYSTEMD_PROFILE ?= gpu
 SYSTEMD_USER ?= hxp
 KEYS_HXP := $(if $(STACK),$(COMPOSE) exec gateway hxp,$(HXP))
-BACKUP_FLAGS := $(if $(STACK),--compose)
+STACK_FLAGS := $(if $(STACK),--compose)
 # make dev: one shared engine per group of models (like make run), or DEV_ENGINES=separate: one per model.
 DEV_ENGINES ?= shared
 DEV_SEPARATE := $(filter separate,$(DEV_ENGINES))
@@ -171,10 +173,10 @@ keys-revoke: $(VENV)/.installed  ## revoke an API key: KEY=alias-or-id
 	$(KEYS_HXP) keys revoke '$(KEY)'
 
 backup: $(VENV)/.installed  ## back up the database, Qdrant and the configuration into .state/backups/
-	$(HXP) backup create $(BACKUP_FLAGS)
+	$(HXP) backup create $(STACK_FLAGS)
 
 restore: $(VENV)/.installed  ## restore a backup (BACKUP=folder, default the newest); stop the gateway first
-	$(HXP) backup restore $(BACKUP_FLAGS) $(BACKUP)
+	$(HXP) backup restore $(STACK_FLAGS) $(BACKUP)
 
 systemd-units: $(VENV)/.installed  ## write systemd units for this checkout into SYSTEMD_DIR (SYSTEMD_PROFILE, SYSTEMD_USER)
 	$(HXP) systemd generate --out $(SYSTEMD_DIR) --profile $(SYSTEMD_PROFILE) --user $(SYSTEMD_USER)
@@ -193,6 +195,26 @@ compose-deps: $(VENV)/.installed  ## install a Docker Engine, Compose v2 and deb
 
 compose-test: compose-deps  ## the CPU development stack under a real Docker Engine: builds the images, brings it up, checks it
 	$(VENV)/bin/pytest -ra tests/deploy/test_compose_stack.py $(PYTEST_ARGS)
+
+# --- operations: status, validation, diagnosis, usage reports (hxp.ops) --------------------------
+SINCE ?= 7d
+BY ?= model
+.PHONY: status validate doctor usage-report ops-test
+
+status: $(VENV)/.installed  ## the stack in one look: engines, gateways, stores, last 5 minutes (STACK=compose, STATUS_ARGS=--watch)
+	$(HXP) status $(STACK_FLAGS) $(STATUS_ARGS)
+
+validate: $(VENV)/.installed  ## post-deployment checks of the running stack, PASS/FAIL/SKIP each; exits 1 on a failure (STACK=compose)
+	$(HXP) validate $(STACK_FLAGS) $(VALIDATE_ARGS)
+
+doctor: $(VENV)/.installed  ## why the stack will not start or is slow: ports, memory, weights, secrets, stores, each with its fix
+	$(HXP) doctor $(STACK_FLAGS)
+
+usage-report: $(VENV)/.installed  ## usage per model, key, owner or day (SINCE=7d, BY=model|key|owner|day, REPORT_ARGS=--csv)
+	$(HXP) usage report --since $(SINCE) --by $(BY) $(STACK_FLAGS) $(REPORT_ARGS)
+
+ops-test: $(VENV)/.installed system-deps  ## the operations tests only (the live-stack test starts real engines)
+	$(VENV)/bin/pytest -ra tests/ops $(PYTEST_ARGS)
 
 # --- gateway (owner: gateway) --------------------------------------------------
 .PHONY: gateway bench bench-gateway bench-streaming gateway-test
@@ -228,7 +250,7 @@ vector-test: $(VENV)/.installed  ## the vector tests only (Qdrant local mode, re
 engine-lock: $(ENGINE_VENV)/.installed  ## regenerate requirements/engine.lock from the fixed engine venv
 	$(ENGINE_VENV)/bin/python -m hxp.model.engine_venv freeze > requirements/engine.lock
 
-bench-engine: prepare  ## vLLM CPU engine table: start time (eager, compiled), RSS, tokens/s single and 8 concurrent
+bench-engine: prepare  ## vLLM CPU engine table: per chat dtype the answer (right?) and tokens/s single and 8 concurrent; start time (eager, compiled), RSS
 	$(VENV)/bin/python -m hxp.model.bench --compiled
 
 bench: bench-engine

@@ -12,11 +12,13 @@ import sys
 COMMAND_MODULES = [
     "hxp.catalogue_cli",
     "hxp.gateway.cli",
+    "hxp.gateway.conversations.cli",
     "hxp.model.cli",
     "hxp.runner",
     "hxp.loadtest.cli",
     "hxp.deploy.cli",
     "hxp.monitoring.cli",
+    "hxp.ops.cli",
 ]
 
 

@@ -6,22 +6,19 @@ writer stores them, ISO-8601 UTC strings from :func:`hxp.gateway.usage.record.is
 window of the catalogue's models), by time (a range of days, ``llm_model_requests_time``) or by key
 and time (``llm_model_requests_key_time``, migration 0007); ``llm_model_performance`` by model and time.
 Percentiles are nearest-rank (the smallest value with at least p% of the requests at or below it).
-What a row counts for is defined once, by :func:`requests_expression`.
+One row may stand for N aggregated refusals: requests are counted as ``SUM(request_count)``.
 """
 from __future__ import annotations
 
-import weakref
 from datetime import datetime, timezone
 from typing import Any
 
 from hxp.gateway.database import Database
 from hxp.gateway.usage.record import iso
 
-_WITH_REQUEST_COUNT: "weakref.WeakSet[Database]" = weakref.WeakSet()
-
 _TRAFFIC = (
-    "SELECT r.model_name AS model, SUM({n}) AS requests,"
-    " SUM(CASE WHEN r.status = 'success' THEN 0 ELSE {n} END) AS errors,"
+    "SELECT r.model_name AS model, SUM(r.request_count) AS requests,"
+    " SUM(CASE WHEN r.status = 'success' THEN 0 ELSE r.request_count END) AS errors,"
     " SUM(r.prompt_tokens) AS prompt_tokens, SUM(r.completion_tokens) AS completion_tokens"
     " FROM llm_model_requests r WHERE r.model_name IN ({names}) AND r.timestamp >= ? GROUP BY r.model_name"
 )
@@ -36,7 +33,7 @@ _PERCENTILES = (
 )
 _USAGE = (
     "SELECT {day} AS day, r.model_name AS model, r.key_id AS key_id, MAX(r.user_id) AS user_id,"
-    " SUM({n}) AS requests, SUM(CASE WHEN r.status = 'success' THEN 0 ELSE {n} END) AS errors,"
+    " SUM(r.request_count) AS requests, SUM(CASE WHEN r.status = 'success' THEN 0 ELSE r.request_count END) AS errors,"
     " SUM(r.prompt_tokens) AS prompt_tokens, SUM(r.completion_tokens) AS completion_tokens,"
     " SUM(r.latency_ms) AS latency_sum, COUNT(r.latency_ms) AS latency_count"
     " FROM llm_model_requests r WHERE r.timestamp >= ? AND r.timestamp < ? GROUP BY {day}, r.model_name, r.key_id"
@@ -45,25 +42,13 @@ _DAY = {"postgresql": "to_char(r.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD')", "
 _KEY_ACTIVITY = (
     "SELECT k.key_id AS key_id,"
     " (SELECT MAX(r.timestamp) FROM llm_model_requests r WHERE r.key_id = k.key_id) AS last_used,"
-    " (SELECT SUM({n}) FROM llm_model_requests r WHERE r.key_id = k.key_id AND r.timestamp >= ?) AS recent"
+    " (SELECT SUM(r.request_count) FROM llm_model_requests r WHERE r.key_id = k.key_id AND r.timestamp >= ?) AS recent"
     " FROM api_keys k"
 )
 _ENGINE_SAMPLES = (
     "SELECT p.model_name AS model, p.timestamp AS at, p.memory_usage_gb AS memory_gb, p.cpu_utilization AS cpu"
     " FROM llm_model_performance p WHERE p.model_name IN ({names}) AND p.timestamp >= ? ORDER BY p.timestamp"
 )
-
-
-def requests_expression(db: Database) -> str:
-    """What one row counts for: its ``request_count`` where the table has that column (one row may stand for N
-    aggregated refusals), else 1. Every count of requests in the console goes through this."""
-    if db not in _WITH_REQUEST_COUNT:
-        try:
-            db.fetchall("SELECT request_count FROM llm_model_requests WHERE 1 = 0")
-        except Exception:  # noqa: BLE001 - the column does not exist (yet) in this database
-            return "1"
-        _WITH_REQUEST_COUNT.add(db)
-    return "r.request_count"
 
 
 def when(value: Any) -> str | None:
@@ -85,7 +70,7 @@ def traffic(db: Database, models: list[str], since: datetime) -> dict[str, dict[
         return {}
     names, bound = _placeholders(models), (*models, iso(since))
     found: dict[str, dict[str, Any]] = {}
-    for row in db.fetchall(_TRAFFIC.format(n=requests_expression(db), names=names), bound):
+    for row in db.fetchall(_TRAFFIC.format(names=names), bound):
         found[row["model"]] = {k: int(row[k] or 0) for k in ("requests", "errors", "prompt_tokens",
                                                               "completion_tokens")}
     for column, name in (("latency_ms", "latency"), ("time_to_first_token_ms", "ttft")):
@@ -97,7 +82,7 @@ def traffic(db: Database, models: list[str], since: datetime) -> dict[str, dict[
 
 def usage(db: Database, since: datetime, until: datetime) -> list[dict[str, Any]]:
     """The usage log over [since, until) per UTC day, model and key: requests, errors, tokens, latency sums."""
-    sql = _USAGE.format(day=_DAY[db.dialect], n=requests_expression(db))
+    sql = _USAGE.format(day=_DAY[db.dialect])
     return [{**row, **{k: int(row[k] or 0) for k in ("requests", "errors", "prompt_tokens", "completion_tokens",
                                                       "latency_sum", "latency_count")}}
             for row in db.fetchall(sql, (iso(since), iso(until)))]
@@ -105,7 +90,7 @@ def usage(db: Database, since: datetime, until: datetime) -> list[dict[str, Any]
 
 def key_activity(db: Database, since: datetime) -> dict[str, dict[str, Any]]:
     """Each key's last request (ever) and its requests since ``since``."""
-    rows = db.fetchall(_KEY_ACTIVITY.format(n=requests_expression(db)), (iso(since),))
+    rows = db.fetchall(_KEY_ACTIVITY, (iso(since),))
     return {r["key_id"]: {"last_used": when(r["last_used"]), "recent_requests": int(r["recent"] or 0)} for r in rows}
 
 

@@ -12,6 +12,13 @@ A backup is a folder ``hxp-backup-<UTC time>/`` holding ``manifest.json`` and
 Restore puts the database and Qdrant back (``pg_restore --clean``, the SQLite file,
 the storage folder or the snapshots uploaded); configuration only with ``--config``.
 Stop the gateway first: the stores are replaced, not merged.
+
+Safety: ``pg_dump``/``pg_restore`` get the password through a passfile (mode 0600 in a
+private temporary folder, removed afterwards), never on their command line, where
+every local user could read it. Restore checks every path of the manifest before it
+changes anything: each must stay inside the backup folder (and the project, for the
+configuration). A local Qdrant folder is copied next to the live one and swapped in,
+so a copy that fails leaves the live data as it was.
 """
 from __future__ import annotations
 
@@ -20,9 +27,13 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote
 
 import httpx
 
@@ -31,6 +42,9 @@ from hxp.paths import PROJECT_ROOT
 CONFIG_PATHS = ("models.yaml", "services/vector/collections.yaml", "env", "prometheus", "grafana")
 MANIFEST = "manifest.json"
 SNAPSHOT_SUFFIX = ".snapshot"
+DIALECT_FILES = {"postgresql": "database.pgdump", "sqlite": "database.sqlite3"}
+# Never handed to pg_dump/pg_restore: the password travels in the passfile only.
+_SECRET_ENVIRONMENT = ("PGPASSWORD", "DATABASE_URL", "HXP_DATABASE_URL")
 
 
 class BackupError(RuntimeError):
@@ -50,32 +64,23 @@ class Stores:
     @classmethod
     def from_environment(cls) -> Stores:
         """DATABASE_URL (or the SQLite default) and QDRANT_URL / QDRANT_PATH, as the gateway reads them."""
-        from hxp.gateway.database import default_url
+        from hxp.gateway import settings
         from hxp.vector.config import qdrant_location
 
         where = qdrant_location()
-        return cls(default_url(), where.get("url"), Path(where["path"]) if "path" in where else None,
+        return cls(settings.load().database_url, where.get("url"), Path(where["path"]) if "path" in where else None,
                    where.get("api_key"))
 
     @classmethod
     def from_compose(cls, project: Path = PROJECT_ROOT) -> Stores:
         """The running compose stack's PostgreSQL, and its Qdrant when the stack has one, at the addresses
-        Docker publishes them on; the credentials from the stack's env files (hxp.deploy.envfiles.env_dir)."""
-        from hxp.deploy import running
-        from hxp.deploy.envfiles import assignments, env_dir
+        Docker publishes them on; the credentials from the stack's env files (hxp.deploy.published)."""
+        from hxp.deploy import published
 
-        env_file = env_dir(project) / "postgres.env"
-        if not env_file.is_file():
-            raise BackupError(f"{env_file} is missing: the compose stack's credentials live there (make env)")
-        pg = assignments(env_file.read_text())
         try:
-            url = (f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@"
-                   f"{running.address('postgres', 5432, project)}/{pg['POSTGRES_DB']}")
-            qdrant = (f"http://{running.address('qdrant', 6333, project)}"
-                      if "qdrant" in running.services(project) else None)
-        except running.ComposeError as err:
+            return cls(published.database_url(project), qdrant_url=published.qdrant_url(project), project=project)
+        except published.PublishedError as err:
             raise BackupError(str(err)) from None
-        return cls(url, qdrant_url=qdrant, project=project)
 
 
 # --- the SQL store ------------------------------------------------------------------
@@ -90,13 +95,46 @@ def _sqlite_path(url: str) -> Path:
     return Path(url[len("sqlite:///"):])
 
 
-def _run(cmd: list[str], what: str) -> None:
-    binary = shutil.which(cmd[0])
+def _passfile_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+@contextmanager
+def _libpq(url: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """The connection string without its password, and an environment that gives libpq the password
+    through a passfile (mode 0600, in a private temporary folder removed afterwards)."""
+    from psycopg import Error as PsycopgError
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(url)
+    except PsycopgError:
+        raise BackupError("DATABASE_URL is not a valid PostgreSQL URL") from None
+    password = params.pop("password", None)
+    env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENVIRONMENT}
+    if password is None:
+        yield make_conninfo(**params), env
+        return
+    folder = Path(tempfile.mkdtemp(prefix="hxp-pgpass-"))  # mode 0700
+    try:
+        passfile = folder / "pgpass"
+        with os.fdopen(os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(f"*:*:*:*:{_passfile_field(str(password))}\n")
+        yield make_conninfo(**params), {**env, "PGPASSFILE": str(passfile)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_libpq(program: str, args: list[str], url: str) -> None:
+    """Run a PostgreSQL client program on ``url``; the password never appears on its command line."""
+    binary = shutil.which(program)
     if binary is None:
-        raise BackupError(f"{what}: {cmd[0]} not found (install the PostgreSQL client)")
-    done = subprocess.run([binary, *cmd[1:]], capture_output=True, text=True)
+        raise BackupError(f"{program}: not found (install the PostgreSQL client)")
+    with _libpq(url) as (conninfo, env):
+        done = subprocess.run([binary, "--no-password", *args, f"--dbname={conninfo}"], env=env,
+                              capture_output=True, text=True)
     if done.returncode != 0:
-        raise BackupError(f"{what} failed: {done.stderr.strip()}")
+        raise BackupError(f"{program} failed: {done.stderr.strip()}")
 
 
 def _sqlite_copy(src: Path, dst: Path) -> None:
@@ -106,23 +144,22 @@ def _sqlite_copy(src: Path, dst: Path) -> None:
 
 def backup_database(url: str, dest: Path) -> dict[str, str]:
     if _is_postgres(url):
-        _run(["pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--file={dest / 'database.pgdump'}",
-              f"--dbname={url}"], "pg_dump")
-        return {"dialect": "postgresql", "file": "database.pgdump"}
+        _run_libpq("pg_dump", ["--format=custom", "--no-owner", "--no-privileges",
+                               f"--file={dest / DIALECT_FILES['postgresql']}"], url)
+        return {"dialect": "postgresql", "file": DIALECT_FILES["postgresql"]}
     path = _sqlite_path(url)
     if not path.exists():
         raise BackupError(f"SQLite database {path} does not exist")
-    _sqlite_copy(path, dest / "database.sqlite3")
-    return {"dialect": "sqlite", "file": "database.sqlite3"}
+    _sqlite_copy(path, dest / DIALECT_FILES["sqlite"])
+    return {"dialect": "sqlite", "file": DIALECT_FILES["sqlite"]}
 
 
-def restore_database(url: str, src: Path, entry: dict[str, str]) -> None:
-    file = src / entry["file"]
-    if entry["dialect"] == "postgresql":
+def restore_database(url: str, file: Path, dialect: str) -> None:
+    if dialect == "postgresql":
         if not _is_postgres(url):
             raise BackupError("the backup holds a PostgreSQL dump but DATABASE_URL is not postgresql://")
-        _run(["pg_restore", "--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction",
-              f"--dbname={url}", str(file)], "pg_restore")
+        _run_libpq("pg_restore", ["--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction",
+                                  str(file)], url)
         return
     path = _sqlite_path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,22 +202,45 @@ def backup_qdrant(stores: Stores, dest: Path) -> dict[str, object]:
     return {"mode": "none"}
 
 
-def restore_qdrant(stores: Stores, src: Path, entry: dict[str, object]) -> None:
-    folder = src / "qdrant"
+def _replace_folder(source: Path, target: Path) -> None:
+    """Copy ``source`` next to ``target``, then swap it in: a copy that fails leaves ``target`` as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.restore-", dir=target.parent))
+    try:
+        fresh, old = staging / "new", staging / "old"
+        try:
+            shutil.copytree(source, fresh)
+        except shutil.Error as exc:
+            src_file, _, why = exc.args[0][0]
+            raise BackupError(f"copying {source} failed at {src_file} ({why}); {target} was left as it was") from None
+        except OSError as exc:
+            raise BackupError(f"copying {source} failed ({exc}); {target} was left as it was") from None
+        if target.exists():
+            target.rename(old)
+        try:
+            fresh.rename(target)
+        except OSError:
+            if old.exists():
+                old.rename(target)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def restore_qdrant(stores: Stores, folder: Path, entry: dict[str, object]) -> None:
     if entry["mode"] == "server":
         if not stores.qdrant_url:
             raise BackupError("the backup holds Qdrant snapshots but QDRANT_URL is not set")
         with _qdrant(stores) as client:
             for name in entry["collections"]:  # type: ignore[union-attr]
                 with (folder / f"{name}{SNAPSHOT_SUFFIX}").open("rb") as f:
-                    _check(client.post(f"/collections/{name}/snapshots/upload",
+                    _check(client.post(f"/collections/{quote(str(name), safe='')}/snapshots/upload",
                                        params={"priority": "snapshot", "wait": "true"},
                                        files={"snapshot": (f"{name}{SNAPSHOT_SUFFIX}", f)}), f"restore of {name}")
     elif entry["mode"] == "local":
         if stores.qdrant_path is None:
             raise BackupError("the backup holds a local Qdrant folder but QDRANT_PATH is not set")
-        shutil.rmtree(stores.qdrant_path, ignore_errors=True)
-        shutil.copytree(folder, stores.qdrant_path)
+        _replace_folder(folder, stores.qdrant_path)
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -201,13 +261,68 @@ def backup_config(project: Path, dest: Path) -> list[str]:
     return saved
 
 
-def restore_config(project: Path, src: Path, saved: list[str]) -> None:
-    for rel in saved:
-        source = src / "config" / rel
+def restore_config(files: list[tuple[Path, Path]]) -> None:
+    for source, target in files:
         if source.is_dir():
-            shutil.copytree(source, project / rel, dirs_exist_ok=True)
+            shutil.copytree(source, target, dirs_exist_ok=True)
         else:
-            shutil.copy2(source, project / rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+# --- checking a manifest before anything is restored ---------------------------------------
+
+def _inside(base: Path, rel: object, what: str) -> Path:
+    """``base / rel``, when ``rel`` is a relative path that stays inside ``base`` (symbolic links resolved)."""
+    if not isinstance(rel, str) or not rel:
+        raise BackupError(f"the manifest's {what} is not a path: {rel!r}")
+    path = PurePosixPath(rel)
+    if path.is_absolute() or ".." in path.parts:
+        raise BackupError(f"the manifest's {what} {rel!r} points outside {base}: only relative paths without '..' "
+                          "are restored (was the manifest edited?)")
+    if not (base / path).resolve().is_relative_to(base.resolve()):
+        raise BackupError(f"the manifest's {what} {rel!r} leads outside {base} through a symbolic link")
+    return base / path
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """What a restore reads and writes, every path checked."""
+
+    dialect: str
+    database_file: Path
+    qdrant: dict[str, object]
+    qdrant_folder: Path
+    config: list[tuple[Path, Path]]  # (in the backup, in the project)
+
+
+def plan(manifest: dict[str, object], src: Path, project: Path) -> RestorePlan:
+    """Check the manifest's paths: each must stay in the backup folder, and the configuration in the project."""
+    database = manifest.get("database")
+    qdrant = manifest.get("qdrant")
+    if not isinstance(database, dict) or database.get("dialect") not in DIALECT_FILES:
+        raise BackupError(f"the manifest's database entry is not understood: {database!r}")
+    if not isinstance(qdrant, dict) or qdrant.get("mode") not in ("server", "local", "none"):
+        raise BackupError(f"the manifest's qdrant entry is not understood: {qdrant!r}")
+    folder = _inside(src, "qdrant", "Qdrant folder")
+    if qdrant["mode"] == "server":
+        if not isinstance(qdrant.get("collections"), list):
+            raise BackupError("the manifest's qdrant entry lists no collections")
+        for name in qdrant["collections"]:
+            _inside(folder, f"{name}{SNAPSHOT_SUFFIX}", "Qdrant snapshot")
+    saved = manifest.get("config") or []
+    if not isinstance(saved, list):
+        raise BackupError(f"the manifest's configuration entry is not a list: {saved!r}")
+    config = []
+    for rel in saved:
+        source = _inside(src / "config", rel, "configuration path")
+        target = _inside(project, rel, "configuration path")
+        if rel not in CONFIG_PATHS:
+            raise BackupError(f"the manifest's configuration path {rel!r} is not one that backups hold "
+                              f"({', '.join(CONFIG_PATHS)})")
+        config.append((source, target))
+    return RestorePlan(database["dialect"], _inside(src, database.get("file"), "database file"), qdrant, folder,
+                       config)
 
 
 # --- the two commands ------------------------------------------------------------------
@@ -237,10 +352,11 @@ def restore(stores: Stores, src: Path, config: bool = False) -> dict[str, object
     if not manifest_file.is_file():
         raise BackupError(f"{src} is not a backup (no {MANIFEST})")
     manifest = json.loads(manifest_file.read_text())
-    restore_database(stores.database_url, src, manifest["database"])
-    restore_qdrant(stores, src, manifest["qdrant"])
+    checked = plan(manifest, src, stores.project)
+    restore_database(stores.database_url, checked.database_file, checked.dialect)
+    restore_qdrant(stores, checked.qdrant_folder, checked.qdrant)
     if config:
-        restore_config(stores.project, src, manifest["config"])
+        restore_config(checked.config)
     return manifest
 
 

@@ -46,6 +46,14 @@ def assignments(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
 
 
+def secret_values(template: str, value: str) -> dict[str, str] | None:
+    """The secrets in ``value``, an env file's line made from the example's ``template`` (None: it does not fit)."""
+    names = SECRET.findall(template)
+    pattern = SECRET.sub("(.+?)", re.escape(template).replace(r"\$\{", "${").replace(r"\}", "}"))
+    found = re.fullmatch(FROM_ENVIRONMENT.sub(".*?", pattern), value)
+    return dict(zip(names, found.groups())) if found else None
+
+
 def _known_secrets(env_dir: Path) -> dict[str, str]:
     """Secrets already in the existing env files, read back through their examples' lines."""
     values: dict[str, str] = {}
@@ -55,14 +63,11 @@ def _known_secrets(env_dir: Path) -> dict[str, str]:
             continue
         present = assignments(real.read_text())
         for key, template in assignments(example.read_text()).items():
-            names = SECRET.findall(template)
-            if not names or key not in present:
+            if not SECRET.search(template) or key not in present:
                 continue
-            pattern = SECRET.sub("(.+?)", re.escape(template).replace(r"\$\{", "${").replace(r"\}", "}"))
-            pattern = FROM_ENVIRONMENT.sub(".*?", pattern)
-            found = re.fullmatch(pattern, present[key])
+            found = secret_values(template, present[key])
             if found:
-                values.update({n: v for n, v in zip(names, found.groups()) if n not in values})
+                values.update({n: v for n, v in found.items() if n not in values})
     return values
 
 

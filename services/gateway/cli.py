@@ -6,7 +6,8 @@ import json
 import sys
 from typing import Any
 
-from hxp.gateway.database import Database, default_url
+from hxp.gateway import settings
+from hxp.gateway.database import Database
 from hxp.gateway.keys import KeyStore, KeyStoreError, expiry
 
 
@@ -38,7 +39,7 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def _store() -> KeyStore:
-    db = Database(default_url())
+    db = Database(settings.load().database_url)
     db.migrate()
     return KeyStore(db)
 

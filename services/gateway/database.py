@@ -7,7 +7,6 @@ gateway workers can start together.
 """
 from __future__ import annotations
 
-import os
 import queue
 import re
 import sqlite3
@@ -23,14 +22,10 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 0x4858_5001  # pg_advisory_lock key for schema migrations
 
 
-def default_url() -> str:
-    """HXP_DATABASE_URL, DATABASE_URL, or an SQLite file in the state directory.
-
-    The gateway launcher moves DATABASE_URL to HXP_DATABASE_URL before LiteLLM is
-    imported, because LiteLLM would otherwise try to start its Prisma client on it.
-    """
-    url = os.environ.get("HXP_DATABASE_URL") or os.environ.get("DATABASE_URL")
-    return url or f"sqlite:///{state_dir() / 'gateway.sqlite3'}"
+def embedded_url() -> str:
+    """The embedded default store: an SQLite file in the state directory (when DATABASE_URL names none; see
+    :mod:`hxp.gateway.settings`)."""
+    return f"sqlite:///{state_dir() / 'gateway.sqlite3'}"
 
 
 class Database:

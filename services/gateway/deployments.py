@@ -42,8 +42,10 @@ def engine_root(base_url: str) -> str:
 
 
 def prices(model: Model) -> tuple[float, float]:
-    """A model's price per prompt token and per completion token (the catalogue sets none: self-hosted)."""
-    return 0.0, 0.0
+    """A model's price per prompt token and per completion token (catalogue ``api.price_per_1k_tokens``; none:
+    free, as self-hosted models are)."""
+    price = model.api.price_per_1k_tokens
+    return (0.0, 0.0) if price is None else (price.prompt / 1000, price.completion / 1000)
 
 
 def cost(model: Model, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:

@@ -15,16 +15,19 @@ from typing import Any
 CALLBACKS = [
     "hxp.gateway.hooks:gateway_hooks",          # the admitted model, cache opt-in, error shapes
     "hxp.vector.rag:rag_hook",                  # retrieval-augmented prompts
+    "hxp.gateway.conversations.routing:session_affinity",  # a session's turns to one backend (prefix cache)
 ]
 
 ROUTERS = [
     "hxp.gateway.health:router",                # liveness, readiness, per-model status
     "hxp.gateway.openapi:router",               # our API description (HXP_OPENAPI)
     "hxp.gateway.admin:router",                 # key management (master key only)
+    "hxp.gateway.model_info:router",            # /v1/models: the key's models and their capabilities
     "hxp.gateway.usage:router",                 # usage pipeline lifespan: replay at start, flush at stop
     "hxp.gateway.metrics:router",               # /metrics
     "hxp.vector.api:router",                    # Qdrant collections and search
     "hxp.console.routes:router",                # the operator's web console (/console)
+    "hxp.gateway.conversations.api:router",     # Responses and Conversations APIs, stored state, retention
 ]
 
 WORKER_STARTUP_HOOKS = [

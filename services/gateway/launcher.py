@@ -17,7 +17,7 @@ import yaml
 
 from hxp import catalogue as catalogue_module, redaction
 from hxp.gateway import auth, extensions, proxy_config, settings
-from hxp.gateway.database import Database, default_url
+from hxp.gateway.database import Database
 from hxp.paths import state_path
 from hxp.redaction import redact_url
 
@@ -35,13 +35,13 @@ WORKER_HEALTHCHECK_S = 120
 
 def prepare_environment() -> settings.Settings:
     """Hide DATABASE_URL from LiteLLM and pass on what the workers need; return the settings."""
-    os.environ[settings.DATABASE_URL_VAR] = default_url()
+    cfg = settings.load()
+    os.environ[settings.DATABASE_URL_VAR] = cfg.database_url
     os.environ.pop("DATABASE_URL", None)
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     os.environ.setdefault("LITELLM_LOG", "WARNING")
     for name, value in RETRY_BACKOFF.items():
         os.environ.setdefault(name, value)
-    cfg = settings.load()
     problem = cfg.master_key_problem()
     if problem:
         raise SystemExit(problem)

@@ -193,6 +193,8 @@ async def _lifespan(app: Any) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
+        if os.environ.get(MULTIPROC_ENV):  # a stopped worker's live gauges (in flight, backlog) stop counting
+            multiprocess.mark_process_dead(os.getpid())
 
 
 router = APIRouter(lifespan=_lifespan)

@@ -8,9 +8,9 @@ carries. When the response has ended (or the client went away) :meth:`Observatio
 feeds the same record to the usage row, the Prometheus metrics and the JSON request log.
 
 Per streamed chunk the work is a timestamp on the first one, a bytes search for the usage chunk
-and a regex for text (the chunks a client received, should it leave before the usage comes);
-nothing is parsed until the end, and the boundary's header edit rides on the same ``send``
-wrapper (one per answer). Streams always ask the engine for their usage
+and one for text (the chunks a client received, should it leave before the usage comes; the
+regex only where that finds none); nothing is parsed until the end, and the boundary's header
+edit rides on the same ``send`` wrapper (one per answer). Streams always ask the engine for their usage
 (``stream_options.include_usage``, added by the boundary); when the client did not ask for it,
 the usage chunk is read here and not passed on.
 """
@@ -25,7 +25,7 @@ import orjson
 
 from hxp.gateway import deployments, metrics, request_log
 from hxp.gateway.usage import pipeline
-from hxp.gateway.usage.record import UsageRecord, iso
+from hxp.gateway.usage.record import UsageRecord, iso_at, status_name
 from hxp.redaction import redact
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -38,17 +38,7 @@ _DELTA_TEXT = re.compile(rb'"(?:content|text|arguments)":\s*"[^"]')
 _CONTENT_MARK = b'"content":"'  # how LiteLLM writes a text chunk: found without the regex
 _CONTENT_LEN = len(_CONTENT_MARK)
 _TAIL_BYTES = 8192  # the end of a non-streamed answer: where its usage is
-_STATUS_NAMES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 408: "timeout",
-                 413: "invalid_request", 422: "invalid_request", 429: "rate_limited", 499: "cancelled",
-                 503: "unavailable", 504: "timeout"}
 DISCONNECTED = 499  # nginx's code for "client closed the request", recorded when a client leaves mid-answer
-
-
-def status_name(code: int) -> str:
-    """The usage row's ``status`` for an HTTP status code."""
-    if code < 400:
-        return "success"
-    return _STATUS_NAMES.get(code, "backend_error" if code >= 500 else "client_error")
 
 
 @dataclass(slots=True)
@@ -199,12 +189,6 @@ class Observation:
                 self._text = [str((c.get("message") or {}).get("content") or c.get("text") or "") for c in choices]
             except (orjson.JSONDecodeError, AttributeError):
                 pass
-
-
-def iso_at(epoch: float) -> str:
-    from datetime import datetime, timezone
-
-    return iso(datetime.fromtimestamp(epoch, timezone.utc))
 
 
 def _tokens(data: bytes) -> dict[str, int]:

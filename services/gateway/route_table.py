@@ -32,7 +32,7 @@ class Route(BaseModel):
     path: str
     methods: tuple[str, ...]
     access: Access
-    body: Literal["chat", "completion", "embedding", "json"] | None = None
+    body: Literal["chat", "completion", "embedding", "responses", "json"] | None = None
     model: Literal["body", "path"] | None = None
     collection: Literal["read", "write"] | None = None
     usage: bool = False

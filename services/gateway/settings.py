@@ -22,6 +22,9 @@
 | HXP_REQUEST_LOG            | request log: ``stdout``, ``off``, or a file path (JSON lines)    | stdout            |
 | HXP_REQUEST_LOG_CONTENT    | include the prompt and completion text in the request log       | false             |
 | HXP_CONSOLE_SESSION_TTL_S  | how long a web console sign-in lasts (/console)                  | 28800 (8 hours)   |
+| HXP_CONVERSATION_RETENTION_DAYS | how long stored responses (since created) and conversations | 30                |
+|                            | (since last used) are kept; then purged (hourly, or `hxp         |                   |
+|                            | conversations purge`)                                            |                   |
 
 The usage pipeline's own settings (HXP_USAGE_*) are in :mod:`hxp.gateway.usage.pipeline`.
 """
@@ -60,7 +63,16 @@ class Settings(BaseSettings):
     openapi: Annotated[bool, NoDecode] = Field(False, validation_alias="HXP_OPENAPI")
     request_log: str = Field("stdout", validation_alias="HXP_REQUEST_LOG")
     request_log_content: Annotated[bool, NoDecode] = Field(False, validation_alias="HXP_REQUEST_LOG_CONTENT")
+    usage_batch_size: int = Field(200, gt=0, validation_alias="HXP_USAGE_BATCH_SIZE")
+    usage_flush_interval_s: float = Field(1.0, gt=0, validation_alias="HXP_USAGE_FLUSH_INTERVAL_S")
+    usage_max_buffer: int = Field(10_000, gt=0, validation_alias="HXP_USAGE_MAX_BUFFER")
+    usage_retry_max_s: float = Field(5.0, gt=0, validation_alias="HXP_USAGE_RETRY_MAX_S")
+    usage_spill_max_mb: float = Field(256.0, gt=0, validation_alias="HXP_USAGE_SPILL_MAX_MB")
+    usage_refusal_rows_per_min: int = Field(3000, ge=0, validation_alias="HXP_USAGE_REFUSAL_ROWS_PER_MIN")
+    usage_rollup_interval_s: float = Field(60.0, gt=0, validation_alias="HXP_USAGE_ROLLUP_INTERVAL_S")
+    usage_spill_dir: str = Field("", validation_alias="HXP_USAGE_SPILL_DIR")
     console_session_ttl_s: int = Field(8 * 3600, gt=0, validation_alias="HXP_CONSOLE_SESSION_TTL_S")
+    conversation_retention_days: float = Field(30.0, gt=0, validation_alias="HXP_CONVERSATION_RETENTION_DAYS")
 
     @field_validator("rate_limit_fail_closed", "openapi", "request_log_content", mode="before")
     @classmethod
@@ -70,9 +82,9 @@ class Settings(BaseSettings):
     @field_validator("database_url", mode="after")
     @classmethod
     def _default_database(cls, value: str) -> str:
-        from hxp.gateway.database import default_url
+        from hxp.gateway.database import embedded_url
 
-        return value or default_url()
+        return value or embedded_url()
 
     @field_validator("redis_url", "backend_url_template", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
+from hxp.gateway import loopback
 from hxp.gateway.boundary import context_of
 from hxp.gateway.errors import GatewayError
 from hxp.vector.embedder import Embedder, GatewayEmbedder
@@ -158,18 +159,15 @@ router = APIRouter(
 )
 
 CollectionName = Path(description="A collection declared in collections.yaml")
-KEY_HEADERS = ("authorization", "x-litellm-api-key", "api-key", "x-api-key")
 
 
 async def caller_embedder(request: Request) -> Embedder:
     """Embeds through this gateway's own /v1/embeddings with the caller's key: same limits, access and usage log."""
     service = await get_service()
-    server = request.scope.get("server")
-    if not server or server[1] is None:  # not on a TCP socket: the proxy's router, uncounted
+    url = loopback.base_url(request.scope)
+    if url is None:  # not on a TCP socket: the proxy's router, uncounted
         return service.embedder
-    host = f"[{server[0]}]" if ":" in server[0] else server[0]
-    headers = {name: value for name, value in request.headers.items() if name in KEY_HEADERS}
-    return GatewayEmbedder(f"http://{host}:{server[1]}/v1", headers, service.config.upsert.embedding_batch)
+    return GatewayEmbedder(url, loopback.key_headers(request.headers), service.config.upsert.embedding_batch)
 
 
 CallerEmbedder = Depends(caller_embedder)

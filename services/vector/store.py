@@ -6,6 +6,8 @@ the text and the metadata; metadata filters address ``metadata.<key>``.
 """
 from __future__ import annotations
 
+import re
+
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +43,9 @@ class Hit:
     metadata: dict[str, Any]
 
 
+FIELD_NAME = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
+
+
 def point_id(doc_id: DocumentId) -> str:
     """The Qdrant point id of a document id (stable across processes)."""
     return str(uuid.uuid5(ID_NAMESPACE, str(doc_id)))
@@ -55,6 +60,9 @@ def _is_number(value: object) -> bool:
 
 
 def _condition(key: str, value: Any) -> models.FieldCondition:
+    if not FIELD_NAME.fullmatch(key):
+        raise VectorError(f"filter: {key!r} is not a metadata field name (letters, digits, '_', '-', "
+                          "'.' between nested names)", "filter")
     target = f"metadata.{key}"
     if _is_scalar(value) or isinstance(value, bool):
         return models.FieldCondition(key=target, match=models.MatchValue(value=value))

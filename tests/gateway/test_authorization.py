@@ -22,6 +22,7 @@ BODIES = {
     "chat": lambda model: {"model": model, "messages": [{"role": "user", "content": "hi"}]},
     "completion": lambda model: {"model": model, "prompt": "hi"},
     "embedding": lambda model: {"model": model, "input": "hi"},
+    "responses": lambda model: {"model": model, "input": "hi"},
 }
 VECTOR = [0.05] * 384
 
@@ -41,7 +42,8 @@ def call(gateway: Gateway, route: route_table.Route, key: str, model: str) -> ht
 
 def test_the_table_names_the_model_of_every_openai_model_route() -> None:
     routes = {r.path for r in model_routes()}
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models/{model_id}"} <= routes
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models/{model_id}",
+            "/v1/responses"} <= routes
     assert all(r.body in BODIES for r in model_routes() if r.model == "body")
 
 

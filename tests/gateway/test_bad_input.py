@@ -7,7 +7,6 @@ than 503, none hangs, and every 4xx is in OpenAI's error shape.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, Iterator
 
 import httpx
@@ -15,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings, strategies as st
 
 from hxp import catalogue
-from hxp.gateway.database import Database
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import Gateway, GatewayFactory
 
@@ -111,17 +109,7 @@ def test_refused_bodies_are_usage_rows(strict) -> None:
                post(gateway, key, "/chat/completions", {"model": CHAT, "messages": [{"role": "user",
                                                                                       "content": "x" * MAX_BODY}]})]
     ids = {r.headers["x-request-id"]: r.status_code for r in answers}
-    db = Database(f"sqlite:///{gateway.state_dir / 'gateway.sqlite3'}")
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            rows = {str(r["request_id"]): r for r in db.fetchall(
-                "SELECT request_id, status, user_id, model_name, error_message FROM llm_model_requests")}
-            if set(ids) <= set(rows) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-    finally:
-        db.close()
+    rows = gateway.usage_rows(list(ids))
     assert set(ids) <= set(rows)
     for request_id, code in ids.items():
         row = rows[request_id]
@@ -193,6 +181,16 @@ def test_the_bodies_the_fuzzer_starts_from_are_answered(client: httpx.Client) ->
     for path, body in VALID.items():
         response = client.post(path, json=body)
         assert response.status_code == 200, (path, response.text)
+
+
+def test_a_filter_on_no_field_is_a_400_also_on_a_filled_collection(strict) -> None:
+    gateway, _, _ = strict
+    doc = {"documents": [{"id": "f1", "text": "x", "vector": [0.2] * 384, "metadata": {"lang": "en"}}]}
+    path = gateway.base_url + "/vector/collections/documents/documents"
+    assert httpx.post(path, json=doc, headers=gateway.headers(), timeout=30).status_code == 200
+    for where in ({"": False}, {"lang.": "en"}, {".x": 1}):
+        response = httpx.post(path + "/delete", json={"filter": where}, headers=gateway.headers(), timeout=30)
+        assert response.status_code == 400 and openai_error(response)["param"] == "filter", response.text
 
 
 @seed(20261130)

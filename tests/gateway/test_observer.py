@@ -11,7 +11,8 @@ import pytest
 
 from hxp.gateway import observer
 from hxp.gateway.database import Database
-from hxp.gateway.observer import Observation, status_name
+from hxp.gateway.observer import Observation
+from hxp.gateway.usage.record import status_name
 from hxp.gateway.usage import backlog, pipeline
 
 

@@ -96,7 +96,8 @@ def test_routes_outside_the_table_are_404_for_every_caller_and_reach_nothing(gua
 def test_unlisted_methods_and_websockets_are_404(guarded) -> None:
     gateway, _, _, keys = guarded
     for method, path in [("DELETE", "/v1/chat/completions"), ("PUT", "/admin/keys"), ("OPTIONS", "/health/liveness"),
-                         ("GET", "/v1/realtime"), ("POST", "/chat/completions"), ("POST", "/v1/responses")]:
+                         ("GET", "/v1/realtime"), ("POST", "/chat/completions"), ("POST", "/v1/responses/compact"),
+                         ("PUT", "/v1/responses/resp_1")]:
         response = httpx.request(method, gateway.url + path, headers=gateway.headers(keys["master"]), timeout=30)
         assert response.status_code == 404, (method, path, response.text)
 

@@ -312,3 +312,28 @@ def test_rows_spilled_at_shutdown_during_an_outage_are_replayed_at_the_next_star
     finally:
         db.close()
         second.stop()
+
+
+def test_liveness_keeps_answering_while_rows_spill(gateway_factory, fake_upstream: FakeUpstream, postgres,
+                                                   pg_url: str) -> None:
+    """Every row goes through the spill folder (a buffer of one row, the database away): the event loop that
+    answers requests never waits for that disk I/O, so /health/liveness answers throughout."""
+    gateway = started(gateway_factory, fake_upstream.url, env={
+        "DATABASE_URL": pg_url, "HXP_KEY_CACHE_TTL_S": "600", "HXP_USAGE_MAX_BUFFER": "1"})
+    key = gateway.create_key(alias="spill-liveness", models=[CHAT[0]])
+    assert gateway.chat(key, CHAT[0]).status_code == 200  # the key is cached: auth works without the database
+    postgres.stop()
+    probes: list[float] = []
+    try:
+        with Load(gateway, key, threads=4) as load:
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                started_at = time.monotonic()
+                assert httpx.get(f"{gateway.url}/health/liveness", timeout=10).status_code == 200
+                probes.append(time.monotonic() - started_at)
+                time.sleep(0.05)
+        spilled = spilled_rows(gateway.state_dir)
+    finally:
+        postgres.start()
+    assert load.total >= 20 and spilled >= 20, (load.total, spilled)  # the load spilled row after row
+    assert len(probes) >= 20  # ...and liveness answered all along, each within the 10 s timeout

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hxp.gateway import settings
 from hxp.gateway.database import Database
 from hxp.gateway.usage import pipeline
 from hxp.gateway.usage.record import UsageRecord
@@ -44,10 +45,10 @@ def test_writer_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPat
               "SPILL_MAX_MB": "0.5", "REFUSAL_ROWS_PER_MIN": "10"}
     for name in values:
         monkeypatch.delenv(f"HXP_USAGE_{name}", raising=False)
-    assert WriterSettings.from_env() == WriterSettings()
+    assert WriterSettings.from_settings(settings.load()) == WriterSettings()
     assert WriterSettings().max_spill_bytes == 256 * 2**20 and WriterSettings().refusal_rows_per_minute == 3000
     for name, value in values.items():
         monkeypatch.setenv(f"HXP_USAGE_{name}", value)
-    assert WriterSettings.from_env() == WriterSettings(batch_size=7, flush_interval_s=0.5, max_buffer=1,
-                                                       retry_max_s=2.0, max_spill_bytes=2**19,
-                                                       refusal_rows_per_minute=10)
+    assert WriterSettings.from_settings(settings.load()) == WriterSettings(
+        batch_size=7, flush_interval_s=0.5, max_buffer=1, retry_max_s=2.0, max_spill_bytes=2**19,
+        refusal_rows_per_minute=10)

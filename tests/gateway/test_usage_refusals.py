@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from hxp.gateway.usage import refusals
-from hxp.gateway.usage.record import UsageRecord, iso_at
+from hxp.gateway.usage.record import REFUSALS, UsageRecord, iso_at
 from hxp.gateway.usage.refusals import RefusalAggregator
 from hxp.gateway.usage.writer import UsageWriter, WriterSettings
 from tests.fixtures.usage import CountingDatabase
@@ -53,7 +53,7 @@ def test_aggregates_keep_model_status_and_key_apart_and_their_number_bounded(mon
                                                                                     ("unknown", 2)]
 
 
-@pytest.mark.parametrize("status", sorted(refusals.REFUSALS))
+@pytest.mark.parametrize("status", sorted(REFUSALS))
 def test_every_refusal_status_is_aggregated(status: str) -> None:
     aggregator = RefusalAggregator(rows_per_minute=0)
     assert aggregator.offer(refusal(MINUTE, status), MINUTE) is None

@@ -18,7 +18,7 @@ REQUIRED = {  # the requirements' alerts and the issue's additions, with their s
     "HighLatency": "warning", "LowThroughput": "warning", "HighMemoryUsage": "critical",
     "LLMServiceDown": "critical", "LLMHighMemoryUsage": "warning", "LLMHighErrorRatio": "warning",
     "LLMBackendUnhealthy": "critical", "PostgreSQLDown": "critical", "RedisDown": "critical",
-    "UsageLogBacklogGrowing": "warning",
+    "UsageLogBacklogGrowing": "warning", "UsageSpillNearlyFull": "warning", "UsageRowsDropped": "critical",
 }
 
 

@@ -1,11 +1,13 @@
 """A fast, deterministic fake OpenAI-compatible upstream (a stand-in vLLM engine).
 
 Serves /v1/chat/completions (streamed and not), /v1/completions, /v1/embeddings,
-/v1/models, /health and vLLM's queue gauges on /metrics (requests being answered) for any
-model name, with an optional fixed delay. It
-counts the requests it served (GET /_stats, POST /_reset) so tests can prove
-that a request never reached a backend, and can be told to fail its health
-check (POST /_health?ok=0).
+/v1/models, /health, vLLM's /tokenize (one token per word) and its queue gauges on /metrics
+(requests being answered) for any model name, with an optional fixed delay. It counts
+the requests it served (GET /_stats, POST /_reset) so tests can prove that a request
+never reached a backend, keeps the bodies of the latest model requests in order
+(GET /_requests), and can be told to fail its health check (POST /_health?ok=0).
+With ``--forward URL`` it answers nothing itself: it relays every request to that real
+engine, keeping the model requests' bodies.
 
 Its answers are REPLY_WORDS (at most ``max_tokens`` of them, one streamed chunk each) unless
 told otherwise (POST /_reply?words=N&rate=R, :meth:`FakeUpstream.set_reply`): then N words,
@@ -25,7 +27,7 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl
@@ -37,6 +39,9 @@ from tests.support.servers import free_port, wait_port
 
 REPLY_WORDS = ["Hello", "from", "the", "fake", "upstream", "."]
 EMBEDDING_DIM = 8
+REQUESTS_KEPT = 1000
+MODEL_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+HOP_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -57,14 +62,16 @@ def _prompt_text(body: dict[str, Any]) -> str:
 class Upstream:
     """The ASGI application; state lives in the process."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, forward: str | None = None) -> None:
         self.delay = delay
+        self.forward = forward
         self.healthy = True
         self.reply_words = len(REPLY_WORDS)
         self.chunk_rate: float | None = None  # streamed chunks per second; None: as fast as possible
         self.counts: Counter[str] = Counter()
         self.fields: Counter[str] = Counter()  # top-level request fields the backend received
         self.health_checks = 0
+        self.requests: deque[dict[str, Any]] = deque(maxlen=REQUESTS_KEPT)  # latest model request bodies
         self.running = 0  # requests being answered now (vllm:num_requests_running on /metrics)
         self.streams: Counter[str] = Counter()  # completed | cut
         self.cut_after: list[int] = []  # text chunks each cut stream had sent
@@ -83,7 +90,11 @@ class Upstream:
                 break
         path, method = scope["path"], scope["method"]
         query = scope.get("query_string", b"").decode()
-        if path == "/health":
+        if self.forward and not path.startswith("/_"):
+            if method == "POST" and path in MODEL_PATHS:
+                self.requests.append(json.loads(body or b"{}"))
+            await self._relay(scope, body, send)
+        elif path == "/health":
             self.health_checks += 1
             await _json(send, {} if self.healthy else {"error": "unhealthy"}, 200 if self.healthy else 503)
         elif path == "/_stats":
@@ -91,9 +102,12 @@ class Upstream:
                                "fields": dict(self.fields), "health_checks": self.health_checks,
                                "streams": {"completed": self.streams["completed"], "cut": self.streams["cut"],
                                            "cut_after_chunks": self.cut_after}})
+        elif path == "/_requests":
+            await _json(send, list(self.requests))
         elif path == "/_reset" and method == "POST":
             self.counts.clear()
             self.fields.clear()
+            self.requests.clear()
             self.health_checks = 0
             self.streams.clear()
             self.cut_after = []
@@ -106,6 +120,10 @@ class Upstream:
         elif path == "/_health" and method == "POST":
             self.healthy = "ok=0" not in query
             await _json(send, {"healthy": self.healthy})
+        elif path == "/tokenize" and method == "POST":
+            self.counts[path] += 1
+            count = _tokens(_prompt_text(json.loads(body or b"{}")))
+            await _json(send, {"count": count, "max_model_len": 0, "tokens": list(range(count))})
         elif path == "/metrics":
             await _text(send, "# TYPE vllm:num_requests_running gauge\n"
                               f'vllm:num_requests_running{{engine="0",model_name="fake"}} {float(self.running)}\n'
@@ -113,7 +131,7 @@ class Upstream:
                               'vllm:num_requests_waiting{engine="0",model_name="fake"} 0.0\n')
         elif path == "/v1/models":
             await _json(send, {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "fake"}]})
-        elif method == "POST" and path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        elif method == "POST" and path in MODEL_PATHS:
             self.counts[path] += 1
             try:
                 request = json.loads(body or b"{}")
@@ -121,6 +139,7 @@ class Upstream:
                 await _json(send, {"error": {"message": "bad json", "type": "BadRequestError"}}, 400)
                 return
             self.fields.update(request.keys())
+            self.requests.append(request)
             self.running += 1
             try:
                 if self.delay:
@@ -131,6 +150,19 @@ class Upstream:
         else:
             self.counts[path] += 1  # a call the backend has no route for is still a call that reached it
             await _json(send, {"error": {"message": f"no route {path}", "type": "NotFoundError"}}, 404)
+
+    async def _relay(self, scope: Scope, body: bytes, send: Send) -> None:
+        """Pass the request on to the real engine and its answer back, streamed as it comes."""
+        query = scope.get("query_string", b"").decode()
+        url = f"{self.forward}{scope['path']}" + (f"?{query}" if query else "")
+        headers = [(n, v) for n, v in scope["headers"] if n.lower() not in HOP_HEADERS]
+        async with httpx.AsyncClient(timeout=None) as client:
+            async with client.stream(scope["method"], url, content=body, headers=headers) as response:
+                await send({"type": "http.response.start", "status": response.status_code,
+                            "headers": [(n, v) for n, v in response.headers.raw if n.lower() not in HOP_HEADERS]})
+                async for chunk in response.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
     async def _answer(self, path: str, request: dict[str, Any], receive: Receive, send: Send) -> None:
         model = request.get("model", "fake")
@@ -230,9 +262,10 @@ async def _send(send: Send, data: bytes, content_type: bytes, status: int = 200)
 class FakeUpstream:
     """A fake upstream process on a free 127.0.0.1 port; ``.url`` is its OpenAI base URL (…/v1)."""
 
-    def __init__(self, delay: float = 0.0, port: int | None = None) -> None:
+    def __init__(self, delay: float = 0.0, port: int | None = None, forward: str | None = None) -> None:
         self.port = port or free_port()
         self.delay = delay
+        self.forward = forward
         self.root = f"http://127.0.0.1:{self.port}"
         self.url = f"{self.root}/v1"
         self._proc: subprocess.Popen | None = None
@@ -240,8 +273,10 @@ class FakeUpstream:
     def start(self) -> "FakeUpstream":
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        forward = ["--forward", self.forward] if self.forward else []
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.fake_upstream", "--port", str(self.port), "--delay", str(self.delay)],
+            [sys.executable, "-m", "tests.support.fake_upstream", "--port", str(self.port), "--delay", str(self.delay),
+             *forward],
             cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         wait_port(self.port)
         return self
@@ -257,6 +292,10 @@ class FakeUpstream:
 
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"{self.root}/_stats", timeout=5).json()
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The bodies of the latest model requests it received, oldest first."""
+        return httpx.get(f"{self.root}/_requests", timeout=5).json()
 
     def requests_served(self) -> int:
         return int(self.stats()["total"])
@@ -284,8 +323,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering")
+    parser.add_argument("--forward", help="relay every request to this engine root URL, recording them")
     args = parser.parse_args()
-    uvicorn.run(Upstream(args.delay), host=args.host, port=args.port, log_level="warning",
+    uvicorn.run(Upstream(args.delay, args.forward), host=args.host, port=args.port, log_level="warning",
                 access_log=False, loop="uvloop", backlog=4096)
 
 

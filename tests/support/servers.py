@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Members of this role must give their password; every other role is trusted. (A group, not a name pattern:
+# PostgreSQL 15's pg_hba.conf takes no regular expression for user names; a "/^pw_" entry matched nobody.)
+PASSWORD_GROUP = "password_users"
 
 
 def free_port() -> int:
@@ -30,7 +33,10 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 
 
 class PostgresServer:
-    """A throwaway PostgreSQL cluster; can be stopped and started again (outage tests)."""
+    """A throwaway PostgreSQL cluster; can be stopped and started again (outage tests).
+
+    Roles in PASSWORD_GROUP (``password_user``) must give their password (scram-sha-256); the rest is trusted.
+    """
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -42,27 +48,31 @@ class PostgresServer:
             pw = pwd.getpwnam("postgres")
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
         self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "hxp", "--auth=trust", "-E", "UTF8")
-        hba = self.data / "pg_hba.conf"  # roles named pw_* must give their password; the rest is trusted
-        hba.write_text("host all /^pw_ 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(f"host all +{PASSWORD_GROUP} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         self.url = f"postgresql://hxp@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *cmd: str) -> None:
         subprocess.run([*self._as_user, *cmd], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def start(self) -> None:
+        import psycopg
+
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "start",
                   "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off")
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"DO $$ BEGIN CREATE ROLE {PASSWORD_GROUP} NOLOGIN; "
+                         "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
 
     def stop(self) -> None:
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def password_user(self, name: str, password: str, database: str) -> str:
-        """A role ``name`` (must start with ``pw_``: it then needs its password) owning ``database``; its URL."""
+        """A role ``name`` that must give its password, owning ``database``; its URL."""
         import psycopg
 
-        assert name.startswith("pw_")
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
+            conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}' IN ROLE {PASSWORD_GROUP}")
             conn.execute(f"ALTER DATABASE {database} OWNER TO {name}")
         return f"postgresql://{name}:{password}@127.0.0.1:{self.port}/{database}"
 

@@ -6,19 +6,7 @@ the lifespan's shutdown, which uvicorn runs after the last in-flight request was
 interpreter exit as a backstop. (uvicorn re-raises SIGTERM after its graceful shutdown, so atexit alone
 would never run in a worker stopped by SIGTERM.)
 
-| variable                       | meaning                                                        | default             |
-|--------------------------------|----------------------------------------------------------------|---------------------|
-| HXP_USAGE_BATCH_SIZE           | rows per INSERT                                                | 200                 |
-| HXP_USAGE_FLUSH_INTERVAL_S     | longest wait of a partial batch                                | 1.0                 |
-| HXP_USAGE_MAX_BUFFER           | rows in memory before spilling to disk (1: every row spills)   | 10000               |
-| HXP_USAGE_RETRY_MAX_S          | longest retry delay while the database is away                 | 5.0                 |
-| HXP_USAGE_SPILL_MAX_MB         | bound on the spill folder (all workers); rows beyond it are    | 256                 |
-|                                | dropped and counted in ``llm_usage_rows_dropped_total``        |                     |
-| HXP_USAGE_REFUSAL_ROWS_PER_MIN | refused requests (400, 401, 403, 404, 429...) a minute that    | 3000                |
-|                                | each process logs one row each; beyond, one row per minute,    |                     |
-|                                | model, status and key, with ``request_count`` requests         |                     |
-| HXP_USAGE_ROLLUP_INTERVAL_S    | llm_model_performance interval                                 | 60                  |
-| HXP_USAGE_SPILL_DIR            | spill files                                                    | <state>/usage-spill |
+Its settings (HXP_USAGE_*) are part of the gateway's settings object (:mod:`hxp.gateway.settings`, with their table).
 
 Metrics (``hxp.gateway.usage.spill``, ``.refusals``): ``llm_usage_spill_bytes``, ``llm_usage_spill_limit_bytes``,
 ``llm_usage_rows_dropped_total``, ``llm_usage_refusals_aggregated_total``; ``backlog()`` feeds
@@ -28,11 +16,11 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 from pathlib import Path
 
-from hxp.gateway.database import Database, default_url, redact
+from hxp.gateway import deployments, settings
+from hxp.gateway.database import Database, redact
 from hxp.gateway.usage.record import UsageRecord
 from hxp.gateway.usage.rollup import PerformanceRollup
 from hxp.gateway.usage.writer import UsageWriter, WriterSettings
@@ -47,7 +35,7 @@ class UsagePipeline:
     def __init__(self, database_url: str, spill_dir: Path, settings: WriterSettings, rollup_interval_s: float) -> None:
         """Connects to nothing yet: ``start()`` does."""
         self.db = Database(database_url)
-        self.rollup = PerformanceRollup(self.db, _model_backends, rollup_interval_s,
+        self.rollup = PerformanceRollup(self.db, deployments.served, rollup_interval_s,
                                         grace_s=2 * settings.flush_interval_s + 1.0)
         self.writer = UsageWriter(self.db, spill_dir, settings, on_written=self.rollup.mark)
         self._lock = threading.Lock()
@@ -80,15 +68,6 @@ class UsagePipeline:
             self.db.close()
 
 
-def _model_backends() -> dict[str, list[str]]:
-    """Each catalogue model's backend base URLs, as the gateway routes them."""
-    from hxp import catalogue
-    from hxp.gateway import deployments, settings
-
-    cfg = settings.current()
-    return {m.name: deployments.backend_urls(m, cfg.backends, cfg.backend_url_template) for m in catalogue.load().models}
-
-
 _lock = threading.Lock()
 _pipeline: UsagePipeline | None = None
 _early: list[UsageRecord] = []  # rows submitted before the first start() created the pipeline
@@ -100,10 +79,10 @@ def start() -> UsagePipeline:
     global _pipeline
     with _lock:
         if _pipeline is None or _pipeline.closed:
-            env = os.environ.get
-            spill_dir = Path(env("HXP_USAGE_SPILL_DIR") or state_path("usage-spill"))
-            _pipeline = UsagePipeline(default_url(), spill_dir, WriterSettings.from_env(),
-                                      float(env("HXP_USAGE_ROLLUP_INTERVAL_S", "60")))
+            cfg = settings.current()
+            spill_dir = Path(cfg.usage_spill_dir or state_path("usage-spill"))
+            _pipeline = UsagePipeline(cfg.database_url, spill_dir, WriterSettings.from_settings(cfg),
+                                      cfg.usage_rollup_interval_s)
             for record in _early:
                 _pipeline.writer.submit(record)
             _early.clear()

@@ -16,8 +16,21 @@ INSERT_SQL = (
     " ON CONFLICT (request_id) DO NOTHING"
 )
 _WIDTHS = {"model_name": 100, "user_id": 100, "key_id": 36, "status": 20}
+# The ``status`` column: "success", or what the client's HTTP status says went wrong.
+_STATUS_NAMES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 408: "timeout",
+                 413: "invalid_request", 422: "invalid_request", 429: "rate_limited", 499: "cancelled",
+                 503: "unavailable", 504: "timeout"}
+# The statuses of a request refused without an answer from a model (4xx).
+REFUSALS = frozenset({"invalid_request", "unauthorized", "forbidden", "not_found", "rate_limited", "client_error"})
 _MAX_ERROR_CHARS = 2000
 _MAX_INT = 2**31 - 1
+
+
+def status_name(code: int) -> str:
+    """The row's ``status`` for an HTTP status code."""
+    if code < 400:
+        return "success"
+    return _STATUS_NAMES.get(code, "backend_error" if code >= 500 else "client_error")
 
 
 def utc_now() -> str:

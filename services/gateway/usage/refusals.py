@@ -13,10 +13,7 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from hxp.gateway.usage.record import UsageRecord, epoch_of, iso_at
-
-# The ``status`` values of a request refused without an answer from a model (4xx).
-REFUSALS = frozenset({"invalid_request", "unauthorized", "forbidden", "not_found", "rate_limited", "client_error"})
+from hxp.gateway.usage.record import REFUSALS, UsageRecord, epoch_of, iso_at
 MAX_GROUPS = 1000  # aggregates open at once; beyond, new (model, key) pairs are folded under model "unknown"
 MINUTE_S = 60
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from hxp.gateway.database import Database
+from hxp.gateway.settings import Settings
 from hxp.gateway.usage.record import INSERT_SQL, UsageRecord
 from hxp.gateway.usage.refusals import RefusalAggregator
 from hxp.gateway.usage.spill import SpillFolder
@@ -41,19 +41,12 @@ class WriterSettings:
     refusal_rows_per_minute: int = 3000  # refusal rows a minute kept one by one; beyond, aggregated
 
     @classmethod
-    def from_env(cls) -> "WriterSettings":
-        """Settings from HXP_USAGE_BATCH_SIZE, _FLUSH_INTERVAL_S, _MAX_BUFFER, _RETRY_MAX_S, _SPILL_MAX_MB and
-        _REFUSAL_ROWS_PER_MIN (defaults otherwise; the table is in ``hxp.gateway.usage.pipeline``)."""
-        env = os.environ.get
-        d = cls()
-        return cls(
-            batch_size=int(env("HXP_USAGE_BATCH_SIZE", d.batch_size)),
-            flush_interval_s=float(env("HXP_USAGE_FLUSH_INTERVAL_S", d.flush_interval_s)),
-            max_buffer=int(env("HXP_USAGE_MAX_BUFFER", d.max_buffer)),
-            retry_max_s=float(env("HXP_USAGE_RETRY_MAX_S", d.retry_max_s)),
-            max_spill_bytes=round(float(env("HXP_USAGE_SPILL_MAX_MB", d.max_spill_bytes / _MB)) * _MB),
-            refusal_rows_per_minute=int(env("HXP_USAGE_REFUSAL_ROWS_PER_MIN", d.refusal_rows_per_minute)),
-        )
+    def from_settings(cls, cfg: Settings) -> "WriterSettings":
+        """The writer's part of the gateway settings (HXP_USAGE_*: see :mod:`hxp.gateway.settings`)."""
+        return cls(batch_size=cfg.usage_batch_size, flush_interval_s=cfg.usage_flush_interval_s,
+                   max_buffer=cfg.usage_max_buffer, retry_max_s=cfg.usage_retry_max_s,
+                   max_spill_bytes=round(cfg.usage_spill_max_mb * _MB),
+                   refusal_rows_per_minute=cfg.usage_refusal_rows_per_min)
 
 
 class UsageWriter:
