@@ -217,7 +217,7 @@ ops-test: $(VENV)/.installed system-deps  ## the operations tests only (the live
 	$(VENV)/bin/pytest -ra tests/ops $(PYTEST_ARGS)
 
 # --- gateway (owner: gateway) --------------------------------------------------
-.PHONY: gateway bench bench-gateway gateway-test
+.PHONY: gateway bench bench-gateway bench-streaming gateway-test
 
 gateway: $(VENV)/.installed  ## serve only the gateway on :8000 (HXP_MASTER_KEY; DATABASE_URL, REDIS_URL optional; WORKERS)
 	$(HXP) gateway serve --host $${GATEWAY_HOST:-127.0.0.1} --port $${GATEWAY_PORT:-8000} --workers $${WORKERS:-$$(nproc)}
@@ -228,7 +228,10 @@ gateway-test: $(VENV)/.installed system-deps  ## the gateway tests only (fake up
 bench-gateway: $(VENV)/.installed  ## gateway overhead table: direct vs bare LiteLLM vs full gateway (BENCH_REQUESTS, BENCH_CONCURRENCY)
 	$(VENV)/bin/python -m bench.gateway_overhead
 
-bench: bench-gateway  ## every benchmark (prints markdown tables)
+bench-streaming: $(VENV)/.installed  ## streaming table: direct vs bare LiteLLM vs full gateway, chunks/s, TTFT, CPU per 1k chunks (BENCH_STREAM_ROUNDS)
+	$(VENV)/bin/python -m bench.gateway_streaming
+
+bench: bench-gateway bench-streaming  ## every benchmark (prints markdown tables)
 
 # --- vector search (owner: vector) ------------------------------------------------
 .PHONY: bench-vector vector-test
