@@ -77,7 +77,8 @@ grafana-dashboards:  ## regenerate grafana/dashboards/*.json from hxp.monitoring
 	$(HXP) grafana generate
 
 # --- load tests (Locust through the gateway; targets from the catalogue's active profile) ---
-# The key: HXP_LOADTEST_KEY, else one is created (and revoked afterwards) with HXP_MASTER_KEY.
+# The key: HXP_LOADTEST_KEY, else one is created (and revoked afterwards) with HXP_MASTER_KEY or, when that is
+# unset, the master key `make run` keeps in .state/master.key; with none, Locust stops before sending anything.
 # USERS defaults to what the targets need (`hxp loadtest plan`); MODELS narrows the models.
 LOCUST := $(VENV)/bin/locust
 LOCUSTFILE := loadtests/locustfile.py
@@ -216,7 +217,7 @@ ops-test: $(VENV)/.installed system-deps  ## the operations tests only (the live
 	$(VENV)/bin/pytest -ra tests/ops $(PYTEST_ARGS)
 
 # --- gateway (owner: gateway) --------------------------------------------------
-.PHONY: gateway bench bench-gateway gateway-test
+.PHONY: gateway bench bench-gateway bench-streaming gateway-test
 
 gateway: $(VENV)/.installed  ## serve only the gateway on :8000 (HXP_MASTER_KEY; DATABASE_URL, REDIS_URL optional; WORKERS)
 	$(HXP) gateway serve --host $${GATEWAY_HOST:-127.0.0.1} --port $${GATEWAY_PORT:-8000} --workers $${WORKERS:-$$(nproc)}
@@ -227,7 +228,10 @@ gateway-test: $(VENV)/.installed system-deps  ## the gateway tests only (fake up
 bench-gateway: $(VENV)/.installed  ## gateway overhead table: direct vs bare LiteLLM vs full gateway (BENCH_REQUESTS, BENCH_CONCURRENCY)
 	$(VENV)/bin/python -m bench.gateway_overhead
 
-bench: bench-gateway  ## every benchmark (prints markdown tables)
+bench-streaming: $(VENV)/.installed  ## streaming table: direct vs bare LiteLLM vs full gateway, chunks/s, TTFT, CPU per 1k chunks (BENCH_STREAM_ROUNDS)
+	$(VENV)/bin/python -m bench.gateway_streaming
+
+bench: bench-gateway bench-streaming  ## every benchmark (prints markdown tables)
 
 # --- vector search (owner: vector) ------------------------------------------------
 .PHONY: bench-vector vector-test
@@ -246,7 +250,7 @@ vector-test: $(VENV)/.installed  ## the vector tests only (Qdrant local mode, re
 engine-lock: $(ENGINE_VENV)/.installed  ## regenerate requirements/engine.lock from the fixed engine venv
 	$(ENGINE_VENV)/bin/python -m hxp.model.engine_venv freeze > requirements/engine.lock
 
-bench-engine: prepare  ## vLLM CPU engine table: start time (eager, compiled), RSS, tokens/s single and 8 concurrent
+bench-engine: prepare  ## vLLM CPU engine table: per chat dtype the answer (right?) and tokens/s single and 8 concurrent; start time (eager, compiled), RSS
 	$(VENV)/bin/python -m hxp.model.bench --compiled
 
 bench: bench-engine

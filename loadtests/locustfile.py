@@ -5,7 +5,9 @@
 User classes come from the catalogue under HXP_PROFILE (HXP_LOADTEST_MODELS, a
 comma-separated list, narrows them); the traffic from loadtests/traffic.yaml;
 the gateway from --host or GATEWAY_URL; the key from HXP_LOADTEST_KEY, else one
-is created with HXP_MASTER_KEY and revoked at the end. When a run stops, the
+is created with the master key (HXP_MASTER_KEY, else the native stack's
+.state/master.key) and revoked at the end; without a usable key Locust stops
+before it sends a request (hxp.loadtest.keys). When a run stops, the
 per-model verdict (hxp.loadtest.verdict) is printed and saved with Locust's HTML
 report under loadtests/results/<timestamp>/; the process exits 1 when any model
 missed a target.

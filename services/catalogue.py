@@ -19,6 +19,7 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFl
 from hxp.paths import PROJECT_ROOT
 
 DEFAULT_PATH = PROJECT_ROOT / "models.yaml"
+CHAT_TEMPLATES = Path(__file__).parent / "model" / "templates"  # the chat templates `tools.chat_template` names
 PACKAGE_PREFIX = "package:"
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
 
@@ -53,6 +54,14 @@ class VllmSettings(_Strict):
     trust_remote_code: bool = False
 
 
+class Tools(_Strict):
+    """How vLLM reads a model's tool calls: its ``--tool-call-parser`` and, where the model's own chat
+    template cannot show tools, calls and their results, a tool-aware template from CHAT_TEMPLATES."""
+
+    parser: str = Field(min_length=1)
+    chat_template: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+\.jinja$")
+
+
 class Targets(_Strict):
     avg_latency_ms: PositiveFloat
     p95_latency_ms: PositiveFloat
@@ -69,6 +78,7 @@ class Deployment(_Strict):
     devices: list[int] = []
     tensor_parallel_size: PositiveInt = 1
     vllm: VllmSettings
+    tools: Tools | None = None  # tool calling; None: the model has no tool support (the gateway refuses tools)
     targets: Targets
 
 
@@ -141,6 +151,11 @@ class Model:
     @property
     def max_model_len(self) -> int:
         return self.deployment.vllm.max_model_len
+
+    @property
+    def tools(self) -> Tools | None:
+        """How the model's tool calls are parsed; None when it has no tool support."""
+        return self.deployment.tools
 
 
 @dataclass(frozen=True)
@@ -220,11 +235,21 @@ def _check_consistency(data: _CatalogueFile) -> None:
             pkg = dep.source[len(PACKAGE_PREFIX):] if dep.source.startswith(PACKAGE_PREFIX) else None
             if pkg is not None and pkg not in data.packages:
                 raise CatalogueError(f"model '{m.name}' field profiles.{prof}.source: unknown package '{pkg}'")
+            if dep.tools is not None:
+                _check_tools(m, prof, dep.tools)
             if data.profiles[prof].device == "cuda":
                 _check_gpu_deployment(m.name, prof, dep)
     for prof_name, prof in data.profiles.items():
         if prof.device == "cuda":
             _check_gpu_memory(prof_name, prof, data.models)
+
+
+def _check_tools(model: ModelEntry, prof: str, tools: Tools) -> None:
+    where = f"model '{model.name}' field profiles.{prof}.tools"
+    if model.task != "chat":
+        raise CatalogueError(f"{where}: only chat models call tools")
+    if tools.chat_template is not None and not (CHAT_TEMPLATES / tools.chat_template).is_file():
+        raise CatalogueError(f"{where}.chat_template: no template '{tools.chat_template}' in {CHAT_TEMPLATES}")
 
 
 def _check_gpu_deployment(name: str, prof: str, dep: Deployment) -> None:

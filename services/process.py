@@ -11,10 +11,25 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import httpx
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (a service and everything it forked)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(proc.name))
+    return pids
 
 
 class ServiceError(RuntimeError):
@@ -22,14 +37,15 @@ class ServiceError(RuntimeError):
 
 
 class Service:
-    """One child process group, optionally logging to a file."""
+    """One child process group, optionally logging to a file and pinned to some CPU cores."""
 
     def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, cpus: Collection[int] = ()) -> None:
         self.name = name
         self.argv = list(argv)
         self.env = dict(env or {})
         self.log = log
+        self.cpus = frozenset(cpus)  # empty: wherever the OS schedules it
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Service":
@@ -37,10 +53,11 @@ class Service:
         if self.log is not None:
             self.log.parent.mkdir(parents=True, exist_ok=True)
             out = self.log.open("ab")
+        pin = (lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None  # inherited by its children
         try:
             self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=out,
                                          stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=pin)
         finally:
             if out is not None:
                 out.close()

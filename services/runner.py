@@ -6,9 +6,13 @@ until all are ready, prints the gateway URL and an API key, and stops everything
 them dies.
 
 By default models with the same deployment share one engine: on the cpu profile
-one SmolLM2 engine answers the four chat names (~3.5 GiB) next to the embedding
+one SmolLM2 engine answers the four chat names (~3.8 GiB) next to the embedding
 engine (~2 GiB), which fits a 16 GiB machine. ``--separate`` starts one engine
 per model on its own catalogue port instead.
+
+On a CPU profile each engine and the gateway are pinned to their own cores, computed
+from the cores this process may use (hxp.model.placement), so that engines do not
+bind their threads to the same core and starve each other.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from pathlib import Path
 
 from hxp import catalogue
 from hxp.catalogue import Catalogue
-from hxp.model.command import EngineCommand, catalogue_commands
+from hxp.model.command import EngineCommand, catalogue_commands, engine_groups
+from hxp.model.placement import Placement, describe, place
 from hxp.model.service import READY_TIMEOUT_S, Engine
 from hxp.paths import state_dir, state_path
 from hxp.process import Service, ServiceError, StopRequest, stop_all, wait_all_ready
@@ -31,11 +36,16 @@ from hxp.process import Service, ServiceError, StopRequest, stop_all, wait_all_r
 KEY_ALIAS = "local-dev"
 
 
+def master_key_file() -> Path:
+    """Where the native stack keeps its master key when HXP_MASTER_KEY is not set."""
+    return state_dir() / "master.key"
+
+
 def master_key() -> str:
     """HXP_MASTER_KEY, else the one kept in the state directory (created once, mode 0600)."""
     if os.environ.get("HXP_MASTER_KEY"):
         return os.environ["HXP_MASTER_KEY"]
-    path = state_dir() / "master.key"
+    path = master_key_file()
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -62,9 +72,16 @@ def backends(engines: list[EngineCommand]) -> dict[str, list[str]]:
     return {name: [f"{cmd.base_url}/v1"] for cmd in engines for name in cmd.names}
 
 
-def gateway_service(host: str, port: int, env: dict[str, str], log: Path) -> Service:
+def gateway_service(host: str, port: int, env: dict[str, str], log: Path, cpus: tuple[int, ...] = ()) -> Service:
     argv = [sys.executable, "-m", "hxp.cli", "gateway", "serve", "--host", host, "--port", str(port)]
-    return Service(f"gateway :{port}", argv, env, log)
+    return Service(f"gateway :{port}", argv, env, log, cpus)
+
+
+def placement(cat: Catalogue, separate: bool) -> Placement | None:
+    """On a CPU profile, the cores of each engine and of the gateway among those we may use."""
+    if cat.profile_settings.device != "cpu":
+        return None
+    return place(os.sched_getaffinity(0), [group[0].task for group in engine_groups(cat.models, separate)])
 
 
 def api_key(env: dict[str, str]) -> str:
@@ -83,7 +100,8 @@ def api_key(env: dict[str, str]) -> str:
 def run(cat: Catalogue, *, separate: bool, enforce_eager: bool, host: str, port: int,
         timeout: float = READY_TIMEOUT_S) -> int:
     stop = StopRequest()
-    commands = catalogue_commands(cat, separate=separate, enforce_eager=enforce_eager)
+    cores = placement(cat, separate)
+    commands = catalogue_commands(cat, separate=separate, enforce_eager=enforce_eager, placement=cores)
     check_ports_free("127.0.0.1", [c.port for c in commands] + [port])
     try:
         prepare(cat)
@@ -94,9 +112,12 @@ def run(cat: Catalogue, *, separate: bool, enforce_eager: bool, host: str, port:
     engines = [Engine(cmd, logs / f"engine-{cmd.log_name}.log") for cmd in commands]
     env = {"HXP_MASTER_KEY": master_key(), "HXP_BACKENDS": json.dumps(backends(commands)),
            "HXP_CATALOGUE": str(cat.path), "HXP_PROFILE": cat.profile}
-    gateway = gateway_service(host, port, env, logs / "gateway.log")
+    gateway = gateway_service(host, port, env, logs / "gateway.log", cores.gateway if cores else ())
     services: list[Service] = [*engines, gateway]
     gateway_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    if cores is not None:
+        for line in describe(cores, [f"engine {cmd.log_name}" for cmd in commands]):
+            print(f"[run] {line}", flush=True)
     try:
         for engine in engines:
             print(f"[run] starting {engine.name} (log: {engine.log})", flush=True)

@@ -171,6 +171,30 @@ def test_unknown_field_is_rejected() -> None:
     fails(doc, "model 'hermes-2'", "max_modl_len")
 
 
+def test_tools_are_declared_per_model_and_profile() -> None:
+    gpu, cpu = catalogue.load(profile="gpu"), catalogue.load(profile="cpu")
+    assert gpu.get("hermes-2").tools == catalogue.Tools(parser="hermes", chat_template="chatml_tools.jinja")
+    assert gpu.get("mixtral-8x7b").tools.chat_template == "mistral_instruct_tools.jinja"
+    assert gpu.get("openchat-3.5").tools is None and gpu.get("phi-3-mini").tools is None
+    assert {m.tools for m in cpu.chat_models} == {catalogue.Tools(parser="hermes", chat_template="chatml_tools.jinja")}
+    assert all(m.tools is None for m in gpu.embedding_models + cpu.embedding_models)
+
+
+def test_tools_need_a_chat_model_a_parser_and_a_shipped_template() -> None:
+    doc = raw()
+    entry(doc, "all-minilm-l6-v2")["profiles"]["gpu"]["tools"] = {"parser": "hermes"}
+    fails(doc, "model 'all-minilm-l6-v2'", "profiles.gpu.tools", "only chat models")
+    doc = raw()
+    entry(doc, "phi-3-mini")["profiles"]["gpu"]["tools"] = {"parser": ""}
+    fails(doc, "model 'phi-3-mini'", "tools.parser")
+    doc = raw()
+    entry(doc, "phi-3-mini")["profiles"]["gpu"]["tools"] = {"parser": "hermes", "chat_template": "phi3_tools.jinja"}
+    fails(doc, "model 'phi-3-mini'", "tools.chat_template", "phi3_tools.jinja")
+    doc = raw()
+    entry(doc, "phi-3-mini")["profiles"]["gpu"]["tools"] = {"parser": "hermes", "chat_template": "../models.yaml"}
+    fails(doc, "model 'phi-3-mini'", "tools.chat_template")
+
+
 def test_bad_yaml_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "models.yaml"
     bad.write_text("models: [\n")

@@ -1,5 +1,6 @@
-"""`hxp run` end to end: a real engine and the gateway come up, answer with the printed key, and
-Ctrl-C leaves no process behind. Uses a one-model catalogue (the embedding model) to stay cheap."""
+"""`hxp run` end to end: a real engine and the gateway come up on the cores placed for them, answer with
+the printed key, and Ctrl-C leaves no process behind. Uses a one-model catalogue (the embedding model) to
+stay cheap."""
 from __future__ import annotations
 
 import os
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from hxp import catalogue
+from hxp.model.placement import place
 from tests.support.servers import free_port
 
 pytestmark = pytest.mark.engine
@@ -47,6 +49,13 @@ def alive(pid: int) -> bool:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def test_run_serves_through_the_gateway_and_stops_cleanly(tmp_path: Path) -> None:
@@ -90,6 +99,16 @@ def test_run_serves_through_the_gateway_and_stops_cleanly(tmp_path: Path) -> Non
 
         children |= descendants(runner.pid)
         assert len(children) >= 3  # engine server, engine core/worker, gateway
+        placed = place(os.sched_getaffinity(0), ["embedding"])
+        engine_cores, gateway_cores = ",".join(map(str, placed.engines[0])), ",".join(map(str, placed.gateway))
+        assert any(re.search(rf"\[run\] engine {name}: cores {engine_cores}$", line) for line in output), output
+        assert any(line.rstrip().endswith(f"[run] gateway: cores {gateway_cores}") for line in output), output
+        affinity = {pid: set(os.sched_getaffinity(pid)) for pid in children if alive(pid)}
+        engine = [pid for pid in affinity if "vllm" in cmdline(pid) or "VLLM" in cmdline(pid)]
+        gateway = [pid for pid in affinity if "gateway serve" in cmdline(pid)]
+        assert engine and gateway, {pid: cmdline(pid) for pid in affinity}
+        assert all(affinity[pid] == set(placed.engines[0]) for pid in engine), affinity
+        assert all(affinity[pid] == set(placed.gateway) for pid in gateway), affinity
         runner.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert runner.wait(120) == 0
         deadline = time.monotonic() + 30

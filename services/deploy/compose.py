@@ -31,6 +31,7 @@ import yaml
 
 from hxp import catalogue
 from hxp.catalogue import Catalogue, Model
+from hxp.model.placement import place
 from hxp.paths import PROJECT_ROOT
 
 HERE = Path(__file__).parent
@@ -40,6 +41,7 @@ KEY_ORDER = ("build", "image", "profiles", "scale", "entrypoint", "command", "po
              "environment", "volumes", "ipc", "shm_size", "cpuset", "depends_on", "deploy", "healthcheck", "restart")
 PUBLISH = "${HXP_PUBLISH_ADDRESS:-127.0.0.1}"
 CONTAINER_HOST = "0.0.0.0"
+CONTAINER_CHAT_TEMPLATES = Path("/opt/hxp/templates")  # services/model/templates, mounted there by stack.yaml
 DEV_ENGINE_PORT = 8000  # vLLM's default port, inside every development engine container
 DEV_BACKEND_URL_TEMPLATE = f"http://{{name}}:{DEV_ENGINE_PORT}/v1"
 SEPARATE_PROFILE = "separate-engines"
@@ -126,7 +128,8 @@ def engine_invocation(model: Model, cat: Catalogue) -> tuple[list[str], list[str
     maps the GPUs itself and the image has its own caches."""
     from hxp.model import command
 
-    argv = command.engine_command([model], cat.profile_settings, host=CONTAINER_HOST).argv
+    argv = command.engine_command([model], cat.profile_settings, host=CONTAINER_HOST,
+                                  chat_templates=CONTAINER_CHAT_TEMPLATES).argv
     split = argv.index(command.ENTRYPOINT) + 1
     return ["python3", *argv[1:split]], argv[split:]
 
@@ -166,12 +169,10 @@ def _ranges(cpus: Sequence[int]) -> str:
 
 
 def cpu_sets(cpus: Sequence[int]) -> dict[str, str]:
-    """Each task's CPU set on a machine with these CPUs: embeddings get a quarter of them (at least
-    one), chat the rest; disjoint from two CPUs on. The one place CPUs are split between engines."""
-    cpus = sorted(cpus)
-    embedding = max(1, len(cpus) // 4)
-    chat = cpus[:-embedding] or cpus
-    return {"chat": _ranges(chat), "embedding": _ranges(cpus[-embedding:])}
+    """Each task's CPU set on a machine with these CPUs, as the native runner places its engines
+    (:func:`hxp.model.placement.place`): disjoint from two CPUs on."""
+    placed = place(cpus, ["chat", "embedding"])
+    return {"chat": _ranges(list(placed.engines[0])), "embedding": _ranges(list(placed.engines[1]))}
 
 
 def cpus_variable(task: str) -> str:

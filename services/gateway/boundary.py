@@ -90,10 +90,11 @@ class Boundary:
         scope[SCOPE_KEY] = ctx
         scope["headers"] = [(n, v) for n, v in scope["headers"] if n != CALL_ID_HEADER] + [
             (CALL_ID_HEADER, ctx.request_id.encode())]
-        send = _outgoing(send, ctx.request_id)
+        answer_headers = _answer_headers(ctx.request_id)
+        refuse = _outgoing(send, answer_headers)
         match = table().match(scope["method"], scope["path"])
         if match.route is None:
-            await _refuse(scope, receive, send, _not_served(scope, match.allowed))
+            await _refuse(scope, receive, refuse, _not_served(scope, match.allowed))
             return
         ctx.route, ctx.params = match.route, match.params
         observation = Observation(ctx.request_id) if ctx.route.usage else None
@@ -104,12 +105,13 @@ class Boundary:
             except errors.GatewayError as refusal:
                 if observation is not None:
                     observation.refused(refusal.status_code, f"{refusal.type}: {refusal.message}")
-                await _refuse(scope, receive, send, refusal)
+                await _refuse(scope, receive, refuse, refusal)
                 return
             if observation is not None:
                 observation.admitted()
-                send = observation.sender(send)
-            await self.app(scope, receive, send)
+                await self.app(scope, receive, observation.sender(send, answer_headers))  # one wrapper for both
+            else:
+                await self.app(scope, receive, refuse)
         finally:
             CURRENT.reset(token)
             if observation is not None:
@@ -257,17 +259,25 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _outgoing(send: Send, request_id: str) -> Send:
-    """``send`` adding the request id and dropping the headers that describe the backends."""
+def _answer_headers(request_id: str) -> Callable[[Message], None]:
+    """Edits an answer's start message: adds the request id, drops the headers that describe the backends."""
     rid = request_id.encode()
 
-    async def clean(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"] = [(n, v) for n, v in message.get("headers", ()) if _kept(n)] + [
-                (REQUEST_ID_HEADER, rid)]
-        await send(message)
+    def clean(message: Message) -> None:
+        message["headers"] = [(n, v) for n, v in message.get("headers", ()) if _kept(n)] + [(REQUEST_ID_HEADER, rid)]
 
     return clean
+
+
+def _outgoing(send: Send, answer_headers: Callable[[Message], None]) -> Send:
+    """``send`` with the answer's headers edited."""
+
+    async def outgoing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            answer_headers(message)
+        await send(message)
+
+    return outgoing
 
 
 def _kept(name: bytes) -> bool:

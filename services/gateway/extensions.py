@@ -22,6 +22,7 @@ ROUTERS = [
     "hxp.gateway.health:router",                # liveness, readiness, per-model status
     "hxp.gateway.openapi:router",               # our API description (HXP_OPENAPI)
     "hxp.gateway.admin:router",                 # key management (master key only)
+    "hxp.gateway.model_info:router",            # /v1/models: the key's models and their capabilities
     "hxp.gateway.usage:router",                 # usage pipeline lifespan: replay at start, flush at stop
     "hxp.gateway.metrics:router",               # /metrics
     "hxp.vector.api:router",                    # Qdrant collections and search

@@ -7,12 +7,11 @@ naming its model is refused, 403), routes a catalogue alias as its model, and le
 at temperature 0 to a model whose catalogue entry has ``api.cache`` use LiteLLM's response
 cache (configured ``mode: default_off``). A backend that cannot be reached becomes a 503 and
 LiteLLM's limit errors get OpenAI's shape (``async_post_call_failure_hook``). After the call,
-the response carries ``x-hxp-cache: hit|miss``; ``/v1/models`` lists only the models the key
-may use.
+the response carries ``x-hxp-cache: hit|miss``.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import aiohttp
 import httpx
@@ -20,7 +19,7 @@ import litellm
 import openai
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.router import RouterRateLimitError
-from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
+from litellm.proxy._types import UserAPIKeyAuth
 from litellm.proxy.common_utils.proxy_rate_limit_error import ProxyRateLimitError
 from litellm.proxy.hooks.parallel_request_limiter_v3 import RateLimitUnverifiableError
 
@@ -41,10 +40,6 @@ def _unreachable(exc: BaseException | None, depth: int = 0) -> bool:
         return True
     return any(_unreachable(inner, depth + 1) for inner in
                (exc.__cause__, exc.__context__, getattr(exc, "original_exception", None)) if inner is not exc)
-
-
-def _allowed(user: UserAPIKeyAuth, model: str) -> bool:
-    return user.user_role == LitellmUserRoles.PROXY_ADMIN or not user.models or model in user.models
 
 
 def cache_hit(response: object) -> bool:
@@ -99,10 +94,6 @@ class GatewayHooks(CustomLogger):
         if response is None:
             return None
         return {CACHE_HEADER: "hit" if cache_hit(response) else "miss"}
-
-    async def async_filter_listed_models(self, user_api_key_dict: UserAPIKeyAuth,
-                                         model_names: Sequence[str]) -> Sequence[str]:
-        return [name for name in model_names if _allowed(user_api_key_dict, name)]
 
 
 gateway_hooks = GatewayHooks()

@@ -7,8 +7,10 @@ first streamed chunk (time to first token), the usage the answer reports and the
 carries. When the response has ended (or the client went away) :meth:`Observation.finish`
 feeds the same record to the usage row, the Prometheus metrics and the JSON request log.
 
-Per streamed chunk the work is a timestamp on the first one and a bytes search for the usage
-chunk; nothing is parsed until the end. Streams always ask the engine for their usage
+Per streamed chunk the work is a timestamp on the first one, a bytes search for the usage chunk
+and one for text (the chunks a client received, should it leave before the usage comes; the
+regex only where that finds none); nothing is parsed until the end, and the boundary's header
+edit rides on the same ``send`` wrapper (one per answer). Streams always ask the engine for their usage
 (``stream_options.include_usage``, added by the boundary); when the client did not ask for it,
 the usage chunk is read here and not passed on.
 """
@@ -33,6 +35,8 @@ _USAGE_MARK = b'"prompt_tokens":'
 _TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _TOKEN_PATTERN = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)":\s*(\d+)')
 _DELTA_TEXT = re.compile(rb'"(?:content|text|arguments)":\s*"[^"]')
+_CONTENT_MARK = b'"content":"'  # how LiteLLM writes a text chunk: found without the regex
+_CONTENT_LEN = len(_CONTENT_MARK)
 _TAIL_BYTES = 8192  # the end of a non-streamed answer: where its usage is
 DISCONNECTED = 499  # nginx's code for "client closed the request", recorded when a client leaves mid-answer
 
@@ -74,21 +78,33 @@ class Observation:
         self.active = True
         metrics.ACTIVE.labels(self.label).inc()
 
-    def sender(self, send: Send) -> Send:
-        """``send`` wrapped so that the response is observed on its way out."""
+    def sender(self, send: Send, on_start: Callable[[dict[str, Any]], None] | None = None) -> Send:
+        """``send`` wrapped so that the response is observed on its way out. ``on_start`` edits the start
+        message before it is observed (the boundary's headers), so that one wrapper does both."""
+        keep_text = request_log.content_enabled()
 
         async def observed(message: dict[str, Any]) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
-                self._start(message)
-            elif kind == "http.response.body":
+            if self._streaming:  # the hot path: one streamed chunk
                 body = message.get("body", b"")
-                if self._streaming:
-                    if body and self._chunk(body):
-                        return  # the usage chunk the client did not ask for
-                else:
-                    self._tail = (self._tail + body)[-_TAIL_BYTES:] if not request_log.content_enabled() \
-                        else self._tail + body
+                if not message.get("more_body", False):
+                    self.complete = True
+                if body:
+                    if self.first_chunk is None:
+                        self.first_chunk = time.perf_counter()
+                    if _USAGE_MARK in body:
+                        if self._usage_chunk(body):
+                            return  # the usage chunk the client did not ask for
+                    elif _has_text(body):
+                        self.chunks_with_text += 1
+                        if keep_text:
+                            self._text.append(_delta_text(body))
+            elif message["type"] == "http.response.start":
+                if on_start is not None:
+                    on_start(message)
+                self._start(message)
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                self._tail = self._tail + body if keep_text else (self._tail + body)[-_TAIL_BYTES:]
                 if not message.get("more_body", False):
                     self.complete = True
             await send(message)
@@ -104,18 +120,10 @@ class Observation:
             elif name == CACHE_HEADER:
                 self.cache_hit = value == b"hit"
 
-    def _chunk(self, body: bytes) -> bool:
-        """Observe one streamed chunk; True when it is the usage chunk to hold back from the client."""
-        if self.first_chunk is None:
-            self.first_chunk = time.perf_counter()
-        if _USAGE_MARK in body:
-            self.usage.update(_tokens(body))
-            return self.strip_usage and b'"finish_reason"' not in body and not _DELTA_TEXT.search(body)
-        if _DELTA_TEXT.search(body):
-            self.chunks_with_text += 1
-            if request_log.content_enabled():
-                self._text.append(_delta_text(body))
-        return False
+    def _usage_chunk(self, body: bytes) -> bool:
+        """Read the usage a streamed chunk reports; True when it is the usage chunk to hold back from the client."""
+        self.usage.update(_tokens(body))
+        return self.strip_usage and b'"finish_reason"' not in body and not _has_text(body)
 
     def refused(self, status: int, message: str) -> None:
         """The boundary answered the request itself (before any handler)."""
@@ -200,6 +208,14 @@ def _error_message(body: bytes) -> str:
         return f"{error.get('type') or 'error'}: {error.get('message')}"
     except (orjson.JSONDecodeError, AttributeError):
         return body[:500].decode(errors="replace")
+
+
+def _has_text(body: bytes) -> bool:
+    """Whether a streamed chunk carries text (as _DELTA_TEXT says; the usual compact chunk without the regex)."""
+    at = body.find(_CONTENT_MARK)
+    if at >= 0 and body[at + _CONTENT_LEN:at + _CONTENT_LEN + 1] not in (b'"', b""):
+        return True
+    return _DELTA_TEXT.search(body) is not None
 
 
 def _delta_text(body: bytes) -> str:

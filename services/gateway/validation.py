@@ -3,12 +3,15 @@
 :func:`validate` takes the body's kind from the route table (chat, completion, embedding,
 responses, json) and the catalogue model the body names. Types follow OpenAI's API reference: a wrong
 type, a value out of range or too many inputs is refused here, never passed on to become a
-backend's 500.
+backend's 500. So are tools sent to a model the catalogue declares without tool support, and
+JSON schemas (``response_format``, tool parameters) that the JSON Schema metaschema rejects.
 """
 from __future__ import annotations
 
 from numbers import Real
 from typing import Any, Callable
+
+import jsonschema
 
 from hxp.catalogue import Model
 from hxp.gateway.errors import GatewayError, bad_request
@@ -144,11 +147,36 @@ def _check_messages(body: dict[str, Any]) -> None:
             raise bad_request(f"{where}.content", f"'{where}.content' parts must be objects with a 'type'")
 
 
+def _check_schema(schema: dict[str, Any], param: str, where: str) -> None:
+    """A JSON Schema the metaschema accepts (the draft its ``$schema`` names, else 2020-12)."""
+    if not isinstance(schema.get("$schema", ""), str):
+        raise bad_request(param, f"'{where}.$schema' must be the URI of a JSON Schema draft")
+    try:
+        jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        at = "/".join(str(p) for p in exc.path)
+        raise bad_request(param, f"'{where}' is not a valid JSON Schema: {exc.message}"
+                                 + (f" (at '{at}')" if at else "")) from None
+    except RecursionError:
+        raise bad_request(param, f"'{where}' is nested too deeply") from None
+
+
+def _check_tool_support(body: dict[str, Any], model: Model) -> None:
+    """Tools only for a model the catalogue declares with tool support (in OpenAI's words for a model without)."""
+    if model.tools is not None:
+        return
+    param = "tools" if body.get("tools") else "tool_choice" if body.get("tool_choice") not in (None, "none") else None
+    if param is not None:
+        raise GatewayError(400, f"Model '{model.name}' has no tool support: '{param}' cannot be used with it "
+                                "(GET /v1/models tells which models support tools)",
+                           param=param, code="unsupported_parameter")
+
+
 def _check_tools(body: dict[str, Any]) -> None:
     tools = body.get("tools")
     if tools is not None:
-        if not isinstance(tools, list):
-            raise bad_request("tools", "'tools' must be a list of tools")
+        if not isinstance(tools, list) or not tools:
+            raise bad_request("tools", "'tools' must be a non-empty list of tools (leave it out for none)")
         for i, tool in enumerate(tools):
             where = f"tools[{i}]"
             function = tool.get("function") if isinstance(tool, dict) else None
@@ -160,6 +188,8 @@ def _check_tools(body: dict[str, Any]) -> None:
             if parameters is not None and not isinstance(parameters, dict):
                 raise bad_request(f"{where}.function.parameters",
                                   f"'{where}.function.parameters' must be a JSON Schema object")
+            if parameters is not None:
+                _check_schema(parameters, f"{where}.function.parameters", f"{where}.function.parameters")
     choice = body.get("tool_choice")
     if choice is None:
         return
@@ -188,6 +218,7 @@ def _check_response_format(body: dict[str, Any]) -> None:
                 spec.get("schema", {}), dict):
             raise bad_request("response_format", "'response_format.json_schema' must be an object with a 'name' "
                                                  "and a 'schema' object")
+        _check_schema(spec.get("schema", {}), "response_format", "response_format.json_schema.schema")
 
 
 def _check_inputs(body: dict[str, Any], name: str, max_inputs: int) -> None:
@@ -213,6 +244,7 @@ def _chat(body: dict[str, Any], model: Model, max_inputs: int) -> None:
     _check_messages(body)
     _check_generation(body, model)
     _check_tools(body)
+    _check_tool_support(body, model)
     _check_response_format(body)
 
 
@@ -235,6 +267,7 @@ def _responses(body: dict[str, Any], model: Model, max_inputs: int) -> None:
     from hxp.gateway.conversations.checks import check_create  # the Responses API's rules live with it
 
     check_create(body, model, max_inputs)
+    _check_tool_support(body, model)
 
 
 CHECKS: dict[str, Callable[[dict[str, Any], Model, int], None]] = {

@@ -42,9 +42,8 @@ def _serve(args: argparse.Namespace) -> int:
     from hxp.model.service import serve
 
     command = _command(args)
-    model_path = command.argv[command.argv.index("--model") + 1]
-    if model_path.startswith(str(weights.models_dir())) and not os.path.isdir(model_path):
-        print(f"{model_path} is missing: run `hxp prepare` first", file=sys.stderr)
+    if command.model.startswith(str(weights.models_dir())) and not os.path.isdir(command.model):
+        print(f"{command.model} is missing: run `hxp prepare` first", file=sys.stderr)
         return 2
     return serve(command)
 

@@ -1,8 +1,10 @@
-"""Turn catalogue models and a profile into a vLLM OpenAI-server command line and environment.
+"""Turn catalogue models and a profile into a ``vllm serve`` command line and environment.
 
 Pure functions: nothing here starts a process (see hxp.model.service for that).
 Several models with the same deployment can share one engine: vLLM serves them
-under several ``--served-model-name`` aliases.
+under several ``--served-model-name`` aliases. On CPU an engine may be given its own
+cores (hxp.model.placement): its process is pinned to them and its OpenMP threads
+bound to them (``VLLM_CPU_OMP_THREADS_BIND``).
 """
 from __future__ import annotations
 
@@ -12,14 +14,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hxp.catalogue import Catalogue, Model, Profile
+from hxp.catalogue import CHAT_TEMPLATES, Catalogue, Model, Profile, Tools
+from hxp.model.placement import Placement, omp_threads_bind
 from hxp.model.weights import engine_python, resolve_source
 from hxp.paths import state_path
 
-ENTRYPOINT = "vllm.entrypoints.openai.api_server"  # the vllm-cpu console script is broken; run the module
+# `vllm serve` is the vllm CLI's main module: run with the engine's python, it needs no console script
+# (whose shebang names the venv it was installed into).
+ENTRYPOINT = "vllm.entrypoints.cli.main"
 # On CPU, vLLM otherwise reserves --gpu-memory-utilization (0.92) of the machine's memory per engine.
 # A fixed KV cache lets several engines share one machine; override with VLLM_CPU_KVCACHE_SPACE.
 CPU_KV_CACHE_GIB = "1"
+# Tool-call arguments always follow the tool's parameter schema: vLLM constrains them as if every tool
+# were `strict: true` (its structural tags; without this only the call's envelope is constrained).
+TOOL_STRICT_LEVEL = "parameter"
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,8 @@ class EngineCommand:
     port: int
     names: list[str]
     task: str
+    model: str = ""  # the weights: a hub id or a local folder
+    cpus: tuple[int, ...] = ()  # the cores the engine is pinned to; empty: not pinned
 
     @property
     def log_name(self) -> str:
@@ -44,14 +54,15 @@ class EngineCommand:
         return f"http://{host}:{self.port}"
 
     def shell(self) -> str:
-        """The command as one copy-pasteable shell line, environment first."""
+        """The command as one copy-pasteable shell line, environment first (``taskset`` when pinned)."""
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        return f"{env} {shlex.join(self.argv)}"
+        pin = f"taskset -c {','.join(map(str, self.cpus))} " if self.cpus else ""
+        return f"{env} {pin}{shlex.join(self.argv)}"
 
 
 def _shared_key(model: Model) -> tuple:
     dep = model.deployment
-    return (model.task, dep.source, tuple(dep.devices), dep.tensor_parallel_size, dep.vllm)
+    return (model.task, dep.source, tuple(dep.devices), dep.tensor_parallel_size, dep.vllm, dep.tools)
 
 
 def engine_groups(models: Sequence[Model], separate: bool = False) -> list[list[Model]]:
@@ -64,8 +75,9 @@ def engine_groups(models: Sequence[Model], separate: bool = False) -> list[list[
     return list(groups.values())
 
 
-def engine_env(profile: Profile, devices: Sequence[int], local_weights: bool) -> dict[str, str]:
-    """Caches under the state directory; GPU selection; no hub calls when the weights are local."""
+def engine_env(profile: Profile, devices: Sequence[int], local_weights: bool,
+               cpus: Sequence[int] = ()) -> dict[str, str]:
+    """Caches under the state directory; GPU selection; CPU thread binding; no hub calls for local weights."""
     env = {
         "VLLM_CACHE_ROOT": str(state_path("cache", "vllm")),
         "TORCHINDUCTOR_CACHE_DIR": str(state_path("cache", "torchinductor")),
@@ -75,9 +87,23 @@ def engine_env(profile: Profile, devices: Sequence[int], local_weights: bool) ->
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
     if profile.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB
+        if cpus:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(cpus)
     if local_weights:
         env["HF_HUB_OFFLINE"] = "1"
     return env
+
+
+def tool_flags(tools: Tools | None, chat_templates: Path = CHAT_TEMPLATES) -> list[str]:
+    """vLLM's tool-calling flags for a deployment declaring ``tools`` (none without): any ``tool_choice``,
+    the catalogue's parser, schema-constrained arguments and the tool-aware chat template, if any, as found
+    in ``chat_templates`` (another folder where the engine runs elsewhere, e.g. in a container)."""
+    if tools is None:
+        return []
+    flags = ["--enable-auto-tool-choice", "--tool-call-parser", tools.parser, "--tool-strict-level", TOOL_STRICT_LEVEL]
+    if tools.chat_template is not None:
+        flags += ["--chat-template", str(chat_templates / tools.chat_template)]
+    return flags
 
 
 def engine_command(
@@ -88,8 +114,13 @@ def engine_command(
     port: int | None = None,
     enforce_eager: bool = False,
     python: str | None = None,
+    chat_templates: Path = CHAT_TEMPLATES,
+    cpus: Sequence[int] = (),
 ) -> EngineCommand:
-    """The command for one engine serving ``models`` (all with the same deployment) under ``profile``."""
+    """The command for one engine serving ``models`` (all with the same deployment) under ``profile``.
+
+    ``cpus``: on a CPU profile, the cores the engine runs on (see hxp.model.placement).
+    """
     if not models:
         raise ValueError("an engine needs at least one model")
     first = models[0]
@@ -102,8 +133,7 @@ def engine_command(
     port = port or first.port
     names = [m.name for m in models]
     argv = [
-        python or engine_python(), "-m", ENTRYPOINT,
-        "--model", source,
+        python or engine_python(), "-m", ENTRYPOINT, "serve", source,
         "--served-model-name", *names,
         "--host", host,
         "--port", str(port),
@@ -121,17 +151,27 @@ def engine_command(
         argv += ["--runner", "pooling"]
     if settings.trust_remote_code:
         argv.append("--trust-remote-code")
+    argv += tool_flags(dep.tools, chat_templates)
     if enforce_eager:
         argv.append("--enforce-eager")
-    env = engine_env(profile, dep.devices, local_weights=Path(source).is_absolute())
-    return EngineCommand(argv, env, host, port, names, first.task)
+    cpus = tuple(sorted(cpus)) if profile.device == "cpu" else ()
+    env = engine_env(profile, dep.devices, local_weights=Path(source).is_absolute(), cpus=cpus)
+    return EngineCommand(argv, env, host, port, names, first.task, source, cpus)
 
 
 def catalogue_commands(
     cat: Catalogue, *, separate: bool = False, enforce_eager: bool = False, host: str = "127.0.0.1",
+    placement: Placement | None = None,
 ) -> list[EngineCommand]:
-    """One command per engine needed to serve every model of the catalogue."""
+    """One command per engine needed to serve every model of the catalogue.
+
+    ``placement``: the cores of each engine, in the order of :func:`engine_groups` (CPU profiles).
+    """
+    groups = engine_groups(cat.models, separate)
+    cores = placement.engines if placement is not None else [()] * len(groups)
+    if len(cores) != len(groups):
+        raise ValueError(f"the placement is for {len(cores)} engines, the catalogue needs {len(groups)}")
     return [
-        engine_command(group, cat.profile_settings, host=host, enforce_eager=enforce_eager)
-        for group in engine_groups(cat.models, separate)
+        engine_command(group, cat.profile_settings, host=host, enforce_eager=enforce_eager, cpus=cpus)
+        for group, cpus in zip(groups, cores)
     ]

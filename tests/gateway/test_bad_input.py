@@ -7,7 +7,6 @@ than 503, none hangs, and every 4xx is in OpenAI's error shape.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, Iterator
 
 import httpx
@@ -15,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings, strategies as st
 
 from hxp import catalogue
-from hxp.gateway.database import Database
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import Gateway, GatewayFactory
 
@@ -111,17 +109,7 @@ def test_refused_bodies_are_usage_rows(strict) -> None:
                post(gateway, key, "/chat/completions", {"model": CHAT, "messages": [{"role": "user",
                                                                                       "content": "x" * MAX_BODY}]})]
     ids = {r.headers["x-request-id"]: r.status_code for r in answers}
-    db = Database(f"sqlite:///{gateway.state_dir / 'gateway.sqlite3'}")
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            rows = {str(r["request_id"]): r for r in db.fetchall(
-                "SELECT request_id, status, user_id, model_name, error_message FROM llm_model_requests")}
-            if set(ids) <= set(rows) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-    finally:
-        db.close()
+    rows = gateway.usage_rows(list(ids))
     assert set(ids) <= set(rows)
     for request_id, code in ids.items():
         row = rows[request_id]

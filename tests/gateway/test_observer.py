@@ -159,3 +159,48 @@ def test_metrics_count_each_request_once(usage_env: Database) -> None:
     obs.finish()
     assert metrics.REQUESTS.labels("hermes-2", "200", "bob")._value.get() == before + 1
     assert observer.UNKNOWN == Observation("x").label
+
+
+def test_one_wrapper_edits_the_headers_then_observes_the_stream(usage_env: Database) -> None:
+    pipeline.start()
+    obs = Observation("6b7d2c2e-5e8a-4a53-9a55-3c8f2b8a8c11", model="phi-3-mini", stream=True, strip_usage=True)
+    received: list[dict[str, Any]] = []
+
+    async def client(message: dict[str, Any]) -> None:
+        received.append(message)
+
+    def edit(message: dict[str, Any]) -> None:  # what the boundary does to every answer's start
+        message["headers"] = [(n, v) for n, v in message["headers"] if n != b"x-backend"] + [(b"x-request-id", b"r")]
+
+    async def answer() -> None:
+        send = obs.sender(client, edit)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"x-backend", b"secret"),
+                                (b"x-hxp-cache", b"miss")]})
+        for body in (sse(chunk("Hello")), sse(chunk(finish="stop")), sse(USAGE), sse("[DONE]")):
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    asyncio.run(answer())
+    assert received[0]["headers"] == [(b"content-type", b"text/event-stream"), (b"x-hxp-cache", b"miss"),
+                                      (b"x-request-id", b"r")]
+    assert [m["body"] for m in received[1:]] == [sse(chunk("Hello")), sse(chunk(finish="stop")), sse("[DONE]"), b""]
+    obs.finish()
+    pipeline.close()
+    [row] = rows(usage_env)
+    assert row["status"] == "success" and row["completion_tokens"] == 3 and not row["cache_hit"]
+
+
+@pytest.mark.parametrize("body", [
+    b'data: {"choices":[{"index":0,"delta":{"content":"Hi","role":"assistant"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":"","role":"assistant"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":null},"finish_reason":"stop"}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content": " spaced"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":""}},{"index":1,"delta":{"content":"b"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"text":"completion"}]}\n\n',
+    b'data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\\"a"}}]}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":"',
+    b": ping\n\n",
+])
+def test_text_chunks_are_found_as_the_pattern_finds_them(body: bytes) -> None:
+    assert observer._has_text(body) == (observer._DELTA_TEXT.search(body) is not None)

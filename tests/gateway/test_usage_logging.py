@@ -1,8 +1,12 @@
-"""Usage rows written by a real gateway: one per request answered, across SIGTERM and a PostgreSQL outage."""
+"""Usage rows written by a real gateway: one per request answered, a client leaving mid-stream, across SIGTERM and
+a PostgreSQL outage."""
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -40,8 +44,8 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "
         time.sleep(0.2)
 
 
-def stream_chat(gateway: Gateway, key: str, model: str) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": "count"}], "stream": True}
+def stream_chat(gateway: Gateway, key: str, model: str, **params: object) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "count"}], "stream": True, **params}
     with httpx.stream("POST", f"{gateway.base_url}/chat/completions", json=body, headers=gateway.headers(key),
                       timeout=60) as response:
         response.read()
@@ -97,6 +101,69 @@ def test_each_request_is_one_row_with_its_outcome_and_no_secret(gateway: Gateway
         assert secret not in dump
         assert secret.encode() not in (gateway.state_dir / "gateway.sqlite3").read_bytes()
     assert unique not in dump  # no prompt text either
+
+
+STREAM_WORDS = 400
+_TEXT_CHUNK = re.compile(rb'"content":\s*"[^"]')
+
+
+@pytest.fixture
+def paced_upstream() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream().start()
+    upstream.set_reply(words=STREAM_WORDS, rate=20)  # a 20 s stream: a disconnect comes long before its end
+    yield upstream
+    upstream.stop()
+
+
+def leave_mid_stream(gateway: Gateway, key: str, body: dict, chunks: int) -> tuple[str, int]:
+    """POST a streamed request on a raw socket, read until ``chunks`` text chunks have come, take what else has
+    already arrived, and close the connection; the request id and the text chunks received."""
+    data = json.dumps(body).encode()
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n").encode() + data
+    received = b""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=60) as sock:
+        sock.sendall(request)
+        while len(_TEXT_CHUNK.findall(received)) < chunks:
+            piece = sock.recv(65536)
+            assert piece, received
+            received += piece
+        sock.setblocking(False)
+        try:
+            while piece := sock.recv(65536):
+                received += piece
+        except BlockingIOError:
+            pass
+    head = received.split(b"\r\n\r\n", 1)[0].decode()
+    assert head.startswith("HTTP/1.1 200"), head
+    request_id = re.search(r"(?im)^x-request-id: (\S+)", head)
+    assert request_id, head
+    return request_id.group(1), len(_TEXT_CHUNK.findall(received))
+
+
+def test_a_client_leaving_mid_stream_stops_the_engine_and_gets_a_row_with_what_it_received(
+        gateway_factory, paced_upstream: FakeUpstream) -> None:
+    gateway = started(gateway_factory, paced_upstream.url)
+    key = gateway.create_key(alias="leaves-" + secrets.token_hex(4), models=[CHAT[0]])
+    body = {"model": CHAT[0], "messages": [{"role": "user", "content": "count"}], "stream": True}
+    assert stream_chat(gateway, key, CHAT[0], max_tokens=3).status_code == 200  # a first stream warms LiteLLM up
+    paced_upstream.reset()
+    request_id, received = leave_mid_stream(gateway, key, {**body, "max_tokens": STREAM_WORDS}, 10)
+    wait_for(lambda: paced_upstream.stream_outcomes()["cut"] == 1, timeout=30, what="the upstream stream cut")
+    outcome = paced_upstream.stream_outcomes()
+    assert outcome["completed"] == 0
+    [sent] = outcome["cut_after_chunks"]
+    assert received <= sent < STREAM_WORDS // 2  # the engine stopped generating soon after the client left
+    db = sqlite_db(gateway)
+    try:
+        wait_for(lambda: db.fetchone("SELECT 1 FROM llm_model_requests WHERE request_id = ?", (request_id,))
+                 is not None, what="the row of the stream")
+        row = db.fetchone("SELECT * FROM llm_model_requests WHERE request_id = ?", (request_id,))
+    finally:
+        db.close()
+    assert row["status"] == "cancelled" and row["stream"] and row["error_message"].startswith("499")
+    assert received <= row["completion_tokens"] <= received + 1  # what it received, within the chunk in flight
+    assert 0 <= row["time_to_first_token_ms"] <= row["latency_ms"]
 
 
 class Load:

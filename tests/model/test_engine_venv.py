@@ -5,6 +5,7 @@ import json
 import subprocess
 
 from hxp.model import weights
+from hxp.model.command import ENTRYPOINT
 from hxp.paths import PROJECT_ROOT
 
 PROBE = """
@@ -30,6 +31,13 @@ def test_version_alias_platform_and_no_mismatched_torch_companions() -> None:
     assert facts["torch"].endswith("+cpu")
     assert facts["cpu"] is True
     assert facts["mismatched"] == []
+
+
+def test_vllm_cli_entry_point_runs() -> None:
+    """Engines start as `python -m vllm.entrypoints.cli.main serve` (vLLM's `vllm serve`)."""
+    version = engine("-m", ENTRYPOINT, "--version").strip().splitlines()[-1]
+    assert version.endswith("+cpu")
+    assert "serve" in engine("-m", ENTRYPOINT, "serve", "--help")
 
 
 def test_lock_is_the_fixed_venv_without_alias_or_weights() -> None:

@@ -9,6 +9,12 @@ never reached a backend, keeps the bodies of the latest model requests in order
 With ``--forward URL`` it answers nothing itself: it relays every request to that real
 engine, keeping the model requests' bodies.
 
+Its answers are REPLY_WORDS (at most ``max_tokens`` of them, one streamed chunk each) unless
+told otherwise (POST /_reply?words=N&rate=R, :meth:`FakeUpstream.set_reply`): then N words,
+cycling through REPLY_WORDS, and streams paced at R chunks per second (unpaced without R).
+A stream watches for the client's disconnect: /_stats counts the streams ``completed`` and
+``cut`` (the client went away first) and how many text chunks each cut stream had sent.
+
 Run it as a process: ``python -m tests.support.fake_upstream --port P [--delay S]``,
 or from tests through :class:`FakeUpstream`.
 """
@@ -24,6 +30,7 @@ import time
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qsl
 
 import httpx
 
@@ -59,11 +66,15 @@ class Upstream:
         self.delay = delay
         self.forward = forward
         self.healthy = True
+        self.reply_words = len(REPLY_WORDS)
+        self.chunk_rate: float | None = None  # streamed chunks per second; None: as fast as possible
         self.counts: Counter[str] = Counter()
         self.fields: Counter[str] = Counter()  # top-level request fields the backend received
         self.health_checks = 0
         self.requests: deque[dict[str, Any]] = deque(maxlen=REQUESTS_KEPT)  # latest model request bodies
         self.running = 0  # requests being answered now (vllm:num_requests_running on /metrics)
+        self.streams: Counter[str] = Counter()  # completed | cut
+        self.cut_after: list[int] = []  # text chunks each cut stream had sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -88,7 +99,9 @@ class Upstream:
             await _json(send, {} if self.healthy else {"error": "unhealthy"}, 200 if self.healthy else 503)
         elif path == "/_stats":
             await _json(send, {"total": sum(self.counts.values()), "by_path": dict(self.counts),
-                               "fields": dict(self.fields), "health_checks": self.health_checks})
+                               "fields": dict(self.fields), "health_checks": self.health_checks,
+                               "streams": {"completed": self.streams["completed"], "cut": self.streams["cut"],
+                                           "cut_after_chunks": self.cut_after}})
         elif path == "/_requests":
             await _json(send, list(self.requests))
         elif path == "/_reset" and method == "POST":
@@ -96,7 +109,14 @@ class Upstream:
             self.fields.clear()
             self.requests.clear()
             self.health_checks = 0
+            self.streams.clear()
+            self.cut_after = []
             await _json(send, {"ok": True})
+        elif path == "/_reply" and method == "POST":
+            params = dict(parse_qsl(query))
+            self.reply_words = int(params.get("words", len(REPLY_WORDS)))
+            self.chunk_rate = float(params["rate"]) if params.get("rate") else None
+            await _json(send, {"words": self.reply_words, "rate": self.chunk_rate})
         elif path == "/_health" and method == "POST":
             self.healthy = "ok=0" not in query
             await _json(send, {"healthy": self.healthy})
@@ -124,7 +144,7 @@ class Upstream:
             try:
                 if self.delay:
                     await asyncio.sleep(self.delay)
-                await self._answer(path, request, send)
+                await self._answer(path, request, receive, send)
             finally:
                 self.running -= 1
         else:
@@ -144,7 +164,7 @@ class Upstream:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
-    async def _answer(self, path: str, request: dict[str, Any], send: Send) -> None:
+    async def _answer(self, path: str, request: dict[str, Any], receive: Receive, send: Send) -> None:
         model = request.get("model", "fake")
         prompt_tokens = _tokens(_prompt_text(request))
         if path == "/v1/embeddings":
@@ -155,13 +175,14 @@ class Upstream:
             await _json(send, {"object": "list", "model": model, "data": data,
                                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}})
             return
-        words = REPLY_WORDS[: max(1, int(request.get("max_tokens") or len(REPLY_WORDS)))]
+        count = max(1, min(int(request.get("max_tokens") or self.reply_words), self.reply_words))
+        words = [REPLY_WORDS[i % len(REPLY_WORDS)] for i in range(count)]
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
                  "total_tokens": prompt_tokens + len(words)}
         created, rid = int(time.time()), f"fake-{os.urandom(6).hex()}"
         chat = path == "/v1/chat/completions"
         if request.get("stream"):
-            await self._stream(send, rid, created, model, words, usage, chat,
+            await self._stream(receive, send, rid, created, model, words, usage, chat,
                                bool((request.get("stream_options") or {}).get("include_usage")))
             return
         text = " ".join(words)
@@ -173,11 +194,10 @@ class Upstream:
         await _json(send, {"id": rid, "object": "chat.completion" if chat else "text_completion",
                            "created": created, "model": model, "choices": [choice], "usage": usage})
 
-    async def _stream(self, send: Send, rid: str, created: int, model: str, words: list[str],
+    async def _stream(self, receive: Receive, send: Send, rid: str, created: int, model: str, words: list[str],
                       usage: dict[str, int], chat: bool, include_usage: bool) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
-        obj = "chat.completion.chunk" if chat else "text_completion"
+        """Stream the answer until its end or until the client goes away, whichever comes first."""
+        sent = 0  # text chunks sent
 
         def chunk(piece: str | None, finish: str | None, with_usage: bool = False) -> bytes:
             choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
@@ -185,19 +205,44 @@ class Upstream:
                 choice["delta"] = {} if piece is None else {"role": "assistant", "content": piece}
             else:
                 choice["text"] = piece or ""
-            event: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model,
-                                     "choices": [] if with_usage else [choice]}
+            event: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                                     "created": created, "model": model, "choices": [] if with_usage else [choice]}
             if with_usage:
                 event["usage"] = usage
             return f"data: {json.dumps(event)}\n\n".encode()
 
-        for i, word in enumerate(words):
-            await send({"type": "http.response.body", "body": chunk(word if i == 0 else " " + word, None),
-                        "more_body": True})
-        await send({"type": "http.response.body", "body": chunk(None, "stop"), "more_body": True})
-        if include_usage:
-            await send({"type": "http.response.body", "body": chunk(None, None, True), "more_body": True})
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        async def produce() -> None:
+            nonlocal sent
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+            start = time.perf_counter()
+            for i, word in enumerate(words):
+                if self.chunk_rate:  # on a fixed schedule: a late chunk does not delay the next ones
+                    await asyncio.sleep(max(0.0, start + i / self.chunk_rate - time.perf_counter()))
+                await send({"type": "http.response.body", "body": chunk(word if i == 0 else " " + word, None),
+                            "more_body": True})
+                sent += 1
+            await send({"type": "http.response.body", "body": chunk(None, "stop"), "more_body": True})
+            if include_usage:
+                await send({"type": "http.response.body", "body": chunk(None, None, True), "more_body": True})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+        producer, watcher = asyncio.ensure_future(produce()), asyncio.ensure_future(_disconnect(receive))
+        await asyncio.wait((producer, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if producer.done():
+            watcher.cancel()
+            self.streams["completed"] += 1
+            producer.result()
+        else:  # the client went away: stop generating, as an engine does
+            producer.cancel()
+            self.streams["cut"] += 1
+            self.cut_after.append(sent)
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Return when the client has gone away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _text(send: Send, text: str) -> None:
@@ -260,6 +305,15 @@ class FakeUpstream:
 
     def set_healthy(self, ok: bool) -> None:
         httpx.post(f"{self.root}/_health?ok={int(ok)}", timeout=5)
+
+    def set_reply(self, words: int = len(REPLY_WORDS), rate: float | None = None) -> None:
+        """Answer ``words`` words (capped by ``max_tokens``), streamed at ``rate`` chunks/s (None: unpaced)."""
+        query = f"words={words}" + (f"&rate={rate}" if rate else "")
+        httpx.post(f"{self.root}/_reply?{query}", timeout=5).raise_for_status()
+
+    def stream_outcomes(self) -> dict[str, Any]:
+        """{"completed": n, "cut": n, "cut_after_chunks": [text chunks each cut stream had sent]}."""
+        return self.stats()["streams"]
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import httpx
 
@@ -98,6 +98,22 @@ class Gateway:
         response = httpx.post(f"{self.url}/admin/keys", json=body, headers=self.headers(), timeout=30)
         response.raise_for_status()
         return response.json()["key"]
+
+    def usage_rows(self, request_ids: Sequence[str], timeout: float = 60.0) -> dict[str, Any]:
+        """The usage rows of these requests (their x-request-id), in that order, from the gateway's own SQLite
+        database (no DATABASE_URL given), waiting up to ``timeout`` for them to be written."""
+        from hxp.gateway.database import Database
+
+        db = Database(f"sqlite:///{self.state_dir / 'gateway.sqlite3'}")
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                rows = {str(r["request_id"]): r for r in db.fetchall("SELECT * FROM llm_model_requests")}
+                if set(request_ids) <= set(rows) or time.monotonic() > deadline:
+                    return {i: rows[i] for i in request_ids if i in rows}
+                time.sleep(0.2)
+        finally:
+            db.close()
 
     def chat(self, key: str, model: str, content: str = "hello", **params: Any) -> httpx.Response:
         """POST /v1/chat/completions with one user message."""

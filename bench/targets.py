@@ -1,0 +1,163 @@
+"""The three targets the gateway benchmarks measure side by side, and how their CPU is read.
+
+1. ``direct``  - the fake OpenAI upstream itself (tests/support/fake_upstream.py);
+2. ``bare``    - the LiteLLM proxy with the same model list and router settings, no hooks,
+                 authenticated with its master key;
+3. ``gateway`` - the full gateway (`hxp gateway serve`: trust boundary, custom auth, validation,
+                 rate limits, cache opt-in, usage logging, metrics...), with a key that has rpm/tpm limits.
+
+A server's CPU is the user+system time of its process and all its workers, read with psutil
+before and after the measured requests. This machine's speed drifts by ±20 % over minutes
+(a shared host), so the benchmarks run the three servers side by side and measure them in
+interleaved rounds (direct, bare, gateway, direct, ...), giving each column's median over the
+rounds and, for a ratio between two targets, the median of the per-round ratios.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import httpx
+import psutil
+import yaml
+
+from hxp import catalogue
+from hxp.gateway import deployments
+from hxp.gateway.launcher import WORKER_HEALTHCHECK_S
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.gateway import Gateway, all_models
+from tests.support.lifetime import die_with_parent
+from tests.support.servers import free_port, wait_port
+
+START_TIMEOUT_S = 600  # a busy machine can take minutes to start LiteLLM
+DIRECT, BARE, GATEWAY = "direct", "bare LiteLLM proxy", "full gateway"
+CORES = os.cpu_count() or 1
+WORKER_COUNTS = sorted({1, CORES})  # one worker: the CPU comparison; one per core: the throughput
+
+Row = TypeVar("Row")
+Measured = TypeVar("Measured")
+
+
+@dataclass
+class Server:
+    """One measured target: its OpenAI base URL, the process whose CPU is counted, its key."""
+    target: str
+    url: str
+    pid: int | None
+    key: str | None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"content-type": "application/json", **({"Authorization": f"Bearer {self.key}"} if self.key else {})}
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU of the server process and all its descendants (living ones)."""
+        assert self.pid is not None
+        root = psutil.Process(self.pid)
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+
+class BareProxy:
+    """The LiteLLM proxy alone, on the gateway's model list and router settings."""
+
+    def __init__(self, upstream_url: str, workers: int) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="hxp-bench-bare-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.master_key = "sk-bench-" + os.urandom(12).hex()
+        cat = catalogue.load()
+        config = {"model_list": deployments.model_list(cat, all_models(upstream_url), ""),
+                  "router_settings": deployments.router_settings(cat)}
+        (self.dir / "config.yaml").write_text(yaml.safe_dump(config))
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        env.update({"CONFIG_FILE_PATH": str(self.dir / "config.yaml"), "LITELLM_MASTER_KEY": self.master_key,
+                    "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "WARNING"})
+        self.log = open(self.dir / "log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "litellm.proxy.proxy_server:app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", str(workers), "--log-level", "warning", "--no-access-log",
+             "--loop", "uvloop", "--timeout-worker-healthcheck", str(WORKER_HEALTHCHECK_S)],
+            env=env, cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        try:
+            wait_port(self.port, timeout=START_TIMEOUT_S)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while httpx.get(f"http://127.0.0.1:{self.port}/health/liveliness", timeout=30).status_code != 200:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the bare LiteLLM proxy did not start")
+                time.sleep(0.5)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+        self.log.close()
+
+
+@contextmanager
+def side_by_side(upstream: FakeUpstream, workers: int) -> Iterator[list[Server]]:
+    """The three targets on ``upstream``, the proxies with ``workers`` workers; stopped on exit."""
+    bare = gateway = None
+    try:
+        bare = BareProxy(upstream.url, workers)
+        gateway = Gateway(all_models(upstream.url), workers=workers)
+        gateway.start(wait=False).wait_ready(START_TIMEOUT_S)
+        yield [Server(DIRECT, upstream.url, upstream.pid, None),
+               Server(BARE, bare.url, bare.proc.pid, bare.master_key),
+               Server(GATEWAY, gateway.base_url, gateway.pid, gateway.create_key(rpm=10**6, tpm=10**9))]
+    finally:
+        if gateway:
+            gateway.close()
+        if bare:
+            bare.stop()
+
+
+def each_worker_count(run: Callable[[list[Server], FakeUpstream, int], Measured]) -> dict[int, Measured]:
+    """``run(servers, upstream, workers)`` on the three targets side by side, with each of WORKER_COUNTS."""
+    upstream = FakeUpstream().start()
+    measured = {}
+    try:
+        for workers in WORKER_COUNTS:
+            with side_by_side(upstream, workers) as servers:
+                measured[workers] = run(servers, upstream, workers)
+    finally:
+        upstream.stop()
+    return measured
+
+
+def chat_model() -> str:
+    """The model the benchmarks ask for (any chat model: the fake upstream answers them all alike)."""
+    return catalogue.load().chat_models[0].name
+
+
+def medians(rounds: list[Row]) -> Row:
+    """One target's rounds as one row: the median of each numeric column (the others from the first round)."""
+    first = rounds[0]
+    columns = {}
+    for column in dataclasses.fields(first):  # type: ignore[arg-type]
+        values = [getattr(r, column.name) for r in rounds]
+        if all(isinstance(v, float) for v in values):
+            columns[column.name] = statistics.median(values)
+    return dataclasses.replace(first, **columns)  # type: ignore[type-var]
+
+
+def median_ratio(pairs: list[tuple[float, float]]) -> float:
+    """The median of the per-round ratios ``a / b``."""
+    return statistics.median(a / b for a, b in pairs)
