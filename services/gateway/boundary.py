@@ -91,10 +91,10 @@ class Boundary:
         scope["headers"] = [(n, v) for n, v in scope["headers"] if n != CALL_ID_HEADER] + [
             (CALL_ID_HEADER, ctx.request_id.encode())]
         answer_headers = _answer_headers(ctx.request_id)
-        refuse = _outgoing(send, answer_headers)
+        outgoing = _outgoing(send, answer_headers)
         match = table().match(scope["method"], scope["path"])
         if match.route is None:
-            await _refuse(scope, receive, refuse, _not_served(scope, match.allowed))
+            await _refuse(scope, receive, outgoing, _not_served(scope, match.allowed))
             return
         ctx.route, ctx.params = match.route, match.params
         observation = Observation(ctx.request_id) if ctx.route.usage else None
@@ -105,13 +105,13 @@ class Boundary:
             except errors.GatewayError as refusal:
                 if observation is not None:
                     observation.refused(refusal.status_code, f"{refusal.type}: {refusal.message}")
-                await _refuse(scope, receive, refuse, refusal)
+                await _refuse(scope, receive, outgoing, refusal)
                 return
             if observation is not None:
                 observation.admitted()
                 await self.app(scope, receive, observation.sender(send, answer_headers))  # one wrapper for both
             else:
-                await self.app(scope, receive, refuse)
+                await self.app(scope, receive, outgoing)
         finally:
             CURRENT.reset(token)
             if observation is not None:
@@ -133,7 +133,7 @@ class Boundary:
             if observation is not None and isinstance(ctx.body.get("model"), str):
                 observation.requested = ctx.body["model"][:100]
                 observation.model = deployments.catalogue().canonical(ctx.body["model"])
-        model = _named_model(route, ctx, scope)
+        model = _named_model(route, ctx)
         if model is not None:
             ctx.model = model
             validation.validate(route.body or "", ctx.body or {}, model, cfg.max_inputs)
@@ -161,7 +161,7 @@ async def _authorize(route: Route, headers: dict[str, str], scope: Scope) -> Cal
     return caller
 
 
-def _named_model(route: Route, ctx: RequestContext, scope: Scope) -> Model | None:
+def _named_model(route: Route, ctx: RequestContext) -> Model | None:
     """The catalogue model the request names (404 unknown, 403 not granted), or None."""
     if route.model is None:
         return None
