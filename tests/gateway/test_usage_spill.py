@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import json
 import multiprocessing
@@ -91,6 +92,33 @@ def test_a_spill_file_is_locked_before_a_replayer_can_see_it(tmp_path: Path, mon
     spill.append(rows(1))  # a row after close: a file of its own, left unlocked once written
     assert locked == [True] * 4
     assert spilled_lines(folder) == 1
+
+
+def test_rows_spilled_after_a_failed_write_are_not_joined_to_its_torn_line(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "spill"
+    spill = SpillFolder(folder, 2**20)
+    spill.open()
+    first, failed, later = rows(2), rows(2), rows(3)
+    assert spill.append(first) == 2
+    real_write = os.write
+
+    def half_then_full(fd: int, data) -> int:  # the disk fills up partway through a line
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).parent == folder:
+            real_write(fd, bytes(data[:len(data) // 3]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    dropped = metric("llm_usage_rows_dropped_total")
+    assert spill.append(failed) == 0
+    assert metric("llm_usage_rows_dropped_total") == dropped + 2  # lost, and counted
+    monkeypatch.setattr(os, "write", real_write)
+    assert spill.append(later) == 3 and spill.pending() == 5
+    replayed: list[UsageRecord] = []
+    assert spill.replay(replayed.extend, 10) == 5
+    assert [r.request_id for r in replayed] == [r.request_id for r in first + later]
+    assert not list(folder.glob("usage-*.jsonl"))
+    spill.close()
 
 
 def metric(name: str) -> float:

@@ -20,6 +20,7 @@ Several gateway workers share the folder:
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -106,11 +107,25 @@ class SpillFolder:
         return kept
 
     def _write(self, data: bytes, rows: int) -> None:
-        file = self._current or self._create()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(file.fd, view):]
-        os.fsync(file.fd)
+        """Append ``rows`` lines to the current file (or a new one). When that fails, the file is cut back to
+        its last whole line and retired (replayed as it is): no later row is appended to a torn line."""
+        file, self._current = self._current or self._create(), None
+        end = -1
+        try:
+            end = os.fstat(file.fd).st_size
+            view = memoryview(data)
+            while view:
+                view = view[os.write(file.fd, view):]
+            os.fsync(file.fd)
+        except OSError:
+            if end >= 0:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(file.fd, end)
+            if self._open:
+                self._sealed.append(file)
+            else:
+                os.close(file.fd)
+            raise
         file.rows += rows
         if self._open:
             self._current = file
