@@ -7,6 +7,7 @@ import fcntl
 import json
 import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -78,7 +79,8 @@ def test_a_spill_file_is_locked_before_a_replayer_can_see_it(tmp_path: Path, mon
     locked: list[bool] = []  # per new file: whether it was still invisible under a replayable name
 
     def flock(fd: int, operation: int) -> None:
-        if operation == fcntl.LOCK_EX:  # an owner taking its new file (a replayer never waits: LOCK_NB)
+        if operation == fcntl.LOCK_EX and os.readlink(f"/proc/self/fd/{fd}").endswith(".jsonl"):
+            # an owner taking its new file (a replayer never waits: LOCK_NB)
             locked.append(os.fstat(fd).st_ino not in {p.stat().st_ino for p in folder.glob("usage-*.jsonl")})
         real_flock(fd, operation)
 
@@ -92,6 +94,28 @@ def test_a_spill_file_is_locked_before_a_replayer_can_see_it(tmp_path: Path, mon
     spill.append(rows(1))  # a row after close: a file of its own, left unlocked once written
     assert locked == [True] * 4
     assert spilled_lines(folder) == 1
+
+
+def test_writers_filling_the_folder_together_stop_at_its_bound(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "spill"
+    line = len(json.dumps(rows(1)[0].to_json(), separators=(",", ":"))) + 1
+    real_size = SpillFolder.size
+
+    def slow_size(self: SpillFolder) -> int:  # long enough for another worker to measure the folder meanwhile
+        measured = real_size(self)
+        time.sleep(0.2)
+        return measured
+
+    monkeypatch.setattr(SpillFolder, "size", slow_size)
+    workers = [SpillFolder(folder, 5 * line) for _ in range(2)]  # two processes' writers: two flocks
+    kept: list[int] = []
+    threads = [threading.Thread(target=lambda w=w: kept.append(w.append(rows(4)))) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(kept) == [1, 4]
+    assert sum(p.stat().st_size for p in folder.glob("usage-*.jsonl")) == 5 * line
 
 
 def test_rows_spilled_after_a_failed_write_are_not_joined_to_its_torn_line(tmp_path: Path, monkeypatch) -> None:

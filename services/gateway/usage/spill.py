@@ -16,7 +16,8 @@ Several gateway workers share the folder:
 - ``pending()`` counts this writer's own rows and, for the role holder only, the rows of ended processes'
   files: summed over the workers, each row is counted once.
 - Beyond ``max_bytes`` in the folder (all its files), rows are dropped and counted in
-  ``llm_usage_rows_dropped_total``; ``llm_usage_spill_bytes`` is the folder's size.
+  ``llm_usage_rows_dropped_total``; ``llm_usage_spill_bytes`` is the folder's size. Writers measure the folder
+  and append under one ``flock`` (``append.lock``), so that workers spilling together stay within the bound.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ PREFIX, SUFFIX = "usage-", ".jsonl"
 _TMP = ".tmp-"  # a file being created; one still here after _STALE_TMP_S belongs to a process that died
 _STALE_TMP_S = 60.0
 _ROLE = "replay.lock"
+_APPEND_LOCK = "append.lock"
 
 # The folder is shared: every worker measures all of it, the latest measurement stands (also once a worker ended).
 SPILL_BYTES = Gauge("llm_usage_spill_bytes", "Bytes of usage rows waiting in the spill folder",
@@ -90,12 +92,13 @@ class SpillFolder:
         kept = 0
         with self._lock:
             try:
-                room, size = self.max_bytes - self.size(), 0
-                while kept < len(lines) and size + len(lines[kept]) <= room:
-                    size += len(lines[kept])
-                    kept += 1
-                if kept:
-                    self._write(b"".join(lines[:kept]), kept)
+                with _exclusive(self.folder):  # measured and filled by one writer at a time (of any process)
+                    room, size = self.max_bytes - self.size(), 0
+                    while kept < len(lines) and size + len(lines[kept]) <= room:
+                        size += len(lines[kept])
+                        kept += 1
+                    if kept:
+                        self._write(b"".join(lines[:kept]), kept)
                 SPILL_BYTES.set(self.max_bytes - room + size)
             except OSError as exc:
                 log.error("usage spill folder %s failed (%s): %d rows lost", self.folder, exc, len(lines))
@@ -134,7 +137,6 @@ class SpillFolder:
 
     def _create(self) -> _OwnFile:
         """A new file of ours, locked before it appears under its replayable name."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         name = f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
         temporary, path = self.folder / f"{_TMP}{name}", self.folder / name
         fd = os.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
@@ -263,6 +265,18 @@ def _same_file(path: Path, stat: os.stat_result) -> bool:
     except FileNotFoundError:
         return False
     return (now.st_ino, now.st_dev) == (stat.st_ino, stat.st_dev)
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """The folder's append lock, held while a writer measures the folder and appends within its bound."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / _APPEND_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:
