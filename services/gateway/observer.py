@@ -138,10 +138,8 @@ class Observation:
         if self.active:
             metrics.ACTIVE.labels(self.label).dec()
         status = self.status if self.complete else DISCONNECTED
-        if not self._streaming and self._tail:
+        if self._tail:  # a non-streamed answer (a stream's chunks are read as they pass)
             self._read_answer(status)
-        elif status >= 400 and self.error is None and self._tail:
-            self.error = _error_message(self._tail)
         ttft = None if self.first_chunk is None else self.first_chunk - self.t0
         if self._streaming and "completion_tokens" not in self.usage and self.chunks_with_text:
             self.usage["completion_tokens"] = self.chunks_with_text  # what the client received before leaving
