@@ -92,8 +92,10 @@ class Observation:
                     if self.first_chunk is None:
                         self.first_chunk = time.perf_counter()
                     if _USAGE_MARK in body:
-                        if self._usage_chunk(body):
-                            return  # the usage chunk the client did not ask for
+                        if self._usage_chunk(body):  # the usage chunk the client did not ask for
+                            if not self.complete:
+                                return
+                            message = {**message, "body": b""}  # held back, but the body still ends
                     elif _has_text(body):
                         self.chunks_with_text += 1
                         if keep_text:

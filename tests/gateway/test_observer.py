@@ -91,6 +91,14 @@ def test_a_stream_is_one_row_with_its_usage_and_time_to_first_token(usage_env: D
     assert row["stream"] and 0 <= row["time_to_first_token_ms"] <= row["latency_ms"]
 
 
+def test_a_usage_chunk_held_back_at_the_end_of_the_body_still_ends_it(usage_env: Database) -> None:
+    obs = Observation("0c7d2c2e-5e8a-4a53-9a55-3c8f2b8a8c11", model="phi-3-mini", stream=True, strip_usage=True)
+    received = play(obs, 200, [(b"content-type", b"text/event-stream")], [sse(chunk("Hello")), sse(USAGE)])
+    assert [(m.get("body"), m.get("more_body")) for m in received[1:]] == [(sse(chunk("Hello")), True), (b"", False)]
+    obs.finish()
+    assert (obs.usage["completion_tokens"], obs.status, obs.complete) == (3, 200, True)
+
+
 def test_a_client_that_leaves_mid_stream_gets_a_row_with_what_it_received(usage_env: Database) -> None:
     pipeline.start()
     obs = Observation("1b7d2c2e-5e8a-4a53-9a55-3c8f2b8a8c11", model="phi-3-mini", stream=True)
