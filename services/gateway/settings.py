@@ -25,8 +25,19 @@
 | HXP_CONVERSATION_RETENTION_DAYS | how long stored responses (since created) and conversations | 30                |
 |                            | (since last used) are kept; then purged (hourly, or `hxp         |                   |
 |                            | conversations purge`)                                            |                   |
+| HXP_USAGE_BATCH_SIZE       | usage rows per INSERT                                            | 200               |
+| HXP_USAGE_FLUSH_INTERVAL_S | longest wait of a partial batch of usage rows                    | 1.0               |
+| HXP_USAGE_MAX_BUFFER       | usage rows in memory before spilling to disk (1: every row)      | 10000             |
+| HXP_USAGE_RETRY_MAX_S      | longest retry delay while the database is away                   | 5.0               |
+| HXP_USAGE_SPILL_MAX_MB     | bound on the spill folder (all workers); rows beyond it are      | 256               |
+|                            | dropped and counted in ``llm_usage_rows_dropped_total``          |                   |
+| HXP_USAGE_REFUSAL_ROWS_PER_MIN | refused requests (4xx) a minute each process logs one row    | 3000              |
+|                            | each; beyond, one row per minute, model, status and key, with    |                   |
+|                            | ``request_count`` requests                                       |                   |
+| HXP_USAGE_ROLLUP_INTERVAL_S | ``llm_model_performance`` interval                              | 60                |
+| HXP_USAGE_SPILL_DIR        | the spill folder (shared by the workers)                         | <state>/usage-spill |
 
-The usage pipeline's own settings (HXP_USAGE_*) are in :mod:`hxp.gateway.usage.pipeline`.
+The usage pipeline (:mod:`hxp.gateway.usage.pipeline`) reads the HXP_USAGE_* settings.
 """
 from __future__ import annotations
 
