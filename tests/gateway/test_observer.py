@@ -159,13 +159,17 @@ def test_metrics_count_each_request_once(usage_env: Database) -> None:
     from hxp.gateway import metrics
 
     before = metrics.REQUESTS.labels("hermes-2", "200", "bob")._value.get()
+    active = metrics.ACTIVE.labels("hermes-2")._value.get()
+    prompt_tokens = metrics.TOKENS.labels("hermes-2", "prompt")._value.get()
     obs = Observation("5b7d2c2e-5e8a-4a53-9a55-3c8f2b8a8c11", model="hermes-2", key_alias="bob")
     obs.admitted()
-    assert metrics.ACTIVE.labels("hermes-2")._value.get() >= 1
+    assert metrics.ACTIVE.labels("hermes-2")._value.get() == active + 1
     play(obs, 200, [(b"content-type", b"application/json")], [b'{"usage": {"prompt_tokens": 1}}'])
     obs.finish()
     obs.finish()
     assert metrics.REQUESTS.labels("hermes-2", "200", "bob")._value.get() == before + 1
+    assert metrics.ACTIVE.labels("hermes-2")._value.get() == active  # no longer in flight, and only once
+    assert metrics.TOKENS.labels("hermes-2", "prompt")._value.get() == prompt_tokens + 1  # the answer's usage
     assert observer.UNKNOWN == Observation("x").label
 
 
