@@ -102,7 +102,8 @@ class SpillFolder:
                 SPILL_BYTES.set(self.max_bytes - room + size)
             except OSError as exc:
                 log.error("usage spill folder %s failed (%s): %d rows lost", self.folder, exc, len(lines))
-                kept = 0
+                DROPPED.inc(len(lines))
+                return 0
         if kept < len(lines):
             DROPPED.inc(len(lines) - kept)
             log.error("usage spill folder %s is full (%d bytes): %d rows dropped", self.folder, self.max_bytes,
