@@ -96,6 +96,24 @@ def test_a_spill_file_is_locked_before_a_replayer_can_see_it(tmp_path: Path, mon
     assert spilled_lines(folder) == 1
 
 
+def test_a_file_released_by_close_during_its_replay_is_left_to_the_next_replayer(tmp_path: Path) -> None:
+    folder = tmp_path / "spill"
+    spill = SpillFolder(folder, 2**20)
+    spill.open()
+    records = rows(3)
+    spill.append(records)
+    # the writer's close() gave up waiting for its thread, still replaying: the file's lock (and fd) are released
+    assert spill.replay(lambda batch: spill.close(), 10) == 3
+    assert spilled_lines(folder) == 3  # not removed by a writer that no longer holds it
+    written: list[UsageRecord] = []
+    successor = SpillFolder(folder, 2**20)
+    successor.open()  # takes the replay role: the file has no owner
+    assert successor.replay(written.extend, 10) == 3 and [r.request_id for r in written] == [
+        r.request_id for r in records]
+    assert spilled_lines(folder) == 0
+    successor.close()
+
+
 def test_writers_filling_the_folder_together_stop_at_its_bound(tmp_path: Path, monkeypatch) -> None:
     folder = tmp_path / "spill"
     line = len(json.dumps(rows(1)[0].to_json(), separators=(",", ":"))) + 1

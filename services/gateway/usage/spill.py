@@ -188,10 +188,12 @@ class SpillFolder:
         replayed = 0
         for file in sealed:
             replayed += _write_all(_read(file.path), write, batch_size)
-            file.path.unlink()
-            os.close(file.fd)
             with self._lock:
+                if file not in self._sealed:  # close() released it meanwhile: the next replayer's (idempotent)
+                    continue
                 self._sealed.remove(file)
+                file.path.unlink()
+                os.close(file.fd)
         if self._role_fd >= 0:
             for path, _ in self._ended_files(fcntl.LOCK_EX):
                 replayed += _write_all(_read(path), write, batch_size)
