@@ -134,6 +134,11 @@ for _path in PAGES:
     router.add_api_route(_path.removeprefix("/console"), _page, methods=["GET"])
 
 
+@router.get("/")
+async def overview_with_slash() -> RedirectResponse:
+    return RedirectResponse("/console", status_code=307)
+
+
 # --- the pages' data ------------------------------------------------------------------------------------------
 @router.get("/api/overview")
 async def overview_data() -> dict[str, Any]:

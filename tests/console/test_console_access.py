@@ -15,6 +15,7 @@ from tests.support.console import ConsoleSession, concrete, console_routes
 from tests.support.gateway import Gateway
 
 PAGE_PATHS = set(routes.PAGES)
+REDIRECTS = {"/console/": "/console"}  # pages by another spelling: without a session, sent to sign in like a page
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def console(gateway: Gateway):
 
 def refused(response: httpx.Response, method: str, path: str) -> bool:
     """A page is sent to the sign-in page (and back after), anything else is 401."""
-    if path in PAGE_PATHS and method == "GET":
+    if path in PAGE_PATHS | set(REDIRECTS) and method == "GET":
         return response.status_code == 303 and response.headers["location"] == f"/console/sign-in?next={path}"
     return response.status_code == 401 and response.json()["error"]["code"] == "console_sign_in_required"
 
@@ -117,6 +118,14 @@ def test_failed_sign_ins_are_counted_across_replicas_sharing_redis(gateway_facto
     response = httpx.post(f"{second.url}/console/sign-in", json={"master_key": master}, headers=from_address(),
                           timeout=30)
     assert response.status_code == 200
+
+
+def test_a_redirect_sends_a_signed_in_operator_to_its_page(console) -> None:
+    for path, target in REDIRECTS.items():
+        response = console.get(path)
+        assert response.status_code == 307 and response.headers["location"] == target, path
+        assert response.headers["cache-control"] == "no-store"
+        assert console.get(path, follow_redirects=True).url.path == target
 
 
 def test_the_sign_in_page_sends_a_signed_in_operator_on(gateway, console) -> None:
