@@ -1,7 +1,8 @@
 """The console's routes: its pages, the JSON they read, sign-in and sign-out, and its static files.
 
 Who may call each one is decided by the boundary from the route table (access ``console``: a live
-session, and its CSRF token on a POST; the sign-in page and the static files are public). Keys are
+session, and its CSRF token on a POST; the sign-in page and the static files are public). Failed
+sign-ins are throttled per client address (:mod:`hxp.console.throttle`). Keys are
 changed through the admin API's own handlers (:mod:`hxp.gateway.admin`), so a change made here
 behaves exactly like one made there. Every answer carries the console's security headers (a CSP
 allowing only the gateway's own scripts and styles, no framing, no referrer, no caching).
@@ -21,7 +22,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
-from hxp.console import configuration as configuration_module, overview as overview_module, queries, sessions, usage
+from hxp.console import (configuration as configuration_module, overview as overview_module, queries, sessions,
+                         throttle, usage)
 from hxp.gateway import admin, auth, deployments, errors, settings
 from hxp.gateway.boundary import context_of
 from hxp.vector import config as vector_config
@@ -82,7 +84,14 @@ async def sign_in_page(request: Request) -> Response:
 async def sign_in(request: Request) -> JSONResponse:
     secret = _body(request).get("master_key")
     address = request.client.host if request.client else "?"
+    retry_after = await throttle.retry_after_s(address)
+    if retry_after is not None:
+        log.warning("console: refused a sign-in from %s (too many failed sign-ins)", address)
+        return errors.GatewayError(
+            429, f"Too many failed sign-ins from this address: try again in {retry_after} s",
+            code="console_sign_in_throttled", headers={"retry-after": str(retry_after)}).response()
     if not isinstance(secret, str) or not auth.is_master_key(secret):
+        await throttle.count_failure(address)
         log.warning("console: refused a sign-in from %s (wrong master key)", address)
         return errors.unauthorized("Wrong master key").response()
     ttl = settings.current().console_session_ttl_s
@@ -123,6 +132,11 @@ async def _page(request: Request) -> HTMLResponse:
 
 for _path in PAGES:
     router.add_api_route(_path.removeprefix("/console"), _page, methods=["GET"])
+
+
+@router.get("/")
+async def overview_with_slash() -> RedirectResponse:
+    return RedirectResponse("/console", status_code=307)
 
 
 # --- the pages' data ------------------------------------------------------------------------------------------

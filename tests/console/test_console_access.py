@@ -8,13 +8,14 @@ import time
 import httpx
 import pytest
 
-from hxp.console import routes, sessions
+from hxp.console import routes, sessions, throttle
 from hxp.gateway import route_table, settings
 from hxp.gateway.database import Database
 from tests.support.console import ConsoleSession, concrete, console_routes
 from tests.support.gateway import Gateway
 
 PAGE_PATHS = set(routes.PAGES)
+REDIRECTS = {"/console/": "/console"}  # pages by another spelling: without a session, sent to sign in like a page
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def console(gateway: Gateway):
 
 def refused(response: httpx.Response, method: str, path: str) -> bool:
     """A page is sent to the sign-in page (and back after), anything else is 401."""
-    if path in PAGE_PATHS and method == "GET":
+    if path in PAGE_PATHS | set(REDIRECTS) and method == "GET":
         return response.status_code == 303 and response.headers["location"] == f"/console/sign-in?next={path}"
     return response.status_code == 401 and response.json()["error"]["code"] == "console_sign_in_required"
 
@@ -55,9 +56,15 @@ def test_without_a_session_every_console_url_redirects_or_answers_401(gateway, c
     assert checked >= 12
 
 
+def from_address() -> dict[str, str]:
+    """Headers making a request come from an address of its own (uvicorn trusts the loopback proxy), so the
+    failed sign-ins a test makes are not counted against the other tests' address."""
+    return {"x-forwarded-for": "10." + ".".join(str(secrets.randbelow(256)) for _ in range(3))}
+
+
 def test_a_wrong_master_key_is_refused_and_opens_no_session(gateway) -> None:
     wrong = ["sk-wrong-" + secrets.token_hex(16), gateway.master_key[:-1] + "#"]
-    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+    with httpx.Client(base_url=gateway.url, timeout=30, headers=from_address()) as client:
         for body in ({"master_key": wrong[0]}, {"master_key": wrong[1]}, {"master_key": ""}, {"master_key": 42}, {}):
             response = client.post("/console/sign-in", json=body)
             assert response.status_code == 401, body
@@ -67,6 +74,58 @@ def test_a_wrong_master_key_is_refused_and_opens_no_session(gateway) -> None:
     time.sleep(0.5)
     assert "refused a sign-in" in gateway.log
     assert not any(w in gateway.log for w in wrong)
+
+
+def test_failed_sign_ins_are_throttled_per_address_and_successful_ones_are_not_counted(gateway) -> None:
+    here, elsewhere = from_address(), from_address()
+    wrong = {"master_key": "sk-wrong-" + secrets.token_hex(16)}
+    right = {"master_key": gateway.master_key}
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        for _ in range(throttle.FAILED_SIGN_INS + 2):
+            assert client.post("/console/sign-in", json=right, headers=here).status_code == 200
+        for _ in range(throttle.FAILED_SIGN_INS):
+            assert client.post("/console/sign-in", json=wrong, headers=here).status_code == 401
+        for body in (wrong, right):  # a throttled address learns nothing about its guess, even a right one
+            response = client.post("/console/sign-in", json=body, headers=here)
+            assert response.status_code == 429, body
+            error = response.json()["error"]
+            assert error["code"] == "console_sign_in_throttled" and error["type"] == "rate_limit_error"
+            retry_after = int(response.headers["retry-after"])
+            assert 0 < retry_after <= 60 and f"try again in {retry_after} s" in error["message"]
+            assert "set-cookie" not in response.headers
+        assert client.post("/console/sign-in", json=right, headers=elsewhere).status_code == 200
+        assert client.post("/console/sign-in", json=wrong, headers=elsewhere).status_code == 401
+    time.sleep(0.5)
+    assert "(too many failed sign-ins)" in gateway.log
+
+
+def test_failed_sign_ins_are_counted_across_replicas_sharing_redis(gateway_factory, fake_upstream, redis_server,
+                                                                   tmp_path) -> None:
+    master = "sk-master-" + secrets.token_hex(16)
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'shared.sqlite3'}", "HXP_MASTER_KEY": master,
+           "REDIS_URL": redis_server.url}
+    first, second = (gateway_factory(fake_upstream.url, env=env, wait=False) for _ in range(2))
+    for replica in (first, second):
+        replica.wait_ready()
+    here, wrong = from_address(), {"master_key": "sk-wrong-" + secrets.token_hex(16)}
+    for attempt in range(throttle.FAILED_SIGN_INS):
+        replica = (first, second)[attempt % 2]
+        response = httpx.post(f"{replica.url}/console/sign-in", json=wrong, headers=here, timeout=30)
+        assert response.status_code == 401
+    for replica in (first, second):
+        response = httpx.post(f"{replica.url}/console/sign-in", json={"master_key": master}, headers=here, timeout=30)
+        assert response.status_code == 429 and "retry-after" in response.headers, replica.url
+    response = httpx.post(f"{second.url}/console/sign-in", json={"master_key": master}, headers=from_address(),
+                          timeout=30)
+    assert response.status_code == 200
+
+
+def test_a_redirect_sends_a_signed_in_operator_to_its_page(console) -> None:
+    for path, target in REDIRECTS.items():
+        response = console.get(path)
+        assert response.status_code == 307 and response.headers["location"] == target, path
+        assert response.headers["cache-control"] == "no-store"
+        assert console.get(path, follow_redirects=True).url.path == target
 
 
 def test_the_sign_in_page_sends_a_signed_in_operator_on(gateway, console) -> None:

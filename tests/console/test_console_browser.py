@@ -14,6 +14,7 @@ import httpx
 from playwright.sync_api import expect
 
 from hxp import catalogue
+from hxp.console import throttle
 from tests.fixtures.console import ConsoleStack
 from tests.support.console import artifact
 
@@ -85,6 +86,22 @@ def test_sign_in_refuses_a_wrong_master_key_and_sign_out_ends_the_session(consol
     expect(console_page).to_have_url(f"{url}/console/sign-in?next=/console/usage")
     response = console_page.request.get(url + "/console/api/keys")
     assert response.status == 401
+
+
+def test_a_throttled_sign_in_is_told_when_to_try_again_in_the_form(console_page, console_stack) -> None:
+    address = "10." + ".".join(str(secrets.randbelow(256)) for _ in range(3))
+    console_page.context.set_extra_http_headers({"x-forwarded-for": address})  # its own address: others unthrottled
+    console_page.goto(console_stack.gateway.url + "/console/sign-in")
+    for _ in range(throttle.FAILED_SIGN_INS):
+        console_page.fill("#master-key", "sk-wrong-" + secrets.token_hex(16))
+        console_page.click("#sign-in button[type=submit]")
+        expect(console_page.locator("#error")).to_have_text("Wrong master key")
+        console_page.locator("#error").evaluate("(error) => { error.textContent = ''; }")
+    console_page.fill("#master-key", console_stack.gateway.master_key)
+    console_page.click("#sign-in button[type=submit]")
+    expect(console_page.locator("#error")).to_contain_text("Too many failed sign-ins from this address: try again in")
+    console_page.screenshot(path=artifact("sign-in-throttled.png"))
+    assert console_page.context.cookies() == []
 
 
 def test_a_key_created_in_the_page_works_its_secret_is_shown_once_and_revoking_it_stops_it(console_page,

@@ -147,10 +147,12 @@ def test_another_owners_key_gets_404_and_the_master_key_reaches_everything(gatew
     alice, colleague, bob = (client(gateway, gateway.create_key(owner=o)) for o in ("team-a", "team-a", "team-b"))
     anonymous = client(gateway)  # no owner: its objects are its own
     response = alice.responses.create(model=MODEL, input="secret plan")
-    conversation = alice.conversations.create(items=[turn("user", "secret")])
+    conversation = alice.conversations.create(items=[turn("user", "secret")], metadata={"topic": "plans"})
+    item_id = alice.conversations.items.list(conversation.id).data[0].id
     assert colleague.responses.retrieve(response.id).id == response.id  # same owner, another key
     colleague.responses.create(model=MODEL, input="go on", previous_response_id=response.id)
     for other in (bob, anonymous):
+        own = other.conversations.create()  # naming one's own conversation reaches no other's item
         for call in (lambda: other.responses.retrieve(response.id),
                      lambda: other.responses.input_items.list(response.id),
                      lambda: other.responses.delete(response.id),
@@ -158,12 +160,19 @@ def test_another_owners_key_gets_404_and_the_master_key_reaches_everything(gatew
                      lambda: other.conversations.retrieve(conversation.id),
                      lambda: other.conversations.items.list(conversation.id),
                      lambda: other.conversations.items.create(conversation.id, items=[turn("user", "x")]),
+                     lambda: other.conversations.update(conversation.id, metadata={"topic": "theirs"}),
+                     lambda: other.conversations.items.retrieve(item_id, conversation_id=conversation.id),
+                     lambda: other.conversations.items.retrieve(item_id, conversation_id=own.id),
+                     lambda: other.conversations.items.delete(item_id, conversation_id=conversation.id),
+                     lambda: other.conversations.items.delete(item_id, conversation_id=own.id),
                      lambda: other.conversations.delete(conversation.id),
                      lambda: other.responses.create(model=MODEL, input="x", conversation=conversation.id)):
             with pytest.raises(openai.NotFoundError) as refused:
                 call()
             assert "not found" in refused.value.message
-    assert alice.responses.retrieve(response.id).id == response.id  # nothing was deleted by them
+    assert alice.responses.retrieve(response.id).id == response.id  # nothing was changed or deleted by them
+    assert alice.conversations.retrieve(conversation.id).metadata == {"topic": "plans"}
+    assert [i.id for i in alice.conversations.items.list(conversation.id).data] == [item_id]
     master = client(gateway, gateway.master_key)
     assert master.responses.retrieve(response.id).id == response.id
     master.responses.delete(response.id)
