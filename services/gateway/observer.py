@@ -9,7 +9,9 @@ feeds the same record to the usage row, the Prometheus metrics and the JSON requ
 
 Per streamed chunk the work is a timestamp on the first one, a bytes search for the usage chunk
 and one for text (the chunks a client received, should it leave before the usage comes; the
-regex only where that finds none); nothing is parsed until the end, and the boundary's header
+regex only where that finds none), and on a chunk without text a prefix check for LiteLLM's
+error event (a stream that failed after it started is recorded as failed, with its code); nothing
+is parsed until the end, and the boundary's header
 edit rides on the same ``send`` wrapper (one per answer). Streams always ask the engine for their usage
 (``stream_options.include_usage``, added by the boundary); when the client did not ask for it,
 the usage chunk is read here and not passed on.
@@ -37,6 +39,7 @@ _TOKEN_PATTERN = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)":
 _DELTA_TEXT = re.compile(rb'"(?:content|text|arguments)":\s*"[^"]')
 _CONTENT_MARK = b'"content":"'  # how LiteLLM writes a text chunk: found without the regex
 _CONTENT_LEN = len(_CONTENT_MARK)
+_STREAM_ERROR = b'data: {"error"'  # LiteLLM's event when a stream fails after it started (e.g. the engine died)
 _TAIL_BYTES = 8192  # the end of a non-streamed answer: where its usage is
 DISCONNECTED = 499  # nginx's code for "client closed the request", recorded when a client leaves mid-answer
 
@@ -100,6 +103,8 @@ class Observation:
                         self.chunks_with_text += 1
                         if keep_text:
                             self._text.append(_delta_text(body))
+                    elif body.startswith(_STREAM_ERROR):
+                        self._stream_failed(body)
             elif message["type"] == "http.response.start":
                 if on_start is not None:
                     on_start(message)
@@ -126,6 +131,14 @@ class Observation:
         """Read the usage a streamed chunk reports; True when it is the usage chunk to hold back from the client."""
         self.usage.update(_tokens(body))
         return self.strip_usage and b'"finish_reason"' not in body and not _has_text(body)
+
+    def _stream_failed(self, body: bytes) -> None:
+        """A stream that failed after its status line went out: recorded with the error's own code (5xx)."""
+        error = _error(body[len(b"data: "):].strip())
+        code = error.get("code")
+        code = int(code) if str(code).isdigit() else 0
+        self.status = code if 500 <= code < 600 else 502
+        self.error = _error_text(error)
 
     def refused(self, status: int, message: str) -> None:
         """The boundary answered the request itself (before any handler)."""
@@ -177,7 +190,7 @@ class Observation:
         """Usage (and the text, when logged) from a non-streamed answer; the message of an error."""
         if status >= 400:
             if self.error is None:
-                self.error = _error_message(self._tail)
+                self.error = _error_text(_error(self._tail)) or self._tail[:500].decode(errors="replace")
             return
         usage_at = self._tail.rfind(b'"usage":')
         if usage_at >= 0:
@@ -201,13 +214,18 @@ def _tokens(data: bytes) -> dict[str, int]:
     return found
 
 
-def _error_message(body: bytes) -> str:
-    """``type: message`` of an OpenAI-shaped error body (or its start when it is something else)."""
+def _error(body: bytes) -> dict[str, Any]:
+    """The ``error`` object of an OpenAI-shaped error body; empty when it is something else."""
     try:
-        error = orjson.loads(body).get("error") or {}
-        return f"{error.get('type') or 'error'}: {error.get('message')}"
+        error = orjson.loads(body).get("error")
     except (orjson.JSONDecodeError, AttributeError):
-        return body[:500].decode(errors="replace")
+        return {}
+    return error if isinstance(error, dict) else {}
+
+
+def _error_text(error: dict[str, Any]) -> str:
+    """``type: message`` of an error object; empty for an empty one."""
+    return f"{error.get('type') or 'error'}: {error.get('message')}" if error else ""
 
 
 def _has_text(body: bytes) -> bool:

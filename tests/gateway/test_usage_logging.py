@@ -166,6 +166,36 @@ def test_a_client_leaving_mid_stream_stops_the_engine_and_gets_a_row_with_what_i
     assert 0 <= row["time_to_first_token_ms"] <= row["latency_ms"]
 
 
+def test_a_stream_the_engine_breaks_off_is_recorded_as_failed_with_the_tokens_sent(gateway_factory) -> None:
+    upstream = FakeUpstream().start()
+    try:
+        gateway = started(gateway_factory, upstream.url)
+        alias = "broken-" + secrets.token_hex(4)
+        key = gateway.create_key(alias=alias, models=[CHAT[0]])
+        upstream.set_reply(words=50, break_after=7)  # the engine dies after 7 chunks of a 50-chunk answer
+        answer = stream_chat(gateway, key, CHAT[0])
+        assert upstream.stream_outcomes()["broken"] == 1
+    finally:
+        upstream.stop()
+    assert answer.status_code == 200  # the status line went out with the first chunk
+    events = [line[6:] for line in answer.text.splitlines() if line.startswith("data: {")]
+    assert "\"error\"" in events[-1], answer.text  # the client is told: LiteLLM's error event ends the stream
+    db = sqlite_db(gateway)
+    try:
+        request_id = answer.headers["x-request-id"]
+        wait_for(lambda: db.fetchone("SELECT 1 FROM llm_model_requests WHERE request_id = ?", (request_id,))
+                 is not None, what="the row of the stream")
+        row = db.fetchone("SELECT * FROM llm_model_requests WHERE request_id = ?", (request_id,))
+    finally:
+        db.close()
+    assert row["status"] == "backend_error" and row["stream"], dict(row)
+    assert re.match(r"5\d\d ", row["error_message"]), row["error_message"]  # the status, then what LiteLLM said
+    assert row["completion_tokens"] == 7  # what the client received before the break
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert re.search(rf'llm_requests_total{{[^}}]*status="5\d\d"[^}}]*user_id="{alias}"', metrics), \
+        "the failed stream is counted as an error"
+
+
 class Load:
     """Client threads sending a mix of requests until stopped; counts the responses they received."""
 

@@ -10,10 +10,11 @@ With ``--forward URL`` it answers nothing itself: it relays every request to tha
 engine, keeping the model requests' bodies.
 
 Its answers are REPLY_WORDS (at most ``max_tokens`` of them, one streamed chunk each) unless
-told otherwise (POST /_reply?words=N&rate=R, :meth:`FakeUpstream.set_reply`): then N words,
-cycling through REPLY_WORDS, and streams paced at R chunks per second (unpaced without R).
-A stream watches for the client's disconnect: /_stats counts the streams ``completed`` and
-``cut`` (the client went away first) and how many text chunks each cut stream had sent.
+told otherwise (POST /_reply?words=N&rate=R&break_after=B, :meth:`FakeUpstream.set_reply`): then N
+words, cycling through REPLY_WORDS, streams paced at R chunks per second (unpaced without R) and,
+with B, broken off after B text chunks as by an engine that died (the connection closed mid-stream).
+A stream watches for the client's disconnect: /_stats counts the streams ``completed``, ``cut``
+(the client went away first) and ``broken``, and how many text chunks each cut stream had sent.
 
 Run it as a process: ``python -m tests.support.fake_upstream --port P [--delay S]``,
 or from tests through :class:`FakeUpstream`.
@@ -68,12 +69,13 @@ class Upstream:
         self.healthy = True
         self.reply_words = len(REPLY_WORDS)
         self.chunk_rate: float | None = None  # streamed chunks per second; None: as fast as possible
+        self.break_after: int | None = None  # text chunks after which a stream breaks off; None: never
         self.counts: Counter[str] = Counter()
         self.fields: Counter[str] = Counter()  # top-level request fields the backend received
         self.health_checks = 0
         self.requests: deque[dict[str, Any]] = deque(maxlen=REQUESTS_KEPT)  # latest model request bodies
         self.running = 0  # requests being answered now (vllm:num_requests_running on /metrics)
-        self.streams: Counter[str] = Counter()  # completed | cut
+        self.streams: Counter[str] = Counter()  # completed | cut | broken
         self.cut_after: list[int] = []  # text chunks each cut stream had sent
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,7 +103,7 @@ class Upstream:
             await _json(send, {"total": sum(self.counts.values()), "by_path": dict(self.counts),
                                "fields": dict(self.fields), "health_checks": self.health_checks,
                                "streams": {"completed": self.streams["completed"], "cut": self.streams["cut"],
-                                           "cut_after_chunks": self.cut_after}})
+                                           "broken": self.streams["broken"], "cut_after_chunks": self.cut_after}})
         elif path == "/_requests":
             await _json(send, list(self.requests))
         elif path == "/_reset" and method == "POST":
@@ -116,7 +118,8 @@ class Upstream:
             params = dict(parse_qsl(query))
             self.reply_words = int(params.get("words", len(REPLY_WORDS)))
             self.chunk_rate = float(params["rate"]) if params.get("rate") else None
-            await _json(send, {"words": self.reply_words, "rate": self.chunk_rate})
+            self.break_after = int(params["break_after"]) if params.get("break_after") else None
+            await _json(send, {"words": self.reply_words, "rate": self.chunk_rate, "break_after": self.break_after})
         elif path == "/_health" and method == "POST":
             self.healthy = "ok=0" not in query
             await _json(send, {"healthy": self.healthy})
@@ -217,6 +220,8 @@ class Upstream:
                         "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
             start = time.perf_counter()
             for i, word in enumerate(words):
+                if i == self.break_after:
+                    raise EngineDied(f"the stream broke off after {i} chunks")
                 if self.chunk_rate:  # on a fixed schedule: a late chunk does not delay the next ones
                     await asyncio.sleep(max(0.0, start + i / self.chunk_rate - time.perf_counter()))
                 await send({"type": "http.response.body", "body": chunk(word if i == 0 else " " + word, None),
@@ -231,12 +236,16 @@ class Upstream:
         await asyncio.wait((producer, watcher), return_when=asyncio.FIRST_COMPLETED)
         if producer.done():
             watcher.cancel()
-            self.streams["completed"] += 1
-            producer.result()
+            self.streams["broken" if producer.exception() else "completed"] += 1
+            producer.result()  # a broken stream raises: the server closes the connection mid-answer
         else:  # the client went away: stop generating, as an engine does
             producer.cancel()
             self.streams["cut"] += 1
             self.cut_after.append(sent)
+
+
+class EngineDied(Exception):
+    """A stream broken off on purpose (``break_after``)."""
 
 
 async def _disconnect(receive: Receive) -> None:
@@ -306,13 +315,16 @@ class FakeUpstream:
     def set_healthy(self, ok: bool) -> None:
         httpx.post(f"{self.root}/_health?ok={int(ok)}", timeout=5)
 
-    def set_reply(self, words: int = len(REPLY_WORDS), rate: float | None = None) -> None:
-        """Answer ``words`` words (capped by ``max_tokens``), streamed at ``rate`` chunks/s (None: unpaced)."""
-        query = f"words={words}" + (f"&rate={rate}" if rate else "")
+    def set_reply(self, words: int = len(REPLY_WORDS), rate: float | None = None,
+                  break_after: int | None = None) -> None:
+        """Answer ``words`` words (capped by ``max_tokens``), streamed at ``rate`` chunks/s (None: unpaced) and
+        broken off after ``break_after`` text chunks (None: never)."""
+        query = f"words={words}" + (f"&rate={rate}" if rate else "") + (
+            f"&break_after={break_after}" if break_after is not None else "")
         httpx.post(f"{self.root}/_reply?{query}", timeout=5).raise_for_status()
 
     def stream_outcomes(self) -> dict[str, Any]:
-        """{"completed": n, "cut": n, "cut_after_chunks": [text chunks each cut stream had sent]}."""
+        """{"completed": n, "cut": n, "broken": n, "cut_after_chunks": [text chunks each cut stream had sent]}."""
         return self.stats()["streams"]
 
 
