@@ -11,10 +11,10 @@ Per streamed chunk the work is a timestamp on the first one, a bytes search for 
 and one for text (the chunks a client received, should it leave before the usage comes; the
 regex only where that finds none), and on a chunk without text a prefix check for LiteLLM's
 error event (a stream that failed after it started is recorded as failed, with its code); nothing
-is parsed until the end, and the boundary's header
-edit rides on the same ``send`` wrapper (one per answer). Streams always ask the engine for their usage
-(``stream_options.include_usage``, added by the boundary); when the client did not ask for it,
-the usage chunk is read here and not passed on.
+is parsed until the end, and the boundary's header edit rides on the same ``send`` wrapper
+(one per answer). Streams always ask the engine for their usage (``stream_options.include_usage``,
+added by the boundary); when the client did not ask for it, the usage chunk is read here and not
+passed on.
 """
 from __future__ import annotations
 
