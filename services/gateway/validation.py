@@ -254,6 +254,8 @@ def _completion(body: dict[str, Any], model: Model, max_inputs: int) -> None:
 
 
 def _embedding(body: dict[str, Any], model: Model, max_inputs: int) -> None:
+    if body.get("stream") is not None and body["stream"] is not False:  # 0 == False, but is no boolean
+        raise bad_request("stream", "embeddings are not streamed: leave 'stream' out (or false)")
     _check_inputs(body, "input", max_inputs)
     encoding = body.get("encoding_format")
     if encoding is not None and not _one_of(encoding, ENCODING_FORMATS):

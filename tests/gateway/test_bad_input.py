@@ -86,6 +86,8 @@ CASES = [
     ("/embeddings", {"model": EMBED, "input": ["x"] * (MAX_INPUTS + 1)}, 400, "input"),
     ("/embeddings", {"model": EMBED, "input": "x", "encoding_format": "hex"}, 400, "encoding_format"),
     ("/embeddings", {"model": CHAT, "input": "x"}, 400, "model"),
+    ("/embeddings", {"model": EMBED, "input": "x", "stream": True, "stream_options": "x"}, 400, "stream"),
+    ("/embeddings", {"model": EMBED, "input": "x", "stream": True}, 400, "stream"),
     ("/chat/completions", {"model": CHAT, "messages": [{"role": "user", "content": "x" * MAX_BODY}]}, 413, "body"),
 ]
 
@@ -134,7 +136,7 @@ FIELDS = {
     "/chat/completions": ["model", "messages", "max_tokens", "temperature", "n", "stop", "stream", "tools",
                           "tool_choice", "response_format", "top_p", "stream_options", "rag", "seed"],
     "/completions": ["model", "prompt", "max_tokens", "n", "stop", "stream", "temperature", "echo", "logprobs"],
-    "/embeddings": ["model", "input", "encoding_format", "dimensions", "user"],
+    "/embeddings": ["model", "input", "encoding_format", "dimensions", "user", "stream", "stream_options"],
     "/vector/collections/documents/search": ["query", "vector", "limit", "score_threshold", "filter", "with_text"],
     "/vector/collections/documents/documents": ["documents"],
     "/vector/collections/documents/documents/delete": ["ids", "filter"],
