@@ -148,12 +148,11 @@ async def _authorize(route: Route, headers: dict[str, str], scope: Scope) -> Cal
     if route.access == "console":
         return await console_sessions.authorize(scope["method"], scope["path"], headers)
     secret = auth.secret_of(headers)
-    if route.access == "public":
-        return Caller(None) if auth.is_master_key(secret) else None
-    if route.access == "metrics":
-        token = settings.current().metrics_token
-        if token is None or auth.is_master_key(secret) or (secret and secret == token.get_secret_value()):
-            return Caller(None) if auth.is_master_key(secret) else None
+    if route.access in ("public", "metrics"):
+        if auth.is_master_key(secret):
+            return Caller(None)
+        if route.access == "public" or auth.is_metrics_token(secret):
+            return None
         raise errors.unauthorized("/metrics needs 'Authorization: Bearer <HXP_METRICS_TOKEN>'")
     caller = await auth.identify(secret)
     if route.access == "master" and not caller.master:
