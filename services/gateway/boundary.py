@@ -137,6 +137,8 @@ class Boundary:
         if model is not None:
             ctx.model = model
             validation.validate(route.body or "", ctx.body or {}, model, cfg.max_inputs)
+            if ctx.body is not None:
+                validation.check_destination(ctx.body, scope["path"])
         _check_collections(route, ctx)
         if observation is not None and ctx.body is not None:
             raw = _observe_body(observation, ctx.body) or raw

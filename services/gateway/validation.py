@@ -277,6 +277,20 @@ CHECKS: dict[str, Callable[[dict[str, Any], Model, int], None]] = {
 }
 
 
+def check_destination(body: dict[str, Any], path: str) -> None:
+    """No client-chosen endpoint or credentials (``api_base``, ``base_url``, ``model_list``, nested configs...):
+    LiteLLM's own rules (its list is long and kept with it), refused here as a 400. Left to LiteLLM, the refusal
+    crashes its error handling into a plain-text 500."""
+    from litellm.proxy import proxy_server
+    from litellm.proxy.auth.auth_utils import is_request_body_safe
+
+    try:
+        is_request_body_safe(body, proxy_server.general_settings, proxy_server.llm_router, str(body.get("model", "")),
+                             route=path)
+    except ValueError as exc:
+        raise GatewayError(400, str(exc), param="body", code="invalid_value") from None
+
+
 def validate(kind: str, body: dict[str, Any], model: Model, max_inputs: int) -> None:
     """Raise a 400 GatewayError for the first invalid field of a ``kind`` request to ``model``."""
     check_task(kind, model)
