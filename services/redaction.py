@@ -18,12 +18,14 @@ from urllib.parse import unquote, urlsplit
 MASK = "***"
 _MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words
 
+# a password-like parameter name: password, sslpassword, db_password, client_secret, api-key, token...
+_SECRET_NAME = r"(?:[a-z0-9_]*?(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key)|pass)"
 _PATTERNS = [
-    # userinfo of any URL: scheme://user:password@host or scheme://:password@host
-    (re.compile(r"(?i)([a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@\s]*@"), rf"\1{MASK}@"),
+    # userinfo of any URL: scheme://user:password@host or scheme://:password@host; up to the authority's last '@',
+    # as URL parsers read it (a raw '@' inside the password included)
+    (re.compile(r"(?i)((?<![a-z0-9+.\-])[a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^\s/?#]*@"), rf"\1{MASK}@"),
     # password-like query or form parameters
-    (re.compile(r"(?i)\b((?:password|passwd|pwd|pass|secret|token|api[_-]?key|apikey|access[_-]?key)=)[^&\s'\"]+"),
-     rf"\1{MASK}"),
+    (re.compile(rf"(?i)\b({_SECRET_NAME}=)[^&\s'\"]+"), rf"\1{MASK}"),
     # OpenAI-style keys (ours: sk-hxp-…): the first characters stay for recognition
     (re.compile(r"\b(sk-[A-Za-z0-9]{0,4})[A-Za-z0-9_\-]{8,}"), rf"\1{MASK}"),
     (re.compile(r"(?i)\b(bearer\s+)[^\s'\",}]+"), rf"\1{MASK}"),
@@ -50,7 +52,7 @@ def register_url_secrets(url: str | None) -> None:
         register_secret(unquote(parts.password))
     for pair in parts.query.split("&"):
         name, _, value = pair.partition("=")
-        if value and re.fullmatch(r"(?i)password|passwd|pwd|pass|secret|token|api[_-]?key", name):
+        if value and re.fullmatch(f"(?i){_SECRET_NAME}", name):
             register_secret(value)
             register_secret(unquote(value))
 

@@ -113,9 +113,19 @@ def litellm_master_key(master: str) -> str:
     return "sk-hxp-master-" + hashlib.sha256(master.encode()).hexdigest()
 
 
+def _same(secret: str | None, expected: str | None) -> bool:
+    """Whether ``secret`` is ``expected``, compared in constant time."""
+    return bool(secret and expected and hmac.compare_digest(secret.encode(), expected.encode()))
+
+
 def is_master_key(secret: str | None) -> bool:
-    master = settings.current().master_secret
-    return bool(secret and master and hmac.compare_digest(secret.encode(), master.encode()))
+    return _same(secret, settings.current().master_secret)
+
+
+def is_metrics_token(secret: str | None) -> bool:
+    """Whether ``secret`` may read /metrics: anything when HXP_METRICS_TOKEN is unset, else that token."""
+    token = settings.current().metrics_token
+    return token is None or _same(secret, token.get_secret_value())
 
 
 def bearer(value: str | None) -> str:

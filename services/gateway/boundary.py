@@ -137,6 +137,8 @@ class Boundary:
         if model is not None:
             ctx.model = model
             validation.validate(route.body or "", ctx.body or {}, model, cfg.max_inputs)
+            if ctx.body is not None:
+                validation.check_destination(ctx.body, scope["path"])
         _check_collections(route, ctx)
         if observation is not None and ctx.body is not None:
             raw = _observe_body(observation, ctx.body) or raw
@@ -148,12 +150,11 @@ async def _authorize(route: Route, headers: dict[str, str], scope: Scope) -> Cal
     if route.access == "console":
         return await console_sessions.authorize(scope["method"], scope["path"], headers)
     secret = auth.secret_of(headers)
-    if route.access == "public":
-        return Caller(None) if auth.is_master_key(secret) else None
-    if route.access == "metrics":
-        token = settings.current().metrics_token
-        if token is None or auth.is_master_key(secret) or (secret and secret == token.get_secret_value()):
-            return Caller(None) if auth.is_master_key(secret) else None
+    if route.access in ("public", "metrics"):
+        if auth.is_master_key(secret):
+            return Caller(None)
+        if route.access == "public" or auth.is_metrics_token(secret):
+            return None
         raise errors.unauthorized("/metrics needs 'Authorization: Bearer <HXP_METRICS_TOKEN>'")
     caller = await auth.identify(secret)
     if route.access == "master" and not caller.master:

@@ -42,6 +42,8 @@ _CONTENT_LEN = len(_CONTENT_MARK)
 _STREAM_ERROR = b'data: {"error"'  # LiteLLM's event when a stream fails after it started (e.g. the engine died)
 _TAIL_BYTES = 8192  # the end of a non-streamed answer: where its usage is
 DISCONNECTED = 499  # nginx's code for "client closed the request", recorded when a client leaves mid-answer
+_ERROR_CHARS = 2000  # of an error kept in the usage row and the log line
+_ERROR_SCAN_CHARS = 4 * _ERROR_CHARS  # redacted to get them: a refusal may echo a client's megabyte-long field
 
 
 @dataclass(slots=True)
@@ -161,7 +163,7 @@ class Observation:
         error = self.error
         if status == DISCONNECTED:
             error = "client disconnected before the end of the answer"
-        error = redact(f"{status} {error}")[:2000] if error else None
+        error = redact(f"{status} {error}"[:_ERROR_SCAN_CHARS])[:_ERROR_CHARS] if error else None
         prompt_tokens = self.usage.get("prompt_tokens")
         completion_tokens = self.usage.get("completion_tokens")
         total = self.usage.get("total_tokens")

@@ -254,6 +254,8 @@ def _completion(body: dict[str, Any], model: Model, max_inputs: int) -> None:
 
 
 def _embedding(body: dict[str, Any], model: Model, max_inputs: int) -> None:
+    if body.get("stream") is not None and body["stream"] is not False:  # 0 == False, but is no boolean
+        raise bad_request("stream", "embeddings are not streamed: leave 'stream' out (or false)")
     _check_inputs(body, "input", max_inputs)
     encoding = body.get("encoding_format")
     if encoding is not None and not _one_of(encoding, ENCODING_FORMATS):
@@ -273,6 +275,20 @@ def _responses(body: dict[str, Any], model: Model, max_inputs: int) -> None:
 CHECKS: dict[str, Callable[[dict[str, Any], Model, int], None]] = {
     "chat": _chat, "completion": _completion, "embedding": _embedding, "responses": _responses,
 }
+
+
+def check_destination(body: dict[str, Any], path: str) -> None:
+    """No client-chosen endpoint or credentials (``api_base``, ``base_url``, ``model_list``, nested configs...):
+    LiteLLM's own rules (its list is long and kept with it), refused here as a 400. Left to LiteLLM, the refusal
+    crashes its error handling into a plain-text 500."""
+    from litellm.proxy import proxy_server
+    from litellm.proxy.auth.auth_utils import is_request_body_safe
+
+    try:
+        is_request_body_safe(body, proxy_server.general_settings, proxy_server.llm_router, str(body.get("model", "")),
+                             route=path)
+    except ValueError as exc:
+        raise GatewayError(400, str(exc), param="body", code="invalid_value") from None
 
 
 def validate(kind: str, body: dict[str, Any], model: Model, max_inputs: int) -> None:

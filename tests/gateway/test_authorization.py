@@ -147,3 +147,15 @@ def test_master_routes_refuse_client_keys(gateway, method, path) -> None:
     assert httpx.request(method, gateway.url + path, json={}, timeout=30).status_code == 401
     response = httpx.request(method, gateway.url + path, json={}, headers=gateway.headers(key), timeout=30)
     assert response.status_code == 403 and response.json()["error"]["code"] == "admin_only"
+
+
+@pytest.mark.parametrize("field, value", [("api_base", "http://127.0.0.1:9/v1"), ("base_url", "http://127.0.0.1:9/v1"),
+                                          ("model_list", [])])
+def test_a_client_cannot_send_a_model_call_elsewhere(gateway, fake_upstream, field: str, value: Any) -> None:
+    """A client-chosen endpoint (SSRF with the deployment's credentials) is a 400 naming it, from every caller."""
+    before = fake_upstream.requests_served()
+    for key in (gateway.create_key(), gateway.master_key):
+        response = gateway.chat(key, ALLOWED, **{field: value})
+        assert response.status_code == 400, response.text
+        assert field in response.json()["error"]["message"]
+    assert fake_upstream.requests_served() == before

@@ -103,9 +103,20 @@ def test_a_short_master_key_stops_the_start_naming_the_setting(tmp_path: Path) -
     ("connect failed: password=hunter2-pw host=db", "hunter2-pw"),
     ("Authorization: Bearer tok-abcdef123456", "tok-abcdef123456"),
     ("key sk-hxp-abcdefghijklmnop0123 refused", "abcdefghijklmnop0123"),
+    ("redis://default:p@ss-w0rd@host:6379/0", "ss-w0rd"),  # a raw '@': parsers split at the last one
+    ("postgresql://hxp@db/x?sslpassword=ssl-s3cr3t", "ssl-s3cr3t"),
+    ("DB_PASSWORD=env-s3cr3t client_secret=cl-s3cr3t", "s3cr3t"),
 ])
 def test_redaction_covers_every_url_and_credential_form(text: str, hidden: str) -> None:
     assert hidden not in redaction.redact(text) and "***" in redaction.redact(text)
+
+
+@pytest.mark.parametrize("text", ["a" * 1_000_000, "a." * 500_000, "a://:" * 200_000, "x_" * 500_000])
+def test_redaction_takes_linear_time(text: str) -> None:
+    """Texts a client controls (an echoed field, a prompt) are redacted on the event loop: no quadratic pattern."""
+    started = time.perf_counter()
+    redaction.redact(text)
+    assert time.perf_counter() - started < 10  # ~0.3 s; a quadratic pattern takes hours on a megabyte
 
 
 def test_known_secrets_are_masked_wherever_they_appear() -> None:
