@@ -111,12 +111,12 @@ def test_redaction_covers_every_url_and_credential_form(text: str, hidden: str) 
     assert hidden not in redaction.redact(text) and "***" in redaction.redact(text)
 
 
+@pytest.mark.timeout(300)  # a hang guard, not a speed target: ~0.3 s each here; a quadratic pattern never ends
 @pytest.mark.parametrize("text", ["a" * 1_000_000, "a." * 500_000, "a://:" * 200_000, "x_" * 500_000])
 def test_redaction_takes_linear_time(text: str) -> None:
-    """Texts a client controls (an echoed field, a prompt) are redacted on the event loop: no quadratic pattern."""
-    started = time.perf_counter()
-    redaction.redact(text)
-    assert time.perf_counter() - started < 10  # ~0.3 s; a quadratic pattern takes hours on a megabyte
+    """Texts a client controls (an echoed field, a prompt) are redacted on the event loop: no quadratic pattern
+    (one took hours on a megabyte of letters)."""
+    assert redaction.redact(text) == text  # nothing in these texts is a secret
 
 
 def test_known_secrets_are_masked_wherever_they_appear() -> None:
