@@ -107,7 +107,7 @@ loadtest-ui: $(VENV)/.installed  ## Locust web UI on :8089 against the running s
 
 # --- deployment: Docker Compose, keys, backups, systemd (hxp.deploy, compose*.yaml, env/) ----------
 # compose.yaml is the GPU server stack; compose.dev.yaml (on top of it) the CPU development stack.
-# Both are generated from models.yaml + services/deploy/stack*.yaml: `make compose-generate`.
+# Both are generated from models.yaml + services/hxp/deploy/stack*.yaml: `make compose-generate`.
 # STACK=compose makes keys-*, backup, restore, status, validate, doctor and usage-report act on the running
 # compose stack instead of the native one.
 COMPOSE ?= docker compose

@@ -30,7 +30,7 @@ import httpx
 import psutil
 import yaml
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.gateway import deployments
 from hxp.gateway.launcher import WORKER_HEALTHCHECK_S
 from tests.support.fake_upstream import FakeUpstream

@@ -24,12 +24,12 @@ from locust import events
 from locust.env import Environment
 from locust.runners import LocalRunner
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.loadtest import keys, traffic
 from hxp.loadtest.plan import models_under_test
 from hxp.loadtest.users import user_classes
 from hxp.loadtest.verdict import DEFAULT_MAX_FAILURE_RATIO, Recorder, Sample, Verdict, judge
-from hxp.paths import PROJECT_ROOT
+from hxp.core.paths import PROJECT_ROOT
 
 
 CATALOGUE = catalogue.load()

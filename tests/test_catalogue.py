@@ -8,8 +8,8 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from hxp import catalogue
-from hxp.catalogue import CatalogueError
+from hxp.core import catalogue
+from hxp.core.catalogue import CatalogueError
 from hxp.model.command import catalogue_commands
 
 RAW: dict[str, Any] = yaml.safe_load(catalogue.DEFAULT_PATH.read_text())

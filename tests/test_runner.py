@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.model.placement import place
 from tests.support.servers import free_port
 

@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from hxp.console import routes, sessions, throttle
-from hxp.gateway import route_table, settings
-from hxp.gateway.database import Database
+from hxp.gateway import route_table
+from hxp.core import settings
+from hxp.core.database import Database
 from tests.support.console import ConsoleSession, concrete, console_routes
 from tests.support.gateway import Gateway
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import expect
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.console import throttle
 from tests.fixtures.console import ConsoleStack
 from tests.support.console import artifact

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from tests.support.console import ConsoleSession
 from tests.support.fake_upstream import FakeUpstream
 

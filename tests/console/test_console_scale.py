@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.console import queries, usage
-from hxp.gateway.database import Database
+from hxp.core.database import Database
 from hxp.gateway.keys import KeyStore
 from hxp.gateway.usage import rollup
 from hxp.gateway.usage.record import COLUMNS, INSERT_SQL, iso

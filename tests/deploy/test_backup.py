@@ -20,7 +20,7 @@ from qdrant_client import QdrantClient, models
 
 from hxp.cli import main
 from hxp.deploy import backup
-from hxp.gateway.database import Database
+from hxp.core.database import Database
 from tests.support.servers import PASSWORD_GROUP
 
 KEYS = [(f"key-{i}", f"hash-{i}", f"sk-{i}", f"alias-{i}") for i in range(3)]
@@ -368,7 +368,7 @@ def _edit_manifest(saved: Path, **changes: object) -> None:
     ({"config": ["models.yaml", "../escaped.txt"]}, "'../escaped.txt' points outside"),
     ({"config": ["/tmp/absolute"]}, "'/tmp/absolute' points outside"),
     ({"config": ["env/../../escaped"]}, "points outside"),
-    ({"config": ["services/gateway/auth.py"]}, "is not one that backups hold"),
+    ({"config": ["services/hxp/gateway/auth.py"]}, "is not one that backups hold"),
     ({"qdrant": {"mode": "server", "collections": ["../../../evil"]}}, "points outside"),
 ])
 def test_restore_refuses_paths_outside_the_backup_and_the_project(tmp_path: Path, changes: dict,

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.cli import main
 from hxp.deploy import compose, envfiles
 from hxp.model import command
-from hxp.paths import PROJECT_ROOT
+from hxp.core.paths import PROJECT_ROOT
 
 COMPOSE_BIN = next(Path(PROJECT_ROOT / ".venv/lib").glob("python3*/site-packages/compose/docker-compose"))
 # The file combinations users run (compose.dev.yaml is an override of compose.yaml), with the optional profile.

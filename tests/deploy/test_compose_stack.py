@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from hxp.deploy import backup, running
-from hxp.paths import PROJECT_ROOT, state_path
+from hxp.core.paths import PROJECT_ROOT, state_path
 from tests.support import docker
 from tests.support.compose_stack import Stack
 

@@ -10,7 +10,7 @@ import pytest
 
 from hxp.cli import main
 from hxp.deploy import envfiles
-from hxp.paths import PROJECT_ROOT
+from hxp.core.paths import PROJECT_ROOT
 
 EXAMPLES = sorted((PROJECT_ROOT / "env").glob("*.env.example"))
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|_KEY)$")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hxp.paths import PROJECT_ROOT
+from hxp.core.paths import PROJECT_ROOT
 
 HADOLINT = PROJECT_ROOT / ".venv" / "bin" / "hadolint"
 DOCKERFILES = [PROJECT_ROOT / "services" / "gateway" / "Dockerfile", PROJECT_ROOT / "services" / "model" / "Dockerfile"]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.cli import main
-from hxp.paths import PROJECT_ROOT
+from hxp.core.paths import PROJECT_ROOT
 
 ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 HXP = PROJECT_ROOT / ".venv" / "bin" / "hxp"  # ExecStart must exist for verify: use the venv's real script

@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
-from hxp import catalogue
-from hxp.gateway.database import Database
+from hxp.core import catalogue
+from hxp.core.database import Database
 
 CAT = catalogue.load()
 CHAT, OTHER = CAT.chat_models[0], CAT.chat_models[1]

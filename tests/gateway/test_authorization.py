@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.gateway import route_table
 from tests.support.gateway import ROOT, Gateway
 

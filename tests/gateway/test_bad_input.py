@@ -13,7 +13,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, seed, settings, strategies as st
 
-from hxp import catalogue
+from hxp.core import catalogue
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import Gateway, GatewayFactory
 

@@ -9,9 +9,9 @@ from typing import Iterator
 
 import pytest
 
-from hxp.gateway.conversations import items
-from hxp.gateway.conversations.store import Context, ConversationStore, Turn
-from hxp.gateway.database import Database
+from hxp.conversations import items
+from hxp.conversations.store import Context, ConversationStore, Turn
+from hxp.core.database import Database
 from tests.support.gateway import ROOT
 
 OWNER = "owner:team"

@@ -12,8 +12,8 @@ import openai
 import pytest
 import yaml
 
-from hxp import catalogue
-from hxp.gateway.database import Database
+from hxp.core import catalogue
+from hxp.core.database import Database
 from tests.support.fake_upstream import REPLY_WORDS, FakeUpstream
 from tests.support.gateway import Gateway, GatewayFactory, all_models
 

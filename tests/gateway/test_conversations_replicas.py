@@ -8,7 +8,7 @@ from typing import Iterator
 import openai
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
 from tests.support.fake_upstream import REPLY_WORDS, FakeUpstream
 from tests.support.gateway import Gateway

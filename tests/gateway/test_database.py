@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from hxp.gateway.database import Database, redact
+from hxp.core.database import Database, redact
 
 
 @pytest.fixture

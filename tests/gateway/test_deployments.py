@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import yaml
 
-from hxp import catalogue
-from hxp.gateway import deployments, proxy_config, settings
+from hxp.core import catalogue
+from hxp.gateway import deployments, proxy_config
+from hxp.core import settings
 
 CAT = catalogue.load()
 

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from hxp import catalogue
-from hxp.gateway.database import Database
+from hxp.core import catalogue
+from hxp.core.database import Database
 from tests.support.servers import free_port
 
 CHAT = catalogue.load().chat_models[0]

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from hxp.gateway import observer
-from hxp.gateway.database import Database
+from hxp.core.database import Database
 from hxp.gateway.observer import Observation
 from hxp.gateway.usage.record import status_name
 from hxp.gateway.usage import backlog, pipeline
-from hxp.redaction import redact
+from hxp.core.redaction import redact
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import time
 import httpx
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.services

@@ -8,8 +8,8 @@ import httpx
 import pytest
 import yaml
 
-from hxp import catalogue
-from hxp.gateway.database import Database
+from hxp.core import catalogue
+from hxp.core.database import Database
 from tests.support.gateway import all_models
 
 pytestmark = pytest.mark.services

@@ -12,9 +12,9 @@ from typing import Iterator
 import httpx
 import pytest
 
-from hxp import redaction
+from hxp.core import redaction
 from hxp.gateway.auth import litellm_master_key
-from hxp.gateway.database import Database
+from hxp.core.database import Database
 from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import ROOT, Gateway, GatewayFactory
@@ -127,7 +127,7 @@ def test_known_secrets_are_masked_wherever_they_appear() -> None:
 def test_output_redaction_covers_print_logging_and_tracebacks(tmp_path: Path) -> None:
     script = """
 import logging, sys
-from hxp import redaction
+from hxp.core import redaction
 logging.basicConfig()
 redaction.register_secret("very-secret-value")
 redaction.install_output_redaction()

@@ -9,8 +9,8 @@ from typing import Iterator
 import openai
 import pytest
 
-from hxp import catalogue
-from hxp.gateway.conversations.routing import rank
+from hxp.core import catalogue
+from hxp.conversations.routing import rank
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import Gateway, GatewayFactory, all_models
 

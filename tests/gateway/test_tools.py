@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import Gateway, GatewayFactory
 

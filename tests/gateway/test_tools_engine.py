@@ -17,7 +17,7 @@ from langchain_openai import ChatOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
-from hxp import catalogue
+from hxp.core import catalogue
 from tests.fixtures.engines import RunningEngine
 from tests.support.gateway import Gateway, GatewayFactory
 

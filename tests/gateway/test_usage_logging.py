@@ -16,8 +16,8 @@ from typing import Callable, Iterator
 import httpx
 import pytest
 
-from hxp import catalogue
-from hxp.gateway.database import Database
+from hxp.core import catalogue
+from hxp.core.database import Database
 from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import Gateway

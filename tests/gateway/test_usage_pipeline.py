@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hxp.gateway import settings
-from hxp.gateway.database import Database
+from hxp.core import settings
+from hxp.core.database import Database
 from hxp.gateway.usage import pipeline
 from hxp.gateway.usage.record import UsageRecord
 from hxp.gateway.usage.writer import WriterSettings

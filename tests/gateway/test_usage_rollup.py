@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hxp.gateway.database import Database
+from hxp.core.database import Database
 from hxp.gateway.usage.record import INSERT_SQL, UsageRecord, iso
 from hxp.gateway.engines import EngineProcesses
 from hxp.gateway.usage.rollup import UPSERT_SQL, PerformanceRollup

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from hxp.gateway.database import Database
+from hxp.core.database import Database
 from hxp.gateway.usage.record import UsageRecord
 from hxp.gateway.usage.spill import SpillFolder
 from hxp.gateway.usage.writer import UsageWriter, WriterSettings

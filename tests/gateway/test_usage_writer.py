@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hxp.gateway.database import Database
+from hxp.core.database import Database
 from hxp.gateway.usage.record import UsageRecord
 from hxp.gateway.usage.spill import SpillFolder
 from hxp.gateway.usage.writer import UsageWriter, WriterSettings

@@ -1,7 +1,7 @@
 """`hxp loadtest plan|propose`."""
 import json
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.cli import main
 from hxp.loadtest.plan import users_needed
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.loadtest import keys
 from tests.loadtest.test_run import headless
 from tests.support.gateway import Gateway

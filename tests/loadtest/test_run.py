@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.loadtest.plan import users_needed
 from tests.support.gateway import GatewayFactory
 from tests.support.servers import free_port

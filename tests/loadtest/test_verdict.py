@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hxp.catalogue import Targets
+from hxp.core.catalogue import Targets
 from hxp.loadtest.verdict import Recorder, Sample, Verdict, evaluate, judge, percentile
 
 TARGETS = Targets(avg_latency_ms=1000, p95_latency_ms=1500, throughput_rps=2, memory_gb=1)

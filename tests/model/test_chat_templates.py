@@ -1,4 +1,4 @@
-"""The tool-aware chat templates (services/model/templates), rendered as vLLM renders them (transformers' Jinja).
+"""The tool-aware chat templates (services/hxp/model/templates), rendered as vLLM renders them (transformers' Jinja).
 
 The ChatML one also runs on the real CPU engine (tests/gateway/test_tools_engine.py); the Mixtral one is
 checked here against the Mistral-Instruct v0.1 prompt format, as no GPU engine runs in the tests.
@@ -11,8 +11,8 @@ from typing import Any
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from hxp import catalogue
-from hxp.catalogue import CHAT_TEMPLATES
+from hxp.core import catalogue
+from hxp.core.catalogue import CHAT_TEMPLATES
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",

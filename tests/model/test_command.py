@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.model.command import ENTRYPOINT, catalogue_commands, engine_command, engine_groups, tool_flags
 from hxp.model.placement import place
 from hxp.model.weights import package_dir, resolve_source

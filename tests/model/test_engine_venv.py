@@ -6,7 +6,7 @@ import subprocess
 
 from hxp.model import weights
 from hxp.model.command import ENTRYPOINT
-from hxp.paths import PROJECT_ROOT
+from hxp.core.paths import PROJECT_ROOT
 
 PROBE = """
 import importlib.metadata as m, importlib.util, json

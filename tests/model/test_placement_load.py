@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.model.placement import omp_threads_bind
 from hxp.process import group_pids
 from tests.fixtures.engines import RunningEngine

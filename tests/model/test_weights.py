@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.model import weights
 
 

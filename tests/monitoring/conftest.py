@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.monitoring import prometheus_config, targets
 from tests.support.exporters import Exporter
 from tests.support.gateway import Gateway, GatewayFactory

@@ -9,7 +9,7 @@ import yaml
 
 from hxp.monitoring import alertmanager
 from hxp.monitoring.prometheus_config import RULES_DIR, dump
-from hxp.paths import PROJECT_ROOT
+from hxp.core.paths import PROJECT_ROOT
 
 TESTS_DIR = PROJECT_ROOT / "prometheus" / "tests"
 RULE_FILES = sorted(RULES_DIR.glob("*.yml"))

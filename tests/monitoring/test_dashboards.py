@@ -12,7 +12,7 @@ import yaml
 
 from hxp.monitoring import dashboards, targets
 from hxp.monitoring.prometheus_config import dump
-from hxp.paths import PROJECT_ROOT
+from hxp.core.paths import PROJECT_ROOT
 
 GRAFANA = PROJECT_ROOT / "grafana"
 RENDERED = [dashboards.render(d) for d in dashboards.DASHBOARDS]

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.deploy.compose import DEV_ENGINE_PORT
 from hxp.monitoring import prometheus_config, register, targets
-from hxp.paths import PROJECT_ROOT
+from hxp.core.paths import PROJECT_ROOT
 from tests.support.prometheus import PrometheusServer
 from tests.support.servers import free_port
 

@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.cli import main
 from hxp.model import weights
 from hxp.ops import doctor
-from hxp.paths import PROJECT_ROOT
+from hxp.core.paths import PROJECT_ROOT
 from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
 from tests.support.servers import RedisServer, free_port
 

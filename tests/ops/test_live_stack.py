@@ -97,7 +97,7 @@ def test_validate_passes_on_the_real_engines(live: LiveStack, monkeypatch, capsy
     code, answer = _hxp(live, monkeypatch, capsys, "validate")
     assert _failures(answer) == [] and code == 0 and answer["ok"]
     passed = {c["check"] for c in answer["checks"] if c["status"] == "PASS"}
-    from hxp import catalogue
+    from hxp.core import catalogue
 
     for name in catalogue.load().names:
         assert {f"model {name} engine health", f"model {name} answers"} <= passed

@@ -12,9 +12,9 @@ from typing import Iterator
 import pytest
 import yaml
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.cli import main
-from hxp.gateway.database import Database
+from hxp.core.database import Database
 from hxp.gateway.usage import record
 from hxp.ops import report
 from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database

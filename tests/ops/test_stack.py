@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.deploy import backup
 from hxp.ops import stack as ops_stack
 from tests.support.servers import free_port

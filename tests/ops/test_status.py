@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.cli import main
 from hxp.ops import status
 from tests.support.servers import free_port

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.monitoring import prometheus_config, targets
 from hxp.monitoring.dashboards import DASHBOARDS
 from hxp.ops import stack as ops_stack

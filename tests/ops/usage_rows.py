@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from hxp.gateway.database import Database
+from hxp.core.database import Database
 from hxp.gateway.usage.record import iso
 
 # key id -> (alias, owner) of the keys in api_keys; "gone" was deleted (its rows keep the alias in user_id)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hxp.deploy import envfiles
-from hxp.paths import PROJECT_ROOT
+from hxp.core.paths import PROJECT_ROOT
 from tests.support import docker
 
 TESTS = PROJECT_ROOT / "tests" / "deploy"

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hxp.paths import state_path
+from hxp.core.paths import state_path
 from hxp.process import Service
 
 DATA_ROOT = os.environ.get("HXP_DOCKER_DATA_ROOT") or "/var/lib/docker"

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import httpx
 
-from hxp import catalogue
+from hxp.core import catalogue
 from tests.support.lifetime import die_with_parent
 from tests.support.servers import free_port
 
@@ -102,7 +102,7 @@ class Gateway:
     def usage_rows(self, request_ids: Sequence[str], timeout: float = 60.0) -> dict[str, Any]:
         """The usage rows of these requests (their x-request-id), in that order, from the gateway's own SQLite
         database (no DATABASE_URL given), waiting up to ``timeout`` for them to be written."""
-        from hxp.gateway.database import Database
+        from hxp.core.database import Database
 
         db = Database(f"sqlite:///{self.state_dir / 'gateway.sqlite3'}")
         try:

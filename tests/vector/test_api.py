@@ -14,8 +14,8 @@ import httpx
 import openai
 import pytest
 
-from hxp import catalogue
-from hxp.gateway.database import Database
+from hxp.core import catalogue
+from hxp.core.database import Database
 from tests.fixtures.engines import RunningEngine
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import Gateway, GatewayFactory

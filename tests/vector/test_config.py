@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from hxp import catalogue
+from hxp.core import catalogue
 from hxp.vector import config
 
 

@@ -7,7 +7,7 @@ import litellm
 import pytest
 from litellm.proxy._types import UserAPIKeyAuth
 
-from hxp.gateway.errors import GatewayError
+from hxp.core.errors import GatewayError
 from hxp.vector import config as vector_config
 from hxp.vector.embedder import Embedder
 from hxp.vector.rag import SOURCES_HEADER, RagHook, augment

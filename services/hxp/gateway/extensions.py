@@ -1,0 +1,56 @@
+"""The gateway's extension points, one place each.
+
+CALLBACKS are LiteLLM CustomLogger instances (``module:attribute``) added to
+``litellm_settings.callbacks``; ROUTERS are FastAPI routers (``module:attribute``)
+included in the proxy app, ahead of LiteLLM's routes (a router's ``lifespan`` runs
+with the app's); WORKER_STARTUP_HOOKS are functions each worker calls at start
+(LiteLLM's LITELLM_WORKER_STARTUP_HOOKS); BEFORE_WORKERS are functions the
+launcher calls before it starts several workers. Each concern adds its own line here.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+CALLBACKS = [
+    "hxp.gateway.hooks:gateway_hooks",          # the admitted model, cache opt-in, error shapes
+    "hxp.vector.rag:rag_hook",                  # retrieval-augmented prompts
+    "hxp.conversations.routing:session_affinity",  # a session's turns to one backend (prefix cache)
+]
+
+ROUTERS = [
+    "hxp.gateway.health:router",                # liveness, readiness, per-model status
+    "hxp.gateway.openapi:router",               # our API description (HXP_OPENAPI)
+    "hxp.gateway.admin:router",                 # key management (master key only)
+    "hxp.gateway.model_info:router",            # /v1/models: the key's models and their capabilities
+    "hxp.gateway.usage:router",                 # usage pipeline lifespan: replay at start, flush at stop
+    "hxp.gateway.metrics:router",               # /metrics
+    "hxp.vector.api:router",                    # Qdrant collections and search
+    "hxp.console.routes:router",                # the operator's web console (/console)
+    "hxp.conversations.api:router",     # Responses and Conversations APIs, stored state, retention
+]
+
+WORKER_STARTUP_HOOKS = [
+    "hxp.gateway.health:start_redis_watch",     # log + gauge when Redis goes away or comes back
+    "hxp.gateway.tuning:freeze_startup_heap",   # keep the collector off LiteLLM's long-lived objects
+]
+
+BEFORE_WORKERS = [
+    "hxp.gateway.metrics:prepare_multiprocess_dir",  # Prometheus samples summed over the workers
+    "hxp.vector.config:warn_local_mode_with_workers",  # Qdrant's local mode serves one process
+]
+
+
+def resolve(path: str) -> Any:
+    """The object named by ``module:attribute``."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def check() -> None:
+    """Resolve every extension now, so that a missing one stops the gateway at start with its name."""
+    for path in [*CALLBACKS, *ROUTERS, *WORKER_STARTUP_HOOKS, *BEFORE_WORKERS]:
+        try:
+            resolve(path)
+        except (ImportError, AttributeError) as exc:
+            raise SystemExit(f"gateway extension {path} cannot be loaded: {exc}") from exc

@@ -1,0 +1,89 @@
+"""Start the gateway: `hxp gateway serve --host H --port P --workers N`.
+
+The launcher applies the SQL migrations, writes the LiteLLM config into the
+state directory, prepares the workers' environment and runs the proxy app
+(:mod:`hxp.gateway.app`) under uvicorn with N workers.
+
+DATABASE_URL names *our* database; LiteLLM would read it too and try to start
+its Prisma client, so the launcher moves it to HXP_DATABASE_URL before any
+worker imports LiteLLM.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import yaml
+
+from hxp.core import catalogue as catalogue_module, redaction
+from hxp.gateway import auth, extensions, proxy_config
+from hxp.core import settings
+from hxp.core.database import Database
+from hxp.core.paths import state_path
+from hxp.core.redaction import redact_url
+
+log = logging.getLogger("hxp.gateway")
+
+# LiteLLM's retry back-off (seconds). Its defaults (0.5 doubling, up to 8, plus 0.75 jitter) make a
+# request to a dead single-replica backend wait seconds before its 503; engines are local, so retry fast.
+RETRY_BACKOFF = {"INITIAL_RETRY_DELAY": "0.05", "MAX_RETRY_DELAY": "1.0", "JITTER": "0.05"}
+
+
+# How long uvicorn waits for a worker's answer before it kills it as hung. Its default (5 s) is shorter
+# than LiteLLM's start-up on a busy machine, which would make it kill and restart workers forever.
+WORKER_HEALTHCHECK_S = 120
+
+
+def prepare_environment() -> settings.Settings:
+    """Hide DATABASE_URL from LiteLLM and pass on what the workers need; return the settings."""
+    cfg = settings.load()
+    os.environ[settings.DATABASE_URL_VAR] = cfg.database_url
+    os.environ.pop("DATABASE_URL", None)
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    os.environ.setdefault("LITELLM_LOG", "WARNING")
+    for name, value in RETRY_BACKOFF.items():
+        os.environ.setdefault(name, value)
+    problem = cfg.master_key_problem()
+    if problem:
+        raise SystemExit(problem)
+    os.environ["LITELLM_MASTER_KEY"] = auth.litellm_master_key(cfg.master_secret or "")
+    extensions.check()
+    os.environ["LITELLM_WORKER_STARTUP_HOOKS"] = ",".join(extensions.WORKER_STARTUP_HOOKS)  # module:function
+    return cfg
+
+
+def write_config(cfg: settings.Settings) -> str:
+    path = state_path("gateway") / "litellm_config.yaml"
+    path.write_text(yaml.safe_dump(proxy_config.build(cfg, catalogue_module.load()), sort_keys=False))
+    os.environ["CONFIG_FILE_PATH"] = str(path)
+    return str(path)
+
+
+def serve(host: str, port: int, workers: int = 1) -> None:
+    import uvicorn
+
+    # INFO for our own loggers only: LiteLLM's loggers inherit the root level, and at INFO they would
+    # format a line per request (a measurable share of the gateway's CPU).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("hxp").setLevel(logging.INFO)
+    redaction.install_output_redaction()
+    cfg = prepare_environment()
+    settings.register_secrets()
+    db = Database(cfg.database_url)
+    applied = db.migrate()
+    db.close()
+    log.info("database %s (migrations applied: %s)", redact_url(cfg.database_url), ", ".join(applied) or "none")
+    if cfg.redis_url:
+        log.info("redis %s: shared rate limits and response cache; rate limits fail %s when it is unreachable",
+                 redact_url(cfg.redis_url), "closed" if cfg.rate_limit_fail_closed else "open")
+    else:
+        log.warning("REDIS_URL is not set: rate limits and the response cache are in-process, "
+                    "so run ONE gateway replica (workers share nothing)")
+    if workers > 1:
+        for path in extensions.BEFORE_WORKERS:
+            extensions.resolve(path)()
+    log.info("LiteLLM config written to %s; serving on %s:%d with %d worker(s)", write_config(cfg), host, port,
+             workers)
+    uvicorn.run("hxp.gateway.app:app", host=host, port=port, workers=workers, log_level="warning",
+                access_log=False, loop="uvloop", timeout_graceful_shutdown=30,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)

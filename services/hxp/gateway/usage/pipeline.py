@@ -1,0 +1,127 @@
+"""The process-wide usage pipeline: database, batch writer and performance rollup, started once.
+
+Started off the event loop: by the gateway app's lifespan (``router`` in ``hxp.gateway.usage``, in a worker
+thread), or by a thread of its own when a row comes first (such rows wait in memory meanwhile). Closed at
+the lifespan's shutdown, which uvicorn runs after the last in-flight request was answered, and at
+interpreter exit as a backstop. (uvicorn re-raises SIGTERM after its graceful shutdown, so atexit alone
+would never run in a worker stopped by SIGTERM.)
+
+Its settings (HXP_USAGE_*) are part of the gateway's settings object (:mod:`hxp.core.settings`, with their table).
+
+Metrics (``hxp.gateway.usage.spill``, ``.refusals``): ``llm_usage_spill_bytes``, ``llm_usage_spill_limit_bytes``,
+``llm_usage_rows_dropped_total``, ``llm_usage_refusals_aggregated_total``; ``backlog()`` feeds
+``llm_usage_log_backlog`` (each row counted by one worker).
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from pathlib import Path
+
+from hxp.gateway import deployments
+from hxp.core import settings
+from hxp.core.database import Database, redact
+from hxp.gateway.usage.record import UsageRecord
+from hxp.gateway.usage.rollup import PerformanceRollup
+from hxp.gateway.usage.writer import UsageWriter, WriterSettings
+from hxp.core.paths import state_path
+
+log = logging.getLogger(__name__)
+
+
+class UsagePipeline:
+    """The database, the writer and the rollup of one process."""
+
+    def __init__(self, database_url: str, spill_dir: Path, settings: WriterSettings, rollup_interval_s: float) -> None:
+        """Connects to nothing yet: ``start()`` does."""
+        self.db = Database(database_url)
+        self.rollup = PerformanceRollup(self.db, deployments.served, rollup_interval_s,
+                                        grace_s=2 * settings.flush_interval_s + 1.0)
+        self.writer = UsageWriter(self.db, spill_dir, settings, on_written=self.rollup.mark)
+        self._lock = threading.Lock()
+        self._started = False
+
+    def start(self) -> None:
+        """Migrations, the spill folder, the threads (blocking I/O: never on an event loop). Idempotent."""
+        with self._lock:
+            if self._started or self.writer.closed:
+                return
+            self._started = True
+            try:
+                self.db.migrate()
+            except Exception as exc:  # noqa: BLE001 - the launcher migrated already; rows wait for the database
+                log.warning("usage: database %s unavailable at start (%s); buffering", redact(self.db.url), exc)
+            self.writer.start()
+            self.rollup.start()
+            log.info("usage logging to %s (spill folder %s)", redact(self.db.url), self.writer.spill_folder)
+
+    @property
+    def closed(self) -> bool:
+        return self.writer.closed
+
+    def close(self) -> None:
+        with self._lock:
+            if self.writer.closed:
+                return
+            self.rollup.close()
+            self.writer.close()
+            self.db.close()
+
+
+_lock = threading.Lock()
+_pipeline: UsagePipeline | None = None
+_early: list[UsageRecord] = []  # rows submitted before the first start() created the pipeline
+
+
+def start() -> UsagePipeline:
+    """Start this process's pipeline (replaying spilled rows at once) unless it runs; return it. Blocking:
+    call it off the event loop."""
+    global _pipeline
+    with _lock:
+        if _pipeline is None or _pipeline.closed:
+            cfg = settings.current()
+            spill_dir = Path(cfg.usage_spill_dir or state_path("usage-spill"))
+            _pipeline = UsagePipeline(cfg.database_url, spill_dir, WriterSettings.from_settings(cfg),
+                                      cfg.usage_rollup_interval_s)
+            for record in _early:
+                _pipeline.writer.submit(record)
+            _early.clear()
+        pipeline = _pipeline
+    pipeline.start()
+    return pipeline
+
+
+def submit(record: UsageRecord) -> None:
+    """Queue a row; no I/O. Before the pipeline exists it waits in memory while a thread starts the
+    pipeline; after close() (a request outliving shutdown) a thread writes it to the spill folder."""
+    pipeline = _pipeline
+    if pipeline is None:
+        with _lock:
+            pipeline = _pipeline
+            if pipeline is None:
+                if not _early:
+                    threading.Thread(target=start, name="usage-start", daemon=True).start()
+                _early.append(record)
+                return
+    pipeline.writer.submit(record)
+
+
+def backlog() -> int:
+    """Usage rows of this process not yet in the database (memory and spill files), plus ended processes'
+    spilled rows when this process holds the replay role: summed over the workers, each row once."""
+    pipeline = _pipeline
+    return pipeline.writer.backlog() if pipeline is not None else len(_early)
+
+
+def close() -> None:
+    """Write (or spill) every row and stop. Idempotent."""
+    if _early:
+        start()  # rows came before the pipeline could start
+    pipeline = _pipeline
+    if pipeline is not None and not pipeline.closed:
+        pipeline.close()
+        log.info("usage logging closed: %d rows written", pipeline.writer.written)
+
+
+atexit.register(close)
