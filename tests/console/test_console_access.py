@@ -10,7 +10,7 @@ import pytest
 
 from hxp.console import routes, sessions, throttle
 from hxp.gateway import route_table
-from hxp.core import settings
+from hxp.core import context, settings
 from hxp.core.database import Database
 from tests.support.console import ConsoleSession, concrete, console_routes
 from tests.support.gateway import Gateway
@@ -203,7 +203,7 @@ def test_a_session_ends_at_its_expiry_and_when_the_master_key_changes(tmp_path, 
     assert not store.is_live(short) and store.is_live(long)
     csrf = sessions.csrf_token(long)
     monkeypatch.setenv("HXP_MASTER_KEY", "sk-master-" + "b" * 32)
-    settings.current.cache_clear()
+    context.use()  # a new process reads the new key
     assert not store.is_live(long) and sessions.csrf_token(long) != csrf
     store.open(ttl_s=60)  # opening a session clears the expired ones
     assert db.fetchone("SELECT COUNT(*) AS n FROM console_sessions")["n"] == 2

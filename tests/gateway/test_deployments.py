@@ -40,7 +40,7 @@ def test_replicas_share_the_model_name_and_fallbacks_come_from_the_catalogue():
 
 def test_proxy_config_hooks_stores_and_no_secrets():
     plain = proxy_config.build(_settings(), CAT)
-    assert plain["general_settings"]["custom_auth"] == "hxp.gateway.auth.user_api_key_auth"
+    assert plain["general_settings"]["custom_auth"] == "hxp.gateway.request_context.user_api_key_auth"
     assert "hxp.gateway.hooks.gateway_hooks" in plain["litellm_settings"]["callbacks"]
     assert plain["litellm_settings"]["cache_params"]["type"] == "local"
     assert "coordination_redis" not in plain["general_settings"]

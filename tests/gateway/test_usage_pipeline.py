@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hxp.core import settings
+from hxp.core import context, settings
 from hxp.core.database import Database
 from hxp.gateway.usage import pipeline
 from hxp.gateway.usage.record import UsageRecord
@@ -19,7 +19,7 @@ def test_a_row_before_the_start_starts_the_pipeline_in_a_thread_of_its_own(tmp_p
     url = f"sqlite:///{tmp_path / 'gateway.sqlite3'}"
     monkeypatch.setenv("HXP_DATABASE_URL", url)
     monkeypatch.setenv("HXP_USAGE_SPILL_DIR", str(tmp_path / "spill"))
-    monkeypatch.setattr(pipeline, "_pipeline", None)  # a fresh process
+    context.use()  # a fresh process
     migrated_by: list[threading.Thread] = []
     migrate = Database.migrate
     monkeypatch.setattr(Database, "migrate", lambda db: migrated_by.append(threading.current_thread()) or migrate(db))

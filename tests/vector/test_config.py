@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from hxp.core import catalogue
+from hxp.core import catalogue, stores
 from hxp.vector import config
 
 
@@ -57,12 +57,12 @@ def test_qdrant_location_url_then_path_then_state_dir(monkeypatch: pytest.Monkey
     monkeypatch.delenv("QDRANT_URL", raising=False)
     monkeypatch.delenv("QDRANT_PATH", raising=False)
     monkeypatch.setenv("HXP_STATE_DIR", str(tmp_path / "state"))
-    assert config.qdrant_location() == {"path": str(tmp_path / "state" / "qdrant")}
+    assert stores.qdrant_location() == {"path": str(tmp_path / "state" / "qdrant")}
     monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "q"))
-    assert config.qdrant_location() == {"path": str(tmp_path / "q")}
+    assert stores.qdrant_location() == {"path": str(tmp_path / "q")}
     monkeypatch.setenv("QDRANT_URL", "http://qdrant:6333")
     monkeypatch.setenv("QDRANT_API_KEY", "k")
-    assert config.qdrant_location() == {"url": "http://qdrant:6333", "api_key": "k"}
+    assert stores.qdrant_location() == {"url": "http://qdrant:6333", "api_key": "k"}
 
 
 

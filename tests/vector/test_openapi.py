@@ -1,15 +1,17 @@
-"""The vector API's OpenAPI description (the router alone; the gateway serves the same schema)."""
+"""The vector API's OpenAPI description: the router's schemas, the route table's summaries (as the gateway's
+/openapi.json builds it, from this router alone)."""
 from __future__ import annotations
 
 from fastapi import FastAPI
 
+from hxp.gateway.openapi import describe
 from hxp.vector.api import router
 
 
 def test_openapi_documents_every_route_with_described_models() -> None:
     app = FastAPI()
     app.include_router(router)
-    spec = app.openapi()
+    spec = describe(app)
     paths = spec["paths"]
     assert set(paths) == {
         "/v1/vector/collections",
@@ -20,7 +22,7 @@ def test_openapi_documents_every_route_with_described_models() -> None:
         "/v1/vector/collections/{collection}/search",
     }
     search = paths["/v1/vector/collections/{collection}/search"]["post"]
-    assert search["summary"] == "Similarity search" and search["tags"] == ["vector"]
+    assert search["summary"] == "Similarity search" and search["tags"] == ["vector"]  # the table's summary
     assert search["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/SearchRequest")
     assert search["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/SearchResponse")
     schemas = spec["components"]["schemas"]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from hxp.core import context
 from hxp.vector.config import Collection, VectorConfig
 from hxp.vector.errors import CollectionMismatch, CollectionNotFound, VectorError
 from hxp.vector.store import Record, VectorStore, build_filter
@@ -128,8 +129,7 @@ async def test_a_second_process_on_the_local_store_answers_503(tmp_path: Path, m
     holder = await VectorStore.open(_config(), path=str(path))  # another gateway worker holds the local store
     monkeypatch.delenv("QDRANT_URL", raising=False)
     monkeypatch.setenv("QDRANT_PATH", str(path))
-    monkeypatch.setattr(service_module, "_service", None)
-    monkeypatch.setattr(service_module, "_unavailable", None)
+    context.use()  # a fresh process
     try:
         for _ in range(2):  # remembered: not reopened on every request
             with pytest.raises(VectorError, match="held by another gateway worker; set QDRANT_URL") as err:

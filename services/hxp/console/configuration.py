@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from hxp.core.context import runtime
 from hxp.core import catalogue as catalogue_module
 from hxp.core.catalogue import Catalogue, CatalogueError, Model
 from hxp.gateway import deployments
-from hxp.core import settings
 from hxp.core.redaction import redact, redact_url
 from hxp.vector import config as vector_config
 
@@ -52,7 +52,7 @@ def configuration() -> dict[str, Any]:
     """The served catalogue (profile, models with ports, limits and targets), collections, gateway settings."""
     cat = deployments.catalogue()
     backends = deployments.served()
-    cfg = settings.current()
+    cfg = runtime().settings
     try:
         collections = [c.model_dump() for c in vector_config.load(models=cat).collections]
     except vector_config.VectorConfigError:

@@ -15,8 +15,8 @@ from typing import Any
 from hxp.console import engines, queries
 from hxp.gateway import auth, deployments, health
 from hxp.gateway.usage import backlog
+from hxp.core import stores
 from hxp.core.redaction import redact, redact_url
-from hxp.vector import config as vector_config
 
 WINDOWS_MIN = (5, 60)
 REFRESH_S = 5  # how often an open overview asks again
@@ -52,7 +52,7 @@ async def _qdrant() -> dict[str, Any]:
     from hxp.vector.errors import VectorError
     from hxp.vector.service import get_service
 
-    location = vector_config.qdrant_location()
+    location = stores.qdrant_location()
     where = {"url": redact_url(location["url"])} if "url" in location else {"path": location["path"]}
     start = time.perf_counter()
     try:

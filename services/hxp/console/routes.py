@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
+from hxp.core.context import runtime
 from hxp.console import (
     configuration as configuration_module,
     overview as overview_module,
@@ -31,8 +32,8 @@ from hxp.console import (
     usage,
 )
 from hxp.gateway import admin, auth, deployments
-from hxp.core import errors, settings
-from hxp.gateway.boundary import context_of
+from hxp.core import errors
+from hxp.gateway.request_context import context_of
 from hxp.vector import config as vector_config
 
 log = logging.getLogger("hxp.console")
@@ -82,7 +83,8 @@ def _body(request: Request) -> dict[str, Any]:
 @router.get("/sign-in")
 async def sign_in_page(request: Request) -> Response:
     token = sessions.token_of(request.headers.get("cookie"))
-    if token and await asyncio.to_thread(sessions.store().is_live, token):
+    # bool(): without it mypy takes `token`'s type as the context for to_thread's result
+    if token and bool(await asyncio.to_thread(sessions.store().is_live, token)):
         return RedirectResponse("/console", status_code=303)
     return HTMLResponse((HERE / "pages" / "sign-in.html").read_text())
 
@@ -101,7 +103,7 @@ async def sign_in(request: Request) -> JSONResponse:
         await throttle.count_failure(address)
         log.warning("console: refused a sign-in from %s (wrong master key)", address)
         return errors.unauthorized("Wrong master key").response()
-    ttl = settings.current().console_session_ttl_s
+    ttl = runtime().settings.console_session_ttl_s
     token = await asyncio.to_thread(sessions.store().open, ttl)
     log.info("console: signed in from %s", address)
     response = JSONResponse({"signed_in": True, "expires_in_s": ttl})

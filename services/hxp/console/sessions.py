@@ -19,14 +19,14 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import quote
 
 from fastapi.responses import JSONResponse, RedirectResponse
 
+from hxp.core.context import Runtime, runtime
 from hxp.gateway import auth
-from hxp.core import errors, settings
+from hxp.core import errors
 from hxp.gateway.auth import Caller
 from hxp.core.database import Database
 from hxp.gateway.usage.record import iso
@@ -42,7 +42,7 @@ _KEY_LABEL = b"hxp-console-session-v1"
 
 def _key() -> bytes:
     """The HMAC key of sessions and CSRF tokens, derived from the master key."""
-    master = settings.current().master_secret or ""
+    master = runtime().settings.master_secret or ""
     return hmac.new(master.encode(), _KEY_LABEL, hashlib.sha256).digest()
 
 
@@ -80,10 +80,13 @@ class SessionStore:
         self.db.execute("DELETE FROM console_sessions WHERE session_hash = ?", (_digest("session", token),))
 
 
-@lru_cache(maxsize=1)
+def _store(rt: Runtime) -> SessionStore:
+    return SessionStore(rt.get(auth._key_store).db)
+
+
 def store() -> SessionStore:
-    """This process's session store, on the gateway database (the key store's)."""
-    return SessionStore(auth.key_store().db)
+    """This runtime's session store, on the gateway database (the key store's)."""
+    return runtime().get(_store)
 
 
 def token_of(cookie_header: str | None) -> str | None:
@@ -107,6 +110,7 @@ class SignInRequired(errors.GatewayError):
                          code="console_sign_in_required")
         self.path, self.page = path, page
 
+    # a page gets a redirect instead of GatewayError's JSON (only the boundary answers this error, as an ASGI app)
     def response(self) -> JSONResponse | RedirectResponse:  # type: ignore[override]
         if self.page:
             return RedirectResponse(f"{SIGN_IN_PATH}?next={quote(self.path, safe='/')}", status_code=303)

@@ -22,8 +22,8 @@ import httpx
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from hxp.core import settings
-from hxp.gateway.boundary import context_of
+from hxp.core.context import runtime
+from hxp.gateway.request_context import context_of
 from hxp.conversations import items, model_calls, store, stream, turns
 from hxp.conversations.checks import MAX_NEW_ITEMS, check_items, check_metadata
 from hxp.conversations.turns import not_found, stored
@@ -37,7 +37,7 @@ DEFAULT_PAGE, MAX_PAGE = 20, 100
 async def _purge_periodically() -> None:
     while True:
         try:
-            purged = await asyncio.to_thread(store.purge, settings.current().conversation_retention_days)
+            purged = await asyncio.to_thread(store.purge, runtime().settings.conversation_retention_days)
             if any(purged.values()):
                 log.info("retention: purged %(responses)d responses and %(conversations)d conversations", purged)
         except Exception as exc:  # noqa: BLE001 - the next round tries again
@@ -100,7 +100,7 @@ def _list(data: list[dict[str, Any]], has_more: bool = False) -> dict[str, Any]:
 
 
 # --- responses -------------------------------------------------------------------------------------------
-@router.post("/v1/responses", summary="Create a model response")
+@router.post("/v1/responses")
 async def create_response(request: Request) -> Response:
     plan = await turns.plan(context_of(request.scope))
     gateway = model_calls.Gateway.of(request)
@@ -130,18 +130,18 @@ async def _relay(plan: turns.Plan, upstream: httpx.Response) -> AsyncIterator[by
         await upstream.aclose()
 
 
-@router.get("/v1/responses/{response_id}", summary="Retrieve a stored response")
+@router.get("/v1/responses/{response_id}")
 async def get_response(response_id: str, request: Request) -> dict[str, Any]:
     return await _owned(request, "response", response_id, store.current().response)
 
 
-@router.delete("/v1/responses/{response_id}", summary="Delete a stored response")
+@router.delete("/v1/responses/{response_id}")
 async def delete_response(response_id: str, request: Request) -> dict[str, Any]:
     await _owned(request, "response", response_id, store.current().delete_response)
     return _deleted("response", response_id)
 
 
-@router.get("/v1/responses/{response_id}/input_items", summary="The items a stored response was given")
+@router.get("/v1/responses/{response_id}/input_items")
 async def input_items(response_id: str, request: Request) -> dict[str, Any]:
     context = await _owned(request, "response", response_id, store.current().chain_context, False)
     return _page(context.items, request)
@@ -160,7 +160,7 @@ def _new_items(body: dict[str, Any], required: bool) -> list[dict[str, Any]]:
     return items.stored_items(value)
 
 
-@router.post("/v1/conversations", summary="Create a conversation")
+@router.post("/v1/conversations")
 async def create_conversation(request: Request) -> dict[str, Any]:
     body = _body(request)
     check_metadata(body.get("metadata"))
@@ -171,12 +171,12 @@ async def create_conversation(request: Request) -> dict[str, Any]:
                         body.get("metadata") or {}, new)
 
 
-@router.get("/v1/conversations/{conversation_id}", summary="Retrieve a conversation")
+@router.get("/v1/conversations/{conversation_id}")
 async def get_conversation(conversation_id: str, request: Request) -> dict[str, Any]:
     return await _owned(request, "conversation", conversation_id, store.current().conversation)
 
 
-@router.post("/v1/conversations/{conversation_id}", summary="Update a conversation's metadata")
+@router.post("/v1/conversations/{conversation_id}")
 async def update_conversation(conversation_id: str, request: Request) -> dict[str, Any]:
     body = _body(request)
     if "metadata" not in body:
@@ -186,26 +186,26 @@ async def update_conversation(conversation_id: str, request: Request) -> dict[st
                         body["metadata"] or {})
 
 
-@router.delete("/v1/conversations/{conversation_id}", summary="Delete a conversation and its items")
+@router.delete("/v1/conversations/{conversation_id}")
 async def delete_conversation(conversation_id: str, request: Request) -> dict[str, Any]:
     await _owned(request, "conversation", conversation_id, store.current().delete_conversation)
     return _deleted("conversation", conversation_id)
 
 
-@router.get("/v1/conversations/{conversation_id}/items", summary="List a conversation's items")
+@router.get("/v1/conversations/{conversation_id}/items")
 async def list_items(conversation_id: str, request: Request) -> dict[str, Any]:
     context = await _owned(request, "conversation", conversation_id, store.current().conversation_context)
     return _page(context.items, request)
 
 
-@router.post("/v1/conversations/{conversation_id}/items", summary="Add items to a conversation")
+@router.post("/v1/conversations/{conversation_id}/items")
 async def add_items(conversation_id: str, request: Request) -> dict[str, Any]:
     new = _new_items(_body(request), required=True)
     await _owned(request, "conversation", conversation_id, store.current().add_items, new)
     return _list(new)
 
 
-@router.get("/v1/conversations/{conversation_id}/items/{item_id}", summary="Retrieve a conversation's item")
+@router.get("/v1/conversations/{conversation_id}/items/{item_id}")
 async def get_item(conversation_id: str, item_id: str, request: Request) -> dict[str, Any]:
     await _owned(request, "conversation", conversation_id, store.current().conversation)
     found = await stored(store.current().item, conversation_id, item_id)
@@ -214,7 +214,7 @@ async def get_item(conversation_id: str, item_id: str, request: Request) -> dict
     return found
 
 
-@router.delete("/v1/conversations/{conversation_id}/items/{item_id}", summary="Delete a conversation's item")
+@router.delete("/v1/conversations/{conversation_id}/items/{item_id}")
 async def delete_item(conversation_id: str, item_id: str, request: Request) -> dict[str, Any]:
     conversation = await _owned(request, "conversation", conversation_id, store.current().conversation)
     if not await stored(store.current().delete_item, conversation_id, item_id):

@@ -1,7 +1,7 @@
 """Bodies of the Responses and Conversations APIs, checked before anything runs: a 400 naming the field.
 
 :func:`check_create` is the boundary's check for a ``responses`` body (POST /v1/responses,
-registered in :mod:`hxp.gateway.validation`); :func:`check_items` and :func:`check_metadata`
+plugged into :mod:`hxp.gateway.validation` through :data:`hxp.gateway.extensions.BODY_CHECKS`); :func:`check_items` and :func:`check_metadata`
 also check the conversation routes' bodies. What is accepted follows OpenAI's API reference,
 limited to what a chat engine can do: message, function call and function call output items,
 text and image content, function tools.
@@ -12,7 +12,7 @@ from typing import Any
 
 from hxp.core.catalogue import Model
 from hxp.core.errors import bad_request
-from hxp.gateway.validation import _check_ranges, _integer, _one_of
+from hxp.gateway.validation import check_ranges, check_tool_support, is_integer, is_one_of
 
 ROLES = frozenset({"user", "assistant", "system", "developer"})
 ITEM_TYPES = frozenset({"message", "function_call", "function_call_output"})
@@ -39,7 +39,7 @@ def _check_content(content: Any, where: str) -> None:
     for i, part in enumerate(content):
         at = f"{where}[{i}]"
         kind = part.get("type") if isinstance(part, dict) else None
-        if not _one_of(kind, PART_TYPES):
+        if not is_one_of(kind, PART_TYPES):
             raise bad_request(f"{at}.type", f"'{at}.type' must be one of {', '.join(sorted(PART_TYPES))}, "
                                             f"got {kind!r}")
         field = {"input_image": "image_url", "refusal": "refusal"}.get(kind, "text")
@@ -51,11 +51,11 @@ def check_item(item: Any, where: str) -> None:
     if not isinstance(item, dict):
         raise bad_request(where, f"'{where}' must be an object (a message or an item with a 'type')")
     kind = item.get("type", "message")
-    if not _one_of(kind, ITEM_TYPES):
+    if not is_one_of(kind, ITEM_TYPES):
         raise bad_request(f"{where}.type", f"'{where}.type' must be one of {', '.join(sorted(ITEM_TYPES))}, "
                                            f"got {kind!r}")
     if kind == "message":
-        if not _one_of(item.get("role"), ROLES):
+        if not is_one_of(item.get("role"), ROLES):
             raise bad_request(f"{where}.role", f"'{where}.role' must be one of {', '.join(sorted(ROLES))}, "
                                                f"got {item.get('role')!r}")
         _check_content(item.get("content"), f"{where}.content")
@@ -107,7 +107,7 @@ def _check_tools(body: dict[str, Any]) -> None:
                                              "\"name\": ..., \"parameters\": {JSON Schema}} (only function tools "
                                              "run on this gateway)")
     choice = body.get("tool_choice")
-    if choice is None or _one_of(choice, TOOL_CHOICES):
+    if choice is None or is_one_of(choice, TOOL_CHOICES):
         return
     if not (isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str)):
         raise bad_request("tool_choice", "'tool_choice' must be none, auto, required or "
@@ -120,7 +120,7 @@ def _check_text(body: dict[str, Any]) -> None:
         return
     form = text.get("format") if isinstance(text, dict) else None
     if not isinstance(text, dict) or (form is not None and not (
-            isinstance(form, dict) and _one_of(form.get("type"), TEXT_FORMATS))):
+            isinstance(form, dict) and is_one_of(form.get("type"), TEXT_FORMATS))):
         raise bad_request("text.format", "'text.format' must be an object whose 'type' is one of "
                                          f"{', '.join(sorted(TEXT_FORMATS))}")
     if form and form["type"] == "json_schema" and not (isinstance(form.get("name"), str)
@@ -151,14 +151,15 @@ def check_create(body: dict[str, Any], model: Model, max_inputs: int) -> None:
     if body.get("instructions") is not None and not isinstance(body["instructions"], str):
         raise bad_request("instructions", "'instructions' must be a string")
     limit = body.get("max_output_tokens")
-    if limit is not None and (not _integer(limit) or not 1 <= limit <= model.max_model_len):
+    if limit is not None and (not is_integer(limit) or not 1 <= limit <= model.max_model_len):
         raise bad_request("max_output_tokens", f"'max_output_tokens' must be an integer between 1 and the context "
                                                f"window of model '{model.name}' ({model.max_model_len}), got {limit!r}")
-    if body.get("truncation") is not None and not _one_of(body["truncation"], TRUNCATION):
+    if body.get("truncation") is not None and not is_one_of(body["truncation"], TRUNCATION):
         raise bad_request("truncation", f"'truncation' must be auto or disabled, got {body['truncation']!r}")
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise bad_request("user", "'user' must be a string")
-    _check_ranges(body)
+    check_ranges(body)
     check_metadata(body.get("metadata"))
     _check_tools(body)
     _check_text(body)
+    check_tool_support(body, model)

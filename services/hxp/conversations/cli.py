@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from hxp.core import settings
+from hxp.core.context import runtime
 
 
 def _purge(args: argparse.Namespace) -> int:
     from hxp.conversations import store
 
-    days = settings.current().conversation_retention_days if args.days is None else args.days
+    days = runtime().settings.conversation_retention_days if args.days is None else args.days
     store.current().db.migrate()
     print(json.dumps({"older_than_days": days, "purged": store.purge(days)}))
     return 0

@@ -19,6 +19,7 @@ import httpx
 from fastapi import Request
 
 from hxp.core.catalogue import Model
+from hxp.core.context import Runtime, runtime
 from hxp.gateway import deployments, loopback
 from hxp.conversations.routing import SESSION_HEADER, rank
 from hxp.core.errors import GatewayError
@@ -26,23 +27,22 @@ from hxp.core.errors import GatewayError
 log = logging.getLogger("hxp.gateway")
 TOKENIZE_TIMEOUT_S = 60.0
 PASSED_HEADERS = ("retry-after", "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
-_client: httpx.AsyncClient | None = None
+
+
+def _client(rt: Runtime) -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
+                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
 
 
 def client() -> httpx.AsyncClient:
     """This worker's HTTP client for the model calls (no read timeout: the gateway's own call times out)."""
-    global _client
-    if _client is None:
-        _client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
-                                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
-    return _client
+    return runtime().get(_client)
 
 
 async def close() -> None:
-    global _client
-    if _client is not None:
-        await _client.aclose()
-        _client = None
+    http = runtime().drop(_client)
+    if http is not None:
+        await http.aclose()
 
 
 class Refused(Exception):

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from hxp.core import settings
+from hxp.core.context import Runtime, runtime
 from hxp.core.database import Database
 
 if TYPE_CHECKING:  # not imported at run time: the purge command runs without LiteLLM
@@ -249,10 +248,13 @@ def _conversation(conversation_id: str, metadata: dict[str, str], created_at: in
     return {"id": conversation_id, "object": "conversation", "created_at": int(created_at), "metadata": metadata}
 
 
-@lru_cache(maxsize=1)
+def _store(rt: Runtime) -> ConversationStore:
+    return ConversationStore(Database(rt.settings.database_url))
+
+
 def current() -> ConversationStore:
-    """This process's store on the gateway database."""
-    return ConversationStore(Database(settings.current().database_url))
+    """This runtime's store on the gateway database."""
+    return runtime().get(_store)
 
 
 def purge(days: float) -> dict[str, int]:

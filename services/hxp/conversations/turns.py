@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from hxp.core.catalogue import Model
-from hxp.gateway.boundary import RequestContext
+from hxp.gateway.request_context import RequestContext
 from hxp.conversations import items, model_calls, store
 from hxp.conversations.checks import conversation_id
 from hxp.core.errors import GatewayError

@@ -239,9 +239,9 @@ def _check_consistency(data: _CatalogueFile) -> None:
                 _check_tools(m, prof, dep.tools)
             if data.profiles[prof].device == "cuda":
                 _check_gpu_deployment(m.name, prof, dep)
-    for prof_name, prof in data.profiles.items():
-        if prof.device == "cuda":
-            _check_gpu_memory(prof_name, prof, data.models)
+    for prof_name, profile in data.profiles.items():
+        if profile.device == "cuda":
+            _check_gpu_memory(prof_name, profile, data.models)
 
 
 def _check_tools(model: ModelEntry, prof: str, tools: Tools) -> None:

@@ -76,8 +76,8 @@ class Database:
     def transaction(self) -> Iterator[Any]:
         """A cursor inside one write transaction (committed on success, rolled back on error)."""
         if self.dialect == "postgresql":
-            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                yield _Cursor(cur, self._sql)
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as pg_cur:
+                yield _Cursor(pg_cur, self._sql)
             return
         with self._lock:
             if self._writer is None:

@@ -61,6 +61,8 @@ class ReplacementError(GatewayError, HTTPException):
     ProxyException it also is, so the client gets our status, type and code.
     """
 
+    headers: dict[str, str]  # ProxyException's: its __init__ sets it after HTTPException's (MRO) has run
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.detail = self.message
@@ -86,8 +88,11 @@ def model_not_found(model: str) -> GatewayError:
 def status_of(exc: BaseException) -> int:
     """The HTTP status an exception is answered with (500 when it names none)."""
     for attribute in ("status_code", "code"):
+        value = getattr(exc, attribute, None)
+        if value is None:
+            continue
         try:
-            code = int(getattr(exc, attribute, None))  # type: ignore[arg-type]
+            code = int(value)
         except (TypeError, ValueError):
             continue
         if 100 <= code <= 599:

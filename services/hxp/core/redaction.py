@@ -101,6 +101,7 @@ class RedactingStream(io.TextIOBase):
     def isatty(self) -> bool:
         return self._target.isatty()
 
+    # typeshed declares TextIOBase.encoding a plain attribute; at runtime it is a read-only property, as here
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return getattr(self._target, "encoding", "utf-8")

@@ -41,11 +41,14 @@ The usage pipeline (:mod:`hxp.gateway.usage.pipeline`) reads the HXP_USAGE_* set
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from hxp.core import redaction
+from hxp.core.database import embedded_url
+from hxp.core.stores import qdrant_location
 
 DEFAULT_BACKEND_URL_TEMPLATE = "http://127.0.0.1:{port}/v1"
 DATABASE_URL_VAR = "HXP_DATABASE_URL"
@@ -93,8 +96,6 @@ class Settings(BaseSettings):
     @field_validator("database_url", mode="after")
     @classmethod
     def _default_database(cls, value: str) -> str:
-        from hxp.core.database import embedded_url
-
         return value or embedded_url()
 
     @field_validator("redis_url", "backend_url_template", mode="before")
@@ -128,22 +129,13 @@ def load() -> Settings:
     return Settings()
 
 
-def register_secrets() -> None:
+def register_secrets(cfg: Settings) -> None:
     """Every secret this process knows (master key, metrics token, passwords in store URLs, Qdrant's API key),
     masked wherever it would appear in its output (:mod:`hxp.core.redaction`)."""
-    from hxp.core import redaction
-    from hxp.vector import config as vector_config
-
-    cfg = current()
-    qdrant = vector_config.qdrant_location()
-    for secret in (cfg.master_secret, cfg.metrics_token and cfg.metrics_token.get_secret_value(),
-                   qdrant.get("api_key")):
+    qdrant = qdrant_location()
+    metrics_token = cfg.metrics_token.get_secret_value() if cfg.metrics_token is not None else None
+    for secret in (cfg.master_secret, metrics_token, qdrant.get("api_key")):
         redaction.register_secret(secret)
     for url in (cfg.database_url, cfg.redis_url, qdrant.get("url")):
         redaction.register_url_secrets(url)
 
-
-@lru_cache(maxsize=1)
-def current() -> Settings:
-    """This process's settings, read once."""
-    return load()

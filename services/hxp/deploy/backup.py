@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
+from typing import Any, cast
 from urllib.parse import quote
 
 import httpx
@@ -65,7 +66,7 @@ class Stores:
     def from_environment(cls) -> Stores:
         """DATABASE_URL (or the SQLite default) and QDRANT_URL / QDRANT_PATH, as the gateway reads them."""
         from hxp.core import settings
-        from hxp.vector.config import qdrant_location
+        from hxp.core.stores import qdrant_location
 
         where = qdrant_location()
         return cls(settings.load().database_url, where.get("url"), Path(where["path"]) if "path" in where else None,
@@ -113,14 +114,14 @@ def _libpq(url: str) -> Iterator[tuple[str, dict[str, str]]]:
     password = params.pop("password", None)
     env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENVIRONMENT}
     if password is None:
-        yield make_conninfo(**params), env
+        yield make_conninfo("", **params), env
         return
     folder = Path(tempfile.mkdtemp(prefix="hxp-pgpass-"))  # mode 0700
     try:
         passfile = folder / "pgpass"
         with os.fdopen(os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             f.write(f"*:*:*:*:{_passfile_field(str(password))}\n")
-        yield make_conninfo(**params), {**env, "PGPASSFILE": str(passfile)}
+        yield make_conninfo("", **params), {**env, "PGPASSFILE": str(passfile)}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -232,7 +233,7 @@ def restore_qdrant(stores: Stores, folder: Path, entry: dict[str, object]) -> No
         if not stores.qdrant_url:
             raise BackupError("the backup holds Qdrant snapshots but QDRANT_URL is not set")
         with _qdrant(stores) as client:
-            for name in entry["collections"]:  # type: ignore[union-attr]
+            for name in cast("list[object]", entry["collections"]):  # a list: plan() checked it
                 with (folder / f"{name}{SNAPSHOT_SUFFIX}").open("rb") as f:
                     _check(client.post(f"/collections/{quote(str(name), safe='')}/snapshots/upload",
                                        params={"priority": "snapshot", "wait": "true"},
@@ -346,7 +347,7 @@ def create(stores: Stores, out: Path) -> Path:
     return dest
 
 
-def restore(stores: Stores, src: Path, config: bool = False) -> dict[str, object]:
+def restore(stores: Stores, src: Path, config: bool = False) -> dict[str, Any]:
     """Restore the database and Qdrant (and the configuration if asked) from a backup folder."""
     manifest_file = src / MANIFEST
     if not manifest_file.is_file():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hxp.core import catalogue
@@ -69,7 +70,7 @@ def _backup_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guard(func):  # type: ignore[no-untyped-def]
+def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Report a backup error as one line and exit status 1."""
     def run(args: argparse.Namespace) -> int:
         try:

@@ -79,7 +79,7 @@ class _Dumper(yaml.SafeDumper):
     def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
         super().increase_indent(flow, False)
 
-    def represent_list(self, data: list[Any], tag: str = "tag:yaml.org,2002:seq") -> yaml.Node:
+    def represent_short_list(self, data: list[Any], tag: str = "tag:yaml.org,2002:seq") -> yaml.SequenceNode:
         scalars = all(isinstance(v, (str, int, float, bool)) for v in data)
         flow = scalars and len(data) > 0 and sum(len(str(v)) + 2 for v in data) <= 100
         return self.represent_sequence(tag, data, flow_style=flow)
@@ -88,15 +88,19 @@ class _Dumper(yaml.SafeDumper):
 def _construct_override(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
     if isinstance(node, yaml.MappingNode):
         return Override(loader.construct_mapping(node, deep=True))
-    return OverrideList(loader.construct_sequence(node, deep=True))
+    if isinstance(node, yaml.SequenceNode):
+        return OverrideList(loader.construct_sequence(node, deep=True))
+    found = node.id if isinstance(node, yaml.ScalarNode) else type(node).__name__  # (no other kind of node)
+    raise yaml.constructor.ConstructorError(None, None, f"expected a sequence node, but found {found}",
+                                            node.start_mark)
 
 
 _Loader.add_constructor("!override", _construct_override)
 _Loader.add_constructor("!reset", lambda loader, node: Reset())
 _Dumper.add_representer(Override, lambda d, v: d.represent_mapping("!override", dict(v)))
-_Dumper.add_representer(OverrideList, lambda d, v: d.represent_list(list(v), "!override"))
+_Dumper.add_representer(OverrideList, lambda d, v: d.represent_short_list(list(v), "!override"))
 _Dumper.add_representer(Reset, lambda d, v: d.represent_scalar("!reset", "null", style=""))
-_Dumper.add_representer(list, _Dumper.represent_list)
+_Dumper.add_representer(list, _Dumper.represent_short_list)
 
 
 def load_yaml(text: str) -> Any:

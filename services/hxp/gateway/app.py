@@ -9,9 +9,9 @@ LiteLLM and written the proxy config (CONFIG_FILE_PATH).
 """
 from __future__ import annotations
 
-from hxp.core import redaction
-from hxp.gateway import extensions
-from hxp.core import settings
+from hxp.core import redaction, settings
+from hxp.core.context import runtime
+from hxp.gateway import extensions, route_table
 
 redaction.install_output_redaction()
 
@@ -21,16 +21,21 @@ from hxp.gateway.boundary import Boundary  # noqa: E402
 
 
 def _compose() -> None:
+    """Our routers ahead of LiteLLM's; each of their routes must be one the table declares (its access, body
+    and summary are declared there, once), or the worker stops at start naming it."""
     ours = []
     for path in extensions.ROUTERS:
         before = len(proxy_app.router.routes)
         proxy_app.include_router(extensions.resolve(path))
         ours.extend(proxy_app.router.routes[before:])
         del proxy_app.router.routes[before:]
+    undeclared = route_table.undeclared(ours)
+    if undeclared:
+        raise SystemExit(f"routes served but not in route_table.yaml: {', '.join(undeclared)}")
     proxy_app.router.routes[:0] = ours
 
 
-settings.register_secrets()
+settings.register_secrets(runtime().settings)
 _compose()
 app = Boundary(proxy_app)
 

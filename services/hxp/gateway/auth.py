@@ -3,7 +3,7 @@
 :func:`identify` turns a request's secret into a :class:`Caller` (the master key, a live
 key, or a 401); the boundary (:mod:`hxp.gateway.boundary`) calls it once per request and
 keeps the result in the request's context. LiteLLM's ``custom_auth`` hook
-(:func:`user_api_key_auth`) hands LiteLLM that same caller: LiteLLM never checks a key itself.
+(:func:`hxp.gateway.request_context.user_api_key_auth`) hands LiteLLM that same caller: LiteLLM never checks a key itself.
 
 Key lookups are cached per worker: found keys in a bounded LRU trusted for
 HXP_KEY_CACHE_TTL_S, unknown secrets in a separate bounded LRU, so a flood of random
@@ -23,13 +23,12 @@ import hmac
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Generic, TypeVar
 
-from fastapi import Request
 from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 
-from hxp.core import errors, settings
+from hxp.core.context import Runtime, runtime
+from hxp.core import errors
 from hxp.core.database import Database
 from hxp.gateway.keys import ApiKey, KeyStore, hash_secret
 
@@ -96,16 +95,23 @@ class KeyCache:
         self.unknown.clear()
 
 
-@lru_cache(maxsize=1)
+def _key_store(rt: Runtime) -> KeyStore:
+    return KeyStore(Database(rt.settings.database_url))
+
+
+def _key_cache(rt: Runtime) -> KeyCache:
+    cfg = rt.settings
+    return KeyCache(rt.get(_key_store), cfg.key_cache_ttl_s, cfg.key_cache_size, cfg.unknown_key_cache_size)
+
+
 def key_store() -> KeyStore:
-    """This process's key store on the gateway database."""
-    return KeyStore(Database(settings.current().database_url))
+    """This runtime's key store on the gateway database."""
+    return runtime().get(_key_store)
 
 
-@lru_cache(maxsize=1)
 def key_cache() -> KeyCache:
-    cfg = settings.current()
-    return KeyCache(key_store(), cfg.key_cache_ttl_s, cfg.key_cache_size, cfg.unknown_key_cache_size)
+    """This runtime's key cache in front of :func:`key_store`."""
+    return runtime().get(_key_cache)
 
 
 def litellm_master_key(master: str) -> str:
@@ -119,12 +125,12 @@ def _same(secret: str | None, expected: str | None) -> bool:
 
 
 def is_master_key(secret: str | None) -> bool:
-    return _same(secret, settings.current().master_secret)
+    return _same(secret, runtime().settings.master_secret)
 
 
 def is_metrics_token(secret: str | None) -> bool:
     """Whether ``secret`` may read /metrics: anything when HXP_METRICS_TOKEN is unset, else that token."""
-    token = settings.current().metrics_token
+    token = runtime().settings.metrics_token
     return token is None or _same(secret, token.get_secret_value())
 
 
@@ -168,7 +174,7 @@ class Caller:
     def litellm_identity(self) -> UserAPIKeyAuth:
         """The identity LiteLLM works with: the key's hash, alias, owner, limits and models."""
         if self.key is None:
-            master = settings.current().master_secret or ""
+            master = runtime().settings.master_secret or ""
             return UserAPIKeyAuth(api_key=hash_secret(litellm_master_key(master)),
                                   user_role=LitellmUserRoles.PROXY_ADMIN, key_alias="master")
         key = self.key
@@ -192,13 +198,3 @@ async def identify(secret: str) -> Caller:
     if refusal:
         raise errors.unauthorized(refusal)
     return Caller(key)
-
-
-async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
-    """LiteLLM's custom_auth entry point: the identity the boundary established for this request."""
-    from hxp.gateway.boundary import context_of
-
-    caller = context_of(request.scope).caller
-    if caller is None:  # only routes the table marks public carry no caller, and none of them is LiteLLM's
-        raise errors.unauthorized("Missing API key: send 'Authorization: Bearer <key>'")
-    return caller.litellm_identity()

@@ -22,56 +22,27 @@ headers that would describe the backends (``llm_provider-*``, ``x-litellm-model-
 """
 from __future__ import annotations
 
-import contextvars
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hxp.core.context import runtime
 from hxp.core.catalogue import Model
-from hxp.console import sessions as console_sessions
-from hxp.gateway import auth, deployments, request_log, validation
-from hxp.core import errors, settings
+from hxp.gateway import auth, deployments, extensions, request_log, validation
+from hxp.core import errors
 from hxp.gateway.auth import Caller
 from hxp.gateway.observer import Observation
+from hxp.gateway.request_context import CURRENT, SCOPE_KEY, RequestContext
 from hxp.gateway.route_table import Route, table
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
+App = ASGIApp
+AccessCheck = Callable[[str, str, dict[str, str]], Awaitable[Caller]]  # extensions.ACCESS_CHECKS' signature
 
-SCOPE_KEY = "hxp"
 REQUEST_ID_HEADER = b"x-request-id"
 CALL_ID_HEADER = b"x-litellm-call-id"
 _KEPT_LITELLM_HEADERS = frozenset({CALL_ID_HEADER})  # LiteLLM's other x-litellm-* headers describe internals
-
-
-@dataclass
-class RequestContext:
-    """What the boundary established about a request, for the handlers behind it."""
-
-    request_id: str
-    route: Route | None = None
-    params: dict[str, str] = field(default_factory=dict)
-    caller: Caller | None = None
-    model: Model | None = None
-    body: dict[str, Any] | None = None
-
-
-CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("hxp_request", default=None)
-
-
-def context_of(scope: Scope) -> RequestContext:
-    """The request's context (an empty one for a request that did not come through the boundary)."""
-    return scope.get(SCOPE_KEY) or RequestContext(request_id="")
-
-
-def current() -> RequestContext | None:
-    """The context of the request being handled in this task (LiteLLM hooks have no scope)."""
-    return CURRENT.get()
 
 
 class Boundary:
@@ -121,7 +92,7 @@ class Boundary:
     async def _admit(self, scope: Scope, receive: Receive, ctx: RequestContext,
                      observation: Observation | None) -> Receive:
         """Check the request against its route; return the ``receive`` that replays the body read here."""
-        route, cfg = ctx.route, settings.current()
+        route, cfg = ctx.route, runtime().settings
         assert route is not None
         headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in scope["headers"]}
         ctx.caller = await _authorize(route, headers, scope)  # before the body: an unknown caller's body is never read
@@ -148,8 +119,9 @@ class Boundary:
 
 async def _authorize(route: Route, headers: dict[str, str], scope: Scope) -> Caller | None:
     """The caller the route's access requires (401/403 otherwise); None for an anonymous public call."""
-    if route.access == "console":
-        return await console_sessions.authorize(scope["method"], scope["path"], headers)
+    if route.access in extensions.ACCESS_CHECKS:  # an access kind a feature defines (the console's session)
+        check: AccessCheck = extensions.resolve(extensions.ACCESS_CHECKS[route.access])
+        return await check(scope["method"], scope["path"], headers)
     secret = auth.secret_of(headers)
     if route.access in ("public", "metrics"):
         if auth.is_master_key(secret):

@@ -8,24 +8,21 @@ model's backend base URLs (HXP_BACKENDS, else the URL template).
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
-from hxp.core import catalogue as catalogue_module
+from hxp.core.context import runtime
 from hxp.core.catalogue import Catalogue, Model
 
 
-@lru_cache(maxsize=1)
 def catalogue() -> Catalogue:
-    """The catalogue this gateway serves (loaded once per process)."""
-    return catalogue_module.load()
+    """The catalogue this gateway serves (loaded once per runtime)."""
+    return runtime().catalogue
 
 
 def served() -> dict[str, list[str]]:
     """Each model this gateway serves, with its backends' base URLs (…/v1)."""
-    from hxp.core import settings
 
-    cfg = settings.current()
+    cfg = runtime().settings
     return {m.name: backend_urls(m, cfg.backends, cfg.backend_url_template) for m in catalogue().models}
 
 

@@ -5,7 +5,11 @@ CALLBACKS are LiteLLM CustomLogger instances (``module:attribute``) added to
 included in the proxy app, ahead of LiteLLM's routes (a router's ``lifespan`` runs
 with the app's); WORKER_STARTUP_HOOKS are functions each worker calls at start
 (LiteLLM's LITELLM_WORKER_STARTUP_HOOKS); BEFORE_WORKERS are functions the
-launcher calls before it starts several workers. Each concern adds its own line here.
+launcher calls before it starts several workers; ACCESS_CHECKS are the route table's access kinds a
+feature defines, each an async ``check(method, path, headers) -> Caller`` (401/403 raised); BODY_CHECKS
+are the body kinds a feature defines, each ``check(body, model, max_inputs)`` (400 raised); COLLECTIONS
+list the names of the collections a key may be granted. Each concern adds its own line here; the
+core imports no feature, it resolves these names.
 """
 from __future__ import annotations
 
@@ -41,6 +45,19 @@ BEFORE_WORKERS = [
 ]
 
 
+ACCESS_CHECKS = {
+    "console": "hxp.console.sessions:authorize",        # a live console session (+ CSRF token on POST)
+}
+
+BODY_CHECKS = {
+    "responses": "hxp.conversations.checks:check_create",  # POST /v1/responses
+}
+
+COLLECTIONS = [
+    "hxp.vector.config:collection_names",       # collections.yaml
+]
+
+
 def resolve(path: str) -> Any:
     """The object named by ``module:attribute``."""
     module, _, attribute = path.partition(":")
@@ -49,7 +66,8 @@ def resolve(path: str) -> Any:
 
 def check() -> None:
     """Resolve every extension now, so that a missing one stops the gateway at start with its name."""
-    for path in [*CALLBACKS, *ROUTERS, *WORKER_STARTUP_HOOKS, *BEFORE_WORKERS]:
+    for path in [*CALLBACKS, *ROUTERS, *WORKER_STARTUP_HOOKS, *BEFORE_WORKERS, *ACCESS_CHECKS.values(),
+                 *BODY_CHECKS.values(), *COLLECTIONS]:
         try:
             resolve(path)
         except (ImportError, AttributeError) as exc:

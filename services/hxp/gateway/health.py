@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from functools import lru_cache
 from typing import Any
 
 import httpx
@@ -24,9 +23,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Gauge
 
+from hxp.core.context import Runtime, runtime
 from hxp.gateway import deployments
-from hxp.core import settings
-from hxp.gateway.boundary import context_of
+from hxp.gateway.request_context import context_of
 from hxp.core.database import Database
 from hxp.core.redaction import redact, redact_url
 
@@ -41,16 +40,16 @@ PROBE_TIMEOUT_S = 2.0
 READINESS_CACHE_S = 1.0
 
 
-@lru_cache(maxsize=1)
-def _database() -> Database:
-    return Database(settings.current().database_url, pool_size=1)
+def _database(rt: Runtime) -> Database:
+    return Database(rt.settings.database_url, pool_size=1)
 
 
-@lru_cache(maxsize=1)
-def _redis() -> Any:
+def _redis(rt: Runtime) -> Any:
     import redis.asyncio as aioredis
 
-    return aioredis.from_url(settings.current().redis_url, socket_timeout=PROBE_TIMEOUT_S,
+    url = rt.settings.redis_url
+    assert url is not None  # built only when REDIS_URL is set (_check_redis)
+    return aioredis.from_url(url, socket_timeout=PROBE_TIMEOUT_S,
                              socket_connect_timeout=PROBE_TIMEOUT_S)
 
 
@@ -64,13 +63,13 @@ async def _timed(probe: Any) -> dict[str, Any]:
 
 
 async def _check_database() -> dict[str, Any]:
-    return await _timed(asyncio.wait_for(asyncio.to_thread(_database().ping), PROBE_TIMEOUT_S))
+    return await _timed(asyncio.wait_for(asyncio.to_thread(runtime().get(_database).ping), PROBE_TIMEOUT_S))
 
 
 async def _check_redis() -> dict[str, Any] | None:
-    if not settings.current().redis_url:
+    if not runtime().settings.redis_url:
         return None
-    return await _timed(asyncio.wait_for(_redis().ping(), PROBE_TIMEOUT_S))
+    return await _timed(asyncio.wait_for(runtime().get(_redis).ping(), PROBE_TIMEOUT_S))
 
 
 async def _get_ok(client: httpx.AsyncClient, url: str) -> None:
@@ -114,7 +113,7 @@ class Readiness:
     @staticmethod
     async def _compute() -> dict[str, Any]:
         database, redis_check, models = await asyncio.gather(_check_database(), _check_redis(), model_status())
-        cfg = settings.current()
+        cfg = runtime().settings
         return {
             "database": {"url": redact_url(cfg.database_url), **database},
             "redis": {"url": redact_url(cfg.redis_url), **redis_check} if redis_check else {"mode": "in-process"},
@@ -183,7 +182,7 @@ async def _watch_redis(url: str, fail_closed: bool) -> None:
 
 def start_redis_watch() -> None:
     """LiteLLM worker startup hook: watch Redis in the background (or note in-process mode)."""
-    cfg = settings.current()
+    cfg = runtime().settings
     if not cfg.redis_url:
         REDIS_UP.set(-1)
         return

@@ -23,7 +23,7 @@ from litellm.proxy._types import UserAPIKeyAuth
 from litellm.proxy.common_utils.proxy_rate_limit_error import ProxyRateLimitError
 from litellm.proxy.hooks.parallel_request_limiter_v3 import RateLimitUnverifiableError
 
-from hxp.gateway import boundary, deployments
+from hxp.gateway import deployments, request_context
 from hxp.core import errors
 
 CACHE_HEADER = "x-hxp-cache"
@@ -55,7 +55,7 @@ class GatewayHooks(CustomLogger):
 
     async def async_pre_call_hook(self, user_api_key_dict: UserAPIKeyAuth, cache: Any, data: dict,
                                   call_type: str) -> dict:
-        ctx = boundary.current()
+        ctx = request_context.current()
         name = data.get("model")
         canonical = deployments.catalogue().canonical(name) if isinstance(name, str) else None
         if ctx is None or ctx.model is None or canonical != ctx.model.name:

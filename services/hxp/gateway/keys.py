@@ -6,6 +6,7 @@ once, by :meth:`KeyStore.create` and :meth:`KeyStore.rotate`, and never stored.
 """
 from __future__ import annotations
 
+import builtins
 import hashlib
 import secrets
 import uuid
@@ -15,11 +16,16 @@ from typing import Any
 
 from hxp.core import catalogue
 from hxp.core.database import Database
-from hxp.vector import config as vector_config
+from hxp.gateway import extensions
 
 SECRET_PREFIX = "sk-hxp-"
 ALL = "*"  # every model, or every collection
 
+
+
+def _collections() -> list[str]:
+    """The collections a key may be granted (:data:`hxp.gateway.extensions.COLLECTIONS`)."""
+    return [name for source in extensions.COLLECTIONS for name in extensions.resolve(source)()]
 
 class KeyStoreError(ValueError):
     """The request to create or change a key is invalid; ``field`` names the culprit."""
@@ -161,7 +167,7 @@ class KeyStore:
             if value is not None and value < 1:
                 raise KeyStoreError(f"{name} must be a positive integer", name)
         _check_known("models", models or [], catalogue.load().names)
-        collections = [c.name for c in vector_config.load().collections]
+        collections = _collections()
         reads = [ALL] if read_collections is None else read_collections
         writes = write_collections or []
         _check_known("read_collections", reads, collections)
@@ -198,11 +204,11 @@ class KeyStore:
                             (datetime.now(timezone.utc), key.key_id))
         return self.get(key.key_id)
 
-    def set_grants(self, ref: str, read_collections: list[str] | None = None,
-                   write_collections: list[str] | None = None) -> ApiKey:
+    def set_grants(self, ref: str, read_collections: builtins.list[str] | None = None,  # list: the method above
+                   write_collections: builtins.list[str] | None = None) -> ApiKey:
         """Replace a key's collection grants (each left as it is when None)."""
         key = self.get(ref)
-        collections = [c.name for c in vector_config.load().collections]
+        collections = _collections()
         reads = list(key.read_collections) if read_collections is None else read_collections
         writes = list(key.write_collections) if write_collections is None else write_collections
         _check_known("read_collections", reads, collections)

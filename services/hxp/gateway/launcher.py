@@ -15,6 +15,7 @@ import os
 
 import yaml
 
+from hxp.core.context import runtime
 from hxp.core import catalogue as catalogue_module, redaction
 from hxp.gateway import auth, extensions, proxy_config
 from hxp.core import settings
@@ -68,7 +69,7 @@ def serve(host: str, port: int, workers: int = 1) -> None:
     logging.getLogger("hxp").setLevel(logging.INFO)
     redaction.install_output_redaction()
     cfg = prepare_environment()
-    settings.register_secrets()
+    settings.register_secrets(runtime().settings)
     db = Database(cfg.database_url)
     applied = db.migrate()
     db.close()

@@ -6,12 +6,14 @@ access, rate limits, usage rows and metrics apply to it exactly as to a direct r
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
+
+from starlette.types import Scope
 
 KEY_HEADERS = ("authorization", "x-litellm-api-key", "api-key", "x-api-key")
 
 
-def base_url(scope: dict[str, Any]) -> str | None:
+def base_url(scope: Scope) -> str | None:
     """This gateway's OpenAI base URL (…/v1) as the request reached it; None off a TCP socket (in-process)."""
     server = scope.get("server")
     if not server or server[1] is None:

@@ -9,15 +9,15 @@ caller's key may use; for one model the boundary has already answered 404 (unkno
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from hxp.core.catalogue import Model
+from hxp.core.context import Runtime, runtime
 from hxp.gateway import deployments
-from hxp.gateway.boundary import context_of
+from hxp.gateway.request_context import context_of
 
 router = APIRouter()
 OWNER = "hxp"
@@ -30,15 +30,14 @@ def capabilities(model: Model) -> dict[str, bool]:
             "json_mode": chat, "json_schema": chat}
 
 
-@lru_cache(maxsize=1)
-def _created() -> int:
+def _created(rt: Runtime) -> int:
     """The models' ``created`` time: when the catalogue serving them last changed."""
-    return int(deployments.catalogue().path.stat().st_mtime)
+    return int(rt.catalogue.path.stat().st_mtime)
 
 
 def describe(model: Model, name: str | None = None) -> dict[str, Any]:
     """One model as listed, under ``name`` (a client's alias) or its catalogue name."""
-    return {"id": name or model.name, "object": "model", "created": _created(), "owned_by": OWNER,
+    return {"id": name or model.name, "object": "model", "created": runtime().get(_created), "owned_by": OWNER,
             "max_model_len": model.max_model_len, "capabilities": capabilities(model)}
 
 

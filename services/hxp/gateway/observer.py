@@ -21,16 +21,16 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import orjson
+from starlette.types import Message, Send
 
 from hxp.gateway import deployments, metrics, request_log
 from hxp.gateway.usage import pipeline
 from hxp.gateway.usage.record import UsageRecord, iso_at, status_name
 from hxp.core.redaction import redact
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 UNKNOWN = "unknown"
 CACHE_HEADER = b"x-hxp-cache"
 _USAGE_MARK = b'"prompt_tokens":'
@@ -83,12 +83,12 @@ class Observation:
         self.active = True
         metrics.ACTIVE.labels(self.label).inc()
 
-    def sender(self, send: Send, on_start: Callable[[dict[str, Any]], None] | None = None) -> Send:
+    def sender(self, send: Send, on_start: Callable[[Message], None] | None = None) -> Send:
         """``send`` wrapped so that the response is observed on its way out. ``on_start`` edits the start
         message before it is observed (the boundary's headers), so that one wrapper does both."""
         keep_text = request_log.content_enabled()
 
-        async def observed(message: dict[str, Any]) -> None:
+        async def observed(message: Message) -> None:
             if self._streaming:  # the hot path: one streamed chunk
                 body = message.get("body", b"")
                 if not message.get("more_body", False):
@@ -120,7 +120,7 @@ class Observation:
 
         return observed
 
-    def _start(self, message: dict[str, Any]) -> None:
+    def _start(self, message: Message) -> None:
         self.status = message["status"]
         for name, value in message.get("headers", ()):
             name = name.lower()
@@ -137,8 +137,8 @@ class Observation:
     def _stream_failed(self, body: bytes) -> None:
         """A stream that failed after its status line went out: recorded with the error's own code (5xx)."""
         error = _error(body[len(b"data: "):].strip())
-        code = error.get("code")
-        code = int(code) if str(code).isdigit() else 0
+        reported = error.get("code")  # an int, a digit string, or anything else (then 0)
+        code = int(reported) if reported is not None and str(reported).isdigit() else 0
         self.status = code if 500 <= code < 600 else 502
         self.error = _error_text(error)
 

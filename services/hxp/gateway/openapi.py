@@ -5,7 +5,6 @@ keeping only the paths and methods the table lists, each with who may call it.
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -13,7 +12,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from hxp.core import errors, settings
+from hxp.core.context import runtime
+from hxp.core import errors
 from hxp.gateway.route_table import table
 
 router = APIRouter()
@@ -28,7 +28,7 @@ def describe(app: FastAPI) -> dict[str, Any]:
     routes = []
     for context in iter_route_contexts(app.router.routes):
         route = context.original_route
-        if not isinstance(route, APIRoute):
+        if not isinstance(route, APIRoute) or route.methods is None:  # an APIRoute always has its methods
             continue
         methods = {m for m in route.methods if served.match(m, route.path).route is not None}
         if methods:
@@ -40,7 +40,7 @@ def describe(app: FastAPI) -> dict[str, Any]:
         for method, operation in operations.items():
             entry = served.match(method.upper(), path).route
             if entry is not None:
-                operation["summary"] = entry.summary or operation.get("summary")
+                operation["summary"] = entry.summary
                 operation["description"] = f"Who may call it: {ACCESS[entry.access]}."
                 if entry.access != "public":
                     operation["security"] = [{"bearer": []}]
@@ -52,14 +52,12 @@ def _with_methods(route: APIRoute, methods: set[str]) -> APIRoute:
                     summary=route.summary, name=route.name, include_in_schema=route.include_in_schema)
 
 
-@lru_cache(maxsize=1)
-def _document(app: FastAPI) -> dict[str, Any]:
-    return describe(app)
-
-
 @router.get("/openapi.json", include_in_schema=False)
 async def openapi(request: Request) -> JSONResponse:
-    if not settings.current().openapi:
+    if not runtime().settings.openapi:
         return errors.GatewayError(404, "The API description is off (HXP_OPENAPI=true serves it)",
                                    code="unknown_route").response()
-    return JSONResponse(_document(request.app))
+    state = request.app.state
+    if getattr(state, "hxp_openapi", None) is None:  # built once per app: its routes are fixed at start
+        state.hxp_openapi = describe(request.app)
+    return JSONResponse(state.hxp_openapi)

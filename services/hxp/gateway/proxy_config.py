@@ -32,7 +32,7 @@ def build(cfg: Settings, catalogue: Catalogue) -> dict[str, Any]:
     cache_params: dict[str, Any] = {"mode": "default_off", "ttl": cfg.cache_ttl_s,
                                     "supported_call_types": CACHED_CALL_TYPES}
     general: dict[str, Any] = {
-        "custom_auth": "hxp.gateway.auth.user_api_key_auth",
+        "custom_auth": "hxp.gateway.request_context.user_api_key_auth",
         "fail_closed_rate_limit_enforcement": cfg.rate_limit_fail_closed,
         "disable_spend_logs": True,
         "disable_reset_budget": True,

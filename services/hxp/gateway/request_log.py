@@ -13,23 +13,21 @@ import json
 import logging
 import sys
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Any
 
-from hxp.core import settings
+from hxp.core.context import Runtime, runtime
 from hxp.core.redaction import redact
 
 log = logging.getLogger("hxp.gateway.requests")
 
 
 def content_enabled() -> bool:
-    return settings.current().request_log_content
+    return runtime().settings.request_log_content
 
 
-@lru_cache(maxsize=1)
-def _configure() -> bool:
+def _configure(rt: Runtime) -> bool:
     """Attach this process's handler once (gateway workers do not inherit the launcher's logging)."""
-    target = settings.current().request_log.strip() or "stdout"
+    target = rt.settings.request_log.strip() or "stdout"
     if target == "off":
         return False
     handler = logging.StreamHandler(sys.stdout) if target == "stdout" else logging.FileHandler(target)
@@ -69,5 +67,5 @@ def entry(*, request_id: str | None, model: str, key_alias: str | None, status: 
 
 def emit(record: dict[str, Any]) -> None:
     """Write one request's line."""
-    if _configure():
+    if runtime().get(_configure):
         log.info(json.dumps(record, separators=(",", ":"), default=str))

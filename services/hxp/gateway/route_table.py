@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from hxp.core.context import Runtime, runtime
 
 TABLE_FILE = Path(__file__).with_name("route_table.yaml")
 OUTSIDE_FILE = Path(__file__).with_name("litellm_routes_outside.txt")
@@ -36,7 +37,7 @@ class Route(BaseModel):
     model: Literal["body", "path"] | None = None
     collection: Literal["read", "write"] | None = None
     usage: bool = False
-    summary: str = ""
+    summary: str = Field(min_length=1)  # the one description of the route (OpenAPI takes it from here)
 
     def takes_body(self, method: str) -> bool:
         return self.body is not None and method in BODY_METHODS
@@ -72,7 +73,7 @@ class RouteTable:
                 self._static.setdefault(route.path, []).append(route)
 
     def match(self, method: str, path: str) -> Match:
-        candidates = [(r, {}) for r in self._static.get(path, [])]
+        candidates: list[tuple[Route, dict[str, str]]] = [(r, {}) for r in self._static.get(path, [])]
         if not candidates:
             candidates = [(r, m.groupdict()) for p, r in self._patterns if (m := p.match(path))]
         lookup = "GET" if method == "HEAD" else method
@@ -82,11 +83,14 @@ class RouteTable:
         return Match(None, allowed=tuple(sorted({m for r, _ in candidates for m in r.methods})))
 
 
-@lru_cache(maxsize=1)
-def table() -> RouteTable:
-    """The route table from route_table.yaml (validated)."""
+def _table(rt: Runtime) -> RouteTable:
     raw = yaml.safe_load(TABLE_FILE.read_text())
     return RouteTable([Route.model_validate(entry) for entry in raw["routes"]])
+
+
+def table() -> RouteTable:
+    """The route table from route_table.yaml (validated), read once per runtime."""
+    return runtime().get(_table)
 
 
 def inventory(app: Any) -> set[tuple[str, str]]:
@@ -95,9 +99,10 @@ def inventory(app: Any) -> set[tuple[str, str]]:
     from fastapi.routing import iter_route_contexts
     from starlette.routing import Mount, WebSocketRoute
 
-    found = set()
+    found: set[tuple[str, str]] = set()
     for context in iter_route_contexts(app.router.routes):
         route = context.original_route
+        assert context.path is not None  # only a starlette Host route has no path, and these apps have none
         if isinstance(route, Mount):
             kind = "MOUNT"
         elif isinstance(route, WebSocketRoute) or context.methods is None:
@@ -114,6 +119,12 @@ def unclassified(app: Any) -> set[tuple[str, str]]:
     return {(kind, path) for kind, path in inventory(app) if (kind, path) not in outside_routes
             and not (kind not in ("MOUNT", "WS") and all(served.match(m, path).route is not None
                                                         for m in kind.split(",") if m != "HEAD"))}
+
+
+def undeclared(routes: list[Any]) -> list[str]:
+    """``METHOD path`` of each of these routes (our routers') that the table does not declare."""
+    return [f"{method} {route.path}" for route in routes for method in sorted(getattr(route, "methods", None) or ())
+            if method != "HEAD" and table().match(method, route.path).route is None]
 
 
 def outside() -> set[tuple[str, str]]:

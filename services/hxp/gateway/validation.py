@@ -9,12 +9,13 @@ JSON schemas (``response_format``, tool parameters) that the JSON Schema metasch
 from __future__ import annotations
 
 from numbers import Real
-from typing import Any, Callable
+from typing import Any, Callable, TypeGuard
 
 import jsonschema
 
 from hxp.core.catalogue import Model
 from hxp.core.errors import GatewayError, bad_request
+from hxp.gateway import extensions
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 TOOL_CHOICES = frozenset({"none", "auto", "required"})
@@ -36,11 +37,11 @@ def _number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
-def _integer(value: Any) -> bool:
+def is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _one_of(value: Any, choices: frozenset[str]) -> bool:
+def is_one_of(value: Any, choices: frozenset[str]) -> TypeGuard[str]:
     return isinstance(value, str) and value in choices
 
 
@@ -49,7 +50,7 @@ def _strings(value: Any) -> bool:
 
 
 def _tokens(value: Any) -> bool:
-    return isinstance(value, list) and all(_integer(v) and v >= 0 for v in value)
+    return isinstance(value, list) and all(is_integer(v) and v >= 0 for v in value)
 
 
 def check_object(body: Any) -> dict[str, Any]:
@@ -79,7 +80,7 @@ def check_task(kind: str, model: Model) -> None:
         raise bad_request("model", f"model '{model.name}' serves {model.task}, not {task}: use {use}")
 
 
-def _check_ranges(body: dict[str, Any]) -> None:
+def check_ranges(body: dict[str, Any]) -> None:
     for name, (low, high) in RANGES.items():
         value = body.get(name)
         if value is None:
@@ -93,7 +94,7 @@ def _check_max_tokens(body: dict[str, Any], model: Model) -> None:
         value = body.get(name)
         if value is None:
             continue
-        if not _integer(value) or value < 1:
+        if not is_integer(value) or value < 1:
             raise bad_request(name, f"'{name}' must be a positive integer, got {value!r}")
         if value > model.max_model_len:
             raise bad_request(name, f"'{name}' is {value}, above the context window of model "
@@ -107,16 +108,16 @@ def _check_generation(body: dict[str, Any], model: Model) -> None:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad_request("stream_options", "'stream_options' must be an object")
-    _check_ranges(body)
+    check_ranges(body)
     _check_max_tokens(body, model)
     n = body.get("n")
-    if n is not None and (not _integer(n) or not 1 <= n <= 128):
+    if n is not None and (not is_integer(n) or not 1 <= n <= 128):
         raise bad_request("n", f"'n' must be an integer between 1 and 128, got {n!r}")
     stop = body.get("stop")
     if stop is not None and not (isinstance(stop, str) or (_strings(stop) and len(stop) <= MAX_STOP_SEQUENCES)):
         raise bad_request("stop", f"'stop' must be a string or a list of at most {MAX_STOP_SEQUENCES} strings")
     seed = body.get("seed")
-    if seed is not None and not _integer(seed):
+    if seed is not None and not is_integer(seed):
         raise bad_request("seed", f"'seed' must be an integer, got {seed!r}")
     user = body.get("user")
     if user is not None and not isinstance(user, str):
@@ -134,7 +135,7 @@ def _check_messages(body: dict[str, Any]) -> None:
         if not isinstance(message, dict):
             raise bad_request(where, f"'{where}' must be an object with 'role' and 'content'")
         role = message.get("role")
-        if not _one_of(role, ROLES):
+        if not is_one_of(role, ROLES):
             raise bad_request(f"{where}.role", f"'{where}.role' must be one of {', '.join(sorted(ROLES))}, "
                                                f"got {role!r}")
         content = message.get("content")
@@ -161,7 +162,7 @@ def _check_schema(schema: dict[str, Any], param: str, where: str) -> None:
         raise bad_request(param, f"'{where}' is nested too deeply") from None
 
 
-def _check_tool_support(body: dict[str, Any], model: Model) -> None:
+def check_tool_support(body: dict[str, Any], model: Model) -> None:
     """Tools only for a model the catalogue declares with tool support (in OpenAI's words for a model without)."""
     if model.tools is not None:
         return
@@ -194,7 +195,7 @@ def _check_tools(body: dict[str, Any]) -> None:
     if choice is None:
         return
     if isinstance(choice, str):
-        if not _one_of(choice, TOOL_CHOICES):
+        if not is_one_of(choice, TOOL_CHOICES):
             raise bad_request("tool_choice", f"'tool_choice' must be one of {', '.join(sorted(TOOL_CHOICES))} "
                                              f"or a named function, got {choice!r}")
     elif not (isinstance(choice, dict) and choice.get("type") == "function"
@@ -209,7 +210,7 @@ def _check_response_format(body: dict[str, Any]) -> None:
     value = body.get("response_format")
     if value is None:
         return
-    if not isinstance(value, dict) or not _one_of(value.get("type"), RESPONSE_FORMATS):
+    if not isinstance(value, dict) or not is_one_of(value.get("type"), RESPONSE_FORMATS):
         raise bad_request("response_format", "'response_format' must be an object whose 'type' is one of "
                                              f"{', '.join(sorted(RESPONSE_FORMATS))}")
     if value["type"] == "json_schema":
@@ -244,7 +245,7 @@ def _chat(body: dict[str, Any], model: Model, max_inputs: int) -> None:
     _check_messages(body)
     _check_generation(body, model)
     _check_tools(body)
-    _check_tool_support(body, model)
+    check_tool_support(body, model)
     _check_response_format(body)
 
 
@@ -258,23 +259,23 @@ def _embedding(body: dict[str, Any], model: Model, max_inputs: int) -> None:
         raise bad_request("stream", "embeddings are not streamed: leave 'stream' out (or false)")
     _check_inputs(body, "input", max_inputs)
     encoding = body.get("encoding_format")
-    if encoding is not None and not _one_of(encoding, ENCODING_FORMATS):
+    if encoding is not None and not is_one_of(encoding, ENCODING_FORMATS):
         raise bad_request("encoding_format", f"'encoding_format' must be one of {', '.join(sorted(ENCODING_FORMATS))}")
     dimensions = body.get("dimensions")
-    if dimensions is not None and (not _integer(dimensions) or dimensions < 1):
+    if dimensions is not None and (not is_integer(dimensions) or dimensions < 1):
         raise bad_request("dimensions", f"'dimensions' must be a positive integer, got {dimensions!r}")
 
 
-def _responses(body: dict[str, Any], model: Model, max_inputs: int) -> None:
-    from hxp.conversations.checks import check_create  # the Responses API's rules live with it
-
-    check_create(body, model, max_inputs)
-    _check_tool_support(body, model)
+Check = Callable[[dict[str, Any], Model, int], None]
+CHECKS: dict[str, Check] = {"chat": _chat, "completion": _completion, "embedding": _embedding}
 
 
-CHECKS: dict[str, Callable[[dict[str, Any], Model, int], None]] = {
-    "chat": _chat, "completion": _completion, "embedding": _embedding, "responses": _responses,
-}
+def _check_for(kind: str) -> Check | None:
+    """The core's check of a body kind, else a feature's (:data:`hxp.gateway.extensions.BODY_CHECKS`)."""
+    if kind in CHECKS:
+        return CHECKS[kind]
+    path = extensions.BODY_CHECKS.get(kind)
+    return extensions.resolve(path) if path else None
 
 
 def check_destination(body: dict[str, Any], path: str) -> None:
@@ -294,6 +295,6 @@ def check_destination(body: dict[str, Any], path: str) -> None:
 def validate(kind: str, body: dict[str, Any], model: Model, max_inputs: int) -> None:
     """Raise a 400 GatewayError for the first invalid field of a ``kind`` request to ``model``."""
     check_task(kind, model)
-    check = CHECKS.get(kind)
+    check = _check_for(kind)
     if check is not None:
         check(body, model, max_inputs)

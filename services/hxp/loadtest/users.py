@@ -47,7 +47,8 @@ class ModelUser(HttpUser):
         """POST to the gateway, reported to Locust as ``kind`` under the model's name."""
         resp = self.client.post(f"{self.api}{path}", json=body, name=self.model.name, catch_response=True,
                                 timeout=self.model.api.timeout_s, context={}, **kwargs)
-        resp.request_meta["request_type"] = kind
+        # locust annotates request_meta as a Mapping, but it is the dict it builds and itself writes to
+        resp.request_meta["request_type"] = kind  # type: ignore[index]
         return resp
 
 

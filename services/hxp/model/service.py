@@ -56,6 +56,7 @@ def serve(command: EngineCommand) -> int:
     engine = Engine(command).start()
     while engine.alive() and not stop:
         stop.sleep(1.0)
-    code = engine.stop(grace=30, signum=stop.signum) if stop else engine.wait()
+    code = engine.stop(grace=30, signum=stop.signum) if stop.signum is not None else engine.wait()
+    assert code is not None  # stop() answers None only for an engine that was never started
     print(f"{engine.name} exited with code {code}", file=sys.stderr)
     return code

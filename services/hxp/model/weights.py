@@ -87,7 +87,7 @@ def ensure_distribution(requirement: str) -> str:
 
 def packaged_file(pkg: Package) -> Path:
     name = pkg.distribution.partition("==")[0]
-    return Path(metadata.distribution(name).locate_file(pkg.file))
+    return Path(str(metadata.distribution(name).locate_file(pkg.file)))  # a pathlib.Path for an installed package
 
 
 def convert_gguf(gguf: Path, out: Path) -> None:

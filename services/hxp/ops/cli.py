@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hxp.ops.stack import Stack
 
 
-def _stack(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _stack(args: argparse.Namespace) -> Stack:
     from hxp.ops import stack
 
     return stack.load(compose=args.compose, gateways=args.gateway, prometheus=args.prometheus,

@@ -17,6 +17,7 @@ import httpx
 
 from hxp.gateway.deployments import engine_root
 from hxp.core.redaction import redact
+from hxp.core.stores import QdrantLocation
 
 TIMEOUT_S = 5.0
 NETWORK, AUTHENTICATION, OTHER = "network", "authentication", "other"
@@ -91,6 +92,7 @@ def database_clock_skew_s(url: str) -> float:
         before = time.time()
         row = conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()
         after = time.time()
+    assert row is not None  # a SELECT without FROM returns exactly one row
     return float(row[0]) - (before + after) / 2
 
 
@@ -126,7 +128,7 @@ def redis_round_trip(url: str) -> Probe:
     return Probe(True, "SET/GET/DEL round trip", _ms(start))
 
 
-def qdrant(location: dict[str, str], client: httpx.Client) -> Probe:
+def qdrant(location: QdrantLocation, client: httpx.Client) -> Probe:
     """A Qdrant server's collections (GET /collections), or what a local storage folder holds."""
     if "url" in location:
         start = time.perf_counter()

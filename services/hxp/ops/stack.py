@@ -22,15 +22,18 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import httpx
 
 from hxp.core import catalogue
 from hxp.core.catalogue import Catalogue
 from hxp.core.paths import PROJECT_ROOT, state_dir
+from hxp.core.stores import QdrantLocation
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8000"
+_T = TypeVar("_T")
+_D = TypeVar("_D")
 TIMEOUT_S = 5.0
 
 
@@ -44,7 +47,7 @@ class Stack:
     database_url: str | None
     database_problem: str | None               # why the database cannot be addressed (compose: no env file)
     redis_url: str | None
-    qdrant: dict[str, str]                     # {"url", "api_key"?}, {"path"}, or {}: inside the gateway (compose)
+    qdrant: QdrantLocation                     # {"url", "api_key"?}, {"path"}, or {}: inside the gateway (compose)
     prometheus_url: str | None = None
     alertmanager_url: str | None = None
     grafana_url: str | None = None
@@ -170,7 +173,8 @@ def load(compose: bool = False, gateways: list[str] | None = None, prometheus: s
     if compose:
         from hxp.deploy import published
 
-        def asked(what, default):  # noqa: ANN001, ANN202 - a published address, or ``default`` when Docker says none
+        def asked(what: Callable[[], _T], default: _D) -> tuple[_T | _D, str | None]:
+            """A published address, or ``default`` when Docker says none (with why)."""
             try:
                 return what(), None
             except published.PublishedError as err:
@@ -181,18 +185,19 @@ def load(compose: bool = False, gateways: list[str] | None = None, prometheus: s
         given = {"prometheus": prometheus or env("HXP_PROMETHEUS_URL"),
                  "alertmanager": alertmanager or env("HXP_ALERTMANAGER_URL"),
                  "grafana": grafana or env("HXP_GRAFANA_URL")}
-        monitoring = {f"{name}_url": url or asked(lambda: published.development_url(name, project), None)[0]
+        monitoring = {name: url or asked(lambda: published.development_url(name, project), None)[0]
                       for name, url in given.items()}
         gateway, _ = asked(lambda: published.gateway_url(project), f"http://127.0.0.1:{published.GATEWAY_PORT}")
         return _hide_secrets(Stack(
             "compose", gateways=gateways or _urls(env("HXP_GATEWAY_URL")) or [gateway],
             master_key=env("HXP_MASTER_KEY") or published.master_key(project), database_url=database,
             database_problem=problem, redis_url=None, qdrant={"url": qdrant} if qdrant else {},
-            project=project, **monitoring,
+            project=project, prometheus_url=monitoring["prometheus"],
+            alertmanager_url=monitoring["alertmanager"], grafana_url=monitoring["grafana"],
             **{**common, "grafana_auth": common["grafana_auth"] or published.grafana_credentials(project)},
         ))
     from hxp.core import settings
-    from hxp.vector.config import qdrant_location
+    from hxp.core.stores import qdrant_location
 
     return _hide_secrets(Stack(
         "native", gateways=gateways or _urls(env("HXP_GATEWAY_URL")) or [DEFAULT_GATEWAY],

@@ -61,8 +61,8 @@ def _model(model: Any, urls: list[str], engines: dict[str, probes.EngineState],
         problem = state.error or (None if serves else f"serves {', '.join(state.served)}, not {model.name}")
         replicas.append({**asdict(state), "serves_model": serves, "healthy": state.up and serves, "problem": problem})
     healthy = sum(r["healthy"] for r in replicas)
-    state = UP if replicas and healthy == len(replicas) else DEGRADED if healthy else DOWN
-    return {"model": model.name, "task": model.task, "state": state, "replicas": replicas,
+    overall = UP if replicas and healthy == len(replicas) else DEGRADED if healthy else DOWN
+    return {"model": model.name, "task": model.task, "state": overall, "replicas": replicas,
             "traffic": traffic.get(model.name)}
 
 

@@ -199,7 +199,7 @@ class Validation:
     def refuses_missing_key(self) -> None:
         model = self.stack.catalogue.models[0]
         body = {"model": model.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-        got = []
+        got: list[tuple[str, int | str]] = []  # a status code, or why there was none
         wrong = {"Authorization": f"Bearer sk-{secrets.token_hex(16)}"}
         for label, headers in (("no key", {}), ("a wrong key", wrong)):
             try:
@@ -281,7 +281,7 @@ class Validation:
         key = self.create_key("limit", rpm=1, models=[model.name])
         if key is None:
             return
-        codes = []
+        codes: list[int | str] = []  # a status code, or why there was none
         for gateway in (self.stack.gateways[0], self.stack.gateways[-1]):
             try:
                 codes.append(self._call(model, key["key"], gateway, tokens=1).status_code)

@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from hxp.gateway import loopback
-from hxp.gateway.boundary import context_of
+from hxp.gateway.request_context import context_of
 from hxp.core.errors import GatewayError
 from hxp.vector.embedder import Embedder, GatewayEmbedder
 from hxp.vector.errors import NotFound, VectorError
@@ -183,7 +183,7 @@ async def _info(name: str) -> CollectionInfo:
     return CollectionInfo(**c.model_dump(), documents=await service.store.count(name))
 
 
-@router.get("/collections", response_model=CollectionList, summary="List the collections this key may read")
+@router.get("/collections", response_model=CollectionList)
 async def list_collections(request: Request) -> CollectionList:
     service = await get_service()
     caller = context_of(request.scope).caller
@@ -191,12 +191,12 @@ async def list_collections(request: Request) -> CollectionList:
     return CollectionList(data=[await _info(c.name) for c in readable])
 
 
-@router.get("/collections/{collection}", response_model=CollectionInfo, summary="Describe a collection")
+@router.get("/collections/{collection}", response_model=CollectionInfo)
 async def describe_collection(collection: str = CollectionName) -> CollectionInfo:
     return await _info(collection)
 
 
-@router.post("/collections/{collection}/documents", response_model=UpsertResponse, summary="Add or replace documents")
+@router.post("/collections/{collection}/documents", response_model=UpsertResponse)
 async def upsert_documents(
     body: UpsertRequest, collection: str = CollectionName, embedder: Embedder = CallerEmbedder
 ) -> UpsertResponse:
@@ -205,7 +205,7 @@ async def upsert_documents(
     return UpsertResponse(collection=collection, upserted=await service.upsert(collection, documents, embedder))
 
 
-@router.get("/collections/{collection}/documents/{document_id}", response_model=SearchHit, summary="Read a document")
+@router.get("/collections/{collection}/documents/{document_id}", response_model=SearchHit)
 async def get_document(document_id: str, collection: str = CollectionName) -> SearchHit:
     service = await get_service()
     found = await service.store.get(collection, [document_id])
@@ -214,13 +214,13 @@ async def get_document(document_id: str, collection: str = CollectionName) -> Se
     return _hit(found[0])
 
 
-@router.post("/collections/{collection}/documents/delete", response_model=DeleteResponse, summary="Delete documents")
+@router.post("/collections/{collection}/documents/delete", response_model=DeleteResponse)
 async def delete_documents(body: DeleteRequest, collection: str = CollectionName) -> DeleteResponse:
     service = await get_service()
     return DeleteResponse(collection=collection, deleted=await service.delete(collection, body.ids, body.filter))
 
 
-@router.post("/collections/{collection}/search", response_model=SearchResponse, summary="Similarity search")
+@router.post("/collections/{collection}/search", response_model=SearchResponse)
 async def search(
     body: SearchRequest, collection: str = CollectionName, embedder: Embedder = CallerEmbedder
 ) -> SearchResponse:

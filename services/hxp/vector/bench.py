@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from hxp.core.stores import QdrantLocation
 from hxp.vector.config import Collection, VectorConfig
 from hxp.vector.store import Record, VectorStore
 
@@ -28,11 +29,11 @@ def _unit_vectors(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def _percentile(samples: list[float], q: float) -> float:
+def _percentile(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[q - 1] if len(samples) > 1 else samples[0]
 
 
-async def _run(args: argparse.Namespace, location: dict[str, str]) -> list[tuple[str, str]]:
+async def _run(args: argparse.Namespace, location: QdrantLocation) -> list[tuple[str, str]]:
     config = VectorConfig(collections=[
         Collection(name=COLLECTION, embedding_model=args.embedding_model, vector_size=args.dim)
     ])

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from hxp.core import catalogue
-from hxp.core.paths import state_path
+from hxp.core.stores import qdrant_location
 
 DEFAULT_PATH = Path(__file__).with_name("collections.yaml")
 log = logging.getLogger("hxp.vector")
@@ -101,14 +101,9 @@ def load(path: str | Path | None = None, models: catalogue.Catalogue | None = No
     return parse(raw, models or catalogue.load())
 
 
-def qdrant_location() -> dict[str, str]:
-    """Client arguments: QDRANT_URL (+ QDRANT_API_KEY) for a server, else the local path QDRANT_PATH."""
-    url = os.environ.get("QDRANT_URL")
-    if url:
-        key = os.environ.get("QDRANT_API_KEY")
-        return {"url": url, **({"api_key": key} if key else {})}
-    path = os.environ.get("QDRANT_PATH")
-    return {"path": str(Path(path) if path else state_path("qdrant"))}
+def collection_names() -> list[str]:
+    """The declared collections' names (the key grants' choices)."""
+    return [c.name for c in load().collections]
 
 
 def warn_local_mode_with_workers() -> None:

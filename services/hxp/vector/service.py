@@ -9,8 +9,10 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
+from hxp.core.context import Runtime, runtime
+from hxp.core.stores import QdrantLocation
 from hxp.vector import config as vector_config
 from hxp.vector.embedder import Embedder
 from hxp.vector.errors import VectorError
@@ -40,7 +42,7 @@ class VectorService:
         cls,
         config: vector_config.VectorConfig | None = None,
         embedder: Embedder | None = None,
-        **location: str,
+        **location: Unpack[QdrantLocation],
     ) -> VectorService:
         """Open the store (``url=``/``path=`` or the environment) and ensure the declared collections."""
         config = config or vector_config.load()
@@ -110,10 +112,20 @@ class VectorService:
         return await self.store.delete(collection, ids, where)
 
 
-_service: VectorService | None = None
-_unavailable: str | None = None
-_lock = asyncio.Lock()
 LOCAL_MODE_HELD = "already accessed by another instance"
+
+
+class _Slot:
+    """The runtime's service once opened, or why it cannot be (then not retried)."""
+
+    def __init__(self) -> None:
+        self.service: VectorService | None = None
+        self.unavailable: str | None = None
+        self.lock = asyncio.Lock()
+
+
+def _slot(rt: Runtime) -> _Slot:
+    return _Slot()
 
 
 async def get_service() -> VectorService:
@@ -122,28 +134,30 @@ async def get_service() -> VectorService:
     Qdrant's local mode admits one process: in a second gateway worker the vector layer
     answers 503 (it is not retried: opening loads every stored point before it fails).
     """
-    global _service, _unavailable
-    async with _lock:
-        if _unavailable is not None:
-            raise VectorError(_unavailable, status=503)
-        if _service is None:
+    slot = runtime().get(_slot)
+    async with slot.lock:
+        if slot.unavailable is not None:
+            raise VectorError(slot.unavailable, status=503)
+        if slot.service is None:
             try:
-                _service = await VectorService.open()
+                slot.service = await VectorService.open()
             except RuntimeError as err:
                 if LOCAL_MODE_HELD not in str(err):
                     raise
-                _unavailable = (
+                slot.unavailable = (
                     "the vector store is Qdrant's local mode, held by another gateway worker; "
                     "set QDRANT_URL to a Qdrant server to serve vectors from several workers"
                 )
-                log.warning(_unavailable)
-                raise VectorError(_unavailable, status=503) from None
-        return _service
+                log.warning(slot.unavailable)
+                raise VectorError(slot.unavailable, status=503) from None
+        return slot.service
 
 
 async def close_service() -> None:
-    global _service
-    async with _lock:
-        if _service is not None:
-            await _service.close()
-            _service = None
+    slot = runtime().peek(_slot)
+    if slot is None:
+        return
+    async with slot.lock:
+        if slot.service is not None:
+            await slot.service.close()
+            slot.service = None

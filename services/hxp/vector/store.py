@@ -11,11 +11,12 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 from qdrant_client import AsyncQdrantClient, models
 
-from hxp.vector.config import Collection, VectorConfig, qdrant_location
+from hxp.core.stores import QdrantLocation, qdrant_location
+from hxp.vector.config import Collection, VectorConfig
 from hxp.vector.errors import CollectionMismatch, CollectionNotFound, VectorError
 
 DocumentId = str | int
@@ -92,7 +93,7 @@ class VectorStore:
         self.config = config
 
     @classmethod
-    async def open(cls, config: VectorConfig, **location: str) -> VectorStore:
+    async def open(cls, config: VectorConfig, **location: Unpack[QdrantLocation]) -> VectorStore:
         """Connect (``url=`` or ``path=``, default from the environment) and ensure the collections."""
         client = AsyncQdrantClient(**(location or qdrant_location()))
         store = cls(client, config)

@@ -19,8 +19,9 @@ import logging
 import threading
 from pathlib import Path
 
+from hxp.core.context import Runtime, runtime
+from hxp.core.settings import Settings
 from hxp.gateway import deployments
-from hxp.core import settings
 from hxp.core.database import Database, redact
 from hxp.gateway.usage.record import UsageRecord
 from hxp.gateway.usage.rollup import PerformanceRollup
@@ -69,59 +70,86 @@ class UsagePipeline:
             self.db.close()
 
 
-_lock = threading.Lock()
-_pipeline: UsagePipeline | None = None
-_early: list[UsageRecord] = []  # rows submitted before the first start() created the pipeline
+class ProcessUsage:
+    """The runtime's pipeline: created by the first ``start()``; rows submitted before it wait in memory
+    while a thread starts it; after ``close()`` the next ``start()`` creates a new one."""
+
+    def __init__(self, cfg: Settings) -> None:
+        self._cfg = cfg
+        self._lock = threading.Lock()
+        self._pipeline: UsagePipeline | None = None
+        self._early: list[UsageRecord] = []  # rows submitted before the first start() created the pipeline
+
+    def start(self) -> UsagePipeline:
+        """Start the pipeline (replaying spilled rows at once) unless it runs; return it. Blocking: call it off
+        the event loop."""
+        with self._lock:
+            if self._pipeline is None or self._pipeline.closed:
+                cfg = self._cfg
+                spill_dir = Path(cfg.usage_spill_dir or state_path("usage-spill"))
+                self._pipeline = UsagePipeline(cfg.database_url, spill_dir, WriterSettings.from_settings(cfg),
+                                               cfg.usage_rollup_interval_s)
+                for record in self._early:
+                    self._pipeline.writer.submit(record)
+                self._early.clear()
+            pipeline = self._pipeline
+        pipeline.start()
+        return pipeline
+
+    def submit(self, record: UsageRecord) -> None:
+        """Queue a row; no I/O. Before the pipeline exists it waits in memory while a thread starts the
+        pipeline; after close() (a request outliving shutdown) a thread writes it to the spill folder."""
+        pipeline = self._pipeline
+        if pipeline is None:
+            with self._lock:
+                pipeline = self._pipeline
+                if pipeline is None:
+                    if not self._early:
+                        threading.Thread(target=self.start, name="usage-start", daemon=True).start()
+                    self._early.append(record)
+                    return
+        pipeline.writer.submit(record)
+
+    def backlog(self) -> int:
+        """Rows not yet in the database (see :func:`backlog`)."""
+        pipeline = self._pipeline
+        return pipeline.writer.backlog() if pipeline is not None else len(self._early)
+
+    def close(self) -> None:
+        """Write (or spill) every row and stop. Idempotent."""
+        if self._early:
+            self.start()  # rows came before the pipeline could start
+        pipeline = self._pipeline
+        if pipeline is not None and not pipeline.closed:
+            pipeline.close()
+            log.info("usage logging closed: %d rows written", pipeline.writer.written)
+
+
+def _usage(rt: Runtime) -> ProcessUsage:
+    return ProcessUsage(rt.settings)
 
 
 def start() -> UsagePipeline:
-    """Start this process's pipeline (replaying spilled rows at once) unless it runs; return it. Blocking:
-    call it off the event loop."""
-    global _pipeline
-    with _lock:
-        if _pipeline is None or _pipeline.closed:
-            cfg = settings.current()
-            spill_dir = Path(cfg.usage_spill_dir or state_path("usage-spill"))
-            _pipeline = UsagePipeline(cfg.database_url, spill_dir, WriterSettings.from_settings(cfg),
-                                      cfg.usage_rollup_interval_s)
-            for record in _early:
-                _pipeline.writer.submit(record)
-            _early.clear()
-        pipeline = _pipeline
-    pipeline.start()
-    return pipeline
+    """Start this runtime's pipeline unless it runs, and return it (:meth:`ProcessUsage.start`)."""
+    return runtime().get(_usage).start()
 
 
 def submit(record: UsageRecord) -> None:
-    """Queue a row; no I/O. Before the pipeline exists it waits in memory while a thread starts the
-    pipeline; after close() (a request outliving shutdown) a thread writes it to the spill folder."""
-    pipeline = _pipeline
-    if pipeline is None:
-        with _lock:
-            pipeline = _pipeline
-            if pipeline is None:
-                if not _early:
-                    threading.Thread(target=start, name="usage-start", daemon=True).start()
-                _early.append(record)
-                return
-    pipeline.writer.submit(record)
+    """Queue a row; no I/O (:meth:`ProcessUsage.submit`)."""
+    runtime().get(_usage).submit(record)
 
 
 def backlog() -> int:
     """Usage rows of this process not yet in the database (memory and spill files), plus ended processes'
     spilled rows when this process holds the replay role: summed over the workers, each row once."""
-    pipeline = _pipeline
-    return pipeline.writer.backlog() if pipeline is not None else len(_early)
+    return runtime().get(_usage).backlog()
 
 
 def close() -> None:
-    """Write (or spill) every row and stop. Idempotent."""
-    if _early:
-        start()  # rows came before the pipeline could start
-    pipeline = _pipeline
-    if pipeline is not None and not pipeline.closed:
-        pipeline.close()
-        log.info("usage logging closed: %d rows written", pipeline.writer.written)
+    """Write (or spill) every row of this runtime's pipeline and stop. Idempotent."""
+    usage = runtime().peek(_usage)
+    if usage is not None:
+        usage.close()
 
 
 atexit.register(close)

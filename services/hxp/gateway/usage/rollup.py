@@ -123,10 +123,10 @@ class PerformanceRollup:
             memory_gb, cpu = self._engines.sample(model, backends.get(model, [])) if sample else (None, None)
             rows.append((
                 str(uuid.uuid5(_NAMESPACE, f"{model}|{begin}|{self.interval_s}")), model, begin,
-                float(stats["latency_total"]) / timed if timed else None,
+                float(stats["latency_total"]) / timed if stats and timed else None,
                 requests / self.interval_s,
                 memory_gb, cpu,
-                int(stats["errors"]) / requests if requests else None,
+                int(stats["errors"]) / requests if stats and requests else None,
             ))
         if rows:
             self._db.executemany(UPSERT_SQL, rows)

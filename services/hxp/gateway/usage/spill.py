@@ -177,7 +177,7 @@ class SpillFolder:
             self._count_ended()
         SPILL_BYTES.set(self.size())
 
-    def replay(self, write: Callable[[list[UsageRecord]], None], batch_size: int) -> int:
+    def replay(self, write: Callable[[list[UsageRecord]], object], batch_size: int) -> int:
         """Insert this writer's spilled rows (and, as the role holder, ended processes'), removing each file
         once written; return the rows replayed. Raises what ``write`` raises: files not finished stay."""
         with self._lock:
@@ -301,7 +301,7 @@ def _read(path: Path) -> Iterator[UsageRecord]:
                 log.warning("usage spill %s line %d unreadable, skipped: %s", path.name, number, exc)
 
 
-def _write_all(records: Iterable[UsageRecord], write: Callable[[list[UsageRecord]], None], batch_size: int) -> int:
+def _write_all(records: Iterable[UsageRecord], write: Callable[[list[UsageRecord]], object], batch_size: int) -> int:
     batch: list[UsageRecord] = []
     total = 0
     for record in records:
