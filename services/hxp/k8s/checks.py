@@ -276,8 +276,8 @@ def quantities(docs: list[Doc]) -> list[str]:
     return problems
 
 
-def _gpus(pod: Doc) -> int:
-    return sum(int(c.get("resources", {}).get("limits", {}).get(GPU, 0)) for c in containers(pod))
+def _gpus(pod: Doc) -> Decimal:
+    return sum((quantity(c.get("resources", {}).get("limits", {}).get(GPU, 0)) for c in containers(pod)), Decimal(0))
 
 
 def _served(pod: Doc) -> list[str]:
@@ -288,11 +288,15 @@ def gpus(docs: list[Doc], cat: Catalogue) -> list[str]:
     """Every catalogue model is served by an engine with the GPUs the catalogue gives it (none on a CPU profile)."""
     problems, served = [], set()
     for workload, pod in pod_templates(docs):
+        try:
+            have = _gpus(pod)
+        except ValueError:
+            have = None  # reported by quantities
         for name in _served(pod):
             served.add(name)
             want = cat.get(name).deployment.tensor_parallel_size if cat.profile_settings.device == "cuda" else 0
-            if _gpus(pod) != want:
-                problems.append(f"{where(workload)}: {_gpus(pod)} GPUs for {name}, the catalogue ({cat.profile}) "
+            if have is not None and have != want:
+                problems.append(f"{where(workload)}: {have:g} GPUs for {name}, the catalogue ({cat.profile}) "
                                 f"gives it {want}")
     problems += [f"no engine serves {name} (catalogue profile {cat.profile})" for name in cat.names if name not in served]
     return problems
