@@ -187,8 +187,8 @@ PLANTED: list[tuple[str, Callable[[Rendered, Docs], None], str]] = [
     ("gpu", plant_backend_host, "hermes-2 -> http://127.0.0.1:11401/v1 reaches no Service or HTTPRoute"),
     ("gpu", plant_backend_other_model, "reaches pods that do not serve hermes-2"),
     ("gpu", plant_backend_missing, "HXP_BACKENDS has no URL for all-minilm-l6-v2"),
-    ("multi-replica", plant_route_prefix, "hermes-2 -> http://inference-gateway.llm-d.svc:80/hxp/hermes-2/v1 reaches "
-                                          "no Service or HTTPRoute"),
+    ("multi-replica", plant_route_prefix,
+     "hermes-2 -> http://inference-gateway.llm-d.svc:80/hxp/hermes-2/v1 reaches no Service or HTTPRoute"),
     ("multi-replica", plant_shared_rwo_claim, "3 replicas share PersistentVolumeClaim/hxp-hermes-2-cache"),
     ("gpu", plant_unrequested_cpu, "scales on cpu, which a container of Deployment/hxp-gateway does not request"),
 ]
