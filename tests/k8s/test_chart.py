@@ -98,3 +98,15 @@ def test_the_prometheus_rule_carries_every_alert_rule(rendered: dict[str, Render
     source = [g for p in sorted((PROJECT_ROOT / "prometheus" / "rules").glob("*.yml"))
               for g in yaml.safe_load(p.read_text())["groups"]]
     assert rule["spec"]["groups"] == source
+
+
+@pytest.mark.parametrize(("setting", "error"), [
+    ("engineDefault.replicas=2", "additional properties 'engineDefault' not allowed"),
+    ("engines.phi-3-mini.replica=2", "invalid propertyName 'replica'"),
+    ("gateway.replicas=two", "got string, want integer"),
+    ("engines.extra.port=9000", "missing properties"),
+    ("inferencePool.endpointPicker.failureMode=Open", "value must be one of"),
+])
+def test_values_schema_refuses_a_wrong_value(setting: str, error: str) -> None:
+    done = helm("template", "hxp", str(chart.CHART_DIR), *RENDERINGS["gpu"].helm_args(), "--set", setting)
+    assert done.returncode != 0 and error in done.stderr, done.stderr
