@@ -11,7 +11,7 @@ from hxp.cli import main
 from hxp.core.paths import PROJECT_ROOT
 from hxp.deploy import compose
 from hxp.k8s import chart
-from tests.k8s.conftest import RENDERINGS, Rendered, Rendering, helm, render
+from tests.support.helm import RENDERINGS, Rendered, Rendering, helm, render
 
 
 def test_checked_in_chart_matches_the_catalogue() -> None:

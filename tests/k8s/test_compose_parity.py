@@ -10,7 +10,7 @@ import yaml
 from hxp.core.paths import PROJECT_ROOT
 from hxp.deploy import compose
 from hxp.k8s import chart
-from tests.k8s.conftest import Rendered
+from tests.support.helm import Rendered
 
 # rendering -> the compose file of its profile
 COMPOSE = {"gpu": "compose.yaml", "cpu": "compose.dev.yaml"}

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.k8s.conftest import RENDERINGS, Rendered
+from tests.support.helm import RENDERINGS, Rendered
 
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 CRDS = Path(__file__).with_name("crds")

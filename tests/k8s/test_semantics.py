@@ -12,7 +12,7 @@ import yaml
 
 from hxp.cli import main
 from hxp.k8s import checks
-from tests.k8s.conftest import RENDERINGS, Rendered
+from tests.support.helm import RENDERINGS, Rendered
 
 Docs = list[dict[str, Any]]
 
