@@ -155,7 +155,10 @@ def write(out: Path = CHART_DIR, catalogue_path: str | Path | None = None) -> li
     files = generate(catalogue_path)
     changed = []
     for path in _leftovers(out, files):
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
         changed.append(path)
     for name, text in files.items():
         path = out / name

@@ -62,11 +62,6 @@ app.kubernetes.io/component: gateway
 {{- end -}}
 {{- end -}}
 
-{{/* One engine's settings: engineDefaults with its own entry on top. */}}
-{{- define "hxp.engine" -}}
-{{- toYaml (mergeOverwrite (deepCopy .root.Values.engineDefaults) (deepCopy .engine)) -}}
-{{- end -}}
-
 {{/* The Secret with the gateway's settings that are secrets. */}}
 {{- define "hxp.gatewaySecretName" -}}
 {{- default (include "hxp.componentName" (dict "root" . "name" "gateway")) .Values.gateway.existingSecret -}}
