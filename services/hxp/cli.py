@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "hxp.runner",
     "hxp.loadtest.cli",
     "hxp.deploy.cli",
+    "hxp.k8s.cli",
     "hxp.monitoring.cli",
     "hxp.ops.cli",
 ]

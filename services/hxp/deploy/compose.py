@@ -184,11 +184,16 @@ def cpus_variable(task: str) -> str:
     return f"HXP_{task.upper()}_CPUS"
 
 
+def dev_engine_args(names: list[str]) -> list[str]:
+    """The arguments of ``hxp model serve`` (the development image's entrypoint) for an engine serving ``names``."""
+    return [*names, "--host", CONTAINER_HOST, "--port", str(DEV_ENGINE_PORT), "--enforce-eager"]
+
+
 def _dev_engine(names: list[str], model: Model) -> dict[str, Any]:
     """What every development engine service has: its models, its port, its CPUs, its memory."""
     default_cpus = cpu_sets(REFERENCE_CPUS)[model.task]
     return {
-        "command": [*names, "--host", CONTAINER_HOST, "--port", str(DEV_ENGINE_PORT), "--enforce-eager"],
+        "command": dev_engine_args(names),
         "ports": OverrideList([f"127.0.0.1:{model.port}:{DEV_ENGINE_PORT}"]),
         "cpuset": f"${{{cpus_variable(model.task)}:-{default_cpus}}}",
         "healthcheck": {"test": ["CMD", "python", "-m", "hxp.deploy.probe",
@@ -211,19 +216,31 @@ def _group_of(model: Model, cat: Catalogue) -> list[Model]:
     return next(g for g in engine_groups(cat.models) if model in g)
 
 
-def shared_services(cat: Catalogue) -> dict[str, dict[str, Any]]:
-    """The development stack's shared engines: one per group of models with the same deployment."""
+def engines(cat: Catalogue) -> dict[str, list[Model]]:
+    """{engine name: its models}, one engine per group of models with the same deployment (as ``make run``):
+    a group of one is named after its model, a shared one ``<task>-engine`` (numbered when a task has several)."""
     from hxp.model.command import engine_groups
 
-    shared = [g for g in engine_groups(cat.models) if len(g) > 1]
+    groups = engine_groups(cat.models)
+    shared = [g for g in groups if len(g) > 1]
+    named = {}
+    for group in groups:
+        if len(group) == 1:
+            named[group[0].name] = group
+            continue
+        same_task = [g for g in shared if g[0].task == group[0].task]
+        named[f"{group[0].task}-engine" + (f"-{same_task.index(group) + 1}" if len(same_task) > 1 else "")] = group
+    return named
+
+
+def shared_services(cat: Catalogue) -> dict[str, dict[str, Any]]:
+    """The development stack's shared engines: one per group of models with the same deployment."""
     services = {}
-    for group in shared:
-        task = group[0].task
-        same_task = [g for g in shared if g[0].task == task]
-        name = f"{task}-engine" + (f"-{same_task.index(group) + 1}" if len(same_task) > 1 else "")
-        names = [m.name for m in group]
-        services[name] = {**_dev_engine(names, group[0]), "scale": SHARED_SCALE,
-                          "networks": {"default": {"aliases": names}}}
+    for name, group in engines(cat).items():
+        if len(group) > 1:
+            names = [m.name for m in group]
+            services[name] = {**_dev_engine(names, group[0]), "scale": SHARED_SCALE,
+                              "networks": {"default": {"aliases": names}}}
     return services
 
 
