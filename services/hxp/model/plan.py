@@ -27,8 +27,11 @@ from hxp.core.catalogue import GIB, Catalogue, Machine, Model, Targets
 from hxp.model.command import engine_groups, planned_placement
 from hxp.model.placement import place
 
-# Measured engines reached at least 1/ROOFLINE_FACTOR of the roofline (see the module docstring).
-ROOFLINE_FACTOR = 4.0
+# Measured engines came within ROOFLINE_FACTOR of the roofline (tests/model/test_plan_engines.py, this project's
+# 2-core development machine shared with other work, load average 5-13): SmolLM2 float32 decoding at 0.53-0.62
+# of the predicted tokens/s, all-MiniLM-L6-v2 answering 4 texts in 3.8-3.9 times the predicted latency (fixed
+# per-request costs: HTTP, tokenizing, scheduling, which the roofline leaves out, dominate so small a model).
+ROOFLINE_FACTOR = 5.0
 P95_OVER_AVG = 1.5  # the p95 latency target over the average one, as the catalogue's measured targets have it
 INSTRUCTION_SETS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
 COPY_BYTES = 256 * 2**20  # per core, for the bandwidth measurement: well beyond a core's share of the caches
