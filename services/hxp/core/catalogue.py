@@ -342,11 +342,11 @@ def _check_consistency(data: _CatalogueFile) -> None:
                 _check_tools(m, prof, dep.tools)
             if data.profiles[prof].device == "cuda":
                 _check_gpu_deployment(m.name, prof, dep)
-    for prof_name, prof in data.profiles.items():
-        if prof.device == "cuda":
-            _check_gpu_memory(prof_name, prof, data.models)
-        if prof.machine is not None:
-            _check_plan(prof_name, prof, prof.machine, data.models)
+    for prof_name, settings in data.profiles.items():
+        if settings.device == "cuda":
+            _check_gpu_memory(prof_name, settings, data.models)
+        if settings.machine is not None:
+            _check_plan(prof_name, settings, settings.machine, data.models)
 
 
 def _check_tools(model: ModelEntry, prof: str, tools: Tools) -> None:
