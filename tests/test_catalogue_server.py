@@ -129,5 +129,6 @@ def test_cpu_sets_read_like_linux() -> None:
 def test_the_kv_cache_per_token_is_the_documents() -> None:
     """The issue's arithmetic: 128 KiB a token for the Mistral-based three, 384 KiB for Phi-3 (bfloat16)."""
     cat = catalogue.load(profile="server")
-    per_token = {n: cat.get(n).deployment.shape.kv_bytes_per_token("bfloat16") for n in CHAT}  # type: ignore[union-attr]
+    shapes = {n: cat.get(n).deployment.shape for n in CHAT}
+    per_token = {n: shape.kv_bytes_per_token("bfloat16") for n, shape in shapes.items() if shape is not None}
     assert per_token == {"mixtral-8x7b": 131072, "hermes-2": 131072, "openchat-3.5": 131072, "phi-3-mini": 393216}

@@ -97,7 +97,8 @@ def _plan(args: argparse.Namespace) -> int:
             for name in est.names:
                 print(f"{name}:\n  targets: {{avg_latency_ms: {t.avg_latency_ms:.0f}, p95_latency_ms: "
                       f"{t.p95_latency_ms:.0f}, throughput_rps: {t.throughput_rps:g}, memory_gb: {t.memory_gb:g}, "
-                      f"measured: \"{PROPOSED_NOTE}, {est.loaded.concurrency} at once, allowing {plan.ROOFLINE_FACTOR:g}x\"}}")
+                      f"measured: \"{PROPOSED_NOTE}, {est.loaded.concurrency} at once, allowing "
+                      f"{plan.ROOFLINE_FACTOR:g}x\"}}")
         return 0
     print(render(cat, machine, estimates, against))
     return 0

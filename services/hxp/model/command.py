@@ -87,7 +87,8 @@ def engine_env(profile: Profile, devices: Sequence[int], local_weights: bool,
     if profile.device == "cuda" and devices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
     if profile.device == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE") or str(kv_cache_gib or CPU_KV_CACHE_GIB)
+        kv = os.environ.get("VLLM_CPU_KVCACHE_SPACE") or str(kv_cache_gib or CPU_KV_CACHE_GIB)
+        env["VLLM_CPU_KVCACHE_SPACE"] = kv
         if cpus:
             env["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(cpus)
     if local_weights:
