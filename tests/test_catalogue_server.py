@@ -101,10 +101,13 @@ def test_the_memory_limit_covers_the_planned_memory() -> None:
           profile="server")
 
 
-def test_4bit_weights_need_avx512() -> None:
+def test_4bit_weights_with_16bit_activations_need_avx512() -> None:
     doc = raw()
     doc["profiles"]["server"]["machine"] = {"instruction_sets": ["avx2"]}
     fails(doc, "model 'mixtral-8x7b' field profiles.server.quantization", "AVX-512", profile="server")
+    for name in ("mixtral-8x7b", "hermes-2", "openchat-3.5"):  # 4-bit weights with INT8 activations: AVX2 will do
+        server(doc, name)["quantization"] = "w4a8"
+    assert catalogue.parse(doc, "server").profile_settings.machine == Machine(instruction_sets=["avx2"])
 
 
 @pytest.mark.parametrize("field", ["cpus", "kv_cache_gib", "weights_gb", "shape"])

@@ -23,8 +23,10 @@ CHAT_TEMPLATES = Path(__file__).parents[1] / "model" / "templates"  # the chat t
 PACKAGE_PREFIX = "package:"
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
 GIB = 2**30
-# Checkpoint formats whose 4-bit matrix kernel vLLM's x86 CPU build has only with AVX-512 (cpu_gemm_wna16).
-AVX512_ONLY_FORMATS = ("awq", "gptq")
+# Quantized weights whose matrix kernel vLLM's x86 CPU build has only with AVX-512 (cpu_gemm_wna16): 4-bit
+# weights with 16-bit activations, as AWQ and GPTQ checkpoints or llm-compressor's W4A16. Its W8A8 and W4A8
+# (INT8 activations) kernels run on AVX2 too.
+AVX512_ONLY_FORMATS = ("awq", "gptq", "w4a16")
 
 
 class CatalogueError(ValueError):
@@ -171,7 +173,7 @@ class Deployment(_Strict):
     cpus: CpuSet | None = None
     kv_cache_gib: PositiveInt | None = None
     weights_gb: PositiveFloat | None = None
-    quantization: Literal["awq", "gptq", "int8"] | None = None
+    quantization: Literal["awq", "gptq", "w4a16", "w8a8", "w4a8"] | None = None
     shape: Shape | None = None
 
     def memory_gb(self, runtime_gb: float) -> float:
@@ -415,8 +417,8 @@ def _check_plan(prof_name: str, prof: Profile, machine: Machine, models: list[Mo
             raise CatalogueError(f"{where}.cpus: {dep.cpus} shares cores with {', '.join(shared)}")
         owner.update(dict.fromkeys(cpus, f"'{m.name}'"))
         if dep.quantization in AVX512_ONLY_FORMATS and "avx512f" not in machine.instruction_sets:
-            raise CatalogueError(f"{where}.quantization: {dep.quantization} 4-bit weights need AVX-512 "
-                                 "(vLLM's CPU kernel cpu_gemm_wna16), which the machine lacks")
+            raise CatalogueError(f"{where}.quantization: {dep.quantization} weights need AVX-512 (vLLM's CPU "
+                                 "kernel cpu_gemm_wna16), which the machine lacks")
         kv_gib = dep.vllm.max_model_len * dep.shape.kv_bytes_per_token(dep.vllm.dtype) / GIB
         if m.task == "chat" and kv_gib > dep.kv_cache_gib:
             raise CatalogueError(
