@@ -104,7 +104,8 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-PROPOSED_NOTE = "hxp plan --propose: the roofline on the profile's machine at the load whose p95 fits the timeout"
+PROPOSED_NOTE = ("hxp plan --propose: the roofline on the profile's machine at the fewest requests at once that "
+                 "reach 90 % of the throughput within the timeout")
 
 
 def _load(load: plan.Load) -> str:
@@ -120,7 +121,7 @@ def render(cat: Catalogue, machine: Machine, estimates: list[plan.Estimate], aga
          f"{machine.frequency_ghz:.1f} GHz, {','.join(machine.instruction_sets) or 'no vector extensions'}"),
         "",
         ("| engine | cores | weights GB | KV GB | runtime GB | memory GB | context (fits) | request in/out tokens "
-         "| decode tok/s | latency alone ms | within timeout: seqs, latency ms, req/s | saturated: seqs, latency ms, "
+         "| decode tok/s | latency alone ms | load test: seqs, latency ms, req/s | saturated: seqs, latency ms, "
          "req/s |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
