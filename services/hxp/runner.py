@@ -82,7 +82,12 @@ def placement(cat: Catalogue, separate: bool) -> Placement | None:
     if cat.profile_settings.device != "cpu":
         return None
     if cat.profile_settings.machine is not None:
-        return planned_placement(cat)
+        planned = planned_placement(cat)
+        missing = {c for cores in (*planned.engines, planned.gateway) for c in cores} - os.sched_getaffinity(0)
+        if missing:
+            raise SystemExit(f"profile '{cat.profile}' is planned for cores this machine does not give us "
+                             f"({', '.join(map(str, sorted(missing)))}): see `hxp plan --here --profile {cat.profile}`")
+        return planned
     return place(os.sched_getaffinity(0), [group[0].task for group in engine_groups(cat.models, separate)])
 
 

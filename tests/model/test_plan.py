@@ -110,3 +110,14 @@ def test_the_average_request_follows_the_load_test_traffic() -> None:
     assert cpu[1] == (4 + 24) / 2 and cpu[0] == quick[0]
     prompt, output = traffic.mean_request(data, SERVER.get("all-minilm-l6-v2"))
     assert output == 0 and prompt > 0
+
+
+def test_the_native_runner_places_a_planned_profile_as_planned(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hxp.runner import placement
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
+    placed = placement(SERVER, separate=False)
+    assert placed is not None and placed.gateway == (0, 1) and placed.engines[0] == (3, 4, 5, 6)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    with pytest.raises(SystemExit, match=r"planned for cores this machine does not give us \(2, 3, 4,"):
+        placement(SERVER, separate=False)
