@@ -23,7 +23,8 @@ from hxp.core.paths import state_path
 # (whose shebang names the venv it was installed into).
 ENTRYPOINT = "vllm.entrypoints.cli.main"
 # On CPU, vLLM otherwise reserves --gpu-memory-utilization (0.92) of the machine's memory per engine.
-# A fixed KV cache lets several engines share one machine; override with VLLM_CPU_KVCACHE_SPACE.
+# A fixed KV cache lets several engines share one machine; override with VLLM_CPU_KVCACHE_SPACE (a planned
+# profile's engines have their own, `kv_cache_gib`).
 CPU_KV_CACHE_GIB = 1
 # Tool-call arguments always follow the tool's parameter schema: vLLM constrains them as if every tool
 # were `strict: true` (its structural tags; without this only the call's envelope is constrained).
@@ -77,8 +78,8 @@ def engine_groups(models: Sequence[Model], separate: bool = False) -> list[list[
 
 def engine_env(profile: Profile, devices: Sequence[int], local_weights: bool,
                cpus: Sequence[int] = (), kv_cache_gib: int | None = None) -> dict[str, str]:
-    """Caches under the state directory; GPU selection; CPU KV cache (``kv_cache_gib``, else
-    CPU_KV_CACHE_GIB) and thread binding; no hub calls for local weights."""
+    """Caches under the state directory; GPU selection; CPU KV cache (a planned profile's ``kv_cache_gib``,
+    else VLLM_CPU_KVCACHE_SPACE or CPU_KV_CACHE_GIB) and thread binding; no hub calls for local weights."""
     env = {
         "VLLM_CACHE_ROOT": str(state_path("cache", "vllm")),
         "TORCHINDUCTOR_CACHE_DIR": str(state_path("cache", "torchinductor")),
@@ -87,8 +88,8 @@ def engine_env(profile: Profile, devices: Sequence[int], local_weights: bool,
     if profile.device == "cuda" and devices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
     if profile.device == "cpu":
-        kv = os.environ.get("VLLM_CPU_KVCACHE_SPACE") or str(kv_cache_gib or CPU_KV_CACHE_GIB)
-        env["VLLM_CPU_KVCACHE_SPACE"] = kv
+        kv = kv_cache_gib or os.environ.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv)
         if cpus:
             env["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(cpus)
     if local_weights:

@@ -96,10 +96,8 @@ class Roofline:
             raise ValueError(f"model '{model.name}' has no shape or weights_gb under profile '{model.profile}'")
         self.shape, self.dtype = dep.shape, dep.vllm.dtype
         self.weight_bytes = dep.weights_gb * 1e9
-        share = cores / machine.cores
-        self.bandwidth = machine.memory_bandwidth_gbs * 1e9 * share
-        self.flops = machine.cores * share * machine.frequency_ghz * 1e9 * flops_per_cycle(
-            machine.instruction_sets, self.dtype)
+        self.bandwidth = machine.memory_bandwidth_gbs * 1e9 * cores / machine.cores
+        self.flops = cores * machine.frequency_ghz * 1e9 * flops_per_cycle(machine.instruction_sets, self.dtype)
 
     def weights_read(self, tokens: float) -> float:
         """Bytes of weights a step over ``tokens`` tokens reads: experts no token chose are skipped."""
