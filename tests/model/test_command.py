@@ -182,7 +182,8 @@ def test_shell_rendering_is_copy_pasteable() -> None:
     assert "VLLM_CPU_KVCACHE_SPACE=1" in words and words[words.index(ENTRYPOINT) + 1] == "serve"
 
 
-def test_a_planned_cpu_engine_gets_its_cores_and_kv_cache_from_the_catalogue(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_planned_cpu_engine_has_its_cores_and_kv_cache_from_the_catalogue(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     server = catalogue.load(profile="server")
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "9")  # a development override: not for a planned engine
     cmd = engine_command([server.get("hermes-2")], server.profile_settings)
