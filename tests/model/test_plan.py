@@ -86,6 +86,8 @@ def test_hxp_plan_refuses_a_machine_the_plan_does_not_fit(capsys: pytest.Capture
     assert "beyond the machine's 12 cores" in capsys.readouterr().err
     assert main(["plan", "--profile", "server", "--instruction-sets", "avx2"]) == 1
     assert "AVX-512" in capsys.readouterr().err
+    assert main(["plan", "--profile", "gpu", "--bandwidth-gbs", "20"]) == 2
+    assert "profile 'gpu' is not a CPU profile" in capsys.readouterr().err
 
 
 def test_hxp_plan_here_describes_this_machine(capsys: pytest.CaptureFixture) -> None:

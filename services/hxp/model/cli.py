@@ -88,9 +88,16 @@ def _plan(args: argparse.Namespace) -> int:
     except catalogue.CatalogueError as err:
         print(f"the plan does not fit: {err}", file=sys.stderr)
         return 1
+    if cat.profile_settings.device != "cpu":
+        print(f"hxp plan: profile '{cat.profile}' is not a CPU profile", file=sys.stderr)
+        return 2
     data = traffic.load()
     requests = {m.name: plan.Request(*traffic.mean_request(data, m)) for m in cat.models}
-    estimates = plan.plan(cat, machine, requests)
+    try:
+        estimates = plan.plan(cat, machine, requests)
+    except ValueError as err:
+        print(f"hxp plan: {err}", file=sys.stderr)
+        return 2
     if args.propose:
         for est in estimates:
             t = plan.propose(est)
