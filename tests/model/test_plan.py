@@ -86,6 +86,8 @@ def test_hxp_plan_refuses_a_machine_the_plan_does_not_fit(capsys: pytest.Capture
     assert "beyond the machine's 12 cores" in capsys.readouterr().err
     assert main(["plan", "--profile", "server", "--instruction-sets", "avx2"]) == 1
     assert "AVX-512" in capsys.readouterr().err
+    assert main(["plan", "--profile", "server", "--here", "--cores", "2", "--bandwidth-gbs", "20"]) == 1
+    assert "3-6 is beyond the machine's 2 cores" in capsys.readouterr().err  # this machine, described as 2 cores
     assert main(["plan", "--profile", "gpu", "--bandwidth-gbs", "20"]) == 2
     assert "profile 'gpu' is not a CPU profile" in capsys.readouterr().err
 

@@ -73,9 +73,10 @@ def _planned(args: argparse.Namespace) -> tuple[Catalogue, Machine]:
     given = {field: getattr(args, field) for field, _, _ in MACHINE_FLAGS.values() if getattr(args, field) is not None}
     if "machine" in settings and not args.here:
         machine = Machine.model_validate({**settings["machine"], **given})
-        settings["machine"] = machine.model_dump()
     else:
         machine = plan.measure_machine(given.pop("memory_bandwidth_gbs", None)).model_copy(update=given)
+    if "machine" in settings:
+        settings["machine"] = machine.model_dump()
     return catalogue.parse(raw, profile, path), machine
 
 
