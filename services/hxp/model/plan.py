@@ -171,15 +171,16 @@ def _copy_rate(cpu: int, seconds: float, out: multiprocessing.Queue[float]) -> N
     os.sched_setaffinity(0, {cpu})
     src, dst = bytearray(b"\1") * COPY_BYTES, bytearray(COPY_BYTES)
     dst[:] = src  # touch every page first
-    copied, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    copied, start = 0, time.process_time()
+    while time.process_time() - start < seconds:
         dst[:] = src
         copied += 2 * COPY_BYTES  # read and written
-    out.put(copied / (time.perf_counter() - start))
+    out.put(copied / (time.process_time() - start))
 
 
 def measure_bandwidth(cpus: Sequence[int], seconds: float = 1.0) -> float:
-    """GB/s that copy loops on every CPU at once move (bytes read plus written)."""
+    """GB/s that copy loops on every CPU at once move (bytes read plus written) per second of CPU time each
+    gets: what the memory gives a core that runs, whatever else shares the machine."""
     queue: multiprocessing.Queue[float] = multiprocessing.Queue()
     workers = [multiprocessing.Process(target=_copy_rate, args=(cpu, seconds, queue)) for cpu in cpus]
     for worker in workers:
