@@ -177,14 +177,13 @@ class Deployment(_Strict):
     shape: Shape | None = None
 
     def memory_gb(self, runtime_gb: float) -> float:
-        """Weights, KV cache and runtime of the engine (GB); 0 for an unplanned deployment."""
+        """Weights, KV cache and runtime of the engine (GB; weights and KV cache count 0 where unset)."""
         return (self.weights_gb or 0) + (self.kv_cache_gib or 0) * GIB / 1e9 + runtime_gb
 
-    def context_fits(self) -> int:
-        """The longest context (tokens) one sequence can have in the engine's KV cache."""
-        if self.shape is None or self.kv_cache_gib is None:
-            return 0
-        return self.kv_cache_gib * GIB // self.shape.kv_bytes_per_token(self.vllm.dtype)
+    def context_fits(self, kv_cache_gib: int) -> int:
+        """The longest context (tokens) one sequence can have in a KV cache of ``kv_cache_gib`` (0 without a
+        shape)."""
+        return kv_cache_gib * GIB // self.shape.kv_bytes_per_token(self.vllm.dtype) if self.shape else 0
 
 
 class Prices(_Strict):
@@ -423,7 +422,7 @@ def _check_plan(prof_name: str, prof: Profile, machine: Machine, models: list[Mo
         if m.task == "chat" and kv_gib > dep.kv_cache_gib:
             raise CatalogueError(
                 f"{where}.vllm.max_model_len: {dep.vllm.max_model_len} tokens need {kv_gib:.1f} GiB of KV cache, "
-                f"kv_cache_gib is {dep.kv_cache_gib} (it holds {dep.context_fits()} tokens)")
+                f"kv_cache_gib is {dep.kv_cache_gib} (it holds {dep.context_fits(dep.kv_cache_gib)} tokens)")
         memory = dep.memory_gb(prof.engine_runtime_gb)
         if dep.targets.memory_gb < memory:
             raise CatalogueError(f"{where}.targets.memory_gb: {dep.targets.memory_gb:g} GB (the engine's memory "

@@ -133,7 +133,7 @@ def estimate(group: Sequence[Model], machine: Machine, cpus: Sequence[int], requ
     model, dep = group[0], group[0].deployment
     roof = Roofline(model, machine, len(cpus))
     kv_gib = dep.kv_cache_gib or 1  # vLLM's CPU KV cache (hxp.model.command.CPU_KV_CACHE_GIB when unset)
-    fits = kv_gib * GIB // roof.shape.kv_bytes_per_token(roof.dtype)
+    fits = dep.context_fits(kv_gib)
     most = max(1, min(dep.vllm.max_num_seqs or 256, int(fits // max(1.0, request.prompt_tokens +
                                                                       request.output_tokens))))
     alone = _load(roof, model.task, request, 1)
