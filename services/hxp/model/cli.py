@@ -113,7 +113,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 PROPOSED_NOTE = ("hxp plan --propose: the roofline on the profile's machine at the fewest requests at once that "
-                 "reach 90 % of the throughput within the timeout")
+                 f"reach {plan.NEAR_BEST:.0%} of the throughput within the timeout")
 
 
 def _load(load: plan.Load) -> str:
