@@ -115,18 +115,21 @@ loadtest-ui: $(VENV)/.installed  ## Locust web UI on :8089 against the running s
 		--stop-timeout $(STOP_TIMEOUT) $(LOADTEST_ARGS)
 
 # --- deployment: Docker Compose, keys, backups, systemd (hxp.deploy, compose*.yaml, env/) ----------
-# compose.yaml is the GPU server stack; compose.dev.yaml (on top of it) the CPU development stack.
-# Both are generated from models.yaml + services/hxp/deploy/stack*.yaml: `make compose-generate`.
+# compose.yaml is the requirements' CPU server stack (profile server); compose.gpu.yaml (on top of it) the GPU
+# server stack; compose.dev.yaml (on top of it) the CPU development stack. All three are generated from
+# models.yaml + services/hxp/deploy/stack*.yaml: `make compose-generate`.
 # STACK=compose makes keys-*, backup, restore, status, validate, doctor and usage-report act on the running
 # compose stack instead of the native one.
 COMPOSE ?= docker compose
 COMPOSE_DEV := $(COMPOSE) -f compose.yaml -f compose.dev.yaml
+COMPOSE_GPU := $(COMPOSE) -f compose.yaml -f compose.gpu.yaml
 UP_TIMEOUT ?= 3600
 SERVICE ?=
 STACK ?=
 BACKUP ?=
 SYSTEMD_DIR ?= .state/systemd
-SYSTEMD_PROFILE ?= gpu
+SYSTEMD_PROFILE ?= server
+PLAN_PROFILE ?= server
 SYSTEMD_USER ?= hxp
 KEYS_HXP := $(if $(STACK),$(COMPOSE) exec gateway hxp,$(HXP))
 STACK_FLAGS := $(if $(STACK),--compose)
@@ -140,22 +143,29 @@ ALL_PROFILES := --profile loadtest --profile separate-engines
 COMPOSE_PLUGIN := $(HOME)/.docker/cli-plugins/docker-compose
 export HXP_TORCH_WHEELS ?= $(TORCH_WHEELS)
 
-.PHONY: env compose-generate compose-check up down ps logs dev dev-down keys-create keys-list keys-revoke \
+.PHONY: env compose-generate compose-check up up-gpu plan down ps logs dev dev-down keys-create keys-list keys-revoke \
 	backup restore systemd-units deploy-test compose-deps compose-test
 
 env: $(VENV)/.installed  ## create env/*.env from the examples with fresh random secrets (never overwrites)
 	$(HXP) compose env
 
-compose-generate: $(VENV)/.installed  ## regenerate compose.yaml and compose.dev.yaml from the catalogue
+compose-generate: $(VENV)/.installed  ## regenerate compose.yaml, compose.gpu.yaml and compose.dev.yaml from the catalogue
 	$(HXP) compose generate
 
 compose-check: $(VENV)/.installed  ## fail if the compose files differ from the catalogue; validate them
 	$(HXP) compose generate --check
 	$(COMPOSE) config -q
+	$(COMPOSE_GPU) config -q
 	$(COMPOSE_DEV) config -q
 
-up: env  ## GPU server: start the whole stack and wait until every service is healthy (UP_TIMEOUT seconds)
+plan: $(VENV)/.installed  ## a profile's memory and core plan with its roofline against the targets (PLAN_PROFILE=server, PLAN_ARGS="--memory-gb 256")
+	$(HXP) plan --profile $(PLAN_PROFILE) $(PLAN_ARGS)
+
+up: env  ## the requirements' CPU server: start the whole stack and wait until every service is healthy (UP_TIMEOUT seconds)
 	$(COMPOSE) up -d --build --wait --wait-timeout $(UP_TIMEOUT)
+
+up-gpu: env  ## GPU server: the stack with the GPU engines (compose.gpu.yaml) instead of the CPU ones
+	$(COMPOSE_GPU) up -d --build --wait --wait-timeout $(UP_TIMEOUT)
 
 down:  ## stop the compose stack (volumes, hence data and downloaded weights, are kept)
 	$(COMPOSE_DEV) $(ALL_PROFILES) down

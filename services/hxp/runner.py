@@ -27,7 +27,7 @@ from pathlib import Path
 
 from hxp.core import catalogue
 from hxp.core.catalogue import Catalogue
-from hxp.model.command import EngineCommand, catalogue_commands, engine_groups
+from hxp.model.command import EngineCommand, catalogue_commands, engine_groups, planned_placement
 from hxp.model.placement import Placement, describe, place
 from hxp.model.service import READY_TIMEOUT_S, Engine
 from hxp.core.paths import state_dir, state_path
@@ -81,6 +81,13 @@ def placement(cat: Catalogue, separate: bool) -> Placement | None:
     """On a CPU profile, the cores of each engine and of the gateway among those we may use."""
     if cat.profile_settings.device != "cpu":
         return None
+    if cat.profile_settings.machine is not None:
+        planned = planned_placement(cat)
+        missing = {c for cores in (*planned.engines, planned.gateway) for c in cores} - os.sched_getaffinity(0)
+        if missing:
+            raise SystemExit(f"profile '{cat.profile}' is planned for cores this machine does not give us "
+                             f"({', '.join(map(str, sorted(missing)))}): see `hxp plan --here --profile {cat.profile}`")
+        return planned
     return place(os.sched_getaffinity(0), [group[0].task for group in engine_groups(cat.models, separate)])
 
 

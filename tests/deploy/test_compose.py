@@ -1,4 +1,5 @@
-"""compose.yaml / compose.dev.yaml: derived from the catalogue and valid for the real Docker Compose v2."""
+"""compose.yaml / compose.gpu.yaml / compose.dev.yaml: derived from the catalogue and valid for the real Docker
+Compose v2."""
 from __future__ import annotations
 
 import json
@@ -18,10 +19,13 @@ from hxp.model import command
 from hxp.core.paths import PROJECT_ROOT
 
 COMPOSE_BIN = next(Path(PROJECT_ROOT / ".venv/lib").glob("python3*/site-packages/compose/docker-compose"))
-# The file combinations users run (compose.dev.yaml is an override of compose.yaml), with the optional profile.
+# The file combinations users run (compose.gpu.yaml and compose.dev.yaml are overrides of compose.yaml), with
+# the optional profile.
+SERVER, GPU, DEV = ["compose.yaml"], ["compose.yaml", "compose.gpu.yaml"], ["compose.yaml", "compose.dev.yaml"]
 COMBINATIONS = [
     (["compose.yaml"], []),
     (["compose.yaml"], ["loadtest"]),
+    (["compose.yaml", "compose.gpu.yaml"], []),
     (["compose.yaml", "compose.dev.yaml"], []),
     (["compose.yaml", "compose.dev.yaml"], ["loadtest"]),
     (["compose.yaml", "compose.dev.yaml"], ["loadtest", compose.SEPARATE_PROFILE]),
@@ -33,7 +37,7 @@ STATEFUL = {"postgres": "/var/lib/postgresql/data", "redis": "/data", "qdrant": 
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The checked-in compose files with env files made from the examples, as a user has them after `make env`."""
     root = tmp_path_factory.mktemp("stack")
-    for name in ("compose.yaml", "compose.dev.yaml"):
+    for name in ("compose.yaml", "compose.gpu.yaml", "compose.dev.yaml"):
         shutil.copy(PROJECT_ROOT / name, root / name)
     shutil.copytree(PROJECT_ROOT / "env", root / "env", ignore=shutil.ignore_patterns("*.env"))
     envfiles.create(root / "env")
@@ -57,7 +61,7 @@ def resolved(root: Path, files: list[str], profiles: list[str]) -> dict:
 # --- derived from the catalogue --------------------------------------------------------
 
 def test_checked_in_compose_files_match_the_catalogue() -> None:
-    assert compose.stale() == [], "run `hxp compose generate` and commit compose.yaml / compose.dev.yaml"
+    assert compose.stale() == [], "run `hxp compose generate` and commit compose*.yaml"
 
 
 def test_check_mode_fails_on_drift_and_generate_repairs_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -75,38 +79,49 @@ def test_check_mode_fails_on_drift_and_generate_repairs_it(tmp_path: Path, capsy
 
 def test_a_new_catalogue_entry_becomes_a_service(tmp_path: Path) -> None:
     raw = yaml.safe_load((PROJECT_ROOT / "models.yaml").read_text())
-    new = json.loads(json.dumps(raw["models"][3]))  # a copy of phi-3-mini, on GPU 6
+    new = json.loads(json.dumps(raw["models"][3]))  # a copy of phi-3-mini, on GPU 6 and on the server's core 15
     new.update(name="qwen-7b", port=11410)
     new["profiles"]["gpu"].update(source="Qwen/Qwen2.5-7B-Instruct", devices=[6])
+    new["profiles"]["server"].update(source="Qwen/Qwen2.5-0.5B-Instruct-AWQ", cpus="15", weights_gb=0.46,
+                                     kv_cache_gib=1, vllm={"max_model_len": 2048, "dtype": "bfloat16"})
+    del new["profiles"]["server-256"]
+    raw["models"][3]["profiles"]["server"]["cpus"] = "13-14"
     raw["models"].append(new)
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(raw))
     files = compose.generate(path)
-    gpu = compose.load_yaml(files["compose.yaml"])["services"]["qwen-7b"]
-    assert gpu["ports"] == ["${HXP_PUBLISH_ADDRESS:-127.0.0.1}:11410:11410"]
+    server = compose.load_yaml(files["compose.yaml"])["services"]["qwen-7b"]
+    assert server["ports"] == ["${HXP_PUBLISH_ADDRESS:-127.0.0.1}:11410:11410"]
+    assert server["cpuset"] == "15" and server["environment"]["VLLM_CPU_OMP_THREADS_BIND"] == "15"
+    assert server["command"][:2] == ["serve", "Qwen/Qwen2.5-0.5B-Instruct-AWQ"]  # `vllm serve MODEL`
+    gpu = compose.load_yaml(files["compose.gpu.yaml"])["services"]["qwen-7b"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["6"]
-    assert gpu["command"][:2] == ["serve", "Qwen/Qwen2.5-7B-Instruct"]  # `vllm serve MODEL`
+    assert gpu["command"][:2] == ["serve", "Qwen/Qwen2.5-7B-Instruct"]
     dev = compose.load_yaml(files["compose.dev.yaml"])["services"]["qwen-7b"]
     assert dev["command"][0] == "qwen-7b"
 
 
-def test_gpu_engines_run_the_native_runners_command() -> None:
-    cat = catalogue.load(profile="gpu")
-    services = compose.load_yaml((PROJECT_ROOT / "compose.yaml").read_text())["services"]
+@pytest.mark.parametrize("file,profile,image", [("compose.yaml", "server", "hxp/model:0.1.0"),
+                                                ("compose.gpu.yaml", "gpu", "vllm/vllm-openai:v0.32.0")])
+def test_engines_run_the_native_runners_command(file: str, profile: str, image: str) -> None:
+    cat = catalogue.load(profile=profile)
+    services = compose.load_yaml((PROJECT_ROOT / file).read_text())["services"]
     for model in cat.models:
         argv = command.engine_command([model], cat.profile_settings, host="0.0.0.0",
                                       chat_templates=compose.CONTAINER_CHAT_TEMPLATES).argv
         service = services[model.name]
         assert service["entrypoint"][1:] == argv[1:3]          # -m vllm.entrypoints.cli.main (`vllm`)
         assert service["command"] == argv[3:]
-        assert service["image"] == "vllm/vllm-openai:v0.32.0"
+        assert service["image"] == image
 
 
-def test_gpu_engines_find_their_tool_chat_templates_in_the_container() -> None:
+@pytest.mark.parametrize("file,profile", [("compose.yaml", "server"), ("compose.gpu.yaml", "gpu")])
+def test_engines_find_their_tool_chat_templates_in_the_container(file: str, profile: str) -> None:
     """The chat template a model's `tools` names is mounted from the repository where --chat-template points."""
-    services = compose.load_yaml((PROJECT_ROOT / "compose.yaml").read_text())["services"]
+    services = compose.load_yaml((PROJECT_ROOT / file).read_text())["services"]
     templated = {name: s["command"] for name, s in services.items() if "--chat-template" in s.get("command", [])}
-    assert set(templated) == {m.name for m in catalogue.load(profile="gpu").models if m.tools and m.tools.chat_template}
+    models = catalogue.load(profile=profile).models
+    assert set(templated) == {m.name for m in models if m.tools and m.tools.chat_template}
     for name, argv in templated.items():
         path = Path(argv[argv.index("--chat-template") + 1])
         mounts = {target: source for source, target, *_ in (v.split(":") for v in services[name]["volumes"])}
@@ -158,7 +173,7 @@ def test_every_service_is_healthchecked_pinned_and_restarted(project: Path, file
 
 def test_gpu_stack_follows_the_catalogue(project: Path) -> None:
     cat = catalogue.load(profile="gpu")
-    config = resolved(project, ["compose.yaml"], [])
+    config = resolved(project, GPU, [])
     services = config["services"]
     for model in cat.models:
         service = services[model.name]
@@ -168,8 +183,41 @@ def test_gpu_stack_follows_the_catalogue(project: Path) -> None:
                             "capabilities": ["gpu"]}]
         assert any(v["source"] == "model-cache" for v in service["volumes"])
         assert "HF_TOKEN" in service["environment"]
+        assert not any(k.startswith("VLLM_CPU_") for k in service["environment"]), "no CPU engine settings"
+        assert "build" not in service and "cpuset" not in service and service["ipc"] == "host"
         assert f":{model.port}/health" in " ".join(service["healthcheck"]["test"])
         assert service["healthcheck"]["start_period"] in ("30m0s",)
+    assert services["gateway"]["environment"]["HXP_PROFILE"] == "gpu"
+    assert not any("cpuset" in s for s in services.values()), "the server's CPU sets do not apply to a GPU server"
+
+
+def test_server_stack_follows_the_plan(project: Path) -> None:
+    """compose.yaml: one engine per model of the server profile on its own cores, with its KV cache, thread
+    binding and memory limit; the gateway and the stores on the profile's gateway cores."""
+    cat = catalogue.load(profile="server")
+    services = resolved(project, SERVER, [])["services"]
+    taken: set[int] = set()
+    for model in cat.models:
+        dep, service = model.deployment, services[model.name]
+        assert service["build"]["dockerfile"] == "services/model/Dockerfile", "vLLM's CPU build, as the dev stack's"
+        assert [p["target"] for p in service["ports"]] == [model.port]
+        cpus = set(catalogue.cpu_list(service["cpuset"]))
+        assert service["cpuset"] == dep.cpus and not cpus & taken, model.name
+        taken |= cpus
+        env = service["environment"]
+        assert env["VLLM_CPU_KVCACHE_SPACE"] == str(dep.kv_cache_gib)
+        assert set(catalogue.cpu_list(env["VLLM_CPU_OMP_THREADS_BIND"])) <= cpus
+        assert env["HF_HUB_OFFLINE"] == "0" and "HF_TOKEN" in env and env["HXP_PROFILE"] == "server"
+        assert int(service["deploy"]["resources"]["limits"]["memory"]) >= dep.memory_gb(
+            cat.profile_settings.engine_runtime_gb) * 1e9
+        assert "reservations" not in service["deploy"]["resources"], "no GPU on the requirements' server"
+        assert any(v["source"] == "model-cache" for v in service["volumes"])
+        assert service["command"][1] == dep.source
+    system = catalogue.cpu_list(cat.profile_settings.gateway_cpus or "")
+    for name in ("gateway", "postgres", "redis", "qdrant", "node-exporter"):
+        assert catalogue.cpu_list(services[name]["cpuset"]) == system, name
+    assert not taken & set(system)
+    assert services["gateway"]["environment"]["HXP_PROFILE"] == "server"
 
 
 def test_gateway_and_stores(project: Path) -> None:
@@ -229,6 +277,9 @@ def test_dev_stack_shares_engines_like_make_run_on_disjoint_cpus(project: Path) 
     assert all(cpus) and not cpus[0] & cpus[1], "the two engines must not share a CPU"
     gateway = services["gateway"]["environment"]
     assert gateway["HXP_PROFILE"] == "cpu" and gateway["HXP_BACKEND_URL_TEMPLATE"] == compose.DEV_BACKEND_URL_TEMPLATE
+    for engine in engines.values():
+        assert not any(k.startswith("VLLM_CPU_") for k in engine["environment"]), "the server's engine settings leak"
+    assert "cpuset" not in services["gateway"] and "cpuset" not in services["postgres"]
 
 
 def test_one_engine_per_model_is_a_profile(project: Path) -> None:
@@ -295,10 +346,10 @@ def test_dev_prometheus_scrapes_services_of_the_stack(project: Path) -> None:
 
 def test_a_fresh_clone_without_make_env_is_told_to_run_it(tmp_path: Path) -> None:
     """No env files and no .env yet: Compose stops with a message that names `make env`."""
-    for name in ("compose.yaml", "compose.dev.yaml"):
+    for name in ("compose.yaml", "compose.gpu.yaml", "compose.dev.yaml"):
         shutil.copy(PROJECT_ROOT / name, tmp_path / name)
     env = {k: v for k, v in os.environ.items() if k != envfiles.ENV_DIR_VARIABLE}
-    for files in (["compose.yaml"], ["compose.yaml", "compose.dev.yaml"]):
+    for files in (SERVER, GPU, DEV):
         done = subprocess.run([str(COMPOSE_BIN), "--project-directory", str(tmp_path), "-p", "hxp",
                                *[a for f in files for a in ("-f", str(tmp_path / f))], "up", "--no-start"],
                               capture_output=True, text=True, env=env, timeout=60)

@@ -33,7 +33,7 @@ def parse(path: Path) -> configparser.ConfigParser:
     return parser
 
 
-@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+@pytest.mark.parametrize("profile", ["gpu", "cpu", "server", "server-256"])
 def test_units_pass_systemd_analyze_verify(tmp_path: Path, profile: str) -> None:
     units = generate(tmp_path, profile)
     cat = catalogue.load(profile=profile)
@@ -76,3 +76,21 @@ def test_cpu_units_cap_memory_and_the_gateway_unit(tmp_path: Path) -> None:
     assert "hxp-model-phi-3-mini.service" in gateway["Unit"]["After"]
     target = parse(tmp_path / "hxp.target")
     assert "hxp-gateway.service" in target["Unit"]["Wants"].split()
+
+
+@pytest.mark.parametrize("profile", ["server", "server-256"])
+def test_server_units_pin_each_engine_to_its_cores_and_numa_node(tmp_path: Path, profile: str) -> None:
+    generate(tmp_path, profile)
+    cat = catalogue.load(profile=profile)
+    machine = cat.profile_settings.machine
+    assert machine is not None
+    for model in cat.models:
+        service = parse(tmp_path / f"hxp-model-{model.name}.service")["Service"]
+        cpus = catalogue.cpu_list(model.deployment.cpus or "")
+        assert service["CPUAffinity"] == model.deployment.cpus
+        assert service["NUMAPolicy"] == "bind" and service["NUMAMask"] == str(machine.numa_node(cpus[0]))
+        assert service["MemoryMax"] == f"{model.targets.memory_gb:g}G"
+    gateway = parse(tmp_path / "hxp-gateway.service")["Service"]
+    assert gateway["CPUAffinity"] == cat.profile_settings.gateway_cpus
+    generate(tmp_path / "cpu", "cpu")
+    assert "CPUAffinity" not in (tmp_path / "cpu" / "hxp-model-phi-3-mini.service").read_text()

@@ -180,3 +180,14 @@ def test_shell_rendering_is_copy_pasteable() -> None:
     text = engine_command(CPU.chat_models, CPU.profile_settings).shell()
     words = shlex.split(text)
     assert "VLLM_CPU_KVCACHE_SPACE=1" in words and words[words.index(ENTRYPOINT) + 1] == "serve"
+
+
+def test_a_planned_cpu_engine_has_its_cores_and_kv_cache_from_the_catalogue(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    server = catalogue.load(profile="server")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "9")  # a development override: not for a planned engine
+    cmd = engine_command([server.get("hermes-2")], server.profile_settings)
+    assert cmd.cpus == (7, 8, 9, 10) and cmd.env["VLLM_CPU_OMP_THREADS_BIND"] == "7,8,9"
+    assert cmd.env["VLLM_CPU_KVCACHE_SPACE"] == "4" and "CUDA_VISIBLE_DEVICES" not in cmd.env
+    assert engine_command([server.get("hermes-2")], server.profile_settings, cpus=[7]).cpus == (7,)
+    assert engine_command([CPU.get("phi-3-mini")], CPU.profile_settings).env["VLLM_CPU_KVCACHE_SPACE"] == "9"

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError,
-                      field_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt,
+                      ValidationError, field_validator)
 
 from hxp.core.paths import PROJECT_ROOT
 
@@ -22,6 +22,11 @@ DEFAULT_PATH = PROJECT_ROOT / "models.yaml"
 CHAT_TEMPLATES = Path(__file__).parents[1] / "model" / "templates"  # the chat templates `tools.chat_template` names
 PACKAGE_PREFIX = "package:"
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
+GIB = 2**30
+# Quantized weights whose matrix kernel vLLM's x86 CPU build has only with AVX-512 (cpu_gemm_wna16): 4-bit
+# weights with 16-bit activations, as AWQ and GPTQ checkpoints or llm-compressor's W4A16. Its W8A8 and W4A8
+# (INT8 activations) kernels run on AVX2 too.
+AVX512_ONLY_FORMATS = ("awq", "gptq", "w4a16")
 
 
 class CatalogueError(ValueError):
@@ -32,10 +37,72 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def cpu_list(cpuset: str) -> tuple[int, ...]:
+    """The CPUs of a cpuset string such as ``0-3,8``, sorted; ValueError when it is malformed or empty."""
+    cpus: set[int] = set()
+    for part in cpuset.split(","):
+        low, _, high = part.strip().partition("-")
+        if not low.isdigit() or (high and not high.isdigit()) or int(high or low) < int(low):
+            raise ValueError(f"'{cpuset}' is not a CPU set like 0-3,8")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return tuple(sorted(cpus))
+
+
+def _valid_cpuset(value: str) -> str:
+    cpu_list(value)
+    return value
+
+
+CpuSet = Annotated[str, AfterValidator(_valid_cpuset)]
+
+
+class Machine(_Strict):
+    """The CPU server a profile is planned for. Defaults: the requirements' server (B.1 minimum): 16 cores /
+    32 threads, AVX2 and AVX-512, 128 GB; memory bandwidth: 8 channels of DDR4-3200 (the document's slower
+    option, 204.8 GB/s peak) at the ~80 % a copy loop sustains. CPUs 0..cores-1 are the physical cores, split
+    evenly between the NUMA nodes in order (Linux numbers the second hardware thread of each core after them)."""
+
+    cores: PositiveInt = 16
+    threads: PositiveInt = 32
+    numa_nodes: PositiveInt = 1
+    memory_gb: PositiveFloat = 128
+    memory_bandwidth_gbs: PositiveFloat = 160
+    frequency_ghz: PositiveFloat = 2.4
+    instruction_sets: list[str] = ["avx2", "avx512f"]
+
+    def numa_node(self, cpu: int) -> int:
+        """The NUMA node of a physical core."""
+        return cpu * self.numa_nodes // self.cores
+
+
+class Allocation(_Strict):
+    """How the machine's memory is divided (the requirements' B.1 allocation for 128 GB by default): the loaded
+    engines (weights and runtimes) within ``models_gb``; their KV caches within ``inference_gb``, the rest of it
+    left to activations; the operating system, gateway and stores within ``system_gb``; ``cache_gb`` left to
+    the page cache and Redis."""
+
+    system_gb: PositiveFloat = 16
+    models_gb: PositiveFloat = 80
+    inference_gb: PositiveFloat = 24
+    cache_gb: PositiveFloat = 8
+
+    @property
+    def total_gb(self) -> float:
+        return self.system_gb + self.models_gb + self.inference_gb + self.cache_gb
+
+
 class Profile(_Strict):
     description: str = ""
     device: Literal["cuda", "cpu"]
     gpu_memory_gb: PositiveFloat | None = None
+    # A CPU profile planned for a server: the machine, its memory allocation, the gateway's cores and what each
+    # engine's runtime (Python, torch, vLLM's processes) takes besides weights and KV cache. Catalogue
+    # validation checks every engine of the profile against them (`hxp plan` prints the plan).
+    machine: Machine | None = None
+    allocation: Allocation = Allocation()
+    gateway_cpus: CpuSet | None = None
+    # measured: the SmolLM2 engine's processes hold 2.4 GB besides weights and KV cache (test_plan_engines.py)
+    engine_runtime_gb: PositiveFloat = 3.0
 
 
 class Package(_Strict):
@@ -62,6 +129,27 @@ class Tools(_Strict):
     chat_template: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+\.jinja$")
 
 
+class Shape(_Strict):
+    """What sizes a model's memory and its work per token: parameters (billions; ``active`` per token for a
+    mixture of experts, of which ``experts_per_token`` of ``experts`` run) and the attention's KV cache."""
+
+    parameters_b: PositiveFloat
+    active_parameters_b: PositiveFloat | None = None
+    experts: PositiveInt = 1
+    experts_per_token: PositiveInt = 1
+    layers: PositiveInt
+    kv_heads: PositiveInt
+    head_dim: PositiveInt
+
+    @property
+    def active_b(self) -> float:
+        return self.active_parameters_b or self.parameters_b
+
+    def kv_bytes_per_token(self, dtype: str) -> int:
+        """Keys and values of every layer for one token, in the engine's dtype."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * (4 if dtype == "float32" else 2)
+
+
 class Targets(_Strict):
     avg_latency_ms: PositiveFloat
     p95_latency_ms: PositiveFloat
@@ -80,6 +168,22 @@ class Deployment(_Strict):
     vllm: VllmSettings
     tools: Tools | None = None  # tool calling; None: the model has no tool support (the gateway refuses tools)
     targets: Targets
+    # Planned CPU profiles (a profile with a `machine`): the engine's cores, its KV cache (vLLM's
+    # VLLM_CPU_KVCACHE_SPACE, GiB), the checkpoint's size and format, and the model's shape.
+    cpus: CpuSet | None = None
+    kv_cache_gib: PositiveInt | None = None
+    weights_gb: PositiveFloat | None = None
+    quantization: Literal["awq", "gptq", "w4a16", "w8a8", "w4a8"] | None = None
+    shape: Shape | None = None
+
+    def memory_gb(self, runtime_gb: float) -> float:
+        """Weights, KV cache and runtime of the engine (GB; weights and KV cache count 0 where unset)."""
+        return (self.weights_gb or 0) + (self.kv_cache_gib or 0) * GIB / 1e9 + runtime_gb
+
+    def context_fits(self, kv_cache_gib: int) -> int:
+        """The longest context (tokens) one sequence can have in a KV cache of ``kv_cache_gib`` (0 without a
+        shape)."""
+        return kv_cache_gib * GIB // self.shape.kv_bytes_per_token(self.vllm.dtype) if self.shape else 0
 
 
 class Prices(_Strict):
@@ -242,6 +346,8 @@ def _check_consistency(data: _CatalogueFile) -> None:
     for prof_name, profile in data.profiles.items():
         if profile.device == "cuda":
             _check_gpu_memory(prof_name, profile, data.models)
+        if profile.machine is not None:
+            _check_plan(prof_name, profile, profile.machine, data.models)
 
 
 def _check_tools(model: ModelEntry, prof: str, tools: Tools) -> None:
@@ -281,6 +387,70 @@ def _check_gpu_memory(prof_name: str, prof: Profile, models: list[ModelEntry]) -
                 f"model '{users[device][-1]}' field profiles.{prof_name}.vllm.gpu_memory_utilization: "
                 f"engines {', '.join(users[device])} on GPU {device} ask for {total:.2f} of its memory{gb}"
             )
+
+
+def _check_plan(prof_name: str, prof: Profile, machine: Machine, models: list[ModelEntry]) -> None:
+    """A planned CPU profile: every engine has its own cores within one NUMA node and a KV cache that holds one
+    sequence of its context; weights, KV caches and runtimes fit the allocation, the allocation the machine."""
+    engines = [(m, m.profiles[prof_name]) for m in models if prof_name in m.profiles]
+    owner: dict[int, str] = {}
+    if prof.gateway_cpus is not None:
+        owner = dict.fromkeys(cpu_list(prof.gateway_cpus), "the gateway")
+        if max(owner) >= machine.cores:
+            raise CatalogueError(f"profiles.{prof_name}.gateway_cpus: {prof.gateway_cpus} is beyond the machine's "
+                                 f"{machine.cores} cores")
+    node_gb: dict[int, float] = defaultdict(float)
+    for m, dep in engines:
+        where = f"model '{m.name}' field profiles.{prof_name}"
+        if dep.cpus is None or dep.kv_cache_gib is None or dep.weights_gb is None or dep.shape is None:
+            missing = next(f for f in ("cpus", "kv_cache_gib", "weights_gb", "shape") if getattr(dep, f) is None)
+            raise CatalogueError(f"{where}.{missing}: required on a profile planned for a machine")
+        cpus = cpu_list(dep.cpus)
+        if cpus[-1] >= machine.cores:
+            raise CatalogueError(f"{where}.cpus: {dep.cpus} is beyond the machine's {machine.cores} cores")
+        nodes = {machine.numa_node(c) for c in cpus}
+        if len(nodes) > 1:
+            raise CatalogueError(f"{where}.cpus: {dep.cpus} spans NUMA nodes {sorted(nodes)}; keep an engine on one")
+        shared = sorted({owner[c] for c in cpus if c in owner})
+        if shared:
+            raise CatalogueError(f"{where}.cpus: {dep.cpus} shares cores with {', '.join(shared)}")
+        owner.update(dict.fromkeys(cpus, f"'{m.name}'"))
+        if dep.quantization in AVX512_ONLY_FORMATS and "avx512f" not in machine.instruction_sets:
+            raise CatalogueError(f"{where}.quantization: {dep.quantization} weights need AVX-512 (vLLM's CPU "
+                                 "kernel cpu_gemm_wna16), which the machine lacks")
+        kv_gib = dep.vllm.max_model_len * dep.shape.kv_bytes_per_token(dep.vllm.dtype) / GIB
+        if m.task == "chat" and kv_gib > dep.kv_cache_gib:
+            raise CatalogueError(
+                f"{where}.vllm.max_model_len: {dep.vllm.max_model_len} tokens need {kv_gib:.1f} GiB of KV cache, "
+                f"kv_cache_gib is {dep.kv_cache_gib} (it holds {dep.context_fits(dep.kv_cache_gib)} tokens)")
+        memory = dep.memory_gb(prof.engine_runtime_gb)
+        if dep.targets.memory_gb < memory:
+            raise CatalogueError(f"{where}.targets.memory_gb: {dep.targets.memory_gb:g} GB (the engine's memory "
+                                 f"limit) is below its planned {memory:.1f} GB")
+        node_gb[nodes.pop()] += memory
+    _check_memory(prof_name, prof, machine, engines, node_gb)
+
+
+def _check_memory(prof_name: str, prof: Profile, machine: Machine, engines: list[tuple[ModelEntry, Deployment]],
+                  node_gb: dict[int, float]) -> None:
+    where = f"profiles.{prof_name}"
+    alloc = prof.allocation
+    if alloc.total_gb > machine.memory_gb:
+        raise CatalogueError(f"{where}.allocation: {alloc.total_gb:g} GB is more than the machine's "
+                             f"{machine.memory_gb:g} GB")
+    loaded = sum((dep.weights_gb or 0) + prof.engine_runtime_gb for _, dep in engines)
+    if loaded > alloc.models_gb:
+        raise CatalogueError(f"{where}: the engines' weights and runtimes take {loaded:.1f} GB, allocation.models_gb "
+                             f"is {alloc.models_gb:g} GB")
+    kv = sum((dep.kv_cache_gib or 0) * GIB / 1e9 for _, dep in engines)
+    if kv > alloc.inference_gb:
+        raise CatalogueError(f"{where}: the engines' KV caches take {kv:.1f} GB, allocation.inference_gb is "
+                             f"{alloc.inference_gb:g} GB")
+    per_node = machine.memory_gb / machine.numa_nodes
+    for node, gb in sorted(node_gb.items()):
+        if gb > per_node:
+            raise CatalogueError(f"{where}: the engines on NUMA node {node} take {gb:.1f} GB, the node has "
+                                 f"{per_node:g} GB")
 
 
 def _api_under(entry: ModelEntry, profile: str) -> Api:

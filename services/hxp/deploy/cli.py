@@ -84,7 +84,7 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compose", help="the Docker Compose files and their env files")
     csub = p.add_subparsers(dest="compose_command", required=True)
-    g = csub.add_parser("generate", help="write compose.yaml and compose.dev.yaml from the catalogue")
+    g = csub.add_parser("generate", help="write compose.yaml, compose.gpu.yaml and compose.dev.yaml from the catalogue")
     g.add_argument("--check", action="store_true", help="only report (exit 1) when the files differ")
     g.add_argument("--out", default=str(PROJECT_ROOT), help="folder of the compose files (default: the project)")
     g.add_argument("--catalogue", help="catalogue file (default: HXP_CATALOGUE or models.yaml)")

@@ -1,21 +1,22 @@
-"""compose.yaml (GPU servers) and compose.dev.yaml (CPU development) from the catalogue.
+"""compose.yaml (the requirements' CPU server), compose.gpu.yaml (GPU servers) and compose.dev.yaml (CPU
+development) from the catalogue.
 
-Each file is a hand-written stack (``stack.yaml``, ``stack.dev.yaml`` next to this
-module) plus one service per catalogue model, made from the stack's
-``x-model-service`` template:
+Each file is a hand-written stack (``stack.yaml``, ``stack.gpu.yaml``, ``stack.dev.yaml`` next to this
+module) plus one service per catalogue model, made from the stack's ``x-model-service`` template:
 
-* gpu (compose.yaml): the official vLLM OpenAI image, the engine arguments from
-  :mod:`hxp.model.command` (the same builder the native runner uses), the GPUs the
-  catalogue assigns, the model's port and a /health check;
-* cpu (compose.dev.yaml, applied on top of compose.yaml): the image built from
-  services/hxp/model running ``hxp model serve NAME…``, which builds the same arguments
-  inside the container, with the packaged small models and a memory limit. Like
-  ``make run``, models with the same deployment share one engine by default (a
-  ``<task>-engine`` service answering every name of its group through network
-  aliases); their own services form the ``separate-engines`` profile. Every
-  development engine listens on :data:`DEV_ENGINE_PORT` inside its container, so the
-  gateway and Prometheus reach any model at ``<name>:8000`` in either layout, and
-  each task's engines get their own CPU set (:func:`cpu_sets`).
+* server (compose.yaml, profile ``server``): the model image (vLLM's CPU build, services/model/Dockerfile)
+  running the engine arguments from :mod:`hxp.model.command` (the same builder the native runner uses) with
+  the weights the catalogue names, each engine on its own cores (``cpuset``) with its KV cache and thread
+  binding (``VLLM_CPU_*``) and a memory limit, the gateway and the stores on the profile's ``gateway_cpus``;
+* gpu (compose.gpu.yaml, applied on top of compose.yaml): the official vLLM OpenAI image with the GPUs the
+  catalogue assigns, no CPU sets;
+* cpu (compose.dev.yaml, applied on top of compose.yaml): the model image running ``hxp model serve NAME…``,
+  which builds the same arguments inside the container, with the packaged small models and a memory limit.
+  Like ``make run``, models with the same deployment share one engine by default (a ``<task>-engine``
+  service answering every name of its group through network aliases); their own services form the
+  ``separate-engines`` profile. Every development engine listens on :data:`DEV_ENGINE_PORT` inside its
+  container, so the gateway and Prometheus reach any model at ``<name>:8000`` in either layout, and each
+  task's engines get their own CPU set (:func:`cpu_sets`).
 
 ``generate`` returns the files' text; ``hxp compose generate`` writes them and
 ``--check`` fails when the checked-in files differ from what the catalogue gives.
@@ -126,36 +127,49 @@ def merge(base: Any, extra: Any) -> Any:
 
 # --- the model services ---------------------------------------------------------------
 
-def engine_invocation(model: Model, cat: Catalogue) -> tuple[list[str], list[str]]:
-    """(entrypoint, command) of ``model``'s engine in the vLLM image: the native runner's argv
-    (``hxp.model.command``) with the image's ``python3``; its environment is not used, as compose
-    maps the GPUs itself and the image has its own caches."""
+def engine_invocation(model: Model, cat: Catalogue, python: str) -> tuple[list[str], list[str], dict[str, str]]:
+    """(entrypoint, command, environment) of ``model``'s engine in an image whose interpreter is ``python``:
+    the native runner's argv (``hxp.model.command``); of its environment only vLLM's CPU settings (KV cache,
+    thread binding), as compose maps GPUs itself and the images have their own caches."""
     from hxp.model import command
 
-    argv = command.engine_command([model], cat.profile_settings, host=CONTAINER_HOST,
-                                  chat_templates=CONTAINER_CHAT_TEMPLATES).argv
-    split = argv.index(command.ENTRYPOINT) + 1
-    return ["python3", *argv[1:split]], argv[split:]
+    built = command.engine_command([model], cat.profile_settings, host=CONTAINER_HOST, python=python,
+                                   chat_templates=CONTAINER_CHAT_TEMPLATES)
+    split = built.argv.index(command.ENTRYPOINT) + 1
+    env = {k: v for k, v in sorted(built.env.items()) if k.startswith("VLLM_CPU_")}
+    return built.argv[:split], built.argv[split:], env
 
 
-def _health_test(port: int) -> list[str]:
-    """A /health probe for the official vLLM image (which has python3 but not our package)."""
+def _health_test(port: int, python: str) -> list[str]:
+    """A /health probe with the image's python (the official vLLM image has not our package)."""
     probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=5)"
-    return ["CMD", "python3", "-c", probe]
+    return ["CMD", python, "-c", probe]
 
 
-def gpu_service(model: Model, cat: Catalogue) -> dict[str, Any]:
-    """The model-specific part of a GPU engine service."""
-    dep = model.deployment
-    entrypoint, args = engine_invocation(model, cat)
+def server_service(model: Model, cat: Catalogue) -> dict[str, Any]:
+    """The model-specific part of a CPU server engine service: its cores, KV cache and memory limit."""
+    entrypoint, args, env = engine_invocation(model, cat, "python")
     return {
         "entrypoint": entrypoint,
         "command": args,
         "ports": [f"{PUBLISH}:{model.port}:{model.port}"],
-        "healthcheck": {"test": _health_test(model.port)},
-        "deploy": {"resources": {"reservations": {"devices": [
-            {"driver": "nvidia", "device_ids": [str(d) for d in dep.devices], "capabilities": ["gpu"]},
-        ]}}},
+        "environment": env,
+        "cpuset": model.deployment.cpus,
+        "healthcheck": {"test": _health_test(model.port, "python")},
+        "deploy": {"resources": {"limits": {"memory": f"{model.targets.memory_gb:g}g"}}},
+    }
+
+
+def gpu_service(model: Model, cat: Catalogue) -> dict[str, Any]:
+    """The model-specific part of a GPU engine service (on top of the server's)."""
+    entrypoint, args, _ = engine_invocation(model, cat, "python3")
+    return {
+        "entrypoint": OverrideList(entrypoint),
+        "command": OverrideList(args),
+        "healthcheck": {"test": OverrideList(_health_test(model.port, "python3"))},
+        "deploy": Override({"resources": {"reservations": {"devices": [
+            {"driver": "nvidia", "device_ids": [str(d) for d in model.deployment.devices], "capabilities": ["gpu"]},
+        ]}}}),
     }
 
 
@@ -249,27 +263,41 @@ def _ordered(service: dict[str, Any]) -> dict[str, Any]:
     return {**first, **{k: v for k, v in service.items() if k not in first}}
 
 
+def _server_cpus(cat: Catalogue) -> str | Reset:
+    """The CPU set of the server stack's own services: the profile's gateway cores."""
+    if cat.profile_settings.gateway_cpus is None:
+        raise ValueError(f"profile '{cat.profile}' has no gateway_cpus for the stack's services")
+    return cat.profile_settings.gateway_cpus
+
+
 @dataclass(frozen=True)
 class Target:
-    """One generated compose file: which profile's models, from which stack, built how."""
+    """One generated compose file: which profile's models, from which stack, built how. ``system_cpus``: the
+    ``cpuset`` of compose.yaml's own services (gateway, stores, exporters) in this file."""
 
     file: str
     profile: str
     stack: str
     service: Callable[[Model, Catalogue], dict[str, Any]]
     header: str
+    system_cpus: Callable[[Catalogue], str | Reset] = lambda cat: Reset()
     shared: Callable[[Catalogue], dict[str, dict[str, Any]]] = lambda cat: {}
     gateway_env: tuple[tuple[str, str], ...] = ()
 
 
 TARGETS = (
-    Target("compose.yaml", "gpu", "stack.yaml", gpu_service,
-           "The GPU server stack: `docker compose up -d` (README: Deploying on a GPU server)."),
+    Target("compose.yaml", "server", "stack.yaml", server_service,
+           "The requirements' CPU server stack: `make up` (docker compose up -d; README: Deploying on the\n"
+           "# requirements' server).", _server_cpus),
+    Target("compose.gpu.yaml", "gpu", "stack.gpu.yaml", gpu_service,
+           "The GPU server stack, on top of compose.yaml: `make up-gpu`\n"
+           "# (docker compose -f compose.yaml -f compose.gpu.yaml up -d; README: Deploying on a GPU server)."),
     Target("compose.dev.yaml", "cpu", "stack.dev.yaml", cpu_service,
            "The CPU development stack, on top of compose.yaml: `make dev`\n"
            "# (docker compose -f compose.yaml -f compose.dev.yaml up -d).",
-           shared_services, (("HXP_BACKEND_URL_TEMPLATE", DEV_BACKEND_URL_TEMPLATE),)),
+           shared=shared_services, gateway_env=(("HXP_BACKEND_URL_TEMPLATE", DEV_BACKEND_URL_TEMPLATE),)),
 )
+BASE_STACK = "stack.yaml"  # compose.yaml's stack; the other files are applied on top of it
 
 
 def render(target: Target, cat: Catalogue, stack_text: str) -> str:
@@ -285,6 +313,9 @@ def render(target: Target, cat: Catalogue, stack_text: str) -> str:
                          "engines); remove them")
     if target.gateway_env:
         services["gateway"] = merge(services.get("gateway") or {}, {"environment": dict(target.gateway_env)})
+    cpus = target.system_cpus(cat)
+    for name in load_yaml((HERE / BASE_STACK).read_text())["services"]:
+        services[name] = _ordered(merge(services.get(name) or {}, {"cpuset": cpus}))
     document = {"services": {**models, **services}}
     document.update({k: v for k, v in stack.items() if k != "services"})
     header = (

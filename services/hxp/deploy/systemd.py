@@ -2,8 +2,10 @@
 
 Every unit runs our own command (``hxp model serve NAME``, ``hxp gateway serve``)
 with the shared policy of ``systemd.yaml`` (the requirements' template B.4).
-On a GPU profile each engine sees only the GPUs the catalogue assigns it; on the
-CPU profile its memory is capped at the model's target.
+On a GPU profile each engine sees only the GPUs the catalogue assigns it; on a
+CPU profile its memory is capped at the model's target, and on a planned CPU profile
+(``server``) each engine runs on its own cores with its memory on their NUMA node, the
+gateway on the profile's gateway cores.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from hxp.core.catalogue import Catalogue, Model
+from hxp.core.catalogue import Catalogue, Model, cpu_list
 
 POLICY = yaml.safe_load(Path(__file__).with_name("systemd.yaml").read_text())
 TARGET = "hxp.target"
@@ -74,6 +76,11 @@ def model_unit(model: Model, cat: Catalogue, install: Install) -> str:
         environment["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in model.deployment.devices)
     else:
         extra["MemoryMax"] = f"{model.targets.memory_gb:g}G"
+        machine, cpus = cat.profile_settings.machine, model.deployment.cpus
+        if machine is not None and cpus is not None:
+            extra["CPUAffinity"] = cpus
+            extra["NUMAPolicy"] = "bind"
+            extra["NUMAMask"] = machine.numa_node(cpu_list(cpus)[0])
     return _render({
         "Unit": [("Description", f"HXP model service {model.name} (port {model.port}): {model.description}"),
                  ("After", "network-online.target"), ("Wants", "network-online.target"), ("PartOf", TARGET)],
@@ -84,11 +91,14 @@ def model_unit(model: Model, cat: Catalogue, install: Install) -> str:
 
 def gateway_unit(cat: Catalogue, install: Install) -> str:
     engines = " ".join(unit_name(m) for m in cat.models)
+    gateway = dict(POLICY["gateway"])
+    if cat.profile_settings.gateway_cpus is not None:
+        gateway["CPUAffinity"] = cat.profile_settings.gateway_cpus
     return _render({
         "Unit": [("Description", "HXP gateway: OpenAI-compatible API on :8000 in front of the model services"),
                  ("After", f"network-online.target postgresql.service redis-server.service {engines}"),
                  ("Wants", "network-online.target"), ("PartOf", TARGET)],
-        "Service": _service(install, cat.profile, "gateway serve", "gateway.env", {}, POLICY["gateway"]),
+        "Service": _service(install, cat.profile, "gateway serve", "gateway.env", {}, gateway),
         "Install": [("WantedBy", TARGET)],
     })
 

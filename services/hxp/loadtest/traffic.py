@@ -134,3 +134,22 @@ def embedding_request(traffic: Traffic, model: Model, rng: random.Random) -> dic
     """One OpenAI embeddings body for ``model``: a batch of texts."""
     size = min(rng.randint(*traffic.embeddings.batch), len(traffic.embeddings.texts))
     return {"model": model.name, "input": rng.sample(traffic.embeddings.texts, size)}
+
+
+def mean_request(traffic: Traffic, model: Model) -> tuple[float, float]:
+    """(prompt tokens, tokens generated) of ``model``'s average request as :func:`chat_request` and
+    :func:`embedding_request` draw them (an embedding request's texts are its prompt; it generates none)."""
+    if model.task == "embedding":
+        texts = traffic.embeddings.texts
+        batch = sum(traffic.embeddings.batch) / 2
+        return batch * sum(len(t) for t in texts) / len(texts) / CHARS_PER_TOKEN, 0.0
+    workload = traffic.workload_for(model)
+    short = [sum(map(len, [t] if isinstance(t, str) else t)) for t in workload.short]
+    chars = sum(short) / len(short)
+    if workload.long:
+        long = sum(len(traffic.documents[p.document]) + len(p.ask) for p in workload.long) / len(workload.long)
+        chars = (1 - workload.long_share) * chars + workload.long_share * long
+    prompt = (len(workload.system) + chars) / CHARS_PER_TOKEN + CONTEXT_MARGIN
+    scale = traffic.profiles.get(model.profile, ProfileTraffic()).max_tokens_scale
+    output = sum(max(1, round(n * scale)) for n in workload.max_tokens) / 2
+    return prompt, min(output, max(1.0, model.max_model_len - prompt))

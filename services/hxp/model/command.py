@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hxp.core.catalogue import CHAT_TEMPLATES, Catalogue, Model, Profile, Tools
+from hxp.core.catalogue import CHAT_TEMPLATES, Catalogue, Model, Profile, Tools, cpu_list
 from hxp.model.placement import Placement, omp_threads_bind
 from hxp.model.weights import engine_python, resolve_source
 from hxp.core.paths import state_path
@@ -23,8 +23,9 @@ from hxp.core.paths import state_path
 # (whose shebang names the venv it was installed into).
 ENTRYPOINT = "vllm.entrypoints.cli.main"
 # On CPU, vLLM otherwise reserves --gpu-memory-utilization (0.92) of the machine's memory per engine.
-# A fixed KV cache lets several engines share one machine; override with VLLM_CPU_KVCACHE_SPACE.
-CPU_KV_CACHE_GIB = "1"
+# A fixed KV cache lets several engines share one machine; override with VLLM_CPU_KVCACHE_SPACE (a planned
+# profile's engines have their own, `kv_cache_gib`).
+CPU_KV_CACHE_GIB = 1
 # Tool-call arguments always follow the tool's parameter schema: vLLM constrains them as if every tool
 # were `strict: true` (its structural tags; without this only the call's envelope is constrained).
 TOOL_STRICT_LEVEL = "parameter"
@@ -76,8 +77,9 @@ def engine_groups(models: Sequence[Model], separate: bool = False) -> list[list[
 
 
 def engine_env(profile: Profile, devices: Sequence[int], local_weights: bool,
-               cpus: Sequence[int] = ()) -> dict[str, str]:
-    """Caches under the state directory; GPU selection; CPU thread binding; no hub calls for local weights."""
+               cpus: Sequence[int] = (), kv_cache_gib: int | None = None) -> dict[str, str]:
+    """Caches under the state directory; GPU selection; CPU KV cache (a planned profile's ``kv_cache_gib``,
+    else VLLM_CPU_KVCACHE_SPACE or CPU_KV_CACHE_GIB) and thread binding; no hub calls for local weights."""
     env = {
         "VLLM_CACHE_ROOT": str(state_path("cache", "vllm")),
         "TORCHINDUCTOR_CACHE_DIR": str(state_path("cache", "torchinductor")),
@@ -86,7 +88,8 @@ def engine_env(profile: Profile, devices: Sequence[int], local_weights: bool,
     if profile.device == "cuda" and devices:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
     if profile.device == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB
+        kv = kv_cache_gib or os.environ.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv)
         if cpus:
             env["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind(cpus)
     if local_weights:
@@ -119,7 +122,8 @@ def engine_command(
 ) -> EngineCommand:
     """The command for one engine serving ``models`` (all with the same deployment) under ``profile``.
 
-    ``cpus``: on a CPU profile, the cores the engine runs on (see hxp.model.placement).
+    ``cpus``: on a CPU profile, the cores the engine runs on (see hxp.model.placement); default: the
+    catalogue's ``cpus`` on a planned profile.
     """
     if not models:
         raise ValueError("an engine needs at least one model")
@@ -154,8 +158,13 @@ def engine_command(
     argv += tool_flags(dep.tools, chat_templates)
     if enforce_eager:
         argv.append("--enforce-eager")
-    cpus = tuple(sorted(cpus)) if profile.device == "cpu" else ()
-    env = engine_env(profile, dep.devices, local_weights=Path(source).is_absolute(), cpus=cpus)
+    if profile.device != "cpu":
+        cpus = ()
+    elif not cpus and dep.cpus is not None:
+        cpus = cpu_list(dep.cpus)
+    cpus = tuple(sorted(cpus))
+    env = engine_env(profile, dep.devices, local_weights=Path(source).is_absolute(), cpus=cpus,
+                     kv_cache_gib=dep.kv_cache_gib)
     return EngineCommand(argv, env, host, port, names, first.task, source, cpus)
 
 
@@ -175,3 +184,13 @@ def catalogue_commands(
         engine_command(group, cat.profile_settings, host=host, enforce_eager=enforce_eager, cpus=cpus)
         for group, cpus in zip(groups, cores)
     ]
+
+
+def planned_placement(cat: Catalogue) -> Placement:
+    """The cores a planned CPU profile gives each engine (in :func:`engine_groups` order) and the gateway."""
+    groups = engine_groups(cat.models)
+    missing = [g[0].name for g in groups if g[0].deployment.cpus is None]
+    if missing or cat.profile_settings.gateway_cpus is None:
+        raise ValueError(f"profile '{cat.profile}' gives no cores to {', '.join(missing) or 'the gateway'}")
+    return Placement(tuple(cpu_list(g[0].deployment.cpus or "") for g in groups),
+                     cpu_list(cat.profile_settings.gateway_cpus))
