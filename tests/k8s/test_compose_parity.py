@@ -1,5 +1,6 @@
-"""The same catalogue gives the same engines, images, arguments and GPUs in compose.yaml / compose.dev.yaml
-and in the chart, and the chart's gateway and stores run compose's images."""
+"""The same catalogue gives the same engines, images, arguments and GPUs in the compose stacks (compose.yaml with
+the compose.gpu.yaml or compose.dev.yaml overlay) and in the chart, and the chart's gateway and stores run
+compose's images."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,13 +13,15 @@ from hxp.deploy import compose
 from hxp.k8s import chart
 from tests.support.helm import Rendered
 
-# rendering -> the compose file of its profile
-COMPOSE = {"gpu": "compose.yaml", "cpu": "compose.dev.yaml"}
+# rendering -> the compose files of its profile, as `docker compose -f ... -f ...` takes them
+COMPOSE = {"gpu": ("compose.yaml", "compose.gpu.yaml"), "cpu": ("compose.yaml", "compose.dev.yaml")}
 
 
-def compose_engines(file: str, rendering: Rendered) -> dict[str, dict[str, Any]]:
-    """The compose engines a default `docker compose up` starts (no profile), by engine name."""
-    services = compose.load_yaml((PROJECT_ROOT / file).read_text())["services"]
+def compose_engines(files: tuple[str, ...], rendering: Rendered) -> dict[str, dict[str, Any]]:
+    """The compose engines a default `docker compose up` of these files starts (no profile), by engine name."""
+    services: dict[str, Any] = {}
+    for file in files:
+        services = compose.overlaid(services, compose.load_yaml((PROJECT_ROOT / file).read_text())["services"])
     return {name: services[name] for name in compose.engines(rendering.cat)}
 
 
@@ -45,7 +48,7 @@ def test_engines_run_what_compose_runs(name: str, rendered: dict[str, Rendered])
 def test_gpus_are_those_compose_reserves(rendered: dict[str, Rendered]) -> None:
     r = rendered["gpu"]
     in_chart = chart_engines(r)
-    for engine, service in compose_engines("compose.yaml", r).items():
+    for engine, service in compose_engines(COMPOSE["gpu"], r).items():
         reserved = service["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
         limits = in_chart[engine]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert limits["nvidia.com/gpu"] == len(reserved), engine

@@ -7,21 +7,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hxp.core import catalogue
+from hxp.core import catalogue, generated
 from hxp.deploy import backup, compose, envfiles, systemd
 from hxp.core.paths import PROJECT_ROOT, state_path
 
 
 def _compose_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if args.check:
-        stale = compose.stale(out, args.catalogue)
-        for name in stale:
-            print(f"{out / name} differs from the catalogue: run `hxp compose generate`", file=sys.stderr)
-        return 1 if stale else 0
-    for path in compose.write(out, args.catalogue):
-        print(f"wrote {path}")
-    return 0
+    return generated.generate(out, args.check, lambda: compose.stale(out, args.catalogue),
+                              lambda: compose.write(out, args.catalogue), "hxp compose generate")
 
 
 def _compose_env(args: argparse.Namespace) -> int:

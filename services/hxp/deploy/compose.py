@@ -125,6 +125,22 @@ def merge(base: Any, extra: Any) -> Any:
     return copy.deepcopy(extra)
 
 
+def overlaid(base: Any, overlay: Any) -> Any:
+    """What ``docker compose -f base -f overlay`` sees: mappings merge, ``!override`` replaces, ``!reset``
+    removes, anything else is replaced."""
+    if isinstance(overlay, (Override, OverrideList)):
+        return copy.deepcopy(type(overlay).__mro__[1](overlay))
+    if isinstance(base, dict) and isinstance(overlay, dict):
+        out = copy.deepcopy(base)
+        for key, value in overlay.items():
+            if isinstance(value, Reset):
+                out.pop(key, None)
+            else:
+                out[key] = overlaid(out[key], value) if key in out else overlaid(None, value)
+        return out
+    return copy.deepcopy(overlay)
+
+
 # --- the model services ---------------------------------------------------------------
 
 def engine_invocation(model: Model, cat: Catalogue, python: str) -> tuple[list[str], list[str], dict[str, str]]:

@@ -48,7 +48,7 @@ class ValuesFile:
 
 
 VALUES = (
-    ValuesFile("values.yaml", "gpu", ("stack.yaml",)),
+    ValuesFile("values.yaml", "gpu", ("stack.yaml", "stack.gpu.yaml")),
     ValuesFile("values-cpu.yaml", "cpu", ("stack.yaml", "stack.dev.yaml"), base="values.yaml"),
 )
 
@@ -67,10 +67,10 @@ def _image(reference: str) -> dict[str, str]:
 
 
 def engine_template(stacks: tuple[str, ...]) -> dict[str, Any]:
-    """Compose's ``x-model-service`` template of these stacks, each merged over the one before."""
+    """Compose's ``x-model-service`` template of these stacks, each laid over the one before as compose does."""
     merged: dict[str, Any] = {}
     for stack in stacks:
-        merged = compose.merge(merged, compose.load_yaml((compose.HERE / stack).read_text())[compose.TEMPLATE_KEY])
+        merged = compose.overlaid(merged, compose.load_yaml((compose.HERE / stack).read_text())[compose.TEMPLATE_KEY])
     return merged
 
 
@@ -81,7 +81,7 @@ def engine_values(models: list[Model], cat: Catalogue, template: dict[str, Any])
     entry: dict[str, Any] = {"models": [m.name for m in models], "task": first.task,
                              "image": _image(template["image"])}
     if cat.profile_settings.device == "cuda":
-        command, args = compose.engine_invocation(first, cat)
+        command, args, _ = compose.engine_invocation(first, cat, "python3")
         entry.update(port=first.port, command=command, args=args, env=env,
                      gpus=first.deployment.tensor_parallel_size, cachePath=env["HF_HOME"])
         if first.tools and first.tools.chat_template:

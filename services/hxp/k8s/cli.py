@@ -7,20 +7,14 @@ from pathlib import Path
 
 import yaml
 
-from hxp.core import catalogue
+from hxp.core import catalogue, generated
 from hxp.k8s import chart, checks
 
 
 def _generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if args.check:
-        stale = chart.stale(out, args.catalogue)
-        for name in stale:
-            print(f"{out / name} differs from the catalogue: run `hxp k8s generate`", file=sys.stderr)
-        return 1 if stale else 0
-    for path in chart.write(out, args.catalogue):
-        print(f"wrote {path}")
-    return 0
+    return generated.generate(out, args.check, lambda: chart.stale(out, args.catalogue),
+                              lambda: chart.write(out, args.catalogue), "hxp k8s generate")
 
 
 def _check(args: argparse.Namespace) -> int:
