@@ -6,7 +6,8 @@ round-to-nearest into a compressed-tensors checkpoint that vLLM loads as is. Cal
 text shipped beside this module (calibration.txt; samples separated by blank lines): nothing is downloaded.
 
 The result lives under ``.state/quantized/<base>-<recipe>-<digest>``, the digest covering every input (the
-recipe, the base weights' manifest or path, the calibration text and the quantization venv's lock), so a
+recipe but its serving dtype, the base weights' manifest or path, the calibration text and the quantization
+venv's lock), so a
 second run finds it and returns at once; a changed input makes a new folder.
 
 llm-compressor has its own venv (.venv-quant, requirements/quant.lock, torch the local +cpu wheel): this module
@@ -55,7 +56,7 @@ def quantized_dir(model: Model) -> Path:
     if recipe is None:
         raise ValueError(f"model '{model.name}' names no quantization")
     digest = hashlib.sha256()
-    for part in (recipe.model_dump_json(), _base_identity(model), CALIBRATION.read_text(),
+    for part in (recipe.model_dump_json(exclude={"dtype"}), _base_identity(model), CALIBRATION.read_text(),
                  LOCK.read_text() if LOCK.is_file() else ""):
         digest.update(part.encode() + b"\0")
     base = model.package or Path(model.source).name
