@@ -88,8 +88,9 @@ def ensure(models: Sequence[Model], profile: str) -> None:
     """Make the quantized weights of ``models`` (their own or :func:`with_quantization`'s) unless they are there."""
     missing = [m for m in models if not is_made(m)]
     for name in dict.fromkeys(str(m.deployment.quantization) for m in missing):
-        if run([m.name for m in missing if m.deployment.quantization == name], name, profile=profile):
-            raise RuntimeError(f"`hxp quantize --quantization {name}` failed")
+        code = run([m.name for m in missing if m.deployment.quantization == name], name, profile=profile)
+        if code:
+            raise subprocess.CalledProcessError(code, f"hxp quantize --quantization {name}")
 
 
 # --- running inside the quantization venv ------------------------------------------------------
@@ -148,7 +149,10 @@ def make(model: Model) -> Path:
 
 def selected(cat: Catalogue, names: Sequence[str], quantization: str | None) -> list[Model]:
     """The named models (default: every model with a quantization), with ``quantization`` applied if given."""
-    models = [cat.get(n) for n in names] if names else [m for m in cat.models if m.quantization or quantization]
+    try:
+        models = [cat.get(n) for n in names] if names else cat.models
+    except KeyError as err:
+        raise SystemExit(f"unknown model {err} (known: {', '.join(cat.names)})") from None
     return with_quantization(models, quantization, cat) if quantization else [m for m in models if m.quantization]
 
 
@@ -159,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalogue")
     parser.add_argument("--profile")
     args = parser.parse_args(argv)
+    if args.quantization and not args.names:
+        parser.error("--quantization applies to the models named")
     models = selected(catalogue.load(args.catalogue, args.profile), args.names, args.quantization)
     if not models:
         print("[quantize] no model of this profile names a quantization", flush=True)
