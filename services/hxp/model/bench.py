@@ -87,11 +87,12 @@ def embeddings_per_s(base_url: str, model: str, requests: int = 64) -> float:
     return requests / (time.monotonic() - start)
 
 
-def measure(command: EngineCommand, weights: str, tokens: int, timeout: float) -> dict[str, str]:
+def measure(command: EngineCommand, quantization: str, tokens: int, timeout: float) -> dict[str, str]:
     eager = "--enforce-eager" in command.argv
-    log = state_path("logs", "bench") / (f"engine-{command.log_name}-{weights}-{command.dtype}-"
+    log = state_path("logs", "bench") / (f"engine-{command.log_name}-{quantization}-{command.dtype}-"
                                          f"{'eager' if eager else 'compiled'}.log")
-    row = {"engine": "/".join(command.names), "weights": weights, "dtype": command.dtype, "eager": str(eager).lower()}
+    row = {"engine": "/".join(command.names), "quantization": quantization, "dtype": command.dtype,
+           "eager": str(eager).lower()}
     started = time.monotonic()
     try:
         engine = start_engine(command, log=log, timeout=timeout)
@@ -152,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for models, eager in runs:
         command = engine_command(models, cat.profile_settings, port=free_port(), enforce_eager=eager)
-        weights = models[0].deployment.quantization or models[0].source
-        rows.append(measure(command, weights, args.tokens, args.timeout))
+        rows.append(measure(command, models[0].deployment.quantization or "none", args.tokens, args.timeout))
         if models[0].task == "chat" and command.dtype == chat_dtype and not models[0].quantization:
             rows[-1]["dtype"] += " (catalogue)"
         print(f"[bench] {rows[-1]}", file=sys.stderr, flush=True)

@@ -108,9 +108,9 @@ def modifiers(recipe: Quantization) -> list:
     scheme = preset_name_to_scheme(recipe.scheme, ["Linear"])
     if recipe.group_size is not None and scheme.weights is not None:
         scheme.weights = scheme.weights.model_copy(update={"group_size": recipe.group_size})
-    quantize = GPTQModifier if recipe.method == "gptq" else QuantizationModifier
-    steps: list = [SmoothQuantModifier(smoothing_strength=recipe.smoothing_strength)] if recipe.smoothing_strength else []
-    return [*steps, quantize(config_groups={"group_0": scheme}, ignore=["lm_head"])]
+    method = GPTQModifier if recipe.method == "gptq" else QuantizationModifier
+    smooth = [SmoothQuantModifier(smoothing_strength=recipe.smoothing_strength)] if recipe.smoothing_strength else []
+    return [*smooth, method(config_groups={"group_0": scheme}, ignore=["lm_head"])]
 
 
 def make(model: Model) -> Path:
@@ -121,7 +121,8 @@ def make(model: Model) -> Path:
         return out
     source = weights.base_source(model)
     if not Path(source).is_dir():
-        raise SystemExit(f"{source} is missing: run `hxp prepare` first")
+        raise SystemExit(f"{source} is not a local folder: `hxp prepare` makes packaged weights; "
+                         "quantize a hub model from a local copy")
     import torch
     from datasets import Dataset
     from llmcompressor import oneshot

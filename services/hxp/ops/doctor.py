@@ -386,5 +386,5 @@ def run(stack: Stack, env_dir: Path | None = None) -> list[Finding]:
     """Every check, in the order of the troubleshooting guide."""
     with httpx.Client() as client:
         return [*engine_venv(stack), master_key(stack), *ports(stack, client), *memory(stack, client),
-                *weights(stack), *([] if stack.compose else kernels(stack.catalogue)), *env_files(stack, env_dir or stack.project / "env"), *stores(stack, client),
-                clock(stack), *disk(stack)]
+                *weights(stack), *([] if stack.compose else kernels(stack.catalogue)),
+                *env_files(stack, env_dir or stack.project / "env"), *stores(stack, client), clock(stack), *disk(stack)]
