@@ -9,6 +9,8 @@ from typing import Any
 import openai
 import pytest
 import yaml
+from openai.types.chat import ChatCompletionMessageParam
+
 from hxp.core import catalogue
 from hxp.core.catalogue import Catalogue, CatalogueError
 from hxp.core.paths import state_path
@@ -18,7 +20,6 @@ from hxp.model.service import start_engine
 from hxp.ops import doctor
 from hxp.ops.findings import FAIL, PASS
 from hxp.process import ServiceError
-
 from tests.fixtures.engines import RunningEngine
 from tests.support.servers import free_port
 
@@ -152,7 +153,7 @@ def test_doctor_names_an_engine_whose_weights_this_cpu_cannot_run(monkeypatch: p
 
 # --- the quantized engines ----------------------------------------------------------------------
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def _served_from(engine: RunningEngine) -> str:
@@ -169,7 +170,7 @@ def test_the_w8a8_engine_answers_paris_through_the_gateway(gateway_factory: Any,
     client = openai.OpenAI(base_url=gateway.base_url, api_key=gateway.create_key(models=[model]), max_retries=0,
                            timeout=300)
     answer = client.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=32)
-    assert "Paris" in answer.choices[0].message.content
+    assert "Paris" in (answer.choices[0].message.content or "")
     completion = client.completions.create(model=model, prompt="The capital of France is", temperature=0,
                                            max_tokens=8)
     assert completion.choices[0].text.strip().startswith("Paris")
@@ -181,4 +182,4 @@ def test_the_w4a16_engine_answers_paris(w4a16_engine: RunningEngine) -> None:
     client = openai.OpenAI(base_url=w4a16_engine.url("/v1"), api_key="unused", max_retries=0, timeout=300)
     answer = client.chat.completions.create(model=w4a16_engine.names[0], messages=QUESTION, temperature=0,
                                             max_tokens=32)
-    assert "Paris" in answer.choices[0].message.content
+    assert "Paris" in (answer.choices[0].message.content or "")
