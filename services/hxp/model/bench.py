@@ -1,8 +1,10 @@
 """Engine benchmark: which dtype answers right and how fast the CPU engines are (prints a markdown table).
 
-``python -m hxp.model.bench [--dtypes bfloat16,float16,float32] [--compiled] [--tokens N]``
-starts, one at a time on a free port, the chat engine (serving every chat name) once
-per dtype, then the embedding engine, measures each and stops it. A chat row says what
+``python -m hxp.model.bench [--dtypes bfloat16,float16,float32] [--quantizations w8a8,w4a16] [--compiled]
+[--tokens N]`` starts, one at a time on a free port, the chat engine (serving every chat name) once
+per dtype, once per catalogue quantization (its weights made first, hxp.model.quantize; one this CPU's
+vLLM cannot run is refused before it starts, and its row says so), then the embedding engine, measures
+each and stops it. A chat row says what
 the engine answers to "What is the capital of France?" at temperature 0 and whether
 that is right (it names Paris): a dtype whose kernels misbehave on this CPU answers
 nonsense. ``--compiled`` adds the chat engine with the catalogue's dtype, compiled.
@@ -25,6 +27,7 @@ import httpx
 
 from hxp.core import catalogue
 from hxp.core.catalogue import Model
+from hxp.model import quantize
 from hxp.model.command import EngineCommand, engine_command, engine_groups
 from hxp.model.service import start_engine
 from hxp.core.paths import state_path
@@ -84,10 +87,12 @@ def embeddings_per_s(base_url: str, model: str, requests: int = 64) -> float:
     return requests / (time.monotonic() - start)
 
 
-def measure(command: EngineCommand, dtype: str, tokens: int, timeout: float) -> dict[str, str]:
+def measure(command: EngineCommand, quantization: str, tokens: int, timeout: float) -> dict[str, str]:
     eager = "--enforce-eager" in command.argv
-    log = state_path("logs", "bench") / f"engine-{command.log_name}-{dtype}-{'eager' if eager else 'compiled'}.log"
-    row = {"engine": "/".join(command.names), "dtype": dtype, "eager": str(eager).lower()}
+    log = state_path("logs", "bench") / (f"engine-{command.log_name}-{quantization}-{command.dtype}-"
+                                         f"{'eager' if eager else 'compiled'}.log")
+    row = {"engine": "/".join(command.names), "quantization": quantization, "dtype": command.dtype,
+           "eager": str(eager).lower()}
     started = time.monotonic()
     try:
         engine = start_engine(command, log=log, timeout=timeout)
@@ -126,6 +131,8 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hxp.model.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="chat engine dtypes to compare (comma-separated)")
+    parser.add_argument("--quantizations", help="catalogue quantizations of the chat engine (comma-separated; "
+                                                  "default: all)")
     parser.add_argument("--compiled", action="store_true", help="also measure the chat engine without --enforce-eager")
     parser.add_argument("--tokens", type=int, default=128, help="tokens generated per request")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds an engine may take to start")
@@ -134,16 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     chat = engine_groups(cat.chat_models)[0]
     embedding = engine_groups(cat.embedding_models)[0]
     chat_dtype = chat[0].deployment.vllm.dtype
-    runs = [(with_dtype(chat, dtype), True) for dtype in args.dtypes.split(",")] + [(embedding, True)]
+    names = list(cat.quantizations) if args.quantizations is None else filter(None, args.quantizations.split(","))
+    quantized = [quantize.with_quantization(chat, name, cat) for name in names]
+    for models in quantized:
+        quantize.ensure(models, cat.profile)
+    runs = [(with_dtype(chat, dtype), True) for dtype in args.dtypes.split(",")] + [(q, True) for q in quantized]
+    runs.append((embedding, True))
     if args.compiled:
         runs.append((chat, False))
     load_before = os.getloadavg()[0]
     rows = []
     for models, eager in runs:
         command = engine_command(models, cat.profile_settings, port=free_port(), enforce_eager=eager)
-        dtype = models[0].deployment.vllm.dtype
-        rows.append(measure(command, dtype, args.tokens, args.timeout))
-        if models[0].task == "chat" and dtype == chat_dtype:
+        rows.append(measure(command, models[0].deployment.quantization or "none", args.tokens, args.timeout))
+        if models[0].task == "chat" and command.dtype == chat_dtype and not models[0].quantization:
             rows[-1]["dtype"] += " (catalogue)"
         print(f"[bench] {rows[-1]}", file=sys.stderr, flush=True)
     columns = list(dict.fromkeys(c for row in rows for c in row))

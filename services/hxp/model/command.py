@@ -43,6 +43,8 @@ class EngineCommand:
     task: str
     model: str = ""  # the weights: a hub id or a local folder
     cpus: tuple[int, ...] = ()  # the cores the engine is pinned to; empty: not pinned
+    device: str = "cpu"  # the profile's device: on "cpu" the weights' kernels are checked before start
+    dtype: str = "auto"  # vLLM's --dtype
 
     @property
     def log_name(self) -> str:
@@ -63,7 +65,7 @@ class EngineCommand:
 
 def _shared_key(model: Model) -> tuple:
     dep = model.deployment
-    return (model.task, dep.source, tuple(dep.devices), dep.tensor_parallel_size, dep.vllm, dep.tools)
+    return (model.task, dep.source, dep.quantization, tuple(dep.devices), dep.tensor_parallel_size, dep.vllm, dep.tools)
 
 
 def engine_groups(models: Sequence[Model], separate: bool = False) -> list[list[Model]]:
@@ -134,6 +136,7 @@ def engine_command(
                              "they cannot share an engine")
     dep, settings = first.deployment, first.deployment.vllm
     source = resolve_source(first)
+    dtype = first.quantization.dtype if first.quantization else settings.dtype
     port = port or first.port
     names = [m.name for m in models]
     argv = [
@@ -142,7 +145,7 @@ def engine_command(
         "--host", host,
         "--port", str(port),
         "--max-model-len", str(settings.max_model_len),
-        "--dtype", settings.dtype,
+        "--dtype", dtype,
         "--tensor-parallel-size", str(dep.tensor_parallel_size),
     ]
     if profile.device == "cuda" and settings.gpu_memory_utilization is not None:
@@ -165,7 +168,7 @@ def engine_command(
     cpus = tuple(sorted(cpus))
     env = engine_env(profile, dep.devices, local_weights=Path(source).is_absolute(), cpus=cpus,
                      kv_cache_gib=dep.kv_cache_gib)
-    return EngineCommand(argv, env, host, port, names, first.task, source, cpus)
+    return EngineCommand(argv, env, host, port, names, first.task, source, cpus, profile.device, dtype)
 
 
 def catalogue_commands(

@@ -8,8 +8,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from hxp.model import kernels
 from hxp.model.command import EngineCommand
-from hxp.process import Service, StopRequest
+from hxp.process import Service, ServiceError, StopRequest
 
 READY_TIMEOUT_S = 900.0  # a CPU engine compiling its graphs on a busy 2-core machine can take minutes
 
@@ -21,6 +22,14 @@ class Engine(Service):
         super().__init__(f"engine {'/'.join(command.names)} :{command.port}", command.argv, command.env, log,
                          command.cpus)
         self.command = command
+
+    def start(self) -> Engine:
+        """Start the engine, unless its weights need a kernel this CPU's vLLM lacks (:mod:`hxp.model.kernels`)."""
+        problem = kernels.refusal(self.command)
+        if problem:
+            raise ServiceError(f"{self.name} not started: {self.command.model}: {problem}")
+        super().start()
+        return self
 
     @property
     def base_url(self) -> str:

@@ -43,7 +43,17 @@ def package_dir(package: str) -> Path:
 
 
 def resolve_source(model: Model) -> str:
-    """What vLLM's ``--model`` gets: a prepared package folder, a local directory, or a hub id.
+    """What vLLM's ``--model`` gets: quantized weights made from the source (hxp.model.quantize), else
+    :func:`base_source`."""
+    if model.quantization is not None:
+        from hxp.model.quantize import quantized_dir
+
+        return str(quantized_dir(model))
+    return base_source(model)
+
+
+def base_source(model: Model) -> str:
+    """The deployment's own weights: a prepared package folder, a local directory, or a hub id.
 
     A hub id is pulled by vLLM itself (HF_TOKEN); all three go through this one function.
     """

@@ -4,7 +4,8 @@
 - the master key is set (and long enough);
 - no catalogue port (nor the gateway's) is held by a process other than the stack's own;
 - enough free memory (cpu) or GPU memory (``nvidia-smi``, cuda) for the engines not yet running;
-- the prepared weights are there and match their manifest's checksums;
+- the prepared weights are there and match their manifest's checksums, and the quantized ones are made;
+- each CPU engine's weights need no kernel this CPU's vLLM build lacks (hxp.model.kernels);
 - the env files exist (compose) and hold no example or weak secret, readable by their owner only;
 - the database, Redis and Qdrant answer, a refused password told apart from an unreachable host;
 - the database's clock agrees with this host's;
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from hxp.core.catalogue import Catalogue
 from hxp.deploy import envfiles
 from hxp.ops import probes
 from hxp.ops.findings import Finding, failed, passed, skipped, warned
@@ -178,6 +180,7 @@ def weights(stack: Stack) -> list[Finding]:
     import json
 
     from hxp.model import weights as prepared
+    from hxp.model.quantize import is_made, quantized_dir
 
     if stack.compose:
         return [skipped("weights", "the compose stack keeps them in its model-cache volume or image")]
@@ -204,11 +207,36 @@ def weights(stack: Stack) -> list[Finding]:
                                    "`make prepare` rebuilds it (the folder is replaced)"))
         else:
             findings.append(passed(check, f"{len(files)} files match their checksums"))
+    for model in {quantized_dir(m): m for m in stack.catalogue.models if m.quantization}.values():
+        folder = quantized_dir(model)
+        findings.append(passed(f"weights {folder.name}", "made") if is_made(model) else
+                        failed(f"weights {folder.name}", f"not made ({folder})", "`make quantize` (or `hxp quantize`)"))
     for model in stack.catalogue.models:
         if model.package is None and not Path(model.source).expanduser().is_dir():
             if not os.environ.get("HF_TOKEN"):
                 findings.append(warned(f"weights {model.name}", f"downloaded from the hub ({model.source}) and "
                                        "HF_TOKEN is not set", "export HF_TOKEN (gated models such as Mixtral need it)"))
+    return findings
+
+
+def kernels(cat: Catalogue) -> list[Finding]:
+    """Per CPU engine whose weights need particular vLLM kernels: whether this CPU's vLLM build has them."""
+    from hxp.model import kernels as cpu
+    from hxp.model.command import engine_command, engine_groups
+
+    if cat.profile_settings.device != "cpu":
+        return []
+    findings = []
+    for group in engine_groups(cat.models):
+        command = engine_command(group, cat.profile_settings)
+        needed = cpu.weights_kernels(command.model, group[0])
+        if not needed:
+            continue
+        check = f"kernels of {command.log_name}"
+        problem = cpu.refusal(command, group[0])
+        findings.append(failed(check, problem, "give the model weights (`quantization`) this CPU runs in models.yaml, "
+                                               "or serve it on a CPU that has the kernel") if problem
+                        else passed(check, f"{', '.join(sorted(needed))} with {command.dtype} in this CPU's vLLM"))
     return findings
 
 
@@ -358,5 +386,5 @@ def run(stack: Stack, env_dir: Path | None = None) -> list[Finding]:
     """Every check, in the order of the troubleshooting guide."""
     with httpx.Client() as client:
         return [*engine_venv(stack), master_key(stack), *ports(stack, client), *memory(stack, client),
-                *weights(stack), *env_files(stack, env_dir or stack.project / "env"), *stores(stack, client),
-                clock(stack), *disk(stack)]
+                *weights(stack), *([] if stack.compose else kernels(stack.catalogue)),
+                *env_files(stack, env_dir or stack.project / "env"), *stores(stack, client), clock(stack), *disk(stack)]
