@@ -1,7 +1,8 @@
 """The house's rules, read from the package's own import graph (every import statement, those inside functions
-too): no module imports another in a circle, the rooms form no circle either, the ground floor (``hxp.core``)
-imports no room above it, the audit trail (``hxp.audit``) only the ground floor, and the gateway's core
-(``hxp.gateway``) nothing but those two: features plug in through ``hxp.gateway.extensions`` by name. The rules are checked on the real tree and shown to catch a
+too): no module imports another in a circle, the rooms form no circle either, the ground floor
+(``hxp.core``) imports no room above it, the audit trail (``hxp.audit``) only the ground floor, and the
+gateway's core (``hxp.gateway``) nothing but those two: features plug in through ``hxp.gateway.extensions``
+by name. The rules are checked on the real tree and shown to catch a
 planted violation."""
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The hash chain on PostgreSQL and SQLite: an untouched chain verifies (also after a purge); a row changed,
 deleted or inserted is named; rows deleted at the tail are caught against the published head."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,10 @@ def test_an_inserted_row_is_named(trail: Trail) -> None:
     forged = {**rows[5], "seq": 6, "event_id": "forged", "actor": "intruder", "prev_hash": rows[4]["hash"]}
     forged["hash"] = digest(forged)
     columns = list(forged)
-    trail.db.execute(f"INSERT INTO audit_events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                     [forged[c] for c in columns])
+    trail.db.execute(
+        f"INSERT INTO audit_events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        [forged[c] for c in columns],
+    )
     report = trail.verify()
     assert (report.ok, report.seq) == (False, 7)
     assert "row 7 was changed" in str(report.problem)  # the next row no longer hashes as it did at its place
@@ -62,8 +65,10 @@ def test_an_appended_forgery_is_caught_against_the_head_row(trail: Trail) -> Non
     forged = {**last, "seq": 11, "event_id": "forged", "prev_hash": last["hash"]}
     forged["hash"] = digest(forged)
     columns = list(forged)
-    trail.db.execute(f"INSERT INTO audit_events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                     [forged[c] for c in columns])
+    trail.db.execute(
+        f"INSERT INTO audit_events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        [forged[c] for c in columns],
+    )
     report = trail.verify()
     assert (report.ok, report.seq) == (False, 11)
     assert "inserted after the recorded head" in str(report.problem)
@@ -89,8 +94,9 @@ def test_a_rewritten_chain_is_caught_against_the_published_head(trail: Trail) ->
     for row in rows[2:]:  # the whole chain recomputed from row 3, and the head row with it
         row["prev_hash"] = prev
         row["hash"] = prev = digest(row)
-        trail.db.execute("UPDATE audit_events SET prev_hash = ?, hash = ? WHERE seq = ?",
-                         (row["prev_hash"], row["hash"], row["seq"]))
+        trail.db.execute(
+            "UPDATE audit_events SET prev_hash = ?, hash = ? WHERE seq = ?", (row["prev_hash"], row["hash"], row["seq"])
+        )
     trail.db.execute("UPDATE audit_head SET hash = ?", (prev,))
     assert trail.verify().ok
     report = trail.verify(published)
@@ -133,11 +139,20 @@ def test_a_checkpoint_moved_by_hand_is_caught(trail: Trail) -> None:
 
 def test_no_secret_or_prompt_text_reaches_the_table(trail: Trail) -> None:
     secret = "sk-" + "z" * 40
-    trail.append([Event("key.create", "master", target="k", details={
-        "key": secret, "master_key": secret, "api_key": secret, "prompt": "tell me", "messages": ["hi"],
-        "key_id": "id-1", "note": f"Bearer {secret}", "nested": {"password": "hunter22", "alias": "k"}})])
+    details = {
+        "key": secret,
+        "master_key": secret,
+        "api_key": secret,
+        "prompt": "tell me",
+        "messages": ["hi"],
+        "key_id": "id-1",
+        "note": f"Bearer {secret}",
+        "nested": {"password": "hunter22", "alias": "k"},
+    }
+    trail.append([Event("key.create", "master", target="k", details=details)])
     row = list(trail.rows())[-1]
-    assert secret not in json.dumps(row, default=str) and "tell me" not in row["details"] and "hunter22" not in row["details"]
+    assert secret not in json.dumps(row, default=str)
+    assert "tell me" not in row["details"] and "hunter22" not in row["details"]
     assert json.loads(row["details"])["key_id"] == "id-1"
     assert clean_details({"input": "x", "content": "y", "alias": "a"}) == {"alias": "a"}
 
@@ -147,6 +162,7 @@ def _rehash(trail: Trail) -> None:
     for row in trail.rows():
         row["prev_hash"] = prev
         row["hash"] = prev = digest(row)
-        trail.db.execute("UPDATE audit_events SET prev_hash = ?, hash = ? WHERE seq = ?",
-                         (row["prev_hash"], row["hash"], row["seq"]))
+        trail.db.execute(
+            "UPDATE audit_events SET prev_hash = ?, hash = ? WHERE seq = ?", (row["prev_hash"], row["hash"], row["seq"])
+        )
     trail.db.execute("UPDATE audit_head SET hash = ?", (prev,))

@@ -1,5 +1,6 @@
 """Audit events through a real gateway and the command line: each action one row with the right actor; refusals
 aggregated per window; the head published on the request log stream and /metrics."""
+
 from __future__ import annotations
 
 import getpass
@@ -29,8 +30,13 @@ def audited_gateway() -> Iterator[tuple[Gateway, Trail]]:
     upstream = FakeUpstream().start()
     factory = GatewayFactory()
     try:
-        gateway = factory(upstream.url, env={"HXP_AUDIT_REFUSAL_WINDOW_S": "1", "HXP_REQUEST_LOG":
-                                             str(Path(os.environ.get("TMPDIR", "/tmp")) / f"req-{os.getpid()}.log")})
+        gateway = factory(
+            upstream.url,
+            env={
+                "HXP_AUDIT_REFUSAL_WINDOW_S": "1",
+                "HXP_REQUEST_LOG": str(Path(os.environ.get("TMPDIR", "/tmp")) / f"req-{os.getpid()}.log"),
+            },
+        )
         db = Database(f"sqlite:///{gateway.state_dir / 'gateway.sqlite3'}")
         yield gateway, Trail(db)
         db.close()
@@ -54,8 +60,14 @@ def events(trail: Trail, after: int, **match: str) -> list[dict[str, Any]]:
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hxp.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT / "services"), **env})
+    return subprocess.run(
+        [sys.executable, "-m", "hxp.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "services"), **env},
+    )
 
 
 def test_each_admin_action_is_one_row_with_the_master_as_actor(audited_gateway) -> None:
@@ -73,22 +85,30 @@ def test_each_admin_action_is_one_row_with_the_master_as_actor(audited_gateway) 
     rows = events(trail, start)
     assert [(r["action"], r["target"], r["outcome"], r["actor"], r["client"]) for r in rows] == [
         *((action, "audited", "ok", "master", "127.0.0.1") for action in answers),
-        ("key.revoke", "nobody", "not_found", "master", "127.0.0.1")]
+        ("key.revoke", "nobody", "not_found", "master", "127.0.0.1"),
+    ]
     assert [r["request_id"] for r in rows[:4]] == [a.headers["x-request-id"] for a in answers.values()]
     secrets = [answers["key.create"].json()["key"], answers["key.rotate"].json()["key"], gateway.master_key]
     dump = json.dumps(list(trail.rows()), default=str)
     assert not any(secret in dump for secret in secrets)
     assert json.loads(rows[0]["details"])["rpm"] == 60 and json.loads(rows[0]["details"])["key_id"]
     # published: one JSON line per event on the request log stream, the head on /metrics
-    log_lines = [json.loads(line) for line in Path(gateway.env["HXP_REQUEST_LOG"]).read_text().splitlines()
-                 if '"event":"audit"' in line]
+    log_lines = [
+        json.loads(line)
+        for line in Path(gateway.env["HXP_REQUEST_LOG"]).read_text().splitlines()
+        if '"event":"audit"' in line
+    ]
     assert [line["seq"] for line in log_lines][-5:] == [int(r["seq"]) for r in rows]
     head = Head(int(log_lines[-1]["seq"]), log_lines[-1]["hash"])
     assert trail.verify(head).ok
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=30).text
     assert 'hxp_audit_events_total{action="key.create",outcome="ok"} 1.0' in metrics
-    gauges = {name: float(value) for name, value in (line.split(" ") for line in metrics.splitlines()
-                                                      if line.startswith("hxp_audit_chain_head_"))}
+    gauges = {
+        name: float(value)
+        for name, value in (
+            line.split(" ") for line in metrics.splitlines() if line.startswith("hxp_audit_chain_head_")
+        )
+    }
     assert gauges == {"hxp_audit_chain_head_seq": head.seq, "hxp_audit_chain_head_hash": int(head.hash[:13], 16)}
 
 
@@ -99,8 +119,11 @@ def test_refusals_are_aggregated_per_window_actor_and_address(audited_gateway) -
         assert gateway.chat("sk-not-a-key-" + "x" * 20, "any").status_code == 401
     for _ in range(3):
         assert httpx.get(f"{gateway.url}/admin/keys", timeout=30).status_code == 401
-    rows = wait_for(lambda: (found := events(trail, start, action="request.refused")) and
-                    sum(r["count"] for r in found) >= 10 and found)
+    rows = wait_for(
+        lambda: (
+            (found := events(trail, start, action="request.refused")) and sum(r["count"] for r in found) >= 10 and found
+        )
+    )
     assert sum(r["count"] for r in rows) == 10
     assert {(r["actor"], r["outcome"], r["client"]) for r in rows} == {("anonymous", "401", "127.0.0.1")}
     assert len(rows) <= 4  # ten refusals, at most a row per window crossed, not one each
@@ -108,13 +131,18 @@ def test_refusals_are_aggregated_per_window_actor_and_address(audited_gateway) -
 
 def test_each_operator_command_is_one_row_with_the_os_user_as_actor(audited_gateway) -> None:
     gateway, trail = audited_gateway
-    env = {"HXP_STATE_DIR": str(gateway.state_dir), "DATABASE_URL": f"sqlite:///{gateway.state_dir / 'gateway.sqlite3'}"}
+    env = {
+        "HXP_STATE_DIR": str(gateway.state_dir),
+        "DATABASE_URL": f"sqlite:///{gateway.state_dir / 'gateway.sqlite3'}",
+    }
     start = trail.head().seq
-    commands = [("key.create", ["keys", "create", "--alias", "by-cli", "--rpm", "5"]),
-                ("key.grants", ["keys", "grant", "by-cli", "--read", "*"]),
-                ("key.rotate", ["keys", "rotate", "by-cli"]),
-                ("key.revoke", ["keys", "revoke", "by-cli"]),
-                ("conversations.purge", ["conversations", "purge", "--days", "30"])]
+    commands = [
+        ("key.create", ["keys", "create", "--alias", "by-cli", "--rpm", "5"]),
+        ("key.grants", ["keys", "grant", "by-cli", "--read", "*"]),
+        ("key.rotate", ["keys", "rotate", "by-cli"]),
+        ("key.revoke", ["keys", "revoke", "by-cli"]),
+        ("conversations.purge", ["conversations", "purge", "--days", "30"]),
+    ]
     for _, args in commands:
         done = cli(*args, env=env)
         assert done.returncode == 0, done.stderr
@@ -122,7 +150,9 @@ def test_each_operator_command_is_one_row_with_the_os_user_as_actor(audited_gate
     assert cli("keys", "list", env=env).returncode == 0  # reading changes nothing: not audited
     rows = events(trail, start)
     assert [(r["action"], r["outcome"], r["actor"]) for r in rows] == [
-        *((action, "ok", CLI_ACTOR) for action, _ in commands), ("key.revoke", "failed", CLI_ACTOR)]
+        *((action, "ok", CLI_ACTOR) for action, _ in commands),
+        ("key.revoke", "failed", CLI_ACTOR),
+    ]
     verify = cli("audit", "verify", "--head", f"{trail.head().seq}:{trail.head().hash[:16]}", env=env)
     assert verify.returncode == 0 and "audit chain intact" in verify.stdout
     found = json.loads(cli("audit", "search", "--actor", CLI_ACTOR, "--action", "key.*", "--json", env=env).stdout)

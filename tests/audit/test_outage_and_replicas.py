@@ -1,6 +1,7 @@
 """Across processes on PostgreSQL: with the database stopped an admin action answers 503 and changes nothing,
 while refusals made meanwhile are spilled and appear once it returns; two gateway replicas and the command line
 appending at once make one unbroken chain with every event."""
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ from hxp.core.database import Database
 from tests.audit.test_gateway import events, wait_for
 from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.gateway import ROOT, GatewayFactory
+from tests.support.gateway import ROOT
 from tests.support.servers import PostgresServer
 
 ADMIN_CALLS = 400  # per replica
@@ -53,8 +54,13 @@ def test_database_stopped_admin_action_refused_refusals_kept(upstream: FakeUpstr
         server.start()
         db = Database(server.url)  # a pool opened after the restart
         trail = Trail(db)
-        rows = wait_for(lambda: (found := events(trail, start, action="request.refused")) and
-                        sum(r["count"] for r in found) >= 4 and found)
+        rows = wait_for(
+            lambda: (
+                (found := events(trail, start, action="request.refused"))
+                and sum(r["count"] for r in found) >= 4
+                and found
+            )
+        )
         assert sum(r["count"] for r in rows) == 4 and {r["actor"] for r in rows} == {"anonymous"}
         keys = {r["alias"]: r["revoked_at"] for r in db.fetchall("SELECT alias, revoked_at FROM api_keys")}
         assert keys == {"before": None}  # nothing changed: no key 'during', 'before' not revoked
@@ -76,21 +82,24 @@ for i in range(int(sys.argv[2])):
 """
 
 
-def test_two_replicas_and_the_command_line_append_one_unbroken_chain(postgres: PostgresServer, upstream,
-                                                                     gateway_factory) -> None:
+def test_two_replicas_and_the_command_line_append_one_unbroken_chain(
+    postgres: PostgresServer, upstream, gateway_factory
+) -> None:
     url = fresh_postgres_database(postgres)
     try:
         replicas = [gateway_factory(upstream.url, env={"DATABASE_URL": url}, wait=False) for _ in range(2)]
         for replica in replicas:
             replica.wait_ready()
-        cli = subprocess.Popen([sys.executable, "-c", _CLI_APPENDS, url, str(CLI_EVENTS)], cwd=ROOT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT / "services")})
+        cli = subprocess.Popen(
+            [sys.executable, "-c", _CLI_APPENDS, url, str(CLI_EVENTS)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "services")},
+        )
 
         def admin_calls(replica_index: int) -> list[int]:
             replica = replicas[replica_index]
             with httpx.Client(base_url=replica.url, headers=replica.headers(), timeout=60) as client:
-                return [client.post(f"/admin/keys/r{replica_index}-{i}/revoke").status_code
-                        for i in range(ADMIN_CALLS)]
+                return [client.post(f"/admin/keys/r{replica_index}-{i}/revoke").status_code for i in range(ADMIN_CALLS)]
 
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(admin_calls, [0, 1, 0, 1]))

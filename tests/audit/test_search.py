@@ -1,5 +1,6 @@
 """Searching the trail: filters, bad input named clearly (CLI and parser), and every filter served by an index
 on a million rows (EXPLAIN on PostgreSQL and SQLite)."""
+
 from __future__ import annotations
 
 import json
@@ -24,15 +25,18 @@ ROOT = Path(__file__).resolve().parents[2]
 MILLION = 1_000_000
 
 
-@pytest.mark.parametrize(("query", "field", "words"), [
-    ({"since": "yesterday"}, "since", "not a date"),
-    ({"until": "2026-13-01"}, "until", "not a date"),
-    ({"since": "2026-05-02", "until": "2026-05-01"}, "until", "after since"),
-    ({"limit": "0"}, "limit", "from 1 to"),
-    ({"limit": "many"}, "limit", "whole number"),
-    ({"colour": "red"}, "colour", "unknown filter 'colour'"),
-    ({"actor": "ma*ster"}, "actor", "only at the end"),
-])
+@pytest.mark.parametrize(
+    ("query", "field", "words"),
+    [
+        ({"since": "yesterday"}, "since", "not a date"),
+        ({"until": "2026-13-01"}, "until", "not a date"),
+        ({"since": "2026-05-02", "until": "2026-05-01"}, "until", "after since"),
+        ({"limit": "0"}, "limit", "from 1 to"),
+        ({"limit": "many"}, "limit", "whole number"),
+        ({"colour": "red"}, "colour", "unknown filter 'colour'"),
+        ({"actor": "ma*ster"}, "actor", "only at the end"),
+    ],
+)
 def test_bad_input_is_named(query: dict[str, str], field: str, words: str) -> None:
     with pytest.raises(SearchError) as caught:
         search.parse(query)
@@ -40,13 +44,24 @@ def test_bad_input_is_named(query: dict[str, str], field: str, words: str) -> No
 
 
 def test_the_command_line_rejects_bad_input_clearly(tmp_path) -> None:
-    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "PYTHONPATH": str(ROOT / "services"),
-           "PATH": "/usr/bin:/bin"}
-    for args, words in ((["--since", "last week"], "since: 'last week' is not a date"),
-                        (["--colour", "red"], "unrecognized arguments: --colour red"),
-                        (["--limit", "-3"], "limit: a whole number")):
-        done = subprocess.run([sys.executable, "-m", "hxp.cli", "audit", "search", *args], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "PYTHONPATH": str(ROOT / "services"),
+        "PATH": "/usr/bin:/bin",
+    }
+    for args, words in (
+        (["--since", "last week"], "since: 'last week' is not a date"),
+        (["--colour", "red"], "unrecognized arguments: --colour red"),
+        (["--limit", "-3"], "limit: a whole number"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "hxp.cli", "audit", "search", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 2 and words in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
 
@@ -55,9 +70,13 @@ def test_filters_find_their_events(empty_db_url: str) -> None:
     db = Database(empty_db_url)
     db.migrate()
     trail = Trail(db)
-    trail.append([Event("key.create", "master", target="alpha", at="2026-05-01T10:00:00+00:00"),
-                  Event("key.revoke", "console:abc", target="alpha", at="2026-05-02T10:00:00+00:00"),
-                  Event("key.create", "cli:op@host", target="beta", at="2026-05-03T10:00:00+00:00")])
+    trail.append(
+        [
+            Event("key.create", "master", target="alpha", at="2026-05-01T10:00:00+00:00"),
+            Event("key.revoke", "console:abc", target="alpha", at="2026-05-02T10:00:00+00:00"),
+            Event("key.create", "cli:op@host", target="beta", at="2026-05-03T10:00:00+00:00"),
+        ]
+    )
     found = lambda **q: [r["seq"] for r in search.search(db, search.parse(q))]  # noqa: E731
     assert found() == [3, 2, 1]
     assert found(action="key.create") == [3, 1]
@@ -114,8 +133,10 @@ def _fill(db: Database, rows_sql: str) -> None:
 def million(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Database]]:
     server: PostgresServer = request.getfixturevalue("postgres")
     url = fresh_postgres_database(server)
-    stores = {"sqlite": Database(f"sqlite:///{tmp_path_factory.mktemp('million') / 'audit.sqlite3'}"),
-              "postgresql": Database(url)}
+    stores = {
+        "sqlite": Database(f"sqlite:///{tmp_path_factory.mktemp('million') / 'audit.sqlite3'}"),
+        "postgresql": Database(url),
+    }
     with ThreadPoolExecutor(2) as pool:  # one server process each: both cores
         list(pool.map(_fill, stores.values(), [_SQLITE_ROWS, _POSTGRES_ROWS]))
     yield stores

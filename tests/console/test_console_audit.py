@@ -1,12 +1,14 @@
 """The console's audit events and its Audit page, in a real headless Chromium: a failed and a good sign-in, a key
 created in the page and signing out are one row each with the session as actor; the page filters the trail and
 downloads it as CSV; an expired session is audited once; bad filters are named."""
+
 from __future__ import annotations
 
 import csv
 import io
 import secrets
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,8 +43,10 @@ def test_console_actions_are_one_row_each_and_the_audit_page_finds_them(console_
     session = rows[1]["actor"]
     assert session.startswith("console:") and len(session) == len("console:") + 12
     assert [(r["action"], r["outcome"], r["actor"], r["target"]) for r in rows] == [
-        ("console.sign_in", "denied", "anonymous", "console"), ("console.sign_in", "ok", session, "console"),
-        ("key.create", "ok", session, alias)]
+        ("console.sign_in", "denied", "anonymous", "console"),
+        ("console.sign_in", "ok", session, "console"),
+        ("key.create", "ok", session, alias),
+    ]
 
     console_page.goto(f"{url}/console/audit?action=key.create&target={alias}")
     table = console_page.locator("#audit tbody tr")
@@ -52,7 +56,7 @@ def test_console_actions_are_one_row_each_and_the_audit_page_finds_them(console_
     console_page.screenshot(path=artifact("audit.png"), full_page=True)
     with console_page.expect_download() as download:
         console_page.click("#csv")
-    lines = list(csv.DictReader(io.StringIO(open(download.value.path()).read())))
+    lines = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert [(r["action"], r["actor"], r["target"]) for r in lines] == [("key.create", session, alias)]
     assert secret not in console_page.content()
 
