@@ -267,6 +267,14 @@ class Trail:
             HEAD_HASH.set(int(last["hash"][:13], 16))
             ROWS.set(last["rows_kept"])
 
+    def publish_head(self) -> None:
+        """Set the head gauges from the table (a process starting, before its first append)."""
+        row = self.db.fetchone("SELECT seq, hash, rows_kept FROM audit_head WHERE id = 1")
+        if row is not None and int(row["seq"]):
+            HEAD_SEQ.set(int(row["seq"]))
+            HEAD_HASH.set(int(str(row["hash"])[:13], 16))
+            ROWS.set(int(row["rows_kept"]))
+
     def head(self) -> Head:
         row = self.db.fetchone("SELECT seq, hash FROM audit_head WHERE id = 1")
         assert row is not None, "migration 0008 creates the head row"

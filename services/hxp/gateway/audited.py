@@ -172,6 +172,10 @@ class Recorder:
             if self._thread is not None:
                 return
             self._spill.open()
+            try:
+                self.trail.publish_head()
+            except Exception as exc:  # the database may be away at start: published at the first append
+                log.warning("audit: chain head not published at start (%s)", exc)
             self._thread = threading.Thread(target=self._run, name="audit-recorder", daemon=True)
             self._thread.start()
 
