@@ -61,9 +61,14 @@ def _stores(args: argparse.Namespace) -> backup.Stores:
 
 
 def _audited_db(stores: backup.Stores) -> Database:
-    """The database the backup command's event goes to (the one backed up or restored)."""
+    """The database the backup command's event goes to (the one backed up or restored); AuditUnavailable when it
+    does not answer."""
     db = Database(stores.database_url)
-    db.migrate()
+    try:
+        db.migrate()
+    except Exception as exc:
+        db.close()
+        raise AuditUnavailable(str(exc)) from exc
     return db
 
 
@@ -77,6 +82,7 @@ def _backup_create(args: argparse.Namespace) -> int:
 
 def _backup_restore(args: argparse.Namespace) -> int:
     src = Path(args.path) if args.path else backup.latest(_backups(args))
+    backup.read_manifest(src)  # not a backup: said before anything else
     stores = _stores(args)
     db = _audited_db(stores)
     with operator.recorded(db, "backup.restore", str(src), config=args.config):
