@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hxp.audit.trail import CHECKPOINT, Event, Head, Trail, clean_details, digest
+from hxp.audit.trail import CHECKPOINT, AuditUnavailable, Event, Head, Trail, clean_details, digest
 from hxp.core.database import Database
 
 
@@ -166,3 +166,10 @@ def _rehash(trail: Trail) -> None:
             "UPDATE audit_events SET prev_hash = ?, hash = ? WHERE seq = ?", (row["prev_hash"], row["hash"], row["seq"])
         )
     trail.db.execute("UPDATE audit_head SET hash = ?", (prev,))
+
+
+def test_a_trail_that_takes_no_write_is_unavailable(trail: Trail) -> None:
+    trail.check_writable()
+    trail.db.execute("DELETE FROM audit_head")
+    with pytest.raises(AuditUnavailable):
+        trail.check_writable()

@@ -27,7 +27,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -127,7 +127,9 @@ class Event:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Event:
-        return cls(**data)
+        """An event read back from the spill folder (fields it does not know are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def canonical(row: dict[str, Any]) -> bytes:
@@ -196,10 +198,14 @@ class Trail:
 
     # --- appending ---------------------------------------------------------------------------------------------
     def check_writable(self) -> None:
-        """Raise :class:`AuditUnavailable` unless the database answers and has the audit tables."""
+        """Raise :class:`AuditUnavailable` unless the database takes a write to the audit tables now."""
         try:
-            self.db.fetchone("SELECT seq FROM audit_head WHERE id = 1")
-        except Exception as exc:
+            with self.db.transaction() as cur:
+                if cur.execute("UPDATE audit_head SET seq = seq WHERE id = 1") != 1:
+                    raise AuditUnavailable("the audit head row is missing")
+        except AuditUnavailable:
+            raise
+        except Exception as exc:  # any failure of the database means the same
             raise AuditUnavailable(str(exc)) from exc
 
     def append(self, events: Sequence[Event]) -> list[dict[str, Any]]:
