@@ -81,9 +81,13 @@ class SessionStore:
         return row is not None
 
     def end_expired(self, token: str) -> bool:
-        """Delete the token's session if it has expired; whether it had."""
-        return self.db.execute("DELETE FROM console_sessions WHERE session_hash = ? AND expires_at <= ?",
-                               (_digest("session", token), iso(datetime.now(timezone.utc)))) > 0
+        """Delete the token's session if it has expired; whether it had (a read first: an unknown token, the
+        common case, takes no write)."""
+        where = "WHERE session_hash = ? AND expires_at <= ?"
+        params = (_digest("session", token), iso(datetime.now(timezone.utc)))
+        if self.db.fetchone(f"SELECT 1 AS expired FROM console_sessions {where}", params) is None:
+            return False
+        return self.db.execute(f"DELETE FROM console_sessions {where}", params) > 0
 
     def end(self, token: str) -> None:
         self.db.execute("DELETE FROM console_sessions WHERE session_hash = ?", (_digest("session", token),))

@@ -129,8 +129,8 @@ async def action_event(
 
 
 def refused(ctx: RequestContext, status: int, path: str) -> None:
-    """Count a refusal (no I/O)."""
-    runtime().get(_recorder).note(ctx, status, path)
+    """Count a refusal of ``path`` (its target: the route table's pattern when one matched). No I/O."""
+    runtime().get(_recorder).note(ctx, status, ctx.route.path if ctx.route else path)
 
 
 @dataclass
