@@ -4,6 +4,9 @@ deleted or inserted is named; rows deleted at the tail are caught against the pu
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +14,7 @@ import pytest
 
 from hxp.audit.trail import CHECKPOINT, AuditUnavailable, Event, Head, Trail, clean_details, digest
 from hxp.core.database import Database
+from tests.support.gateway import ROOT
 
 
 @pytest.fixture
@@ -173,3 +177,27 @@ def test_a_trail_that_takes_no_write_is_unavailable(trail: Trail) -> None:
     trail.db.execute("DELETE FROM audit_head")
     with pytest.raises(AuditUnavailable):
         trail.check_writable()
+
+
+def test_the_command_line_purges_verifies_and_names_the_broken_row(trail: Trail, empty_db_url: str) -> None:
+    def hxp(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DATABASE_URL": empty_db_url, "PYTHONPATH": str(ROOT / "services")}
+        return subprocess.run(
+            [sys.executable, "-m", "hxp.cli", "audit", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    purged = hxp("purge", "--days", "0")
+    assert purged.returncode == 0 and json.loads(purged.stdout)["purged"] == 10
+    head = hxp("head").stdout.strip()
+    assert head.startswith("11:")
+    intact = hxp("verify", "--head", head)
+    assert intact.returncode == 0 and "audit chain intact: 2 rows" in intact.stdout
+    trail.db.execute("UPDATE audit_events SET outcome = 'failed' WHERE seq = 11")
+    broken = hxp("verify")
+    assert broken.returncode == 1 and "BROKEN at row 11: row 11 was changed" in broken.stderr
+    assert hxp("verify", "--head", "11:xyz").returncode == 2
