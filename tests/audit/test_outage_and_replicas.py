@@ -74,10 +74,8 @@ def test_database_stopped_admin_action_refused_refusals_kept(upstream: FakeUpstr
 _CLI_APPENDS = """
 import sys
 from hxp.audit import operator
-from hxp.core.database import Database
-db = Database(sys.argv[1])
 for i in range(int(sys.argv[2])):
-    with operator.recorded(db, "test.cli_event", f"cli-{i}"):
+    with operator.recorded(sys.argv[1], "test.cli_event", f"cli-{i}"):
         pass
 """
 

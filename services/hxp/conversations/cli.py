@@ -14,7 +14,7 @@ def _purge(args: argparse.Namespace) -> int:
     days = runtime().settings.conversation_retention_days if args.days is None else args.days
     db = store.current().db
     db.migrate()
-    with operator.recorded(db, "conversations.purge", "conversations", older_than_days=days) as details:
+    with operator.recorded(db.url, "conversations.purge", "conversations", older_than_days=days) as details:
         details["purged"] = store.purge(days)
     print(json.dumps({"older_than_days": days, "purged": details["purged"]}))
     return 0

@@ -10,7 +10,6 @@ from pathlib import Path
 from hxp.audit import operator
 from hxp.audit.trail import AuditUnavailable
 from hxp.core import catalogue
-from hxp.core.database import Database
 from hxp.deploy import backup, compose, envfiles, systemd
 from hxp.core.paths import PROJECT_ROOT, state_path
 
@@ -60,21 +59,9 @@ def _stores(args: argparse.Namespace) -> backup.Stores:
     return backup.Stores.from_compose() if args.compose else backup.Stores.from_environment()
 
 
-def _audited_db(stores: backup.Stores) -> Database:
-    """The database the backup command's event goes to (the one backed up or restored); AuditUnavailable when it
-    does not answer."""
-    db = Database(stores.database_url)
-    try:
-        db.migrate()
-    except Exception as exc:
-        db.close()
-        raise AuditUnavailable(str(exc)) from exc
-    return db
-
-
 def _backup_create(args: argparse.Namespace) -> int:
     stores = _stores(args)
-    with operator.recorded(_audited_db(stores), "backup.create", str(_backups(args))) as details:
+    with operator.recorded(stores.database_url, "backup.create", str(_backups(args))) as details:
         details["folder"] = str(backup.create(stores, _backups(args)))
     print(details["folder"])
     return 0
@@ -84,10 +71,10 @@ def _backup_restore(args: argparse.Namespace) -> int:
     src = Path(args.path) if args.path else backup.latest(_backups(args))
     backup.read_manifest(src)  # not a backup: said before anything else
     stores = _stores(args)
-    db = _audited_db(stores)
-    with operator.recorded(db, "backup.restore", str(src), config=args.config):
+    replaced = operator.head(stores.database_url)  # the restored chain goes back to the backup's: from where
+    with operator.recorded(stores.database_url, "backup.restore", str(src), config=args.config,
+                           replaced_head=f"{replaced.seq}:{replaced.hash}"):
         manifest = backup.restore(stores, src, config=args.config)
-        db.migrate()  # a backup from before the audit trail: its tables, for this event
     print(f"restored {src} (database: {manifest['database']['dialect']}, qdrant: {manifest['qdrant']['mode']}"
           f"{', configuration' if args.config else ''})")
     return 0

@@ -74,7 +74,7 @@ def _keys(args: argparse.Namespace) -> int:
             return 0
         target = args.alias if args.action == "create" else args.ref
         details = {k: v for k, v in vars(args).items() if k not in ("func", "action", "command") and v is not None}
-        with operator.recorded(store.db, f"key.{'grants' if args.action == 'grant' else args.action}", target,
+        with operator.recorded(store.db.url, f"key.{'grants' if args.action == 'grant' else args.action}", target,
                                **details) as recorded:
             result = _change(store, args)
             recorded["key_id"] = result["key_id"]
