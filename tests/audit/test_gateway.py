@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from hxp.audit.trail import Head, Trail
+from hxp.audit.trail import CHECKPOINT, Event, Head, Trail
 from hxp.core.database import Database
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import ROOT, Gateway, GatewayFactory
@@ -26,16 +27,21 @@ CLI_ACTOR = f"cli:{getpass.getuser()}@{socket.gethostname()}"
 
 
 @pytest.fixture(scope="module")
-def audited_gateway() -> Iterator[tuple[Gateway, Trail]]:
+def audited_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Trail]]:
+    """A gateway on SQLite whose database already holds three events past the retention (365 days)."""
+    state = tmp_path_factory.mktemp("audited-gateway")
+    seeded = Database(f"sqlite:///{state / 'gateway.sqlite3'}")
+    seeded.migrate()
+    long_ago = (datetime.now(UTC) - timedelta(days=400)).isoformat()
+    Trail(seeded).append([Event("key.create", "master", target=f"old-{i}", at=long_ago) for i in range(3)])
+    seeded.close()
     upstream = FakeUpstream().start()
     factory = GatewayFactory()
     try:
         gateway = factory(
             upstream.url,
-            env={
-                "HXP_AUDIT_REFUSAL_WINDOW_S": "1",
-                "HXP_REQUEST_LOG": str(Path(os.environ.get("TMPDIR", "/tmp")) / f"req-{os.getpid()}.log"),
-            },
+            env={"HXP_AUDIT_REFUSAL_WINDOW_S": "1", "HXP_REQUEST_LOG": str(state / "requests.log")},
+            state_dir=state,
         )
         db = Database(f"sqlite:///{gateway.state_dir / 'gateway.sqlite3'}")
         yield gateway, Trail(db)
@@ -68,6 +74,14 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         timeout=120,
         env={**os.environ, "PYTHONPATH": str(ROOT / "services"), **env},
     )
+
+
+def test_events_past_retention_are_purged_by_the_gateway_and_the_purge_audited(audited_gateway) -> None:
+    gateway, trail = audited_gateway
+    purges = wait_for(lambda: events(trail, 0, action="audit.purge"))
+    assert [(r["actor"], r["count"], r["seq"]) for r in purges] == [("hxp:retention", 3, 4)]
+    assert [(r["seq"], r["action"]) for r in trail.rows()][0] == (3, CHECKPOINT)
+    assert trail.verify().ok
 
 
 def test_each_admin_action_is_one_row_with_the_master_as_actor(audited_gateway) -> None:
