@@ -284,6 +284,14 @@ gateway: $(VENV)/.installed  ## serve only the gateway on :8000 (HXP_MASTER_KEY;
 gateway-test: $(VENV)/.installed system-deps  ## the gateway tests only (fake upstream, PostgreSQL, Redis; not the engine)
 	$(VENV)/bin/pytest -ra tests/gateway -m "not engine" $(PYTEST_ARGS)
 
+# The audit trail (hxp.audit, tests/audit): the chain on PostgreSQL and SQLite, search and its indexes on a million
+# rows, real gateways (admin API, refusals, an outage, two replicas) and the command line; the console's Audit page
+# is in tests/console, the alert rules in prometheus/tests. `make test` runs these too.
+.PHONY: audit-test
+audit-test: $(VENV)/.installed system-deps  ## the audit trail tests only (chain, search, gateways, CLI, alert rules)
+	$(VENV)/bin/pytest -ra tests/audit tests/console/test_console_audit.py tests/monitoring/test_alert_rules.py \
+		tests/test_architecture.py $(PYTEST_ARGS)
+
 bench-gateway: $(VENV)/.installed  ## gateway overhead table: direct vs bare LiteLLM vs full gateway (BENCH_REQUESTS, BENCH_CONCURRENCY)
 	$(VENV)/bin/python -m bench.gateway_overhead
 

@@ -1,7 +1,8 @@
 """The house's rules, read from the package's own import graph (every import statement, those inside functions
-too): no module imports another in a circle, the rooms form no circle either, the ground floor (``hxp.core``)
-imports no room above it, and the gateway's core (``hxp.gateway``) imports no feature: features plug in
-through ``hxp.gateway.extensions`` by name. The rules are checked on the real tree and shown to catch a
+too): no module imports another in a circle, the rooms form no circle either, the ground floor
+(``hxp.core``) imports no room above it, the audit trail (``hxp.audit``) only the ground floor, and the
+gateway's core (``hxp.gateway``) nothing but those two: features plug in through ``hxp.gateway.extensions``
+by name. The rules are checked on the real tree and shown to catch a
 planted violation."""
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "services" / "hxp"
 GROUND_FLOOR = "core"
 GATEWAY = "gateway"
+AUDIT = "audit"  # beside the ground floor: the gateway core records its events through it
 Graph = dict[str, set[str]]
 
 
@@ -93,9 +95,9 @@ def rooms(graph: Graph) -> Graph:
 
 
 def upward(graph: Graph) -> list[str]:
-    """Imports that run back up: the ground floor importing any other room, the gateway core importing anything
-    but the ground floor."""
-    allowed = {GROUND_FLOOR: {GROUND_FLOOR}, GATEWAY: {GROUND_FLOOR, GATEWAY}}
+    """Imports that run back up: the ground floor importing any other room, the audit trail anything but the ground
+    floor, the gateway core anything but those two."""
+    allowed = {GROUND_FLOOR: {GROUND_FLOOR}, AUDIT: {GROUND_FLOOR, AUDIT}, GATEWAY: {GROUND_FLOOR, AUDIT, GATEWAY}}
     return sorted(f"{source} -> {target}" for source, targets in graph.items() for target in targets
                   if room(source) in allowed and room(target) not in allowed[room(source)])
 
@@ -110,7 +112,7 @@ def test_the_rooms_form_no_circle() -> None:
 
 def test_the_ground_floor_and_the_gateway_core_import_nothing_above_them() -> None:
     graph = import_graph(PACKAGE)
-    assert {GROUND_FLOOR, GATEWAY} <= set(rooms(graph))
+    assert {GROUND_FLOOR, AUDIT, GATEWAY} <= set(rooms(graph))
     assert upward(graph) == []
 
 
@@ -138,3 +140,9 @@ def test_the_ground_floor_reaching_up_is_caught(planted: Path) -> None:
     settings = planted / "core" / "settings.py"
     settings.write_text(settings.read_text() + "\nfrom ..vector import config  # noqa\n")
     assert "hxp.core.settings -> hxp.vector.config" in upward(import_graph(planted))
+
+
+def test_the_audit_trail_reaching_into_the_gateway_is_caught(planted: Path) -> None:
+    trail = planted / "audit" / "trail.py"
+    trail.write_text(trail.read_text() + "\nfrom hxp.gateway import auth  # noqa\n")
+    assert "hxp.audit.trail -> hxp.gateway.auth" in upward(import_graph(planted))

@@ -18,6 +18,8 @@ import pytest
 from psycopg import sql
 from qdrant_client import QdrantClient, models
 
+from hxp.audit import operator
+from hxp.audit.trail import Trail
 from hxp.cli import main
 from hxp.deploy import backup
 from hxp.core.database import Database
@@ -126,6 +128,11 @@ def test_sqlite_and_configuration_through_the_cli(tmp_path: Path, monkeypatch: p
     assert saved.parent == out and (saved / "database.sqlite3").is_file()
     assert "models.yaml" in json.loads((saved / "manifest.json").read_text())["config"]
     assert (saved / "config" / "models.yaml").is_file()
+    audited = Database(url)
+    created = [(r["action"], r["actor"], r["outcome"]) for r in Trail(audited).rows()]
+    replaced = Trail(audited).head()
+    audited.close()
+    assert created == [("backup.create", operator.actor(), "ok")]
 
     (tmp_path / "state" / "gateway.sqlite3").unlink()
     shutil.rmtree(qdrant)
@@ -133,6 +140,12 @@ def test_sqlite_and_configuration_through_the_cli(tmp_path: Path, monkeypatch: p
     assert "database: sqlite, qdrant: local" in capsys.readouterr().out
     assert read_rows(url) == KEYS
     assert read_vectors(qdrant) == [0, 1, 2, 3, 4]
+    audited = Database(url)  # the backup predates its own event; the restore is recorded on what it restored
+    rows = list(Trail(audited).rows())
+    assert [(r["action"], r["actor"], r["outcome"]) for r in rows] == [("backup.restore", operator.actor(), "ok")]
+    assert json.loads(rows[0]["details"])["replaced_head"] == "0:" + "0" * 64  # the database file was gone
+    assert Trail(audited).verify().ok and replaced.seq == 1
+    audited.close()
 
 
 def test_configuration_is_restored_only_when_asked(tmp_path: Path) -> None:
@@ -158,8 +171,8 @@ def test_errors_are_reported_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyP
                                    capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     assert main(["backup", "create", "--out", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: pg_dump failed:") and "Connection refused" in err
+    err = capsys.readouterr().err  # a backup that cannot be audited is refused before pg_dump runs
+    assert err.startswith("error: refused: the audit trail cannot be written (couldn't get a connection")
     assert list(tmp_path.iterdir()) == [], "a failed backup leaves nothing half-written"
     assert main(["backup", "restore", str(tmp_path)]) == 1
     assert "is not a backup" in capsys.readouterr().err

@@ -19,6 +19,7 @@ REQUIRED = {  # the requirements' alerts and the issue's additions, with their s
     "LLMServiceDown": "critical", "LLMHighMemoryUsage": "warning", "LLMHighErrorRatio": "warning",
     "LLMBackendUnhealthy": "critical", "PostgreSQLDown": "critical", "RedisDown": "critical",
     "UsageLogBacklogGrowing": "warning", "UsageSpillNearlyFull": "warning", "UsageRowsDropped": "critical",
+    "ConsoleSignInFailures": "warning", "DeniedRequestBurst": "warning",
 }
 
 

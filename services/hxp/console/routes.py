@@ -2,7 +2,8 @@
 
 Who may call each one is decided by the boundary from the route table (access ``console``: a live
 session, and its CSRF token on a POST; the sign-in page and the static files are public). Failed
-sign-ins are throttled per client address (:mod:`hxp.console.throttle`). Keys are
+sign-ins are throttled per client address (:mod:`hxp.console.throttle`). Signing in (or failing to) and out
+is audited, and the Audit page searches the trail (:mod:`hxp.audit.search`, CSV download). Keys are
 changed through the admin API's own handlers (:mod:`hxp.gateway.admin`), so a change made here
 behaves exactly like one made there. Every answer carries the console's security headers (a CSP
 allowing only the gateway's own scripts and styles, no framing, no referrer, no caching).
@@ -22,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
+from hxp.audit import search as audit_search
 from hxp.core.context import runtime
 from hxp.console import (
     configuration as configuration_module,
@@ -31,7 +33,7 @@ from hxp.console import (
     throttle,
     usage,
 )
-from hxp.gateway import admin, auth, deployments
+from hxp.gateway import admin, audited, auth, deployments
 from hxp.core import errors
 from hxp.gateway.request_context import context_of
 from hxp.vector import config as vector_config
@@ -42,7 +44,8 @@ STATIC = {p.name: p for p in (HERE / "static").iterdir() if p.is_file()}
 CONTENT_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
                  ".svg": "image/svg+xml"}
 PAGES = {"/console": ("overview", "Overview"), "/console/keys": ("keys", "API keys"),
-         "/console/usage": ("usage", "Usage"), "/console/configuration": ("configuration", "Configuration")}
+         "/console/usage": ("usage", "Usage"), "/console/configuration": ("configuration", "Configuration"),
+         "/console/audit": ("audit", "Audit")}
 RECENT = timedelta(hours=24)  # the keys page's "requests in the last 24 hours"
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -102,10 +105,12 @@ async def sign_in(request: Request) -> JSONResponse:
     if not isinstance(secret, str) or not auth.is_master_key(secret):
         await throttle.count_failure(address)
         log.warning("console: refused a sign-in from %s (wrong master key)", address)
+        await audited.action_event("console.sign_in", "console", "denied", reason="wrong master key")
         return errors.unauthorized("Wrong master key").response()
     ttl = runtime().settings.console_session_ttl_s
     token = await asyncio.to_thread(sessions.store().open, ttl)
     log.info("console: signed in from %s", address)
+    await audited.action_event("console.sign_in", "console", actor=sessions.session_id(token), ttl_s=ttl)
     response = JSONResponse({"signed_in": True, "expires_in_s": ttl})
     response.set_cookie(sessions.COOKIE, token, max_age=ttl, expires=ttl, path=sessions.COOKIE_PATH,
                         secure=request.url.scheme == "https", httponly=True, samesite="strict")
@@ -117,6 +122,7 @@ async def sign_out(request: Request) -> JSONResponse:
     token = sessions.token_of(request.headers.get("cookie"))
     if token:
         await asyncio.to_thread(sessions.store().end, token)
+        await audited.action_event("console.sign_out", "console")
     response = JSONResponse({"signed_in": False})
     response.delete_cookie(sessions.COOKIE, path=sessions.COOKIE_PATH, secure=request.url.scheme == "https",
                            httponly=True, samesite="strict")
@@ -167,7 +173,7 @@ async def list_keys() -> dict[str, Any]:
 
 
 @router.post("/api/keys")
-async def create_key(request: Request) -> JSONResponse:
+async def create_key(request: Request) -> Response:
     try:
         body = admin.NewKey.model_validate(_body(request))
     except ValidationError as exc:
@@ -178,12 +184,12 @@ async def create_key(request: Request) -> JSONResponse:
 
 
 @router.post("/api/keys/{ref}/revoke")
-async def revoke_key(ref: str) -> JSONResponse:
+async def revoke_key(ref: str) -> Response:
     return await admin.revoke_key(ref)
 
 
 @router.post("/api/keys/{ref}/rotate")
-async def rotate_key(ref: str) -> JSONResponse:
+async def rotate_key(ref: str) -> Response:
     return await admin.rotate_key(ref)
 
 
@@ -213,6 +219,32 @@ async def usage_csv(request: Request) -> Response:
     name = f"hxp-usage-by-{data['by']}-{data['since']}-to-{data['until']}.csv"
     return Response(usage.csv_text(data), media_type="text/csv; charset=utf-8",
                     headers={"content-disposition": f'attachment; filename="{name}"'})
+
+
+def _audit_rows(request: Request) -> Callable[[], list[dict[str, Any]]]:
+    """The search the query asks for (raises :class:`~hxp.audit.search.SearchError`), to run off the loop."""
+    filters = audit_search.parse(dict(request.query_params))
+    return lambda: audit_search.search(audited.trail().db, filters)
+
+
+@router.get("/api/audit")
+async def audit_data(request: Request) -> Response:
+    try:
+        search = _audit_rows(request)
+    except audit_search.SearchError as exc:
+        return errors.bad_request(exc.field, str(exc)).response()
+    return JSONResponse({"filters": dict(request.query_params), "data": await asyncio.to_thread(search)})
+
+
+@router.get("/api/audit.csv")
+async def audit_csv(request: Request) -> Response:
+    try:
+        search = _audit_rows(request)
+    except audit_search.SearchError as exc:
+        return errors.bad_request(exc.field, str(exc)).response()
+    text = audit_search.csv_text(await asyncio.to_thread(search))
+    return Response(text, media_type="text/csv; charset=utf-8",
+                    headers={"content-disposition": 'attachment; filename="hxp-audit.csv"'})
 
 
 @router.get("/api/configuration")

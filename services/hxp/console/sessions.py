@@ -10,7 +10,10 @@ The CSRF token is derived from the session token with the same key (nothing stor
 change (POST) must send it in ``X-CSRF-Token``; the pages carry it in a ``<meta>`` tag.
 
 :func:`authorize` is what the boundary calls for routes whose access is ``console``: without a live
-session a page (GET outside /console/api/) is redirected to the sign-in page, anything else is 401.
+session a page (GET outside /console/api/) is redirected to the sign-in page, anything else is 401. The
+request's actor, for the audit trail, is ``console:<session id>`` (the first 12 hex digits of the session's
+HMAC: it names the session, never reveals the cookie); a session found expired is audited once
+(``console.session_expired``) and deleted.
 """
 from __future__ import annotations
 
@@ -25,10 +28,11 @@ from urllib.parse import quote
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from hxp.core.context import Runtime, runtime
-from hxp.gateway import auth
+from hxp.gateway import audited, auth
 from hxp.core import errors
 from hxp.gateway.auth import Caller
 from hxp.core.database import Database
+from hxp.gateway.request_context import current
 from hxp.gateway.usage.record import iso
 
 COOKIE = "hxp_console"
@@ -76,6 +80,15 @@ class SessionStore:
                                (_digest("session", token), iso(datetime.now(timezone.utc))))
         return row is not None
 
+    def end_expired(self, token: str) -> bool:
+        """Delete the token's session if it has expired; whether it had (a read first: an unknown token, the
+        common case, takes no write)."""
+        where = "WHERE session_hash = ? AND expires_at <= ?"
+        params = (_digest("session", token), iso(datetime.now(timezone.utc)))
+        if self.db.fetchone(f"SELECT 1 AS expired FROM console_sessions {where}", params) is None:
+            return False
+        return self.db.execute(f"DELETE FROM console_sessions {where}", params) > 0
+
     def end(self, token: str) -> None:
         self.db.execute("DELETE FROM console_sessions WHERE session_hash = ?", (_digest("session", token),))
 
@@ -87,6 +100,11 @@ def _store(rt: Runtime) -> SessionStore:
 def store() -> SessionStore:
     """This runtime's session store, on the gateway database (the key store's)."""
     return runtime().get(_store)
+
+
+def session_id(token: str) -> str:
+    """The audit trail's name for a session: ``console:`` and 12 hex digits of its HMAC."""
+    return "console:" + _digest("session", token)[:12]
 
 
 def token_of(cookie_header: str | None) -> str | None:
@@ -122,7 +140,12 @@ async def authorize(method: str, path: str, headers: dict[str, str]) -> Caller:
     a state change."""
     token = token_of(headers.get("cookie"))
     if token is None or not await asyncio.to_thread(store().is_live, token):
+        if token is not None and await asyncio.to_thread(store().end_expired, token):
+            await audited.action_event("console.session_expired", session_id(token), actor=session_id(token))
         raise SignInRequired(path, page=method in SAFE_METHODS and not path.startswith(API_PREFIX))
+    ctx = current()
+    if ctx is not None:
+        ctx.actor = session_id(token)
     sent = headers.get(CSRF_HEADER, "").encode("latin-1")
     if method not in SAFE_METHODS and not hmac.compare_digest(sent, csrf_token(token).encode()):
         raise errors.GatewayError(403, f"Missing or wrong CSRF token: send the page's token in {CSRF_HEADER}",

@@ -1,9 +1,10 @@
-"""`hxp conversations purge`: delete stored responses and conversations past the retention, now."""
+"""`hxp conversations purge`: delete stored responses and conversations past the retention, now (audited)."""
 from __future__ import annotations
 
 import argparse
 import json
 
+from hxp.audit import operator
 from hxp.core.context import runtime
 
 
@@ -11,8 +12,11 @@ def _purge(args: argparse.Namespace) -> int:
     from hxp.conversations import store
 
     days = runtime().settings.conversation_retention_days if args.days is None else args.days
-    store.current().db.migrate()
-    print(json.dumps({"older_than_days": days, "purged": store.purge(days)}))
+    db = store.current().db
+    db.migrate()
+    with operator.recorded(db.url, "conversations.purge", "conversations", older_than_days=days) as details:
+        details["purged"] = store.purge(days)
+    print(json.dumps({"older_than_days": days, "purged": details["purged"]}))
     return 0
 
 

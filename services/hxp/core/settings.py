@@ -25,6 +25,10 @@
 | HXP_CONVERSATION_RETENTION_DAYS | how long stored responses (since created) and conversations | 30                |
 |                            | (since last used) are kept; then purged (hourly, or `hxp         |                   |
 |                            | conversations purge`)                                            |                   |
+| HXP_AUDIT_RETENTION_DAYS   | how long audit events are kept; older ones are purged (hourly, or | 365               |
+|                            | `hxp audit purge`), a checkpoint keeping the chain verifiable    |                   |
+| HXP_AUDIT_REFUSAL_WINDOW_S | refusals (401, 403, 429) are audited as one row per window, key  | 60                |
+|                            | (or ``anonymous``), client address and status                    |                   |
 | HXP_USAGE_BATCH_SIZE       | usage rows per INSERT                                            | 200               |
 | HXP_USAGE_FLUSH_INTERVAL_S | longest wait of a partial batch of usage rows                    | 1.0               |
 | HXP_USAGE_MAX_BUFFER       | usage rows in memory before spilling to disk (1: every row)      | 10000             |
@@ -87,6 +91,8 @@ class Settings(BaseSettings):
     usage_spill_dir: str = Field("", validation_alias="HXP_USAGE_SPILL_DIR")
     console_session_ttl_s: int = Field(8 * 3600, gt=0, validation_alias="HXP_CONSOLE_SESSION_TTL_S")
     conversation_retention_days: float = Field(30.0, gt=0, validation_alias="HXP_CONVERSATION_RETENTION_DAYS")
+    audit_retention_days: float = Field(365.0, gt=0, validation_alias="HXP_AUDIT_RETENTION_DAYS")
+    audit_refusal_window_s: float = Field(60.0, gt=0, validation_alias="HXP_AUDIT_REFUSAL_WINDOW_S")
 
     @field_validator("rate_limit_fail_closed", "openapi", "request_log_content", mode="before")
     @classmethod

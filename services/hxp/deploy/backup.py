@@ -347,12 +347,18 @@ def create(stores: Stores, out: Path) -> Path:
     return dest
 
 
-def restore(stores: Stores, src: Path, config: bool = False) -> dict[str, Any]:
-    """Restore the database and Qdrant (and the configuration if asked) from a backup folder."""
+def read_manifest(src: Path) -> dict[str, Any]:
+    """The manifest of the backup folder ``src`` (BackupError when it is not one)."""
     manifest_file = src / MANIFEST
     if not manifest_file.is_file():
         raise BackupError(f"{src} is not a backup (no {MANIFEST})")
-    manifest = json.loads(manifest_file.read_text())
+    manifest: dict[str, Any] = json.loads(manifest_file.read_text())
+    return manifest
+
+
+def restore(stores: Stores, src: Path, config: bool = False) -> dict[str, Any]:
+    """Restore the database and Qdrant (and the configuration if asked) from a backup folder."""
+    manifest = read_manifest(src)
     checked = plan(manifest, src, stores.project)
     restore_database(stores.database_url, checked.database_file, checked.dialect)
     restore_qdrant(stores, checked.qdrant_folder, checked.qdrant)

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hxp.audit import operator
+from hxp.audit.trail import AuditUnavailable
 from hxp.core import catalogue, generated
 from hxp.deploy import backup, compose, envfiles, systemd
 from hxp.core.paths import PROJECT_ROOT, state_path
@@ -52,25 +54,36 @@ def _stores(args: argparse.Namespace) -> backup.Stores:
 
 
 def _backup_create(args: argparse.Namespace) -> int:
-    print(backup.create(_stores(args), _backups(args)))
+    stores = _stores(args)
+    with operator.recorded(stores.database_url, "backup.create", str(_backups(args))) as details:
+        details["folder"] = str(backup.create(stores, _backups(args)))
+    print(details["folder"])
     return 0
 
 
 def _backup_restore(args: argparse.Namespace) -> int:
     src = Path(args.path) if args.path else backup.latest(_backups(args))
-    manifest = backup.restore(_stores(args), src, config=args.config)
+    backup.read_manifest(src)  # not a backup: said before anything else
+    stores = _stores(args)
+    replaced = operator.head(stores.database_url)  # the restored chain goes back to the backup's: from where
+    with operator.recorded(stores.database_url, "backup.restore", str(src), config=args.config,
+                           replaced_head=f"{replaced.seq}:{replaced.hash}"):
+        manifest = backup.restore(stores, src, config=args.config)
     print(f"restored {src} (database: {manifest['database']['dialect']}, qdrant: {manifest['qdrant']['mode']}"
           f"{', configuration' if args.config else ''})")
     return 0
 
 
 def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Report a backup error as one line and exit status 1."""
+    """Report a backup error (or an audit trail that cannot be written) as one line and exit status 1."""
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
         except backup.BackupError as err:
             print(f"error: {err}", file=sys.stderr)
+            return 1
+        except AuditUnavailable as err:
+            print(f"error: refused: the audit trail cannot be written ({err})", file=sys.stderr)
             return 1
     return run
 

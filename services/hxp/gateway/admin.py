@@ -7,7 +7,8 @@
     POST /admin/keys/{alias_or_id}/revoke
     POST /admin/keys/{alias_or_id}/rotate
 
-Create and rotate answer the secret once, in ``key``.
+Create and rotate answer the secret once, in ``key``. Each change is audited (:mod:`hxp.gateway.audited`):
+refused with 503, changing nothing, when the audit trail cannot be written.
 """
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from hxp.gateway import auth
+from hxp.gateway import audited, auth
 from hxp.core import errors
 from hxp.gateway.keys import KeyNotFound, KeyStoreError, expiry
 
@@ -60,7 +61,12 @@ async def _call(fn: Any, *args: Any, status: int = 200, **kwargs: Any) -> JSONRe
 
 
 @router.post("")
-async def create_key(body: NewKey) -> JSONResponse:
+async def create_key(body: NewKey) -> Response:
+    return await audited.admin_action("key.create", body.alias, lambda: _create(body),
+                                      **body.model_dump(exclude_none=True))
+
+
+async def _create(body: NewKey) -> JSONResponse:
     try:
         expires_at = expiry(body.expires, body.days)
     except KeyStoreError as exc:
@@ -76,22 +82,28 @@ async def list_keys() -> dict[str, Any]:
     return {"data": [k.public() for k in keys]}
 
 
+async def _changed(action: str, ref: str, fn: Any, *args: Any, **details: Any) -> Response:
+    """An audited change of key ``ref``; the worker's key cache is cleared after it."""
+
+    async def change() -> JSONResponse:
+        response = await _call(fn, ref, *args)
+        auth.key_cache().clear()
+        return response
+
+    return await audited.admin_action(action, ref, change, **details)
+
+
 @router.post("/{ref}/grants")
-async def set_grants(ref: str, body: Grants) -> JSONResponse:
-    response = await _call(auth.key_store().set_grants, ref, body.read_collections, body.write_collections)
-    auth.key_cache().clear()
-    return response
+async def set_grants(ref: str, body: Grants) -> Response:
+    return await _changed("key.grants", ref, auth.key_store().set_grants, body.read_collections,
+                          body.write_collections, **body.model_dump(exclude_none=True))
 
 
 @router.post("/{ref}/revoke")
-async def revoke_key(ref: str) -> JSONResponse:
-    response = await _call(auth.key_store().revoke, ref)
-    auth.key_cache().clear()
-    return response
+async def revoke_key(ref: str) -> Response:
+    return await _changed("key.revoke", ref, auth.key_store().revoke)
 
 
 @router.post("/{ref}/rotate")
-async def rotate_key(ref: str) -> JSONResponse:
-    response = await _call(auth.key_store().rotate, ref)
-    auth.key_cache().clear()
-    return response
+async def rotate_key(ref: str) -> Response:
+    return await _changed("key.rotate", ref, auth.key_store().rotate)

@@ -18,7 +18,8 @@ This is the one place these decisions are made: a new route is only served once 
 lists it, with the model and collection it names. Routes marked ``usage`` are observed from
 arrival to the last byte (:mod:`hxp.gateway.observer`), refusals included. Every answer gets an
 ``x-request-id`` (the usage row's id, also given to LiteLLM as its call id) and loses the
-headers that would describe the backends (``llm_provider-*``, ``x-litellm-model-api-base``...).
+headers that would describe the backends (``llm_provider-*``, ``x-litellm-model-api-base``...). Every 401,
+403 and 429 answered is counted for the audit trail (:func:`hxp.gateway.audited.refused`).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hxp.core.context import runtime
 from hxp.core.catalogue import Model
-from hxp.gateway import auth, deployments, extensions, request_log, validation
+from hxp.gateway import audited, auth, deployments, extensions, request_log, validation
 from hxp.core import errors
 from hxp.gateway.auth import Caller
 from hxp.gateway.observer import Observation
@@ -58,11 +59,12 @@ class Boundary:
         if scope["type"] != "http":  # no WebSocket route is served
             await send({"type": "websocket.close", "code": 1008})
             return
-        ctx = RequestContext(request_id=str(uuid.uuid4()))
+        client = scope.get("client")
+        ctx = RequestContext(request_id=str(uuid.uuid4()), client=client[0] if client else "")
         scope[SCOPE_KEY] = ctx
         scope["headers"] = [(n, v) for n, v in scope["headers"] if n != CALL_ID_HEADER] + [
             (CALL_ID_HEADER, ctx.request_id.encode())]
-        answer_headers = _answer_headers(ctx.request_id)
+        answer_headers = _answer_headers(ctx, scope["path"])
         outgoing = _outgoing(send, answer_headers)
         match = table().match(scope["method"], scope["path"])
         if match.route is None:
@@ -233,12 +235,15 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _answer_headers(request_id: str) -> Callable[[Message], None]:
-    """Edits an answer's start message: adds the request id, drops the headers that describe the backends."""
-    rid = request_id.encode()
+def _answer_headers(ctx: RequestContext, path: str) -> Callable[[Message], None]:
+    """Edits an answer's start message: adds the request id, drops the headers that describe the backends; counts
+    a refusal for the audit trail."""
+    rid = ctx.request_id.encode()
 
     def clean(message: Message) -> None:
         message["headers"] = [(n, v) for n, v in message.get("headers", ()) if _kept(n)] + [(REQUEST_ID_HEADER, rid)]
+        if message["status"] in audited.REFUSED:
+            audited.refused(ctx, message["status"], path)
 
     return clean
 

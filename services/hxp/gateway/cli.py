@@ -1,4 +1,5 @@
-"""`hxp gateway serve|routes` and `hxp keys create|list|grant|revoke|rotate` (keys work on the database directly)."""
+"""`hxp gateway serve|routes` and `hxp keys create|list|grant|revoke|rotate` (keys work on the database directly;
+each change is audited as the operator's, or refused when the audit trail cannot be written)."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from hxp.audit import operator
+from hxp.audit.trail import AuditUnavailable
 from hxp.core import settings
 from hxp.core.database import Database
 from hxp.gateway.keys import KeyStore, KeyStoreError, expiry
@@ -48,23 +51,37 @@ def _print(payload: Any) -> None:
     print(json.dumps(payload, indent=2))
 
 
+def _change(store: KeyStore, args: argparse.Namespace) -> Any:
+    """The change a keys command makes; what it prints."""
+    if args.action == "create":
+        key, secret = store.create(args.alias, owner=args.owner, models=_names(args.models), rpm=args.rpm,
+                                   tpm=args.tpm, expires_at=expiry(args.expires, args.days),
+                                   read_collections=_names(args.read), write_collections=_names(args.write))
+        return key.issued(secret)
+    if args.action == "grant":
+        return store.set_grants(args.ref, _names(args.read), _names(args.write)).public()
+    if args.action == "revoke":
+        return store.revoke(args.ref).public()
+    key, secret = store.rotate(args.ref)
+    return key.issued(secret)
+
+
 def _keys(args: argparse.Namespace) -> int:
     store = _store()
     try:
-        if args.action == "create":
-            key, secret = store.create(args.alias, owner=args.owner, models=_names(args.models), rpm=args.rpm,
-                                       tpm=args.tpm, expires_at=expiry(args.expires, args.days),
-                                       read_collections=_names(args.read), write_collections=_names(args.write))
-            _print(key.issued(secret))
-        elif args.action == "list":
+        if args.action == "list":
             _print([k.public() for k in store.list()])
-        elif args.action == "grant":
-            _print(store.set_grants(args.ref, _names(args.read), _names(args.write)).public())
-        elif args.action == "revoke":
-            _print(store.revoke(args.ref).public())
-        else:
-            key, secret = store.rotate(args.ref)
-            _print(key.issued(secret))
+            return 0
+        target = args.alias if args.action == "create" else args.ref
+        details = {k: v for k, v in vars(args).items() if k not in ("func", "action", "command") and v is not None}
+        with operator.recorded(store.db.url, f"key.{'grants' if args.action == 'grant' else args.action}", target,
+                               **details) as recorded:
+            result = _change(store, args)
+            recorded["key_id"] = result["key_id"]
+        _print(result)
+    except AuditUnavailable as exc:
+        print(f"hxp keys {args.action}: refused: the audit trail cannot be written ({exc})", file=sys.stderr)
+        return 3
     except KeyStoreError as exc:
         print(f"hxp keys {args.action}: {exc}", file=sys.stderr)
         return 2

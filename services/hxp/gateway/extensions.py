@@ -28,6 +28,7 @@ ROUTERS = [
     "hxp.gateway.admin:router",                 # key management (master key only)
     "hxp.gateway.model_info:router",            # /v1/models: the key's models and their capabilities
     "hxp.gateway.usage:router",                 # usage pipeline lifespan: replay at start, flush at stop
+    "hxp.gateway.audited:router",               # audit recorder lifespan: refusal windows, spill replay, retention
     "hxp.gateway.metrics:router",               # /metrics
     "hxp.vector.api:router",                    # Qdrant collections and search
     "hxp.console.routes:router",                # the operator's web console (/console)
@@ -37,6 +38,7 @@ ROUTERS = [
 WORKER_STARTUP_HOOKS = [
     "hxp.gateway.health:start_redis_watch",     # log + gauge when Redis goes away or comes back
     "hxp.gateway.tuning:freeze_startup_heap",   # keep the collector off LiteLLM's long-lived objects
+    "hxp.gateway.request_log:configure",        # the request log stream (audit events go there from the start)
 ]
 
 BEFORE_WORKERS = [

@@ -32,6 +32,8 @@ class RequestContext:
     caller: Caller | None = None
     model: Model | None = None
     body: dict[str, Any] | None = None
+    client: str = ""  # the client's address
+    actor: str | None = None  # who acts, for the audit trail, when not the caller's alias (a console session)
 
 
 CURRENT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("hxp_request", default=None)

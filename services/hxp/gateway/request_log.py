@@ -5,7 +5,8 @@ status (HTTP code), latency_ms, ttft_ms (streams), prompt_tokens,
 completion_tokens, cache_hit, stream, error (type and message, secrets masked).
 Prompt and completion text are only added with HXP_REQUEST_LOG_CONTENT=true.
 Where the lines go: HXP_REQUEST_LOG (``stdout``, ``off`` or a file path); see
-:mod:`hxp.core.settings`.
+:mod:`hxp.core.settings`. The audit trail's events (the ``hxp.audit`` logger, :mod:`hxp.audit.trail`) go to the
+same stream, one JSON line each with ``"event": "audit"``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from hxp.core.context import Runtime, runtime
 from hxp.core.redaction import redact
 
 log = logging.getLogger("hxp.gateway.requests")
+AUDIT_LOG = "hxp.audit.events"
 
 
 def content_enabled() -> bool:
@@ -32,10 +34,16 @@ def _configure(rt: Runtime) -> bool:
         return False
     handler = logging.StreamHandler(sys.stdout) if target == "stdout" else logging.FileHandler(target)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    for stream in (log, logging.getLogger(AUDIT_LOG)):
+        stream.addHandler(handler)
+        stream.setLevel(logging.INFO)
+        stream.propagate = False
     return True
+
+
+def configure() -> None:
+    """Open the stream now (a worker's start): audit events may come before the first request's line."""
+    runtime().get(_configure)
 
 
 def entry(*, request_id: str | None, model: str, key_alias: str | None, status: int, latency_s: float | None,

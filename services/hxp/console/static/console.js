@@ -362,6 +362,39 @@
       section("Gateway settings", pairs(data.gateway)));
   }
 
+  // --- audit -------------------------------------------------------------------------------------------
+  async function audit() {
+    const params = new URLSearchParams(location.search);
+    const fields = [["actor", "Actor"], ["action", "Action"], ["target", "Target"]];
+    const form = h("form", {id: "filters", class: "inline-form"},
+      fields.map(([name, label]) => h("label", {}, label, h("input", {type: "text", name, value: params.get(name) || ""}))),
+      h("label", {}, "From", h("input", {type: "date", name: "since", value: params.get("since") || ""})),
+      h("label", {}, "To", h("input", {type: "date", name: "until", value: params.get("until") || ""})),
+      h("button", {type: "submit"}, "Search"));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const query = new URLSearchParams();
+      for (const [name, value] of new FormData(form)) if (value) query.set(name, value);
+      location.assign("/console/audit?" + query.toString());
+    });
+    render("Audit", form);
+    const data = await api("/console/api/audit?" + params.toString());
+    const columns = [
+      {label: "#", num: true, key: "seq", cell: (e) => e.seq},
+      {label: "Time (UTC)", cell: (e) => time(e.at)},
+      {label: "Actor", key: "actor", cell: (e) => e.actor},
+      {label: "Client", cell: (e) => e.client},
+      {label: "Action", key: "action", cell: (e) => e.action},
+      {label: "Target", key: "target", cell: (e) => e.target},
+      {label: "Outcome", key: "outcome", cell: (e) => e.outcome},
+      {label: "Count", num: true, cell: (e) => num(e.count)},
+      {label: "Details", cell: (e) => JSON.stringify(e.details)},
+    ];
+    main.append(h("p", {class: "summary"}, h("strong", {id: "audit-count"}, num(data.data.length)), " events (newest first). ",
+                  h("a", {id: "csv", href: "/console/api/audit.csv?" + params.toString(), download: ""}, "Download CSV")),
+                section("Events", table(columns, data.data.map((e) => ({data: e, attrs: {"data-seq": e.seq}})), {id: "audit"})));
+  }
+
   // --- start -------------------------------------------------------------------------------------------
   document.getElementById("sign-out").addEventListener("click", async () => {
     try {
@@ -373,6 +406,6 @@
   const page = document.body.dataset.page;
   const link = document.querySelector(`[data-nav="${page}"]`);
   if (link) link.setAttribute("aria-current", "page");
-  const pages = {overview, keys, usage, configuration};
+  const pages = {overview, keys, usage, configuration, audit};
   pages[page]().catch((error) => setStatus(error.message, true));
 })();

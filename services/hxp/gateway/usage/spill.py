@@ -15,6 +15,8 @@ Several gateway workers share the folder:
   so a replay cut short is simply done again.
 - ``pending()`` counts this writer's own rows and, for the role holder only, the rows of ended processes'
   files: summed over the workers, each row is counted once.
+- The rows are any records with ``to_json()``, read back with ``decode`` (usage rows by default; the audit
+  trail's refusal events use a folder of their own, :mod:`hxp.gateway.audited`).
 - Beyond ``max_bytes`` in the folder (all its files), rows are dropped and counted in
   ``llm_usage_rows_dropped_total``; ``llm_usage_spill_bytes`` is the folder's size. Writers measure the folder
   and append under one ``flock`` (``append.lock``), so that workers spilling together stay within the bound.
@@ -29,9 +31,10 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge
 
@@ -52,6 +55,13 @@ SPILL_LIMIT = Gauge("llm_usage_spill_limit_bytes", "Bound on the spill folder (H
 DROPPED = Counter("llm_usage_rows_dropped", "Usage rows lost: the spill folder was full (or failed)")
 
 
+class Spillable(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+
+Decode = Callable[[dict[str, Any]], Any]
+
+
 @dataclass
 class _OwnFile:
     path: Path
@@ -62,9 +72,10 @@ class _OwnFile:
 class SpillFolder:
     """This writer's spill files, and replay of ended processes' files when it holds the replay role."""
 
-    def __init__(self, folder: Path, max_bytes: int) -> None:
+    def __init__(self, folder: Path, max_bytes: int, decode: Decode = UsageRecord.from_json) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
+        self.decode = decode
         self.path: Path | None = None  # the file appended to last
         self._lock = threading.Lock()  # appending (the current file) and the list of sealed files
         self._current: _OwnFile | None = None
@@ -81,7 +92,7 @@ class SpillFolder:
         self.refresh()
 
     # --- writing -----------------------------------------------------------------------------------------
-    def append(self, records: Iterable[UsageRecord]) -> int:
+    def append(self, records: Iterable[Spillable]) -> int:
         """Write the records durably (one write, then fsync) as far as the bound allows; return how many.
 
         The rest are dropped and counted (also all of them when the disk fails). After ``close()`` (rows of a
@@ -177,7 +188,7 @@ class SpillFolder:
             self._count_ended()
         SPILL_BYTES.set(self.size())
 
-    def replay(self, write: Callable[[list[UsageRecord]], object], batch_size: int) -> int:
+    def replay(self, write: Callable[[list[Any]], object], batch_size: int) -> int:
         """Insert this writer's spilled rows (and, as the role holder, ended processes'), removing each file
         once written; return the rows replayed. Raises what ``write`` raises: files not finished stay."""
         with self._lock:
@@ -187,7 +198,7 @@ class SpillFolder:
             sealed = list(self._sealed)
         replayed = 0
         for file in sealed:
-            replayed += _write_all(_read(file.path), write, batch_size)
+            replayed += _write_all(_read(file.path, self.decode), write, batch_size)
             with self._lock:
                 if file not in self._sealed:  # close() released it meanwhile: the next replayer's (idempotent)
                     continue
@@ -196,7 +207,7 @@ class SpillFolder:
                 os.close(file.fd)
         if self._role_fd >= 0:
             for path, _ in self._ended_files(fcntl.LOCK_EX):
-                replayed += _write_all(_read(path), write, batch_size)
+                replayed += _write_all(_read(path, self.decode), write, batch_size)
                 path.unlink()
             self._count_ended()
         return replayed
@@ -290,19 +301,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _read(path: Path) -> Iterator[UsageRecord]:
+def _read(path: Path, decode: Decode) -> Iterator[Any]:
     with path.open("rb") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                yield UsageRecord.from_json(json.loads(line))
+                yield decode(json.loads(line))
             except (ValueError, TypeError) as exc:  # a line torn by a crash mid-write
                 log.warning("usage spill %s line %d unreadable, skipped: %s", path.name, number, exc)
 
 
-def _write_all(records: Iterable[UsageRecord], write: Callable[[list[UsageRecord]], object], batch_size: int) -> int:
-    batch: list[UsageRecord] = []
+def _write_all(records: Iterable[Any], write: Callable[[list[Any]], object], batch_size: int) -> int:
+    batch: list[Any] = []
     total = 0
     for record in records:
         batch.append(record)
