@@ -11,13 +11,12 @@ venv's lock), so a
 second run finds it and returns at once; a changed input makes a new folder.
 
 llm-compressor has its own venv (.venv-quant, requirements/quant.lock, torch the local +cpu wheel): this module
-runs there as ``$HXP_QUANT_PYTHON -m hxp.model.quantize``; :func:`quantized_dir` is light and used by
-everyone to find the weights.
+runs there as ``$HXP_QUANT_PYTHON -m hxp.model.quantize``; where the weights are is
+:func:`hxp.model.weights.quantized_dir`.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -29,38 +28,16 @@ from pathlib import Path
 
 from hxp.core import catalogue
 from hxp.core.catalogue import Catalogue, Model, Quantization
-from hxp.core.paths import PROJECT_ROOT, state_path
+from hxp.core.paths import PROJECT_ROOT
 from hxp.model import weights
+from hxp.model.weights import CALIBRATION, quantized_dir
 
-CALIBRATION = Path(__file__).with_name("calibration.txt")
-LOCK = PROJECT_ROOT / "requirements" / "quant.lock"
 COMPLETE = ".complete"  # written last: a folder without it is an interrupted run
 MAX_SEQ_LEN = 256
 
 
 def quant_python() -> str:
     return os.environ.get("HXP_QUANT_PYTHON") or str(PROJECT_ROOT / ".venv-quant" / "bin" / "python")
-
-
-def _base_identity(model: Model) -> str:
-    """What the base weights are: a package's manifest (every file's checksum), else the source itself."""
-    if model.package:
-        manifest = weights.models_dir() / f"{model.package}{weights.MANIFEST_SUFFIX}"
-        return manifest.read_text() if manifest.is_file() else model.source
-    return weights.base_source(model)
-
-
-def quantized_dir(model: Model) -> Path:
-    """Where ``model``'s quantized weights are (or will be made)."""
-    recipe = model.quantization
-    if recipe is None:
-        raise ValueError(f"model '{model.name}' names no quantization")
-    digest = hashlib.sha256()
-    for part in (recipe.model_dump_json(exclude={"dtype"}), _base_identity(model), CALIBRATION.read_text(),
-                 LOCK.read_text() if LOCK.is_file() else ""):
-        digest.update(part.encode() + b"\0")
-    base = model.package or Path(model.source).name
-    return state_path("quantized") / f"{base}-{model.deployment.quantization}-{digest.hexdigest()[:12]}"
 
 
 def is_made(model: Model) -> bool:

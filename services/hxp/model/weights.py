@@ -46,8 +46,6 @@ def resolve_source(model: Model) -> str:
     """What vLLM's ``--model`` gets: quantized weights made from the source (hxp.model.quantize), else
     :func:`base_source`."""
     if model.quantization is not None:
-        from hxp.model.quantize import quantized_dir
-
         return str(quantized_dir(model))
     return base_source(model)
 
@@ -184,3 +182,30 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --- quantized weights (made by hxp.model.quantize) ---
+
+CALIBRATION = Path(__file__).with_name("calibration.txt")
+QUANT_LOCK = PROJECT_ROOT / "requirements" / "quant.lock"
+
+
+def _base_identity(model: Model) -> str:
+    """What the base weights are: a package's manifest (every file's checksum), else the source itself."""
+    if model.package:
+        manifest = models_dir() / f"{model.package}{MANIFEST_SUFFIX}"
+        return manifest.read_text() if manifest.is_file() else model.source
+    return base_source(model)
+
+
+def quantized_dir(model: Model) -> Path:
+    """Where ``model``'s quantized weights are (or will be made)."""
+    recipe = model.quantization
+    if recipe is None:
+        raise ValueError(f"model '{model.name}' names no quantization")
+    digest = hashlib.sha256()
+    for part in (recipe.model_dump_json(exclude={"dtype"}), _base_identity(model), CALIBRATION.read_text(),
+                 QUANT_LOCK.read_text() if QUANT_LOCK.is_file() else ""):
+        digest.update(part.encode() + b"\0")
+    base = model.package or Path(model.source).name
+    return state_path("quantized") / f"{base}-{model.deployment.quantization}-{digest.hexdigest()[:12]}"

@@ -180,7 +180,8 @@ def weights(stack: Stack) -> list[Finding]:
     import json
 
     from hxp.model import weights as prepared
-    from hxp.model.quantize import is_made, quantized_dir
+    from hxp.model.quantize import is_made
+    from hxp.model.weights import quantized_dir
 
     if stack.compose:
         return [skipped("weights", "the compose stack keeps them in its model-cache volume or image")]
