@@ -31,7 +31,7 @@ import orjson
 
 from hxp.core.catalogue import Model
 from hxp.console import sessions as console_sessions
-from hxp.gateway import auth, deployments, request_log, validation
+from hxp.gateway import auth, deployments, relay, request_log, validation
 from hxp.core import errors, settings
 from hxp.gateway.auth import Caller
 from hxp.gateway.observer import Observation
@@ -110,7 +110,12 @@ class Boundary:
                 return
             if observation is not None:
                 observation.admitted()
-                await self.app(scope, receive, observation.sender(send, answer_headers))  # one wrapper for both
+                observed = observation.sender(send, answer_headers)  # one wrapper for both
+                if relay.handles(scope["path"], ctx.model, ctx.body):
+                    assert ctx.caller is not None and ctx.body is not None
+                    await relay.relay(scope, receive, observed, ctx.caller.litellm_identity(), ctx.body)
+                else:
+                    await self.app(scope, receive, observed)
             else:
                 await self.app(scope, receive, outgoing)
         finally:

@@ -131,7 +131,7 @@ class Observation:
 
     def _usage_chunk(self, body: bytes) -> bool:
         """Read the usage a streamed chunk reports; True when it is the usage chunk to hold back from the client."""
-        self.usage.update(_tokens(body))
+        self.usage.update(usage_tokens(body))
         return self.strip_usage and b'"finish_reason"' not in body and not _has_text(body)
 
     def _stream_failed(self, body: bytes) -> None:
@@ -196,7 +196,7 @@ class Observation:
             return
         usage_at = self._tail.rfind(b'"usage":')
         if usage_at >= 0:
-            self.usage.update(_tokens(self._tail[usage_at:usage_at + 1024]))
+            self.usage.update(usage_tokens(self._tail[usage_at:usage_at + 1024]))
         if request_log.content_enabled():
             try:
                 answer = orjson.loads(self._tail)
@@ -206,7 +206,7 @@ class Observation:
                 pass
 
 
-def _tokens(data: bytes) -> dict[str, int]:
+def usage_tokens(data: bytes) -> dict[str, int]:
     """The token counts of the first usage object in ``data``."""
     found: dict[str, int] = {}
     for name, value in _TOKEN_PATTERN.findall(data):
