@@ -172,8 +172,8 @@ def _failed(exc: Exception, kwargs: dict[str, Any]) -> Exception:
         failure = _status_exception(status, message, model, provider)
     elif isinstance(exc, asyncio.TimeoutError):
         status, failure = 408, litellm.Timeout(message, model, provider)
-    else:
-        status, failure = 500, litellm.APIConnectionError(message, provider, model)
+    else:  # as LiteLLM's OpenAI provider maps a connection error: cooled down, unlike its APIConnectionError
+        status, failure = 500, litellm.InternalServerError(message, provider, model)
     metadata = kwargs.get("litellm_metadata") or {}
     deployment_id = (metadata.get("model_info") or {}).get("id")
     set_cooldown_deployments(_proxy().llm_router, failure, status, deployment_id,
