@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
 
 import aiohttp
 import litellm
@@ -51,9 +52,9 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# path -> LiteLLM's call type for it
-ROUTES = {"/v1/chat/completions": "acompletion", "/v1/completions": "atext_completion",
-          "/v1/embeddings": "aembedding"}
+CallType = Literal["acompletion", "atext_completion", "aembedding"]
+ROUTES: dict[str, CallType] = {"/v1/chat/completions": "acompletion", "/v1/completions": "atext_completion",
+                               "/v1/embeddings": "aembedding"}  # path -> LiteLLM's call type
 OPENAI_WIRE = ("openai/", "hosted_vllm/")  # LiteLLM providers whose backends speak the OpenAI wire format
 _EVENT_END = b"\n\n"
 _USAGE_MARK = b'"prompt_tokens":'
@@ -87,7 +88,7 @@ def _openai_wire(name: str) -> bool:
     known = _wire.get(name)
     if known is None:
         router = _proxy().llm_router
-        models = router.get_model_list(model_name=name) if router is not None else None
+        models = (router.get_model_list(model_name=name) if router is not None else None) or []
         known = bool(models) and all(str(d["litellm_params"]["model"]).startswith(OPENAI_WIRE) for d in models)
         _wire[name] = known
     return known
@@ -170,7 +171,7 @@ def _failed(exc: Exception, kwargs: dict[str, Any]) -> Exception:
     if isinstance(exc, UpstreamError):
         status = exc.status_code
         failure = _status_exception(status, message, model, provider)
-    elif isinstance(exc, asyncio.TimeoutError):
+    elif isinstance(exc, TimeoutError):
         status, failure = 408, litellm.Timeout(message, model, provider)
     else:  # as LiteLLM's OpenAI provider maps a connection error: cooled down, unlike its APIConnectionError
         status, failure = 500, litellm.InternalServerError(message, provider, model)
@@ -260,7 +261,7 @@ class _Answer:
                     await self._events(events)
                 else:
                     await send({"type": "http.response.body", "body": events, "more_body": True})
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             if streaming:
                 await send({"type": "http.response.body", "body": _stream_error(exc), "more_body": False})
                 return None
@@ -301,15 +302,14 @@ async def _settle(data: dict[str, Any], usage: dict[str, int] | None, started: f
     limiter = proxy.proxy_logging_obj.max_parallel_request_limiter
     kwargs = {"litellm_call_id": data.get("litellm_call_id"), "litellm_params": {"metadata": data.get("metadata")},
               "standard_logging_object": {"metadata": _logging_metadata(data, identity)},
-              "combined_usage_object": Usage(**{k: v for k, v in (usage or {}).items() if k in _USAGE_FIELDS})}
+              "combined_usage_object": Usage(prompt_tokens=(usage or {}).get("prompt_tokens", 0),
+                                             completion_tokens=(usage or {}).get("completion_tokens", 0),
+                                             total_tokens=(usage or {}).get("total_tokens", 0))}
     ended = time.time()
     if usage is None:
         await limiter.async_log_failure_event(kwargs, None, started, ended)
     else:
         await limiter.async_log_success_event(kwargs, None, started, ended)
-
-
-_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 def _logging_metadata(data: dict[str, Any], identity: UserAPIKeyAuth) -> dict[str, Any]:
