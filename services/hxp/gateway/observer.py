@@ -7,9 +7,10 @@ first streamed chunk (time to first token), the usage the answer reports and the
 carries. When the response has ended (or the client went away) :meth:`Observation.finish`
 feeds the same record to the usage row, the Prometheus metrics and the JSON request log.
 
-Per streamed chunk the work is a timestamp on the first one, a bytes search for the usage chunk
+Per streamed message the work is a timestamp on the first one, a bytes search for the usage chunk
 and one for text (the chunks a client received, should it leave before the usage comes; the
-regex only where that finds none), and on a chunk without text a prefix check for LiteLLM's
+regex only where that finds none; a message of several events, as the relay passes them on, counted
+event by event), and on a chunk without text a prefix check for LiteLLM's
 error event (a stream that failed after it started is recorded as failed, with its code); nothing
 is parsed until the end, and the boundary's header edit rides on the same ``send`` wrapper
 (one per answer). Streams always ask the engine for their usage (``stream_options.include_usage``,
@@ -102,7 +103,7 @@ class Observation:
                                 return
                             message = {**message, "body": b""}  # held back, but the body still ends
                     elif _has_text(body):
-                        self.chunks_with_text += 1
+                        self.chunks_with_text += _text_events(body)
                         if keep_text:
                             self._text.append(_delta_text(body))
                     elif body.startswith(_STREAM_ERROR):
@@ -236,6 +237,14 @@ def _has_text(body: bytes) -> bool:
     if at >= 0 and body[at + _CONTENT_LEN:at + _CONTENT_LEN + 1] not in (b'"', b""):
         return True
     return _DELTA_TEXT.search(body) is not None
+
+
+def _text_events(body: bytes) -> int:
+    """The events with text in a streamed message that has some: one, unless the relay passed on several events
+    the engine's bytes brought at once."""
+    if body.count(b"data: ") < 2:
+        return 1
+    return sum(1 for event in body.split(b"\n\n") if _has_text(event))
 
 
 def _delta_text(body: bytes) -> str:
