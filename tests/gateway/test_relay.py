@@ -84,3 +84,19 @@ def test_a_backend_of_another_provider_keeps_litellms_path(monkeypatch):
     monkeypatch.setattr(relay, "_proxy", lambda: _router({CHAT.name: "anthropic"}))
     monkeypatch.setattr(relay, "_wire", {})
     assert not relay.handles("/v1/chat/completions", CHAT, {"model": CHAT.name, "messages": USER})
+
+
+def test_a_keys_tpm_stops_it_at_the_same_request_on_the_relay_and_on_litellms_path(gateway):
+    """The relay settles LiteLLM's token reservation with the engine's usage, as LiteLLM's own call does (a
+    request at temperature 0 takes LiteLLM's path: the response cache)."""
+    stopped_at = {}
+    for path, params in (("relay", {}), ("litellm", {"temperature": 0})):
+        for stream in (True, False):
+            key = gateway.create_key(tpm=70)  # each answer costs 7 tokens: 1 prompt, 6 completion
+            codes = [httpx.post(f"{gateway.base_url}/chat/completions", headers=gateway.headers(key), timeout=30,
+                                json={"model": CHAT.name, "stream": stream, **params,
+                                      "messages": [{"role": "user", "content": f"hello{i}"}]}).status_code
+                     for i in range(14)]
+            assert set(codes) == {200, 429} and codes == sorted(codes), codes
+            stopped_at[path, stream] = codes.index(429)
+    assert len(set(stopped_at.values())) == 1, stopped_at

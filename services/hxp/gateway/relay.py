@@ -298,8 +298,7 @@ def _error_of(body: bytes) -> dict[str, Any]:
 async def _settle(data: dict[str, Any], usage: dict[str, int] | None, started: float,
                   identity: UserAPIKeyAuth) -> None:
     """The limiter's success event with the engine's usage (its failure event when the answer broke off)."""
-    proxy = _proxy()
-    limiter = proxy.proxy_logging_obj.max_parallel_request_limiter
+    limiter = _proxy().proxy_logging_obj.get_proxy_hook("parallel_request_limiter")
     kwargs = {"litellm_call_id": data.get("litellm_call_id"), "litellm_params": {"metadata": data.get("metadata")},
               "standard_logging_object": {"metadata": _logging_metadata(data, identity)},
               "combined_usage_object": Usage(prompt_tokens=(usage or {}).get("prompt_tokens", 0),
