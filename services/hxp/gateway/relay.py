@@ -131,7 +131,7 @@ async def relay(scope: Scope, receive: Receive, send: Send, identity: UserAPIKey
     except Exception as exc:  # noqa: BLE001 - every failure is answered as LiteLLM answers it
         await _answer_failure(processor, exc, identity, request, scope, receive, send)
         return
-    usage = await _Answer(response, scope, receive, send).relay()
+    usage = await _Answer(response, receive, send).relay()
     await _settle(processor.data, usage, started, identity)
 
 
@@ -141,19 +141,26 @@ def _opener(path: str, payload: dict[str, Any]) -> Callable[..., Awaitable[aioht
     async def open_upstream(**kwargs: Any) -> aiohttp.ClientResponse:
         deployment_model = str(kwargs["model"])
         body = orjson.dumps({**payload, "model": deployment_model.split("/", 1)[1]})
-        timeout = float(kwargs.get("stream_timeout") or kwargs.get("timeout") or 600)
+        stream = payload.get("stream") is True
+        timeout = float((kwargs.get("stream_timeout") if stream else None) or kwargs.get("timeout") or 600)
         url = f"{str(kwargs['api_base']).rstrip('/')}{path.removeprefix('/v1')}"
         headers = {"content-type": "application/json", "authorization": f"Bearer {kwargs.get('api_key') or ''}"}
         try:
             response = await _session().post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=timeout, sock_read=timeout))
+                total=None if stream else timeout, sock_connect=timeout, sock_read=timeout))
             if response.status >= 400:
                 raise UpstreamError(response.status, await _read_closing(response))
+            if not _streamed(response):
+                await response.read()  # a JSON answer is read whole here: failing to, the router may retry
             return response
         except Exception as exc:
             raise _failed(exc, kwargs) from exc
 
     return open_upstream
+
+
+def _streamed(response: aiohttp.ClientResponse) -> bool:
+    return response.content_type == "text/event-stream"
 
 
 async def _read_closing(response: aiohttp.ClientResponse) -> bytes:
@@ -212,12 +219,11 @@ async def _answer_failure(processor: ProxyBaseLLMRequestProcessing, exc: Excepti
 class _Answer:
     """The backend's answer relayed to the client: status, content type, then its bytes as they come."""
 
-    def __init__(self, response: aiohttp.ClientResponse, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, receive: Receive, send: Send) -> None:
         self.response = response
         self.receive = receive
         self.send = send
         self.usage: dict[str, int] = {}
-        self.left = False
 
     async def relay(self) -> dict[str, int] | None:
         """Relay the whole answer; the usage it reported (None when it broke off or the client left first)."""
@@ -227,11 +233,11 @@ class _Answer:
             await asyncio.wait((copying, watching), return_when=asyncio.FIRST_COMPLETED)
         finally:
             watching.cancel()
-            if not copying.done():  # the client went away: stop reading, close the upstream connection
+            left = not copying.done()
+            if left:  # the client went away (or the request was cancelled): stop, close the upstream connection
                 copying.cancel()
-                self.left = True
             self.response.close()
-        if self.left:
+        if left:
             await asyncio.gather(copying, return_exceptions=True)
             return None
         return copying.result()
@@ -241,17 +247,22 @@ class _Answer:
             pass
 
     async def _copy(self) -> dict[str, int] | None:
-        response, send = self.response, self.send
+        response = self.response
         headers = [(n.lower(), v) for n, v in response.raw_headers if n.lower() in _KEPT_HEADERS]
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": headers + [(CACHE_HEADER, b"miss")]})
-        streaming = response.content_type == "text/event-stream"
-        held, whole = b"", []
+        await self.send({"type": "http.response.start", "status": response.status,
+                         "headers": headers + [(CACHE_HEADER, b"miss")]})
+        if not _streamed(response):
+            body = await response.read()  # already read by the upstream call
+            self.usage = usage_tokens(body[body.rfind(b'"usage":'):])
+            await self.send({"type": "http.response.body", "body": body, "more_body": False})
+            return self.usage
+        return await self._copy_events()
+
+    async def _copy_events(self) -> dict[str, int] | None:
+        """The SSE events as they come, whole (a read's unfinished event waits for its end)."""
+        send, held = self.send, b""
         try:
-            async for data in response.content.iter_any():
-                if not streaming:
-                    whole.append(data)
-                    continue
+            async for data in self.response.content.iter_any():
                 end = data.rfind(_EVENT_END)
                 if end < 0:
                     held += data
@@ -262,13 +273,8 @@ class _Answer:
                 else:
                     await send({"type": "http.response.body", "body": events, "more_body": True})
         except (aiohttp.ClientError, TimeoutError) as exc:
-            if streaming:
-                await send({"type": "http.response.body", "body": _stream_error(exc), "more_body": False})
-                return None
-            raise
-        if not streaming:
-            held = b"".join(whole)
-            self.usage = usage_tokens(held[held.rfind(b'"usage":'):])
+            await send({"type": "http.response.body", "body": _stream_error(exc), "more_body": False})
+            return None
         await send({"type": "http.response.body", "body": held, "more_body": False})
         return self.usage
 
