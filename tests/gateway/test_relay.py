@@ -80,10 +80,15 @@ def test_what_the_relay_answers(monkeypatch, path, body, relayed):
     assert relay.handles(path, model, {"model": CHAT.name, **body}) is relayed
 
 
-def test_a_backend_of_another_provider_keeps_litellms_path(monkeypatch):
-    monkeypatch.setattr(relay, "_proxy", lambda: _router({CHAT.name: "anthropic"}))
-    monkeypatch.setattr(relay, "_wire", {})
-    assert not relay.handles("/v1/chat/completions", CHAT, {"model": CHAT.name, "messages": USER})
+def test_a_backend_of_another_provider_keeps_litellms_path_and_so_does_a_model_falling_back_to_one(monkeypatch):
+    model = next(m for m in CAT.chat_models if m.api.fallbacks)
+    fallback = model.api.fallbacks[0]
+    for providers, relayed in (({model.name: "openai", fallback: "hosted_vllm"}, True),
+                               ({model.name: "anthropic", fallback: "openai"}, False),
+                               ({model.name: "openai", fallback: "anthropic"}, False)):
+        monkeypatch.setattr(relay, "_proxy", lambda providers=providers: _router(providers))
+        monkeypatch.setattr(relay, "_wire", {})
+        assert relay.handles("/v1/chat/completions", model, {"model": model.name, "messages": USER}) is relayed
 
 
 def test_a_keys_tpm_stops_it_at_the_same_request_on_the_relay_and_on_litellms_path(gateway):

@@ -69,7 +69,6 @@ class UpstreamError(Exception):
 
     def __init__(self, status: int, body: bytes) -> None:
         self.status_code = status
-        self.body = body
         error = _error_of(body)
         super().__init__(f"{error.get('type') or 'upstream error'}: {error.get('message') or body[:500]!r}")
 
@@ -80,7 +79,7 @@ def handles(path: str, model: Model | None, body: dict[str, Any] | None) -> bool
         return False
     if "rag" in body or hooks.cacheable(model, body):
         return False
-    return _openai_wire(model.name)
+    return all(_openai_wire(name) for name in (model.name, *model.api.fallbacks))  # the router may fall back
 
 
 def _openai_wire(name: str) -> bool:
