@@ -93,12 +93,14 @@ def stack(chat_engine, embedding_engine):
 
 
 @pytest.mark.engine
-def test_a_short_run_is_judged_against_the_cpu_targets_through_the_gateway(stack, tmp_path):
-    """Every model answers without failure and is judged against its cpu targets; whether a 30-s run on a
-    shared test machine meets them is a measurement (`make loadtest`), not what this test checks."""
+def test_a_short_run_is_judged_against_the_engines_reached_directly_through_the_gateway(stack, tmp_path):
+    """Every model answers without failure, through the gateway and directly, and is judged against its engine
+    reached directly (the cpu profile); whether a 30-s run on a shared test machine meets that is a measurement
+    (`make loadtest`), not what this test checks."""
     models = catalogue.load(profile="cpu").models
     run = headless(stack.url, tmp_path, seconds=30, users=users_needed(models),
-                   env={"HXP_PROFILE": "cpu", "HXP_MASTER_KEY": stack.master_key})
+                   env={"HXP_PROFILE": "cpu", "HXP_MASTER_KEY": stack.master_key,
+                        "HXP_BACKENDS": stack.env["HXP_BACKENDS"]})
     print(run.stdout[-3000:])
     saved = json.loads((tmp_path / "verdict.json").read_text())
     assert run.returncode == (0 if saved["passed"] else 1), run.stdout
@@ -108,8 +110,9 @@ def test_a_short_run_is_judged_against_the_cpu_targets_through_the_gateway(stack
         result = next(r for r in saved["results"] if r["model"] == model.name)
         row = verdict_row(run.stdout, model.name)
         assert int(row[1]) > 0 and int(row[2]) > 0 and row[3] == "0", row  # users, requests, no failure
-        assert result["failures"] == 0 and result["target_avg_ms"] == model.targets.avg_latency_ms
-        assert result["target_p95_ms"] == model.targets.p95_latency_ms
+        assert result["failures"] == 0 and result["direct_rps"] > 0
+        assert result["target_avg_ms"] == round(LATENCY_RATIO * result["direct_avg_ms"] + LATENCY_SLACK_MS, 1)
+        assert result["target_p95_ms"] == round(LATENCY_RATIO * result["direct_p95_ms"] + LATENCY_SLACK_MS, 1)
         assert all(p.startswith(("avg ", "p95 ", "throughput ")) for p in result["problems"]), result
     # with one request per chat user, which of them streamed is chance: check the TTFT of those that did
     assert all(r["ttft_p95_ms"] <= r["p95_ms"] for r in saved["results"] if r["streamed"] > 0)
