@@ -16,10 +16,11 @@ FastAPI app with our routers). For each request, in this order:
 
 This is the one place these decisions are made: a new route is only served once the table
 lists it, with the model and collection it names. An admitted request that the relay answers
-(:mod:`hxp.gateway.relay`: an OpenAI-wire backend's own bytes) goes there instead of LiteLLM's route. Routes marked ``usage`` are observed from
-arrival to the last byte (:mod:`hxp.gateway.observer`), refusals included. Every answer gets an
-``x-request-id`` (the usage row's id, also given to LiteLLM as its call id) and loses the
-headers that would describe the backends (``llm_provider-*``, ``x-litellm-model-api-base``...).
+(:mod:`hxp.gateway.relay`: an OpenAI-wire backend's own bytes) goes there instead of LiteLLM's
+route. Routes marked ``usage`` are observed from arrival to the last byte
+(:mod:`hxp.gateway.observer`), refusals included. Every answer gets an ``x-request-id`` (the
+usage row's id, also given to LiteLLM as its call id) and loses the headers that would describe
+the backends (``llm_provider-*``, ``x-litellm-model-api-base``...).
 """
 from __future__ import annotations
 

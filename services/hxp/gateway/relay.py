@@ -190,13 +190,13 @@ def _failed(exc: Exception, kwargs: dict[str, Any]) -> Exception:
 
 def _status_exception(status: int, message: str, model: str, provider: str) -> Exception:
     """LiteLLM's exception class for an upstream error status (as its OpenAI provider maps them)."""
+    if status == 408:
+        return litellm.Timeout(message, model, provider)
     kinds: dict[int, Callable[..., Exception]] = {
         400: litellm.BadRequestError, 401: litellm.AuthenticationError, 403: litellm.PermissionDeniedError,
-        404: litellm.NotFoundError, 408: litellm.Timeout, 422: litellm.UnprocessableEntityError,
-        429: litellm.RateLimitError, 503: litellm.ServiceUnavailableError}
+        404: litellm.NotFoundError, 422: litellm.UnprocessableEntityError, 429: litellm.RateLimitError,
+        503: litellm.ServiceUnavailableError}
     kind = kinds.get(status)
-    if kind is litellm.Timeout:
-        return litellm.Timeout(message, model, provider)
     if kind is not None:
         return kind(message, model=model, llm_provider=provider)
     if status >= 500:
