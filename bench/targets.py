@@ -4,7 +4,9 @@
 2. ``bare``    - the LiteLLM proxy with the same model list and router settings, no hooks,
                  authenticated with its master key;
 3. ``gateway`` - the full gateway (`hxp gateway serve`: trust boundary, custom auth, validation,
-                 rate limits, cache opt-in, usage logging, metrics...), with a key that has rpm/tpm limits.
+                 rate limits, cache opt-in, usage logging, metrics...), with a key that has rpm/tpm limits;
+4. ``plain``   - (when asked for) the same gateway on uvicorn's plain stack (h11 + asyncio instead of
+                 httptools + uvloop): the effect of the fast stack.
 
 A server's CPU is the user+system time of its process and all its workers, read with psutil
 before and after the measured requests. This machine's speed drifts by ±20 % over minutes
@@ -39,7 +41,7 @@ from tests.support.lifetime import die_with_parent
 from tests.support.servers import free_port, wait_port
 
 START_TIMEOUT_S = 600  # a busy machine can take minutes to start LiteLLM
-DIRECT, BARE, GATEWAY = "direct", "bare LiteLLM proxy", "full gateway"
+DIRECT, BARE, GATEWAY, PLAIN = "direct", "bare LiteLLM proxy", "full gateway", "full gateway, h11 + asyncio"
 CORES = os.cpu_count() or 1
 WORKER_COUNTS = sorted({1, CORES})  # one worker: the CPU comparison; one per core: the throughput
 
@@ -112,30 +114,35 @@ class BareProxy:
 
 
 @contextmanager
-def side_by_side(upstream: FakeUpstream, workers: int) -> Iterator[list[Server]]:
-    """The three targets on ``upstream``, the proxies with ``workers`` workers; stopped on exit."""
-    bare = gateway = None
+def side_by_side(upstream: FakeUpstream, workers: int, plain: bool = False) -> Iterator[list[Server]]:
+    """The targets on ``upstream`` (``plain`` too when asked), the proxies with ``workers`` workers; stopped on
+    exit."""
+    bare = None
+    gateways: list[tuple[str, Gateway]] = []
     try:
         bare = BareProxy(upstream.url, workers)
-        gateway = Gateway(all_models(upstream.url), workers=workers)
-        gateway.start(wait=False).wait_ready(START_TIMEOUT_S)
+        for target, stack in [(GATEWAY, "fast"), *([(PLAIN, "plain")] if plain else [])]:
+            gateways.append((target, Gateway(all_models(upstream.url), workers=workers, http_stack=stack)))
+            gateways[-1][1].start(wait=False).wait_ready(START_TIMEOUT_S)
         yield [Server(DIRECT, upstream.url, upstream.pid, None),
                Server(BARE, bare.url, bare.proc.pid, bare.master_key),
-               Server(GATEWAY, gateway.base_url, gateway.pid, gateway.create_key(rpm=10**6, tpm=10**9))]
+               *(Server(target, gateway.base_url, gateway.pid, gateway.create_key(rpm=10**6, tpm=10**9))
+                 for target, gateway in gateways)]
     finally:
-        if gateway:
+        for _, gateway in gateways:
             gateway.close()
         if bare:
             bare.stop()
 
 
-def each_worker_count(run: Callable[[list[Server], FakeUpstream, int], Measured]) -> dict[int, Measured]:
-    """``run(servers, upstream, workers)`` on the three targets side by side, with each of WORKER_COUNTS."""
+def each_worker_count(run: Callable[[list[Server], FakeUpstream, int], Measured],
+                      plain: bool = False) -> dict[int, Measured]:
+    """``run(servers, upstream, workers)`` on the targets side by side, with each of WORKER_COUNTS."""
     upstream = FakeUpstream().start()
     measured = {}
     try:
         for workers in WORKER_COUNTS:
-            with side_by_side(upstream, workers) as servers:
+            with side_by_side(upstream, workers, plain) as servers:
                 measured[workers] = run(servers, upstream, workers)
     finally:
         upstream.stop()

@@ -3,7 +3,9 @@
     locust -f loadtests/locustfile.py --headless -u 12 -r 12 -t 60s --stop-timeout 60
 
 User classes come from the catalogue under HXP_PROFILE (HXP_LOADTEST_MODELS, a
-comma-separated list, narrows them); the traffic from loadtests/traffic.yaml;
+comma-separated list, narrows them); the traffic from loadtests/traffic.yaml; under a compared
+profile (cpu) as many users again send the same requests to each model's engine directly
+(HXP_BACKENDS, else where `make run` starts them), the base of that profile's verdict;
 the gateway from --host or GATEWAY_URL; the key from HXP_LOADTEST_KEY, else one
 is created with the master key (HXP_MASTER_KEY, else the native stack's
 .state/master.key) and revoked at the end; without a usable key Locust stops
@@ -26,7 +28,7 @@ from locust.runners import LocalRunner
 
 from hxp.core import catalogue
 from hxp.loadtest import keys, traffic
-from hxp.loadtest.plan import models_under_test
+from hxp.loadtest.plan import engine_urls, models_under_test
 from hxp.loadtest.users import user_classes
 from hxp.loadtest.verdict import DEFAULT_MAX_FAILURE_RATIO, Recorder, Sample, Verdict, judge
 from hxp.core.paths import PROJECT_ROOT
@@ -37,7 +39,8 @@ try:
     MODELS = models_under_test(CATALOGUE)
 except catalogue.CatalogueError as err:
     raise SystemExit(str(err)) from None
-USER_CLASSES = user_classes(MODELS, traffic.load(), host=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8000"))
+USER_CLASSES = user_classes(MODELS, traffic.load(), host=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8000"),
+                            engines=engine_urls(CATALOGUE, MODELS))
 globals().update({cls.__name__: cls for cls in USER_CLASSES})
 
 recorder = Recorder()
@@ -81,7 +84,8 @@ def _init(environment: Environment, **_: Any) -> None:
     run.host = environment.host or USER_CLASSES[0].host
     run.key = keys.provision(run.host)
     for cls in USER_CLASSES:
-        cls.api_key = run.key.secret
+        if not cls.engine_url:
+            cls.api_key = run.key.secret
 
 
 @events.request.add_listener
@@ -101,7 +105,8 @@ def _start(**_: Any) -> None:
 def _spawned(**_: Any) -> None:
     counts = run.env.runner.user_classes_count
     for cls in USER_CLASSES:
-        run.users[cls.model.name] = max(run.users.get(cls.model.name, 0), counts.get(cls.__name__, 0))
+        if not cls.engine_url:
+            run.users[cls.model.name] = max(run.users.get(cls.model.name, 0), counts.get(cls.__name__, 0))
 
 
 @events.test_stop.add_listener

@@ -111,6 +111,18 @@ def test_a_client_that_leaves_mid_stream_gets_a_row_with_what_it_received(usage_
     assert row["error_message"].startswith("499") and "disconnected" in row["error_message"]
 
 
+def test_a_message_of_several_events_counts_each_event_with_text(usage_env: Database) -> None:
+    """The relay passes on the events the engine's bytes brought at once as one message."""
+    pipeline.start()
+    obs = Observation("1c7d2c2e-5e8a-4a53-9a55-3c8f2b8a8c11", model="phi-3-mini", stream=True)
+    play(obs, 200, [(b"content-type", b"text/event-stream")],
+         [sse(chunk("a")) + sse(chunk("b")) + sse(chunk(finish="stop")), sse(chunk("c"))], complete=False)
+    obs.finish()
+    pipeline.close()
+    [row] = rows(usage_env)
+    assert row["status"] == "cancelled" and row["completion_tokens"] == 3
+
+
 def test_a_non_streamed_answer_reports_usage_and_cache_hit(usage_env: Database) -> None:
     pipeline.start()
     obs = Observation("2b7d2c2e-5e8a-4a53-9a55-3c8f2b8a8c11", model="phi-3-mini")

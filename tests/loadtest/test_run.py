@@ -15,7 +15,10 @@ import yaml
 
 from hxp.core import catalogue
 from hxp.loadtest.plan import users_needed
+from hxp.loadtest.verdict import LATENCY_RATIO, LATENCY_SLACK_MS
+from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import GatewayFactory
+from tests.support.relay import TcpRelay
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,11 +49,17 @@ def verdict_row(output: str, model: str) -> list[str]:
     return line.split()
 
 
-def test_one_user_class_per_catalogue_model():
-    out = locust("--list").stdout
-    listed = re.findall(r"^\s+(\w+User)$", out, re.M)
-    assert len(listed) == len(catalogue.load().models), out
-    narrowed = locust("--list", env={"HXP_LOADTEST_MODELS": catalogue.load().chat_models[0].name}).stdout
+def test_one_user_class_per_catalogue_model_and_a_direct_twin_on_a_compared_profile():
+    gpu = locust("--list", env={"HXP_PROFILE": "gpu"}).stdout
+    listed = re.findall(r"^\s+(\w+User)$", gpu, re.M)
+    assert len(listed) == len(catalogue.load(profile="gpu").models), gpu
+    assert not [name for name in listed if name.endswith("DirectUser")], gpu
+    cpu = locust("--list", env={"HXP_PROFILE": "cpu"}).stdout
+    listed = re.findall(r"^\s+(\w+User)$", cpu, re.M)
+    assert len(listed) == 2 * len(catalogue.load(profile="cpu").models), cpu
+    assert len([name for name in listed if name.endswith("DirectUser")]) == len(listed) // 2, cpu
+    narrowed = locust("--list", env={"HXP_PROFILE": "gpu",
+                                     "HXP_LOADTEST_MODELS": catalogue.load().chat_models[0].name}).stdout
     assert len(re.findall(r"^\s+(\w+User)$", narrowed, re.M)) == 1, narrowed
 
 
@@ -62,7 +71,7 @@ def test_an_unknown_model_is_refused_by_name():
 def test_an_unreachable_gateway_fails_on_the_failure_ratio(tmp_path):
     model = catalogue.load().chat_models[0].name
     run = headless(f"http://127.0.0.1:{free_port()}", tmp_path, seconds=2, users=1,
-                   env={"HXP_LOADTEST_MODELS": model, "HXP_LOADTEST_KEY": "sk-unchecked"})
+                   env={"HXP_PROFILE": "gpu", "HXP_LOADTEST_MODELS": model, "HXP_LOADTEST_KEY": "sk-unchecked"})
     assert run.returncode == 1, run.stdout
     assert re.search(rf"^FAIL {re.escape(model)}: no successful request; failure ratio 100.0% > 1.0%", run.stdout,
                      re.M), run.stdout
@@ -84,12 +93,14 @@ def stack(chat_engine, embedding_engine):
 
 
 @pytest.mark.engine
-def test_a_short_run_is_judged_against_the_cpu_targets_through_the_gateway(stack, tmp_path):
-    """Every model answers without failure and is judged against its cpu targets; whether a 30-s run on a
-    shared test machine meets them is a measurement (`make loadtest`), not what this test checks."""
+def test_a_short_run_is_judged_against_the_engines_reached_directly_through_the_gateway(stack, tmp_path):
+    """Every model answers without failure, through the gateway and directly, and is judged against its engine
+    reached directly (the cpu profile); whether a 30-s run on a shared test machine meets that is a measurement
+    (`make loadtest`), not what this test checks."""
     models = catalogue.load(profile="cpu").models
     run = headless(stack.url, tmp_path, seconds=30, users=users_needed(models),
-                   env={"HXP_PROFILE": "cpu", "HXP_MASTER_KEY": stack.master_key})
+                   env={"HXP_PROFILE": "cpu", "HXP_MASTER_KEY": stack.master_key,
+                        "HXP_BACKENDS": stack.env["HXP_BACKENDS"]})
     print(run.stdout[-3000:])
     saved = json.loads((tmp_path / "verdict.json").read_text())
     assert run.returncode == (0 if saved["passed"] else 1), run.stdout
@@ -99,8 +110,9 @@ def test_a_short_run_is_judged_against_the_cpu_targets_through_the_gateway(stack
         result = next(r for r in saved["results"] if r["model"] == model.name)
         row = verdict_row(run.stdout, model.name)
         assert int(row[1]) > 0 and int(row[2]) > 0 and row[3] == "0", row  # users, requests, no failure
-        assert result["failures"] == 0 and result["target_avg_ms"] == model.targets.avg_latency_ms
-        assert result["target_p95_ms"] == model.targets.p95_latency_ms
+        assert result["failures"] == 0 and result["direct_rps"] > 0
+        assert result["target_avg_ms"] == round(LATENCY_RATIO * result["direct_avg_ms"] + LATENCY_SLACK_MS, 1)
+        assert result["target_p95_ms"] == round(LATENCY_RATIO * result["direct_p95_ms"] + LATENCY_SLACK_MS, 1)
         assert all(p.startswith(("avg ", "p95 ", "throughput ")) for p in result["problems"]), result
     # with one request per chat user, which of them streamed is chance: check the TTFT of those that did
     assert all(r["ttft_p95_ms"] <= r["p95_ms"] for r in saved["results"] if r["streamed"] > 0)
@@ -112,17 +124,18 @@ def test_a_short_run_is_judged_against_the_cpu_targets_through_the_gateway(stack
 
 
 def test_a_model_missing_its_target_fails_the_run_by_name(gateway, tmp_path):
-    """The gateway here fronts the fake upstream: a run's exit code and naming do not need a real engine."""
-    cat = catalogue.load(profile="cpu")
+    """The gateway here fronts the fake upstream: a run's exit code and naming do not need a real engine. The
+    gpu profile's targets are absolute."""
+    cat = catalogue.load(profile="gpu")
     victim = cat.chat_models[-1].name
     raw = yaml.safe_load(cat.path.read_text())
     entry = next(m for m in raw["models"] if m["name"] == victim)
-    entry["profiles"]["cpu"] = copy.deepcopy(entry["profiles"]["cpu"])  # the anchor is shared with other models
-    entry["profiles"]["cpu"]["targets"]["p95_latency_ms"] = 1
+    entry["profiles"]["gpu"] = copy.deepcopy(entry["profiles"]["gpu"])  # the anchor is shared with other models
+    entry["profiles"]["gpu"]["targets"]["p95_latency_ms"] = 1
     override = tmp_path / "models.yaml"
     override.write_text(yaml.safe_dump(raw))
     run = headless(gateway.url, tmp_path / "results", seconds=5, users=len(cat.chat_models),
-                   env={"HXP_PROFILE": "cpu", "HXP_CATALOGUE": str(override),
+                   env={"HXP_PROFILE": "gpu", "HXP_CATALOGUE": str(override),
                         "HXP_LOADTEST_MODELS": ",".join(m.name for m in cat.chat_models),
                         "HXP_LOADTEST_KEY": gateway.create_key()})
     assert run.returncode == 1, run.stdout
@@ -130,3 +143,31 @@ def test_a_model_missing_its_target_fails_the_run_by_name(gateway, tmp_path):
     assert verdict_row(run.stdout, victim)[-1] == "FAIL"
     failed = re.search(r"^RESULT: FAIL \((.*)\)$", run.stdout, re.M)
     assert failed and victim in failed.group(1).split(", ")
+
+
+def test_on_the_cpu_profile_a_gateway_made_slow_on_purpose_fails_against_its_engine_reached_directly(
+        gateway_factory, tmp_path):
+    """The engine is a fake upstream taking 0.3 s per request; the gateway path goes through a relay that holds
+    every request 0.25 s: a slower machine would slow both paths, this slows the gateway's alone."""
+    engine = FakeUpstream(delay=0.3).start()
+    try:
+        gateway = gateway_factory(engine.url)
+        slow = TcpRelay(gateway.port, delay=0.25).start()
+        try:
+            model = catalogue.load(profile="cpu").embedding_models[0].name
+            run = headless(f"http://127.0.0.1:{slow.port}", tmp_path, seconds=6, users=4,
+                           env={"HXP_PROFILE": "cpu", "HXP_LOADTEST_MODELS": model,
+                                "HXP_LOADTEST_KEY": gateway.create_key(),
+                                "HXP_BACKENDS": json.dumps({model: [engine.url]})})
+        finally:
+            slow.stop()
+    finally:
+        engine.stop()
+    assert run.returncode == 1, run.stdout
+    assert "targets: the engine reached directly in the same run" in run.stdout, run.stdout
+    failed = re.search(rf"^FAIL {re.escape(model)}: (.*)$", run.stdout, re.M)
+    assert failed and re.search(r"avg \d+ ms > [\d.]+ ms", failed.group(1)), run.stdout
+    result = json.loads((tmp_path / "verdict.json").read_text())["results"][0]
+    assert result["failures"] == 0 and result["direct_rps"] > 0
+    assert result["target_avg_ms"] == pytest.approx(LATENCY_RATIO * result["direct_avg_ms"] + LATENCY_SLACK_MS,
+                                                    abs=0.1)

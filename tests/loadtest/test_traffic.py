@@ -7,7 +7,7 @@ import yaml
 from pydantic import ValidationError
 
 from hxp.core import catalogue
-from hxp.loadtest import traffic
+from hxp.core import traffic
 from hxp.loadtest.keys import gateway_root
 from hxp.loadtest.plan import concurrency, models_under_test, users_needed
 

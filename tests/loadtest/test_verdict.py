@@ -5,7 +5,8 @@ import json
 import pytest
 
 from hxp.core.catalogue import Targets
-from hxp.loadtest.verdict import Recorder, Sample, Verdict, evaluate, judge, percentile
+from hxp.loadtest.verdict import (LATENCY_RATIO, LATENCY_SLACK_MS, THROUGHPUT_RATIO, Recorder, Sample, Verdict,
+                                  direct_name, evaluate, judge, percentile)
 
 TARGETS = Targets(avg_latency_ms=1000, p95_latency_ms=1500, throughput_rps=2, memory_gb=1)
 
@@ -87,7 +88,7 @@ def test_judge_covers_every_model_under_test_and_saves_json_and_csv(tmp_path):
     rec.record("unknown-to-the-run", ok(1))
     rec.stop(now=1010.0)
     models = [_Model("fast", TARGETS), _Model("slow", TARGETS), _Model("idle", TARGETS)]
-    verdict = judge(rec, models, profile="cpu", users={"fast": 2, "slow": 4}, max_failure_ratio=0.01)
+    verdict = judge(rec, models, profile="gpu", users={"fast": 2, "slow": 4}, max_failure_ratio=0.01)
 
     assert [r.model for r in verdict.results] == ["fast", "slow", "idle"]
     assert verdict.duration_s == 10
@@ -102,12 +103,43 @@ def test_judge_covers_every_model_under_test_and_saves_json_and_csv(tmp_path):
 
     json_path, csv_path = verdict.save(tmp_path / "run")
     data = json.loads(json_path.read_text())
-    assert data["passed"] is False and data["profile"] == "cpu" and data["users"] == 6
+    assert data["passed"] is False and data["profile"] == "gpu" and data["users"] == 6
     assert [(m["model"], m["passed"]) for m in data["results"]] == [("fast", True), ("slow", False), ("idle", False)]
     assert [m["users"] for m in data["results"]] == [2, 4, 0]
     rows = list(csv.DictReader(csv_path.open()))
     assert rows[1]["model"] == "slow" and rows[1]["problems"] == "avg 1400 ms > 1000 ms"
     assert float(rows[0]["rps"]) == pytest.approx(4.0)
+
+
+def test_on_the_cpu_profile_each_model_is_judged_against_its_engine_reached_directly(tmp_path):
+    """The catalogue's absolute targets do not count there: a slow machine slows both paths alike."""
+    rec = Recorder()
+    rec.start(now=1000.0)
+    for i in range(40):
+        rec.record("near", ok(3000 + i))  # far beyond TARGETS' 1000 ms, as on a slow CPU
+        rec.record(direct_name("near"), ok(2900 + i))
+        rec.record("slow", ok(400))
+        rec.record(direct_name("slow"), ok(200))
+    rec.record("fewer", ok(100))
+    for _ in range(40):
+        rec.record(direct_name("fewer"), ok(100))
+    rec.stop(now=1010.0)
+    models = [_Model("near", TARGETS), _Model("slow", TARGETS), _Model("fewer", TARGETS), _Model("alone", TARGETS)]
+    verdict = judge(rec, models, profile="cpu", users={"near": 1})
+    near, slow, fewer, alone = verdict.results
+    assert near.passed, near.problems
+    assert near.direct_avg_ms == pytest.approx(2919.5) and near.direct_rps == pytest.approx(4.0)
+    assert near.target_avg_ms == round(LATENCY_RATIO * 2919.5 + LATENCY_SLACK_MS, 1)
+    assert near.target_p95_ms == round(LATENCY_RATIO * 2937 + LATENCY_SLACK_MS, 1)
+    assert near.target_rps == round(THROUGHPUT_RATIO * 4.0, 2)
+    assert slow.problems == (f"avg 400 ms > {LATENCY_RATIO * 200 + LATENCY_SLACK_MS:g} ms",
+                             f"p95 400 ms > {LATENCY_RATIO * 200 + LATENCY_SLACK_MS:g} ms")
+    assert fewer.problems == (f"throughput 0.10 req/s < {THROUGHPUT_RATIO * 4:g} req/s",)
+    assert alone.problems[0].startswith("no successful request to the engine directly")
+    table = verdict.table()
+    assert "targets: the engine reached directly in the same run" in table
+    near_row = next(line for line in table.splitlines() if line.startswith("near "))
+    assert "2920/2937 @ 4.00" in near_row and near_row.rstrip().endswith("PASS")
 
 
 def test_a_new_run_starts_from_no_samples():

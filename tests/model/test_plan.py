@@ -7,7 +7,7 @@ import os
 import pytest
 from hxp.cli import main
 from hxp.core import catalogue
-from hxp.loadtest import traffic
+from hxp.core import traffic
 from hxp.model import plan
 
 SERVER = catalogue.load(profile="server")

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 from hxp.core import catalogue
-from hxp.loadtest import traffic
-from hxp.loadtest.traffic import CHARS_PER_TOKEN
+from hxp.core import traffic
+from hxp.core.traffic import CHARS_PER_TOKEN
 from hxp.model import plan
 from hxp.model.bench import group_rss_gib
 from hxp.process import group_pids

@@ -37,7 +37,7 @@ class Gateway:
     """One running gateway: ``.url`` (no /v1), ``.base_url`` (…/v1), ``.master_key``, ``.log``."""
 
     def __init__(self, backends: dict[str, list[str]], env: dict[str, str] | None = None, workers: int = 1,
-                 port: int | None = None, state_dir: Path | None = None) -> None:
+                 port: int | None = None, state_dir: Path | None = None, http_stack: str = "fast") -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.url}/v1"
@@ -55,13 +55,14 @@ class Gateway:
             **(env or {}),
         })
         self.workers = workers
+        self.http_stack = http_stack
         self._proc: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> "Gateway":
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "hxp.cli", "gateway", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--workers", str(self.workers)],
+                 "--port", str(self.port), "--workers", str(self.workers), "--http-stack", self.http_stack],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=die_with_parent)
         if wait:

@@ -15,11 +15,13 @@ FastAPI app with our routers). For each request, in this order:
    reading or writing (403), and so must the collection of a retrieval-augmented chat.
 
 This is the one place these decisions are made: a new route is only served once the table
-lists it, with the model and collection it names. Routes marked ``usage`` are observed from
-arrival to the last byte (:mod:`hxp.gateway.observer`), refusals included. Every answer gets an
-``x-request-id`` (the usage row's id, also given to LiteLLM as its call id) and loses the
-headers that would describe the backends (``llm_provider-*``, ``x-litellm-model-api-base``...). Every 401,
-403 and 429 answered is counted for the audit trail (:func:`hxp.gateway.audited.refused`).
+lists it, with the model and collection it names. An admitted request that the relay answers
+(:mod:`hxp.gateway.relay`: an OpenAI-wire backend's own bytes) goes there instead of LiteLLM's
+route. Routes marked ``usage`` are observed from arrival to the last byte
+(:mod:`hxp.gateway.observer`), refusals included. Every answer gets an ``x-request-id`` (the
+usage row's id, also given to LiteLLM as its call id) and loses the headers that would describe
+the backends (``llm_provider-*``, ``x-litellm-model-api-base``...). Every 401, 403 and 429
+answered is counted for the audit trail (:func:`hxp.gateway.audited.refused`).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hxp.core.context import runtime
 from hxp.core.catalogue import Model
-from hxp.gateway import audited, auth, deployments, extensions, request_log, validation
+from hxp.gateway import audited, auth, deployments, extensions, relay, request_log, validation
 from hxp.core import errors
 from hxp.gateway.auth import Caller
 from hxp.gateway.observer import Observation
@@ -83,7 +85,12 @@ class Boundary:
                 return
             if observation is not None:
                 observation.admitted()
-                await self.app(scope, receive, observation.sender(send, answer_headers))  # one wrapper for both
+                observed = observation.sender(send, answer_headers)  # one wrapper for both
+                if relay.handles(scope["path"], ctx.model, ctx.body):
+                    assert ctx.caller is not None and ctx.body is not None
+                    await relay.relay(scope, receive, observed, ctx.caller.litellm_identity(), ctx.body)
+                else:
+                    await self.app(scope, receive, observed)
             else:
                 await self.app(scope, receive, outgoing)
         finally:

@@ -12,12 +12,13 @@ from hxp.audit.trail import AuditUnavailable
 from hxp.core import settings
 from hxp.core.database import Database
 from hxp.gateway.keys import KeyStore, KeyStoreError, expiry
+from hxp.gateway.tuning import HTTP_STACKS
 
 
 def _serve(args: argparse.Namespace) -> int:
     from hxp.gateway import launcher
 
-    launcher.serve(args.host, args.port, args.workers)
+    launcher.serve(args.host, args.port, args.workers, args.http_stack)
     return 0
 
 
@@ -97,6 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (use the number of cores)")
+    serve.add_argument("--http-stack", choices=sorted(HTTP_STACKS), default="fast",
+                       help="uvicorn's HTTP parser and event loop: fast = httptools + uvloop; "
+                            "plain = h11 + asyncio (the benchmark's comparison)")
     serve.set_defaults(func=_serve)
     routes = gateway.add_parser("routes", help="the route table: every path served and who may call it")
     routes.add_argument("--unclassified", action="store_true",

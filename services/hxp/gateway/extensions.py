@@ -30,6 +30,7 @@ ROUTERS = [
     "hxp.gateway.usage:router",                 # usage pipeline lifespan: replay at start, flush at stop
     "hxp.gateway.audited:router",               # audit recorder lifespan: refusal windows, spill replay, retention
     "hxp.gateway.metrics:router",               # /metrics
+    "hxp.gateway.relay:router",                 # the relay's connection pool, closed at stop
     "hxp.vector.api:router",                    # Qdrant collections and search
     "hxp.console.routes:router",                # the operator's web console (/console)
     "hxp.conversations.api:router",     # Responses and Conversations APIs, stored state, retention

@@ -23,6 +23,7 @@ from litellm.proxy._types import UserAPIKeyAuth
 from litellm.proxy.common_utils.proxy_rate_limit_error import ProxyRateLimitError
 from litellm.proxy.hooks.parallel_request_limiter_v3 import RateLimitUnverifiableError
 
+from hxp.core.catalogue import Model
 from hxp.gateway import deployments, request_context
 from hxp.core import errors
 
@@ -50,6 +51,11 @@ def cache_hit(response: object) -> bool:
     return bool(isinstance(hidden, dict) and hidden.get("cache_hit"))
 
 
+def cacheable(model: Model, data: dict[str, Any]) -> bool:
+    """Whether a request may be answered from the response cache: temperature 0 on a model with ``api.cache``."""
+    return model.api.cache and data.get("temperature") == 0
+
+
 class GatewayHooks(CustomLogger):
     """The admitted model, cache opt-in, error shapes and the cache header."""
 
@@ -63,7 +69,7 @@ class GatewayHooks(CustomLogger):
                                    "model")
         model = ctx.model
         data["model"] = model.name  # an alias is routed, limited and logged as its model
-        if model.api.cache and data.get("temperature") == 0:
+        if cacheable(model, data):
             data["cache"] = {**(data.get("cache") or {}), "use-cache": True}
         else:
             data["caching"] = False  # LiteLLM then skips its cache lookup (~1 ms of CPU per request)

@@ -17,7 +17,7 @@ import yaml
 
 from hxp.core.context import runtime
 from hxp.core import catalogue as catalogue_module, redaction
-from hxp.gateway import auth, extensions, proxy_config
+from hxp.gateway import auth, extensions, proxy_config, tuning
 from hxp.core import settings
 from hxp.core.database import Database
 from hxp.core.paths import state_path
@@ -60,7 +60,8 @@ def write_config(cfg: settings.Settings) -> str:
     return str(path)
 
 
-def serve(host: str, port: int, workers: int = 1) -> None:
+def serve(host: str, port: int, workers: int = 1, http_stack: str = "fast") -> None:
+    """Serve the gateway app under uvicorn with its HTTP stack (:data:`hxp.gateway.tuning.HTTP_STACKS`)."""
     import uvicorn
 
     # INFO for our own loggers only: LiteLLM's loggers inherit the root level, and at INFO they would
@@ -85,6 +86,7 @@ def serve(host: str, port: int, workers: int = 1) -> None:
             extensions.resolve(path)()
     log.info("LiteLLM config written to %s; serving on %s:%d with %d worker(s)", write_config(cfg), host, port,
              workers)
+    http, loop = tuning.HTTP_STACKS[http_stack]
     uvicorn.run("hxp.gateway.app:app", host=host, port=port, workers=workers, log_level="warning",
-                access_log=False, loop="uvloop", timeout_graceful_shutdown=30,
+                access_log=False, http=http, loop=loop, timeout_graceful_shutdown=30,
                 timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)

@@ -7,9 +7,10 @@ first streamed chunk (time to first token), the usage the answer reports and the
 carries. When the response has ended (or the client went away) :meth:`Observation.finish`
 feeds the same record to the usage row, the Prometheus metrics and the JSON request log.
 
-Per streamed chunk the work is a timestamp on the first one, a bytes search for the usage chunk
+Per streamed message the work is a timestamp on the first one, a bytes search for the usage chunk
 and one for text (the chunks a client received, should it leave before the usage comes; the
-regex only where that finds none), and on a chunk without text a prefix check for LiteLLM's
+regex only where that finds none; a message of several events, as the relay passes them on, counted
+event by event), and on a chunk without text a prefix check for LiteLLM's
 error event (a stream that failed after it started is recorded as failed, with its code); nothing
 is parsed until the end, and the boundary's header edit rides on the same ``send`` wrapper
 (one per answer). Streams always ask the engine for their usage (``stream_options.include_usage``,
@@ -102,7 +103,7 @@ class Observation:
                                 return
                             message = {**message, "body": b""}  # held back, but the body still ends
                     elif _has_text(body):
-                        self.chunks_with_text += 1
+                        self.chunks_with_text += _text_events(body)
                         if keep_text:
                             self._text.append(_delta_text(body))
                     elif body.startswith(_STREAM_ERROR):
@@ -131,7 +132,7 @@ class Observation:
 
     def _usage_chunk(self, body: bytes) -> bool:
         """Read the usage a streamed chunk reports; True when it is the usage chunk to hold back from the client."""
-        self.usage.update(_tokens(body))
+        self.usage.update(usage_tokens(body))
         return self.strip_usage and b'"finish_reason"' not in body and not _has_text(body)
 
     def _stream_failed(self, body: bytes) -> None:
@@ -196,7 +197,7 @@ class Observation:
             return
         usage_at = self._tail.rfind(b'"usage":')
         if usage_at >= 0:
-            self.usage.update(_tokens(self._tail[usage_at:usage_at + 1024]))
+            self.usage.update(usage_tokens(self._tail[usage_at:usage_at + 1024]))
         if request_log.content_enabled():
             try:
                 answer = orjson.loads(self._tail)
@@ -206,7 +207,7 @@ class Observation:
                 pass
 
 
-def _tokens(data: bytes) -> dict[str, int]:
+def usage_tokens(data: bytes) -> dict[str, int]:
     """The token counts of the first usage object in ``data``."""
     found: dict[str, int] = {}
     for name, value in _TOKEN_PATTERN.findall(data):
@@ -236,6 +237,14 @@ def _has_text(body: bytes) -> bool:
     if at >= 0 and body[at + _CONTENT_LEN:at + _CONTENT_LEN + 1] not in (b'"', b""):
         return True
     return _DELTA_TEXT.search(body) is not None
+
+
+def _text_events(body: bytes) -> int:
+    """The events with text in a streamed message that has some: one, unless the relay passed on several events
+    the engine's bytes brought at once."""
+    if body.count(b"data: ") < 2:
+        return 1
+    return sum(1 for event in body.split(b"\n\n") if _has_text(event))
 
 
 def _delta_text(body: bytes) -> str:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from hxp.core import catalogue
-from hxp.loadtest import traffic
+from hxp.core import traffic
 from hxp.loadtest.plan import concurrency, models_under_test, users_needed
 
 MAX_MARGIN = 2.0  # a target looser than twice what was measured checks little (issue 11)

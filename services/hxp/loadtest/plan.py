@@ -2,14 +2,26 @@
 
 A user sends requests back to back, so by Little's law a model reaches its
 throughput target at its average-latency target with
-``throughput_rps * avg_latency_s`` users.
+``throughput_rps * avg_latency_s`` users. Under a profile whose verdict compares the gateway with
+the engine reached directly (:data:`COMPARED_PROFILES`), each model has as many users again
+sending the same requests to its engine directly, in the same run.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 
 from hxp.core.catalogue import Catalogue, CatalogueError, Model
+
+# Profiles whose load-test verdict compares the gateway path with the engine reached directly (a developer's
+# CPU measures the CPU, not the stack); the others are judged against the catalogue's absolute targets.
+COMPARED_PROFILES = frozenset({"cpu"})
+
+
+def compared(profile: str) -> bool:
+    """Whether a profile's verdict compares the gateway with the engines reached directly."""
+    return profile in COMPARED_PROFILES
 
 
 def concurrency(model: Model) -> int:
@@ -19,8 +31,22 @@ def concurrency(model: Model) -> int:
 
 
 def users_needed(models: list[Model]) -> int:
-    """Users for a run that can show every model's throughput target."""
-    return sum(concurrency(m) for m in models)
+    """Users for a run that can show every model's throughput target (and its direct twin, when compared)."""
+    return sum(concurrency(m) * (2 if compared(m.profile) else 1) for m in models)
+
+
+def engine_urls(cat: Catalogue, models: list[Model]) -> dict[str, str]:
+    """The engine base URL (…/v1) of each compared model: its first backend in HXP_BACKENDS (as the gateway is
+    given them), else where `make run` starts its engine."""
+    raw = os.environ.get("HXP_BACKENDS")
+    if raw:
+        backends: dict[str, list[str]] = json.loads(raw)
+    else:
+        from hxp.model.command import catalogue_commands
+        from hxp.runner import backends as run_backends
+
+        backends = run_backends(catalogue_commands(cat))
+    return {m.name: backends[m.name][0] for m in models if compared(m.profile) and backends.get(m.name)}
 
 
 def models_under_test(cat: Catalogue, names: str | None = None) -> list[Model]:

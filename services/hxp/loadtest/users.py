@@ -6,7 +6,9 @@ gateway's OpenAI API. A class's weight is the concurrency its model needs
 load each must carry. Importing this module imports Locust, which
 monkey-patches the process with gevent: only the locustfile should.
 Every request reports ``context["model"]``; streamed ones also
-``context["ttft_ms"]`` (time to the first content token).
+``context["ttft_ms"]`` (time to the first content token). Under a compared profile each model
+also has a twin class sending the same requests to its engine directly (``direct``), reported
+as ``<model> (direct)``.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from requests import RequestException
 from hxp.core.catalogue import Model
 from hxp.loadtest.keys import gateway_root
 from hxp.loadtest.plan import concurrency
-from hxp.loadtest.traffic import Traffic, Workload, chat_request, embedding_request
+from hxp.loadtest.verdict import direct_name
+from hxp.core.traffic import Traffic, Workload, chat_request, embedding_request
 
 
 class ModelUser(HttpUser):
@@ -33,19 +36,25 @@ class ModelUser(HttpUser):
     model: Model
     traffic: Traffic
     api_key: str = ""
+    engine_url: str = ""  # the model's engine (…/v1), for requests sent to it directly, not through the gateway
+
+    @property
+    def label(self) -> str:
+        """The name the requests are recorded and reported under."""
+        return direct_name(self.model.name) if self.engine_url else self.model.name
 
     def on_start(self) -> None:
         self.rng = random.Random()
-        self.api = gateway_root(self.host or "") + "/v1"
+        self.api = self.engine_url or gateway_root(self.host or "") + "/v1"
         if self.api_key:
             self.client.headers["Authorization"] = f"Bearer {self.api_key}"
 
     def context(self) -> dict[str, Any]:
-        return {"model": self.model.name}
+        return {"model": self.label}
 
     def _post(self, path: str, body: dict[str, Any], kind: str, **kwargs: Any) -> Any:
         """POST to the gateway, reported to Locust as ``kind`` under the model's name."""
-        resp = self.client.post(f"{self.api}{path}", json=body, name=self.model.name, catch_response=True,
+        resp = self.client.post(f"{self.api}{path}", json=body, name=self.label, catch_response=True,
                                 timeout=self.model.api.timeout_s, context={}, **kwargs)
         # locust annotates request_meta as a Mapping, but it is the dict it builds and itself writes to
         resp.request_meta["request_type"] = kind  # type: ignore[index]
@@ -150,8 +159,11 @@ def class_name(model: Model) -> str:
     return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", model.name) if part) + "User"
 
 
-def user_classes(models: list[Model], traffic: Traffic, host: str) -> list[type[ModelUser]]:
-    """One concrete Locust user class per model (chat or embedding); set ``api_key`` on them before a run."""
+def user_classes(models: list[Model], traffic: Traffic, host: str,
+                 engines: dict[str, str] | None = None) -> list[type[ModelUser]]:
+    """One concrete Locust user class per model (chat or embedding), and for each model in ``engines`` (its
+    engine's base URL) a twin sending the same requests there directly; set ``api_key`` on the gateway's
+    classes before a run."""
     classes: list[type[ModelUser]] = []
     for model in models:
         attrs: dict[str, Any] = {"model": model, "traffic": traffic, "host": host,
@@ -162,4 +174,7 @@ def user_classes(models: list[Model], traffic: Traffic, host: str) -> list[type[
         else:
             base = EmbeddingUser
         classes.append(type(class_name(model), (base,), attrs))
+        if engines and model.name in engines:
+            twin = {**attrs, "engine_url": engines[model.name]}
+            classes.append(type(class_name(model).removesuffix("User") + "DirectUser", (base,), twin))
     return classes

@@ -1,10 +1,16 @@
-"""The load-test verdict: exact per-model statistics of a run checked against the catalogue's targets.
+"""The load-test verdict: exact per-model statistics of a run checked against the model's targets.
 
 The samples are recorded in-process from every request Locust reports (not
 from its periodic CSV, which misses the last second, nor its rounded
 percentiles). Latency statistics cover successful requests; failures count
 against the failure-ratio threshold; achieved req/s is successful requests over
 the run's wall-clock window.
+
+The targets are the catalogue's (absolute: the gpu profile), or, under a compared profile
+(:data:`hxp.loadtest.plan.COMPARED_PROFILES`: cpu), the engine reached directly by the same plan in
+the same run: the gateway's avg and p95 at most LATENCY_RATIO times the direct ones plus
+LATENCY_SLACK_MS, its req/s at least THROUGHPUT_RATIO times the direct one. A slower CPU slows both
+paths alike; a slow gateway fails.
 """
 from __future__ import annotations
 
@@ -19,9 +25,19 @@ from statistics import fmean
 from typing import Any
 
 from hxp.core.catalogue import Model, Targets
+from hxp.loadtest.plan import compared
 
 DEFAULT_MAX_FAILURE_RATIO = 0.01
 TOP_ERRORS = 3
+LATENCY_RATIO = 1.15  # compared profiles: gateway avg and p95 at most this times the direct ones...
+LATENCY_SLACK_MS = 5.0  # ...plus this
+THROUGHPUT_RATIO = 0.95  # and req/s at least this times the direct one
+DIRECT_SUFFIX = " (direct)"
+
+
+def direct_name(model: str) -> str:
+    """The name the requests sent to a model's engine directly are recorded and reported under."""
+    return model + DIRECT_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -87,39 +103,67 @@ class ModelResult:
     target_rps: float
     problems: tuple[str, ...]
     errors: tuple[tuple[str, int], ...] = ()  # the most frequent failure reasons and their counts
+    direct_avg_ms: float | None = None  # compared profiles: the engine reached directly (the targets' base)
+    direct_p95_ms: float | None = None
+    direct_rps: float | None = None
 
     @property
     def passed(self) -> bool:
         return not self.problems
 
 
+@dataclass(frozen=True)
+class _Stats:
+    good: list[float]
+    ttft: list[float]
+    failures: int
+    avg: float | None
+    p95: float | None
+    rps: float
+
+    @classmethod
+    def of(cls, samples: list[Sample], window_s: float) -> _Stats:
+        good = [s.latency_ms for s in samples if s.ok]
+        return cls(good, [s.ttft_ms for s in samples if s.ok and s.ttft_ms is not None], len(samples) - len(good),
+                   fmean(good) if good else None, percentile(good, 95), len(good) / window_s if window_s > 0 else 0.0)
+
+
 def evaluate(model: str, samples: list[Sample], window_s: float, targets: Targets,
-             max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO, users: int = 0) -> ModelResult:
-    """Check one model's samples against its targets."""
-    good = [s.latency_ms for s in samples if s.ok]
-    ttft = [s.ttft_ms for s in samples if s.ok and s.ttft_ms is not None]
-    failures = len(samples) - len(good)
-    failure_ratio = failures / len(samples) if samples else 0.0
-    avg, p95 = (fmean(good) if good else None), percentile(good, 95)
-    rps = len(good) / window_s if window_s > 0 else 0.0
+             max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO, users: int = 0,
+             direct: list[Sample] | None = None) -> ModelResult:
+    """Check one model's samples against its targets, or, given the ``direct`` samples of its engine reached
+    directly in the same run, against those."""
+    stats = _Stats.of(samples, window_s)
+    failure_ratio = stats.failures / len(samples) if samples else 0.0
+    target_avg, target_p95, target_rps = targets.avg_latency_ms, targets.p95_latency_ms, targets.throughput_rps
     problems = []
-    if not good:
+    base = None if direct is None else _Stats.of(direct, window_s)
+    if base is not None:
+        if base.avg is None or base.p95 is None:
+            problems.append("no successful request to the engine directly (HXP_BACKENDS names the engines)")
+        else:
+            target_avg = round(LATENCY_RATIO * base.avg + LATENCY_SLACK_MS, 1)
+            target_p95 = round(LATENCY_RATIO * base.p95 + LATENCY_SLACK_MS, 1)
+            target_rps = round(THROUGHPUT_RATIO * base.rps, 2)
+    if stats.avg is None:
         problems.append("no successful request")
     if failure_ratio > max_failure_ratio:
         problems.append(f"failure ratio {failure_ratio:.1%} > {max_failure_ratio:.1%}")
-    if avg is not None and avg > targets.avg_latency_ms:
-        problems.append(f"avg {avg:.0f} ms > {targets.avg_latency_ms:g} ms")
-    if p95 is not None and p95 > targets.p95_latency_ms:
-        problems.append(f"p95 {p95:.0f} ms > {targets.p95_latency_ms:g} ms")
-    if rps < targets.throughput_rps:
-        problems.append(f"throughput {rps:.2f} req/s < {targets.throughput_rps:g} req/s")
+    if stats.avg is not None and stats.avg > target_avg:
+        problems.append(f"avg {stats.avg:.0f} ms > {target_avg:g} ms")
+    if stats.p95 is not None and stats.p95 > target_p95:
+        problems.append(f"p95 {stats.p95:.0f} ms > {target_p95:g} ms")
+    if stats.rps < target_rps:
+        problems.append(f"throughput {stats.rps:.2f} req/s < {target_rps:g} req/s")
     errors = Counter(s.error or "unknown" for s in samples if not s.ok).most_common(TOP_ERRORS)
     return ModelResult(
-        model=model, users=users, requests=len(samples), failures=failures,
-        avg_ms=avg, p50_ms=percentile(good, 50), p95_ms=p95,
-        streamed=len(ttft), ttft_avg_ms=fmean(ttft) if ttft else None, ttft_p95_ms=percentile(ttft, 95),
-        rps=rps, target_avg_ms=targets.avg_latency_ms, target_p95_ms=targets.p95_latency_ms,
-        target_rps=targets.throughput_rps, problems=tuple(problems), errors=tuple(errors))
+        model=model, users=users, requests=len(samples), failures=stats.failures,
+        avg_ms=stats.avg, p50_ms=percentile(stats.good, 50), p95_ms=stats.p95,
+        streamed=len(stats.ttft), ttft_avg_ms=fmean(stats.ttft) if stats.ttft else None,
+        ttft_p95_ms=percentile(stats.ttft, 95), rps=stats.rps, target_avg_ms=target_avg,
+        target_p95_ms=target_p95, target_rps=target_rps, problems=tuple(problems),
+        errors=tuple(errors), direct_avg_ms=None if base is None else base.avg,
+        direct_p95_ms=None if base is None else base.p95, direct_rps=None if base is None else base.rps)
 
 
 @dataclass(frozen=True)
@@ -150,15 +194,21 @@ class Verdict:
 
     def table(self) -> str:
         """The verdict as a fixed-width text table, with the reasons of every failure below it."""
+        compared = any(r.direct_rps is not None for r in self.results)
         head = ["model", "users", "reqs", "fail", "avg ms", "p50 ms", "p95 ms", "TTFT avg/p95 ms", "req/s",
-                "target avg/p95 ms @ req/s", "verdict"]
+                "target avg/p95 ms @ req/s", *(["direct avg/p95 ms @ req/s"] if compared else []), "verdict"]
         rows = [[r.model, str(r.users), str(r.requests), str(r.failures), _ms(r.avg_ms), _ms(r.p50_ms), _ms(r.p95_ms),
                  f"{_ms(r.ttft_avg_ms)}/{_ms(r.ttft_p95_ms)}" if r.streamed else "-", f"{r.rps:.2f}",
-                 f"{r.target_avg_ms:g}/{r.target_p95_ms:g} @ {r.target_rps:g}", "PASS" if r.passed else "FAIL"]
+                 f"{r.target_avg_ms:g}/{r.target_p95_ms:g} @ {r.target_rps:g}",
+                 *([f"{_ms(r.direct_avg_ms)}/{_ms(r.direct_p95_ms)} @ {r.direct_rps or 0:.2f}"] if compared else []),
+                 "PASS" if r.passed else "FAIL"]
                 for r in self.results]
         widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
         lines = [f"Load-test verdict: profile {self.profile}, {self.duration_s:.1f} s, {self.users} users, "
                  f"max failure ratio {self.max_failure_ratio:.1%}"]
+        if compared:
+            lines.append(f"targets: the engine reached directly in the same run, avg and p95 x {LATENCY_RATIO:g} "
+                         f"+ {LATENCY_SLACK_MS:g} ms, req/s x {THROUGHPUT_RATIO:g}")
         lines += ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
                   for row in [head, *rows]]
         for r in self.results:
@@ -189,9 +239,12 @@ def _ms(value: float | None) -> str:
 
 def judge(recorder: Recorder, models: list[Model], *, profile: str, users: dict[str, int],
           max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO) -> Verdict:
-    """The verdict of a recorded run for ``models`` (those under test, with their ``users``) against their targets."""
+    """The verdict of a recorded run for ``models`` (those under test, with their ``users``) against their targets
+    (on a compared profile, against their engines reached directly)."""
     window = recorder.window_s
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(recorder.started or time.time()))
     results = tuple(evaluate(m.name, recorder.samples.get(m.name, []), window, m.targets, max_failure_ratio,
-                             users.get(m.name, 0)) for m in models)
+                             users.get(m.name, 0),
+                             recorder.samples.get(direct_name(m.name), []) if compared(profile) else None)
+                    for m in models)
     return Verdict(profile, started, round(window, 3), sum(users.values()), max_failure_ratio, results)

@@ -88,7 +88,7 @@ def _planned(args: argparse.Namespace) -> tuple[Catalogue, Machine]:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from hxp.loadtest import traffic
+    from hxp.core import traffic
 
     try:
         cat, machine = _planned(args)

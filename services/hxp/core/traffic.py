@@ -1,4 +1,5 @@
-"""The load-test traffic: workloads read from loadtests/traffic.yaml and the requests they produce.
+"""The traffic the models get, as data: workloads read from loadtests/traffic.yaml and the requests they
+produce (the load tests send them; `hxp plan` sizes its estimates by them).
 
 A chat model's workload is chosen from its catalogue description, so no model
 is named in the traffic data or in the locustfile.
