@@ -128,7 +128,7 @@ class RedisServer:
         auth = ["--requirepass", self.password] if self.password else []
         self._proc = subprocess.Popen(
             self.where.wrap(["redis-server", "--port", str(self.port), "--bind", self.where.address, "--save", "",
-                             "--appendonly", "no", *auth]),
+                             "--appendonly", "no", "--protected-mode", "no", *auth]),
             stdout=subprocess.DEVNULL,
         )
         self.where.wait_port(self.port)

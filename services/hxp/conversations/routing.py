@@ -37,7 +37,7 @@ import httpx
 from litellm.integrations.custom_logger import CustomLogger
 
 from hxp.core.context import Runtime, runtime
-from hxp.gateway.deployments import engine_root
+from hxp.gateway.deployments import backend_urls, engine_root
 from hxp.gateway.engines import queue_lengths
 
 SESSION_HEADER = "x-hxp-session-id"
@@ -92,25 +92,28 @@ class EngineState:
 
 
 class EngineStates:
-    """Each engine's state by root URL, refreshed in the background at most every PROBE_INTERVAL_S."""
+    """The state of each engine serving a model with several (by root URL), refreshed in the background at most
+    every PROBE_INTERVAL_S, while requests come (also those LiteLLM routes alone because the others cool down)."""
 
-    def __init__(self) -> None:
+    def __init__(self, roots: Sequence[str]) -> None:
+        self.roots = sorted(set(roots))
         self._states: dict[str, EngineState] = {}
         self._probed_at = float("-inf")
         self._refresh: asyncio.Task | None = None
 
-    def get(self, roots: Sequence[str]) -> dict[str, EngineState]:
-        """The latest known states of these engines (unknown ones are absent); starts a refresh when due."""
+    def current(self) -> dict[str, EngineState]:
+        """The latest known states (engines not probed yet are absent); starts a refresh when one is due."""
         now = time.monotonic()
-        if now - self._probed_at >= PROBE_INTERVAL_S and (self._refresh is None or self._refresh.done()):
+        due = now - self._probed_at >= PROBE_INTERVAL_S and (self._refresh is None or self._refresh.done())
+        if self.roots and due:
             self._probed_at = now
-            self._refresh = asyncio.get_running_loop().create_task(self._probe_all(sorted(set(roots))))
-        return {root: self._states[root] for root in roots if root in self._states}
+            self._refresh = asyncio.get_running_loop().create_task(self._probe_all())
+        return self._states
 
-    async def _probe_all(self, roots: list[str]) -> None:
+    async def _probe_all(self) -> None:
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
-            states = await asyncio.gather(*(self._probe(client, root) for root in roots))
-        self._states.update(zip(roots, states, strict=True))
+            states = await asyncio.gather(*(self._probe(client, root) for root in self.roots))
+        self._states = dict(zip(self.roots, states, strict=True))
 
     @staticmethod
     async def _probe(client: httpx.AsyncClient, root: str) -> EngineState:
@@ -123,7 +126,9 @@ class EngineStates:
 
 
 def _engine_states(rt: Runtime) -> EngineStates:
-    return EngineStates()
+    cfg = rt.settings
+    replicas = [backend_urls(m, cfg.backends, cfg.backend_url_template) for m in rt.catalogue.models]
+    return EngineStates([engine_root(url) for urls in replicas if len(urls) > 1 for url in urls])
 
 
 class EngineRouting(CustomLogger):
@@ -131,9 +136,9 @@ class EngineRouting(CustomLogger):
 
     async def async_filter_deployments(self, model: str, healthy_deployments: list, messages: Any,
                                        request_kwargs: dict | None = None, parent_otel_span: Any = None) -> list:
+        states = runtime().get(_engine_states).current()
         if len(healthy_deployments) < 2:
             return healthy_deployments
-        states = runtime().get(_engine_states).get([engine_root(_backend(d)) for d in healthy_deployments])
         candidates = [d for d in healthy_deployments
                       if states.get(engine_root(_backend(d)), EngineState(True, None)).up] or healthy_deployments
         session = _session(request_kwargs)
