@@ -121,6 +121,8 @@ class EngineStates:
             queues = await queue_lengths(client, root)
         except httpx.HTTPError:
             return EngineState(up=False, queue=None)
+        except ValueError:  # it answered, but with no Prometheus text
+            return EngineState(up=True, queue=None)
         known = [v for v in queues.values() if v is not None]
         return EngineState(up=True, queue=sum(known) if known else None)
 
