@@ -35,12 +35,12 @@ from hxp.model.service import Engine, start_engine
 from tests.support.gateway import Gateway, GatewayFactory
 from tests.support.servers import free_port
 
-PROMPTS = int(os.environ.get("BENCH_PREFIX_PROMPTS", "10"))
-REQUESTS = int(os.environ.get("BENCH_PREFIX_REQUESTS", "60"))
+PROMPTS = int(os.environ.get("BENCH_PREFIX_PROMPTS", "8"))
+REQUESTS = int(os.environ.get("BENCH_PREFIX_REQUESTS", "48"))
 CONCURRENCY = int(os.environ.get("BENCH_PREFIX_CONCURRENCY", "2"))
-KV_BLOCKS = int(os.environ.get("BENCH_PREFIX_KV_BLOCKS", "46"))  # some 4.5 of the 10 prompts (10 blocks each)
+KV_BLOCKS = int(os.environ.get("BENCH_PREFIX_KV_BLOCKS", "34"))  # some 3 of the 8 prompts (10 blocks each)
 PROMPT_WORDS = 220
-MAX_MODEL_LEN = 1024  # vLLM wants one whole sequence to fit the KV cache (46 blocks of 32 tokens: 1472)
+MAX_MODEL_LEN = 1024  # vLLM wants one whole sequence to fit the KV cache (34 blocks of 32 tokens: 1088)
 TARGET_TTFT_RATIO = 0.5
 WORDS = [
     "river",
