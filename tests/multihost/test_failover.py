@@ -18,6 +18,7 @@ from tests.support.load import Outcome, SteadyLoad, recovery
 TIMEOUT_S = catalogue.load().get(MODEL).api.timeout_s  # the model's request timeout: nothing may wait longer
 HANG_GUARD_S = 120.0
 SLOW_S = 1.0  # an answer slower than this counts as not yet recovered (a normal one takes some 50 ms)
+CLIENT_TIMEOUT_S = 15.0  # a client's own timeout: its request in flight on an unplugged gateway never returns
 UNAFFECTED_GUARD_S = 10.0  # far above a normal answer, far below waiting on a lost host
 OUTAGE_S = 8.0  # how long a link stays cut: the load runs on meanwhile
 
@@ -29,10 +30,10 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = HANG_GUA
         time.sleep(0.2)
 
 
-def loads(cluster: Cluster, keys: list[str]) -> list[SteadyLoad]:
-    """One steady load per gateway, from the clients host."""
+def loads(cluster: Cluster, keys: list[str], timeout_s: float = TIMEOUT_S + 30) -> list[SteadyLoad]:
+    """One steady load per gateway, from the clients host, its clients giving up after ``timeout_s``."""
     return [
-        SteadyLoad(cluster.clients, gw.base_url, key, MODEL, timeout_s=TIMEOUT_S + 30).start()
+        SteadyLoad(cluster.clients, gw.base_url, key, MODEL, timeout_s=timeout_s).start()
         for gw, key in zip(cluster.gateways, keys, strict=True)
     ]
 
@@ -90,7 +91,7 @@ def test_an_engine_host_unplugged_mid_load(cluster: Cluster) -> None:
 
 
 def test_a_gateway_host_unplugged_mid_load(cluster: Cluster) -> None:
-    running = loads(cluster, keys(cluster))
+    running = loads(cluster, keys(cluster), timeout_s=CLIENT_TIMEOUT_S)
     wait_for(lambda: all(load.answered() >= 20 for load in running), "traffic through both gateways")
     cut_at = time.monotonic()
     cluster.gateway_hosts[0].cut()
