@@ -7,7 +7,7 @@ VENV := .venv
 ENGINE_VENV := .venv-engine
 HXP := $(VENV)/bin/hxp
 APT_PACKAGES := postgresql redis-server prometheus prometheus-node-exporter \
-	prometheus-postgres-exporter prometheus-redis-exporter prometheus-alertmanager systemd chromium
+	prometheus-postgres-exporter prometheus-redis-exporter prometheus-alertmanager systemd chromium iproute2 nftables
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HXP_ENGINE_PYTHON ?= $(CURDIR)/$(ENGINE_VENV)/bin/python
 
@@ -299,6 +299,18 @@ bench-streaming: $(VENV)/.installed  ## streaming table: direct vs bare LiteLLM 
 	$(VENV)/bin/python -m bench.gateway_streaming
 
 bench: bench-gateway bench-streaming  ## every benchmark (prints markdown tables)
+
+# --- several hosts: failover and prefix-aware routing (tests/multihost, bench/prefix_routing.py) -------------
+# The hosts are network namespaces (root and iproute2 needed; without them the tests skip and say why).
+.PHONY: multihost-test bench-prefix
+
+multihost-test: $(VENV)/.installed system-deps  ## failover across hosts (network namespaces): an engine, a gateway and the database cut under load
+	$(VENV)/bin/pytest -ra tests/multihost $(PYTEST_ARGS)
+
+bench-prefix: prepare  ## prefix-aware vs LiteLLM's default routing on two real CPU engines: TTFT p50/p95, requests/s, verdict
+	$(VENV)/bin/python -m bench.prefix_routing
+
+bench: bench-prefix
 
 # --- vector search (owner: vector) ------------------------------------------------
 .PHONY: bench-vector vector-test

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hxp.core import catalogue
+from hxp.core import catalogue, context
 from hxp.gateway import relay
 from tests.support.servers import free_port
 
@@ -75,7 +75,6 @@ def _router(providers: dict[str, str]) -> Any:
 ])
 def test_what_the_relay_answers(monkeypatch, path, body, relayed):
     monkeypatch.setattr(relay, "_proxy", lambda: _router({CHAT.name: "openai"}))
-    monkeypatch.setattr(relay, "_wire", {})
     model = dataclasses.replace(CHAT, api=CHAT.api.model_copy(update={"cache": True}))
     assert relay.handles(path, model, {"model": CHAT.name, **body}) is relayed
 
@@ -87,7 +86,7 @@ def test_a_backend_of_another_provider_keeps_litellms_path_and_so_does_a_model_f
                                ({model.name: "anthropic", fallback: "openai"}, False),
                                ({model.name: "openai", fallback: "anthropic"}, False)):
         monkeypatch.setattr(relay, "_proxy", lambda providers=providers: _router(providers))
-        monkeypatch.setattr(relay, "_wire", {})
+        context.use()  # a fresh runtime: nothing known of the providers yet
         assert relay.handles("/v1/chat/completions", model, {"model": model.name, "messages": USER}) is relayed
 
 

@@ -2,7 +2,8 @@
 
 Serves /v1/chat/completions (streamed and not), /v1/completions, /v1/embeddings,
 /v1/models, /health, vLLM's /tokenize (one token per word) and its queue gauges on /metrics
-(requests being answered) for any model name, with an optional fixed delay. It counts
+(requests being answered, and as many waiting as told: POST /_queue?waiting=N) for any model name,
+with an optional fixed delay. It counts
 the requests it served (GET /_stats, POST /_reset) so tests can prove that a request
 never reached a backend, keeps the bodies of the latest model requests in order
 (GET /_requests), and can be told to fail its health check (POST /_health?ok=0).
@@ -36,7 +37,7 @@ from urllib.parse import parse_qsl
 import httpx
 
 from tests.support.lifetime import die_with_parent
-from tests.support.servers import free_port, wait_port
+from tests.support.servers import LOOPBACK, Where, free_port
 
 REPLY_WORDS = ["Hello", "from", "the", "fake", "upstream", "."]
 EMBEDDING_DIM = 8
@@ -75,6 +76,7 @@ class Upstream:
         self.health_checks = 0
         self.requests: deque[dict[str, Any]] = deque(maxlen=REQUESTS_KEPT)  # latest model request bodies
         self.running = 0  # requests being answered now (vllm:num_requests_running on /metrics)
+        self.waiting = 0.0  # vllm:num_requests_waiting on /metrics, as told (POST /_queue)
         self.streams: Counter[str] = Counter()  # completed | cut | broken
         self.cut_after: list[int] = []  # text chunks each cut stream had sent
 
@@ -120,6 +122,9 @@ class Upstream:
             self.chunk_rate = float(params["rate"]) if params.get("rate") else None
             self.break_after = int(params["break_after"]) if params.get("break_after") else None
             await _json(send, {"words": self.reply_words, "rate": self.chunk_rate, "break_after": self.break_after})
+        elif path == "/_queue" and method == "POST":
+            self.waiting = float(dict(parse_qsl(query)).get("waiting", 0))
+            await _json(send, {"waiting": self.waiting})
         elif path == "/_health" and method == "POST":
             self.healthy = "ok=0" not in query
             await _json(send, {"healthy": self.healthy})
@@ -131,7 +136,7 @@ class Upstream:
             await _text(send, "# TYPE vllm:num_requests_running gauge\n"
                               f'vllm:num_requests_running{{engine="0",model_name="fake"}} {float(self.running)}\n'
                               "# TYPE vllm:num_requests_waiting gauge\n"
-                              'vllm:num_requests_waiting{engine="0",model_name="fake"} 0.0\n')
+                              f'vllm:num_requests_waiting{{engine="0",model_name="fake"}} {self.waiting}\n')
         elif path == "/v1/models":
             await _json(send, {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "fake"}]})
         elif method == "POST" and path in MODEL_PATHS:
@@ -269,13 +274,16 @@ async def _send(send: Send, data: bytes, content_type: bytes, status: int = 200)
 
 
 class FakeUpstream:
-    """A fake upstream process on a free 127.0.0.1 port; ``.url`` is its OpenAI base URL (…/v1)."""
+    """A fake upstream process on a free port of 127.0.0.1 (or of the host ``where`` names); ``.url`` is its
+    OpenAI base URL (…/v1)."""
 
-    def __init__(self, delay: float = 0.0, port: int | None = None, forward: str | None = None) -> None:
+    def __init__(self, delay: float = 0.0, port: int | None = None, forward: str | None = None,
+                 where: Where = LOOPBACK) -> None:
+        self.where = where
         self.port = port or free_port()
         self.delay = delay
         self.forward = forward
-        self.root = f"http://127.0.0.1:{self.port}"
+        self.root = f"http://{where.address}:{self.port}"
         self.url = f"{self.root}/v1"
         self._proc: subprocess.Popen | None = None
 
@@ -284,10 +292,10 @@ class FakeUpstream:
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
         forward = ["--forward", self.forward] if self.forward else []
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.fake_upstream", "--port", str(self.port), "--delay", str(self.delay),
-             *forward],
+            self.where.wrap([sys.executable, "-m", "tests.support.fake_upstream", "--host", self.where.address,
+                             "--port", str(self.port), "--delay", str(self.delay), *forward]),
             cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
-        wait_port(self.port)
+        self.where.wait_port(self.port)
         return self
 
     def stop(self) -> None:
@@ -299,21 +307,29 @@ class FakeUpstream:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def _control(self, method: str, path: str) -> httpx.Response:
+        """A call to one of its own routes, made from where it runs."""
+        return self.where.call(httpx.request, method, f"{self.root}{path}", timeout=5)
+
     def stats(self) -> dict[str, Any]:
-        return httpx.get(f"{self.root}/_stats", timeout=5).json()
+        return self._control("GET", "/_stats").json()
 
     def requests(self) -> list[dict[str, Any]]:
         """The bodies of the latest model requests it received, oldest first."""
-        return httpx.get(f"{self.root}/_requests", timeout=5).json()
+        return self._control("GET", "/_requests").json()
 
     def requests_served(self) -> int:
         return int(self.stats()["total"])
 
     def reset(self) -> None:
-        httpx.post(f"{self.root}/_reset", timeout=5)
+        self._control("POST", "/_reset")
 
     def set_healthy(self, ok: bool) -> None:
-        httpx.post(f"{self.root}/_health?ok={int(ok)}", timeout=5)
+        self._control("POST", f"/_health?ok={int(ok)}")
+
+    def set_waiting(self, waiting: int) -> None:
+        """Report this many waiting requests on /metrics (as an engine with a queue)."""
+        self._control("POST", f"/_queue?waiting={waiting}").raise_for_status()
 
     def set_reply(self, words: int = len(REPLY_WORDS), rate: float | None = None,
                   break_after: int | None = None) -> None:
@@ -321,7 +337,7 @@ class FakeUpstream:
         broken off after ``break_after`` text chunks (None: never)."""
         query = f"words={words}" + (f"&rate={rate}" if rate else "") + (
             f"&break_after={break_after}" if break_after is not None else "")
-        httpx.post(f"{self.root}/_reply?{query}", timeout=5).raise_for_status()
+        self._control("POST", f"/_reply?{query}").raise_for_status()
 
     def stream_outcomes(self) -> dict[str, Any]:
         """{"completed": n, "cut": n, "broken": n, "cut_after_chunks": [text chunks each cut stream had sent]}."""

@@ -17,13 +17,13 @@ import httpx
 
 from hxp.core import catalogue
 from tests.support.lifetime import die_with_parent
-from tests.support.servers import free_port
+from tests.support.servers import LOOPBACK, Where, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0
 # Variables of the developer's shell that must not leak into a test gateway unless a test sets them.
 _ISOLATED = ("DATABASE_URL", "HXP_DATABASE_URL", "REDIS_URL", "HXP_BACKENDS", "HXP_BACKEND_URL_TEMPLATE",
-             "HXP_MASTER_KEY", "HXP_STATE_DIR", "HXP_RATE_LIMIT_FAIL_CLOSED", "HXP_CACHE_TTL_S",
+             "HXP_PREFIX_ROUTING", "HXP_MASTER_KEY", "HXP_STATE_DIR", "HXP_RATE_LIMIT_FAIL_CLOSED", "HXP_CACHE_TTL_S",
              "HXP_KEY_CACHE_TTL_S", "LITELLM_MASTER_KEY", "CONFIG_FILE_PATH")
 
 
@@ -34,12 +34,15 @@ def all_models(url: str | list[str]) -> dict[str, list[str]]:
 
 
 class Gateway:
-    """One running gateway: ``.url`` (no /v1), ``.base_url`` (…/v1), ``.master_key``, ``.log``."""
+    """One running gateway: ``.url`` (no /v1), ``.base_url`` (…/v1), ``.master_key``, ``.log``; on this machine
+    or ``where`` says (another host: its HTTP helpers must then be called from a host that reaches it)."""
 
     def __init__(self, backends: dict[str, list[str]], env: dict[str, str] | None = None, workers: int = 1,
-                 port: int | None = None, state_dir: Path | None = None, http_stack: str = "fast") -> None:
+                 port: int | None = None, state_dir: Path | None = None, http_stack: str = "fast",
+                 where: Where = LOOPBACK) -> None:
+        self.where = where
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{where.address}:{self.port}"
         self.base_url = f"{self.url}/v1"
         self.master_key = "sk-master-" + secrets.token_hex(16)
         self._own_state = state_dir is None
@@ -61,8 +64,9 @@ class Gateway:
     def start(self, wait: bool = True) -> "Gateway":
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "hxp.cli", "gateway", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--workers", str(self.workers), "--http-stack", self.http_stack],
+                self.where.wrap([sys.executable, "-m", "hxp.cli", "gateway", "serve", "--host", self.where.address,
+                                 "--port", str(self.port), "--workers", str(self.workers),
+                                 "--http-stack", self.http_stack]),
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=die_with_parent)
         if wait:
@@ -70,6 +74,9 @@ class Gateway:
         return self
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        self.where.call(self._wait_ready, timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:

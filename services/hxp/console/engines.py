@@ -11,13 +11,12 @@ import asyncio
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from hxp.gateway import deployments
+from hxp.gateway.engines import queue_lengths
 from hxp.gateway.health import PROBE_TIMEOUT_S, Readiness
 from hxp.core.redaction import redact
 
-QUEUE_METRICS = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
 MAX_AGE_S = 2.0
 
 
@@ -27,26 +26,9 @@ async def _served_names(client: httpx.AsyncClient, root: str) -> list[str]:
     return sorted(str(m.get("id")) for m in response.json().get("data", []) if isinstance(m, dict))
 
 
-async def _queues(client: httpx.AsyncClient, root: str) -> dict[str, float | None]:
-    """Running and waiting requests from the engine's Prometheus metrics (None where it exports none)."""
-    found: dict[str, float | None] = dict.fromkeys(QUEUE_METRICS.values())
-    try:
-        response = await client.get(f"{root}/metrics")
-    except httpx.HTTPError:
-        return found
-    if response.status_code != 200:
-        return found
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            name = QUEUE_METRICS.get(sample.name)
-            if name is not None:
-                found[name] = (found[name] or 0.0) + sample.value
-    return found
-
-
 async def _report(client: httpx.AsyncClient, root: str) -> dict[str, Any]:
     try:
-        names, queues = await asyncio.gather(_served_names(client, root), _queues(client, root))
+        names, queues = await asyncio.gather(_served_names(client, root), queue_lengths(client, root))
     except (httpx.HTTPError, ValueError) as exc:
         return {"served_names": [], "running": None, "waiting": None,
                 "error": redact(f"{type(exc).__name__}: {exc}")[:300]}

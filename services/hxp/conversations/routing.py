@@ -1,36 +1,69 @@
-"""Session affinity: every turn of a conversation goes to the same backend while it is healthy.
+"""Which engine serves a request, when a model has several: healthy ones first, a session's one, else a prefix's.
 
-vLLM keeps the prompt prefixes it has computed (prefix caching); a conversation whose turns all
-reach one engine reuses its history's cache instead of computing it again. As the vLLM
-production-stack router does, the session id is hashed consistently over the healthy backends
-(rendezvous hashing: each backend scores ``sha256(session, backend)`` and the highest wins), so
-a session stays where it is while its backend is healthy, moves only when that one fails (and
-comes back when it recovers), and different sessions spread evenly. Replicas of the gateway
-agree without sharing any state.
+vLLM keeps the prompt prefixes it has computed (prefix caching); requests reaching the engine that
+already holds their prefix skip computing it again. :class:`EngineRouting` is a LiteLLM callback whose
+``async_filter_deployments`` narrows the router's healthy deployments (those not cooling down after a
+failure), in this order:
 
-A request carries its session in the ``x-hxp-session-id`` header: /v1/responses sets it on the
-chat completion it makes (the conversation's id, or the first response of a chain), and any
-chat client may send it too. :class:`SessionAffinity` is a LiteLLM callback whose
-``async_filter_deployments`` narrows the router's healthy deployments (those not cooling down
-after a failure) to the session's one.
+1. **Health.** Engines whose last probe failed are left out (unless every one did). Each gateway worker
+   probes its engines' ``/metrics`` at most every ``PROBE_INTERVAL_S`` while requests come, in the
+   background (a request never waits for a probe); a probe that fails or takes longer than
+   ``PROBE_TIMEOUT_S`` marks the engine down until one succeeds.
+2. **Session.** A request naming its session (``x-hxp-session-id``: /v1/responses sets it on the chat
+   completion it makes, any chat client may send it) goes to the session's engine: as the vLLM
+   production-stack router does, the session id is hashed consistently over the engines (rendezvous
+   hashing: each engine scores ``sha256(key, engine)`` and the highest wins), so a session stays where
+   it is while its engine is healthy, moves only when that one fails (and comes back when it recovers),
+   and different sessions spread evenly. Replicas of the gateway agree without sharing any state.
+3. **Prefix** (HXP_PREFIX_ROUTING, on by default). Otherwise a chat request's leading messages (all but
+   the last: the system prompt and the conversation so far, their first ``PREFIX_CHARS`` characters)
+   are the key of the same hashing, so requests sharing them meet their cached prefix on one engine,
+   balanced against load: the first engine in the key's order whose queue (running plus waiting
+   requests, vLLM's ``vllm:num_requests_running`` and ``vllm:num_requests_waiting``) is at most
+   ``MAX_EXTRA_QUEUE`` longer than the shortest one serves it. A request with a single message has no
+   prefix to share and keeps LiteLLM's own choice.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from typing import Any, Sequence
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import httpx
 from litellm.integrations.custom_logger import CustomLogger
 
+from hxp.core.context import Runtime, runtime
+from hxp.gateway.deployments import backend_urls, engine_root
+from hxp.gateway.engines import queue_lengths
+
 SESSION_HEADER = "x-hxp-session-id"
+PROBE_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 1.0
+PREFIX_CHARS = 8192
+MAX_EXTRA_QUEUE = 4.0
 
 
-def _score(session: str, backend: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{session}\x00{backend}".encode()).digest()[:8], "big")
+def _score(key: str, backend: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{key}\x00{backend}".encode()).digest()[:8], "big")
 
 
-def rank(session: str, backends: Sequence[str]) -> list[str]:
-    """The backends in the order a session prefers them (the first healthy one serves it)."""
-    return sorted(backends, key=lambda backend: _score(session, backend), reverse=True)
+def rank(key: str, backends: Sequence[str]) -> list[str]:
+    """The backends in the order a session (or prefix) key prefers them (the first healthy one serves it)."""
+    return sorted(backends, key=lambda backend: _score(key, backend), reverse=True)
+
+
+def prefix_key(messages: Any) -> str | None:
+    """The key of a chat request's shared prefix: its leading messages (all but the last), their first
+    PREFIX_CHARS characters; None for a request with one message or none."""
+    if not isinstance(messages, list) or len(messages) < 2:
+        return None
+    leading = json.dumps([[m.get("role"), m.get("content")] if isinstance(m, dict) else m for m in messages[:-1]],
+                         sort_keys=True, default=str)
+    return "prefix\x00" + leading[:PREFIX_CHARS]
 
 
 def _session(request_kwargs: dict[str, Any] | None) -> str | None:
@@ -48,15 +81,84 @@ def _backend(deployment: dict[str, Any]) -> str:
     return str((deployment.get("litellm_params") or {}).get("api_base") or deployment.get("model_info", {}).get("id"))
 
 
-class SessionAffinity(CustomLogger):
-    """Routes a request with a session to the session's backend among the healthy ones."""
+
+
+@dataclass
+class EngineState:
+    """What the last probe of an engine found: whether it answered, and its queue (None: not exported)."""
+
+    up: bool
+    queue: float | None
+
+
+class EngineStates:
+    """The state of each engine serving a model with several (by root URL), refreshed in the background at most
+    every PROBE_INTERVAL_S, while requests come (also those LiteLLM routes alone because the others cool down)."""
+
+    def __init__(self, roots: Sequence[str]) -> None:
+        self.roots = sorted(set(roots))
+        self._states: dict[str, EngineState] = {}
+        self._probed_at = float("-inf")
+        self._refresh: asyncio.Task | None = None
+
+    def current(self) -> dict[str, EngineState]:
+        """The latest known states (engines not probed yet are absent); starts a refresh when one is due."""
+        now = time.monotonic()
+        due = now - self._probed_at >= PROBE_INTERVAL_S and (self._refresh is None or self._refresh.done())
+        if self.roots and due:
+            self._probed_at = now
+            self._refresh = asyncio.get_running_loop().create_task(self._probe_all())
+        return self._states
+
+    async def _probe_all(self) -> None:
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
+            states = await asyncio.gather(*(self._probe(client, root) for root in self.roots))
+        self._states = dict(zip(self.roots, states, strict=True))
+
+    @staticmethod
+    async def _probe(client: httpx.AsyncClient, root: str) -> EngineState:
+        try:
+            queues = await queue_lengths(client, root)
+        except httpx.HTTPError:
+            return EngineState(up=False, queue=None)
+        except ValueError:  # it answered, but with no Prometheus text
+            return EngineState(up=True, queue=None)
+        known = [v for v in queues.values() if v is not None]
+        return EngineState(up=True, queue=sum(known) if known else None)
+
+
+def _engine_states(rt: Runtime) -> EngineStates:
+    cfg = rt.settings
+    replicas = [backend_urls(m, cfg.backends, cfg.backend_url_template) for m in rt.catalogue.models]
+    return EngineStates([engine_root(url) for urls in replicas if len(urls) > 1 for url in urls])
+
+
+class EngineRouting(CustomLogger):
+    """Narrows a model's deployments to the healthy engines, then to the session's or the prefix's one."""
 
     async def async_filter_deployments(self, model: str, healthy_deployments: list, messages: Any,
                                        request_kwargs: dict | None = None, parent_otel_span: Any = None) -> list:
-        session = _session(request_kwargs)
-        if session is None or len(healthy_deployments) < 2:
+        states = runtime().get(_engine_states).current()
+        if len(healthy_deployments) < 2:
             return healthy_deployments
-        return [max(healthy_deployments, key=lambda d: _score(session, _backend(d)))]
+        candidates = [d for d in healthy_deployments
+                      if states.get(engine_root(_backend(d)), EngineState(True, None)).up] or healthy_deployments
+        session = _session(request_kwargs)
+        if session is not None:
+            return [max(candidates, key=lambda d: _score(session, _backend(d)))]
+        key = prefix_key(messages) if runtime().settings.prefix_routing else None
+        if key is None or len(candidates) < 2:
+            return candidates
+        return [_least_busy_preferred(key, candidates, states)]
 
 
-session_affinity = SessionAffinity()
+def _least_busy_preferred(key: str, candidates: list, states: dict[str, EngineState]) -> dict:
+    """The first of the key's engines whose queue is at most MAX_EXTRA_QUEUE longer than the shortest."""
+    ranked = sorted(candidates, key=lambda d: _score(key, _backend(d)), reverse=True)
+    queues = [states[root].queue if root in states else None for root in (engine_root(_backend(d)) for d in ranked)]
+    shortest = min((q for q in queues if q is not None), default=0.0)
+    within = (d for d, q in zip(ranked, queues, strict=True) if q is None or q <= shortest + MAX_EXTRA_QUEUE)
+    return next(within, ranked[0])
+
+
+engine_routing = EngineRouting()

@@ -14,6 +14,9 @@
 |                            | evict a valid key)                                               |                   |
 | HXP_BACKENDS               | JSON {model name: [base URL, ...]} overriding the template       | none              |
 | HXP_BACKEND_URL_TEMPLATE   | base URL of each model's engine, with {name} and {port}          | http://127.0.0.1:{port}/v1 |
+| HXP_PREFIX_ROUTING         | send chat requests sharing their leading messages to the same    | true              |
+|                            | engine of a model (hxp.conversations.routing); off: LiteLLM's    |                   |
+|                            | own choice                                                       |                   |
 | HXP_MAX_BODY_BYTES         | largest request body accepted (413 beyond)                       | 10485760 (10 MiB) |
 | HXP_MAX_INPUTS             | most items in an embeddings `input` or a completions `prompt`    | 2048              |
 |                            | list                                                             |                   |
@@ -75,6 +78,7 @@ class Settings(BaseSettings):
     unknown_key_cache_size: int = Field(10_000, gt=0, validation_alias="HXP_UNKNOWN_KEY_CACHE_SIZE")
     backends: dict[str, list[str]] = Field(default_factory=dict, validation_alias="HXP_BACKENDS")
     backend_url_template: str = Field(DEFAULT_BACKEND_URL_TEMPLATE, validation_alias="HXP_BACKEND_URL_TEMPLATE")
+    prefix_routing: Annotated[bool, NoDecode] = Field(True, validation_alias="HXP_PREFIX_ROUTING")
     max_body_bytes: int = Field(10 * 2**20, gt=0, validation_alias="HXP_MAX_BODY_BYTES")
     max_inputs: int = Field(2048, gt=0, validation_alias="HXP_MAX_INPUTS")
     metrics_token: SecretStr | None = Field(None, validation_alias="HXP_METRICS_TOKEN")
@@ -94,7 +98,7 @@ class Settings(BaseSettings):
     audit_retention_days: float = Field(365.0, gt=0, validation_alias="HXP_AUDIT_RETENTION_DAYS")
     audit_refusal_window_s: float = Field(60.0, gt=0, validation_alias="HXP_AUDIT_REFUSAL_WINDOW_S")
 
-    @field_validator("rate_limit_fail_closed", "openapi", "request_log_content", mode="before")
+    @field_validator("rate_limit_fail_closed", "openapi", "request_log_content", "prefix_routing", mode="before")
     @classmethod
     def _flag(cls, value: Any) -> bool:
         return value if isinstance(value, bool) else str(value).strip().lower() in _TRUE

@@ -1,4 +1,5 @@
-"""The local processes serving a model's backends: their memory and CPU, for the usage rollup and the metrics.
+"""The engines serving a model's backends: their queues (vLLM's /metrics) and, for the local processes, their
+memory and CPU, for the usage rollup and the metrics.
 
 A backend on this machine (loopback URL) is found as the process listening on its
 port, with its children (vLLM's engine core and workers); a remote one is unknown.
@@ -9,9 +10,27 @@ import time
 from typing import Iterable
 from urllib.parse import urlsplit
 
+import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+QUEUE_METRICS = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
+
+
+async def queue_lengths(client: httpx.AsyncClient, root: str) -> dict[str, float | None]:
+    """An engine's running and waiting requests from its Prometheus metrics (summed over their label sets; None
+    where it exports none, or answers /metrics with an error). A failed connection raises httpx.HTTPError."""
+    found: dict[str, float | None] = dict.fromkeys(QUEUE_METRICS.values())
+    response = await client.get(f"{root}/metrics")
+    if response.status_code != 200:
+        return found
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            name = QUEUE_METRICS.get(sample.name)
+            if name is not None:
+                found[name] = (found[name] or 0.0) + sample.value
+    return found
 
 
 class EngineProcesses:

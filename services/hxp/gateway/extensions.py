@@ -19,7 +19,7 @@ from typing import Any
 CALLBACKS = [
     "hxp.gateway.hooks:gateway_hooks",          # the admitted model, cache opt-in, error shapes
     "hxp.vector.rag:rag_hook",                  # retrieval-augmented prompts
-    "hxp.conversations.routing:session_affinity",  # a session's turns to one backend (prefix cache)
+    "hxp.conversations.routing:engine_routing",  # healthy engines; a session or a prompt prefix to one
 ]
 
 ROUTERS = [

@@ -28,6 +28,11 @@ log = logging.getLogger("hxp.gateway")
 # LiteLLM's retry back-off (seconds). Its defaults (0.5 doubling, up to 8, plus 0.75 jitter) make a
 # request to a dead single-replica backend wait seconds before its 503; engines are local, so retry fast.
 RETRY_BACKOFF = {"INITIAL_RETRY_DELAY": "0.05", "MAX_RETRY_DELAY": "1.0", "JITTER": "0.05"}
+# TCP keep-alive on the connections to the engines: a request waiting on an engine whose host went away
+# (no reset ever comes) fails after about KEEPIDLE + KEEPINTVL * KEEPCNT seconds instead of the model's
+# timeout, and the router retries it on another engine (it had no first byte yet).
+UPSTREAM_KEEPALIVE = {"AIOHTTP_SO_KEEPALIVE": "true", "AIOHTTP_TCP_KEEPIDLE": "2", "AIOHTTP_TCP_KEEPINTVL": "1",
+                      "AIOHTTP_TCP_KEEPCNT": "3"}
 
 
 # How long uvicorn waits for a worker's answer before it kills it as hung. Its default (5 s) is shorter
@@ -42,7 +47,7 @@ def prepare_environment() -> settings.Settings:
     os.environ.pop("DATABASE_URL", None)
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     os.environ.setdefault("LITELLM_LOG", "WARNING")
-    for name, value in RETRY_BACKOFF.items():
+    for name, value in {**RETRY_BACKOFF, **UPSTREAM_KEEPALIVE}.items():
         os.environ.setdefault(name, value)
     problem = cfg.master_key_problem()
     if problem:
