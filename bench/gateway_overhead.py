@@ -14,6 +14,7 @@ the same on the plain stack).
 Bounded: ROUNDS x REQUESTS requests per target after WARMUP, at CONCURRENCY (environment variables).
 The streamed counterpart is :mod:`bench.gateway_streaming`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,19 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from bench.targets import (BARE, CORES, DIRECT, GATEWAY, PLAIN, WORKER_COUNTS, Server, chat_model,
-                           each_worker_count, median_ratio, medians)
+from bench.targets import (
+    BARE,
+    CORES,
+    DIRECT,
+    GATEWAY,
+    PLAIN,
+    WORKER_COUNTS,
+    Server,
+    chat_model,
+    each_worker_count,
+    median_ratio,
+    medians,
+)
 from tests.support.fake_upstream import FakeUpstream
 
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "600"))
@@ -52,6 +64,7 @@ class Result:
 @dataclass
 class Comparison:
     """One worker count: each target's medians, and per-round ratios of a target to another."""
+
     workers: int
     rows: dict[str, Result]
     rounds: list[dict[str, Result]]
@@ -103,14 +116,21 @@ def run(servers: list[Server], upstream: FakeUpstream, workers: int) -> Comparis
 
 
 def table(comparisons: list[Comparison]) -> str:
-    lines = [("| target | workers | req/s | p50 ms | p95 ms | added p50 ms | added p95 ms | server CPU ms/req "
-              "| CPU vs bare |"), "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            "| target | workers | req/s | p50 ms | p95 ms | added p50 ms | added p95 ms | server CPU ms/req "
+            "| CPU vs bare |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for c in comparisons:
         d = c.rows[DIRECT]
         for r in c.rows.values():
             ratio = "" if r.target == DIRECT else f"{c.ratio('cpu_ms', r.target, BARE):.2f}x"
-            lines.append(f"| {r.target} | {r.workers} | {r.rps:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} "
-                         f"| {r.p50_ms - d.p50_ms:.1f} | {r.p95_ms - d.p95_ms:.1f} | {r.cpu_ms:.2f} | {ratio} |")
+            lines.append(
+                f"| {r.target} | {r.workers} | {r.rps:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} "
+                f"| {r.p50_ms - d.p50_ms:.1f} | {r.p95_ms - d.p95_ms:.1f} | {r.cpu_ms:.2f} | {ratio} |"
+            )
     return "\n".join(lines)
 
 
@@ -131,18 +151,24 @@ def targets(comparisons: list[Comparison]) -> str:
     line(f"req/s >= {RPS_TARGET:g}", widest.workers, f"{rps:.1f}", rps - RPS_TARGET)
     for c in comparisons:
         if PLAIN in c.rows:
-            lines.append(f"| fast stack: CPU/request vs h11 + asyncio (no target) | {c.workers} "
-                         f"| {c.ratio('cpu_ms', GATEWAY, PLAIN):.2f}x | | |")
-            lines.append(f"| fast stack: req/s vs h11 + asyncio (no target) | {c.workers} "
-                         f"| {c.ratio('rps', GATEWAY, PLAIN):.2f}x | | |")
+            lines.append(
+                f"| fast stack: CPU/request vs h11 + asyncio (no target) | {c.workers} "
+                f"| {c.ratio('cpu_ms', GATEWAY, PLAIN):.2f}x | | |"
+            )
+            lines.append(
+                f"| fast stack: req/s vs h11 + asyncio (no target) | {c.workers} "
+                f"| {c.ratio('rps', GATEWAY, PLAIN):.2f}x | | |"
+            )
     return "\n".join(lines)
 
 
 def main() -> int:
     comparisons = list(each_worker_count(run, plain=True).values())
-    print(f"\nGateway overhead: {ROUNDS} interleaved rounds of {REQUESTS} chat requests per target at concurrency "
-          f"{CONCURRENCY} (after {WARMUP} warm-up), fake upstream, {CORES} cores; medians over the rounds; "
-          f"CPU vs bare: median of the per-round ratios\n")
+    print(
+        f"\nGateway overhead: {ROUNDS} interleaved rounds of {REQUESTS} chat requests per target at concurrency "
+        f"{CONCURRENCY} (after {WARMUP} warm-up), fake upstream, {CORES} cores; medians over the rounds; "
+        f"CPU vs bare: median of the per-round ratios\n"
+    )
     print(table(comparisons))
     print("\nTargets (issue 30; ratios: median of the per-round ratios full gateway / bare proxy)\n")
     print(targets(comparisons))

@@ -20,6 +20,7 @@ Streams open their connections RAMP_S apart, so that the workers share them. 5.5
 on this 2-core machine (about 1.5 of them starting the proxies). The measured runs, before and
 after the observer's per-chunk work was trimmed, with the machine's load, are in bench/README.md.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,8 +55,12 @@ class Workload:
     streams: int  # per target and round
 
 
-WORKLOADS = [Workload("fast", None, 1, 10), Workload("fast", None, 64, 64),
-             Workload("paced", PACE, 1, 4), Workload("paced", PACE, 64, 64)]
+WORKLOADS = [
+    Workload("fast", None, 1, 10),
+    Workload("fast", None, 64, 64),
+    Workload("paced", PACE, 1, 4),
+    Workload("paced", PACE, 64, 64),
+]
 WARMUP = Workload("fast", None, 16, 32)
 # The client's connections open this far apart: a burst of connections would be accepted by whichever
 # worker wakes first (asyncio accepts up to 100 at once), one at a time they split about evenly.
@@ -78,8 +83,9 @@ class Result:
 async def _streams(server: Server, model: str, workload: Workload) -> tuple[list[float], list[float], float]:
     """The workload's streams at its concurrency: their TTFTs, inter-chunk gaps (s) and the wall time."""
     url, headers = f"{server.url}/chat/completions", server.headers
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "benchmark"}],
-                       "max_tokens": CHUNKS, "stream": True})
+    body = json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "benchmark"}], "max_tokens": CHUNKS, "stream": True}
+    )
     ttfts: list[float] = []
     gaps: list[float] = []
     queue = iter(range(workload.streams))
@@ -115,9 +121,17 @@ def measure(server: Server, model: str, workload: Workload, workers: int) -> Res
     cpu_before = server.cpu_seconds()
     ttfts, gaps, wall = asyncio.run(_streams(server, model, workload))
     chunks = workload.streams * CHUNKS
-    result = Result(workload, workers, server.target, workload.streams / wall, chunks / wall,
-                    _percentile(ttfts, 50) * 1000, _percentile(ttfts, 95) * 1000, _percentile(gaps, 95) * 1000,
-                    (server.cpu_seconds() - cpu_before) * 1000 * 1000 / chunks)
+    result = Result(
+        workload,
+        workers,
+        server.target,
+        workload.streams / wall,
+        chunks / wall,
+        _percentile(ttfts, 50) * 1000,
+        _percentile(ttfts, 95) * 1000,
+        _percentile(gaps, 95) * 1000,
+        (server.cpu_seconds() - cpu_before) * 1000 * 1000 / chunks,
+    )
     print(f"measured {result}", file=sys.stderr, flush=True)
     return result
 
@@ -125,6 +139,7 @@ def measure(server: Server, model: str, workload: Workload, workers: int) -> Res
 @dataclass
 class Comparison:
     """One workload and worker count: each target's medians, and the gateway's per-round ratios to bare."""
+
     rows: dict[str, Result]
     cpu_ratio: float
     rate_ratio: float
@@ -145,10 +160,14 @@ def run(servers: list[Server], upstream: FakeUpstream, workers: int) -> list[Com
             upstream.set_reply(CHUNKS, workload.pace)
             rounds[workload].append({server.target: measure(server, model, workload, workers) for server in servers})
     upstream.set_reply()
-    return [Comparison({t: medians([r[t] for r in rs]) for t in (DIRECT, BARE, GATEWAY)},
-                       median_ratio([(r[GATEWAY].cpu_ms, r[BARE].cpu_ms) for r in rs]),
-                       median_ratio([(r[GATEWAY].chunks_s, r[BARE].chunks_s) for r in rs]))
-            for rs in rounds.values()]
+    return [
+        Comparison(
+            {t: medians([r[t] for r in rs]) for t in (DIRECT, BARE, GATEWAY)},
+            median_ratio([(r[GATEWAY].cpu_ms, r[BARE].cpu_ms) for r in rs]),
+            median_ratio([(r[GATEWAY].chunks_s, r[BARE].chunks_s) for r in rs]),
+        )
+        for rs in rounds.values()
+    ]
 
 
 def _label(workload: Workload) -> str:
@@ -156,18 +175,36 @@ def _label(workload: Workload) -> str:
 
 
 def table(comparisons: list[Comparison]) -> str:
-    lines = ["| stream | conc. | workers | target | streams/s | chunks/s | TTFT p50 ms | added TTFT p50 ms "
-             "| added TTFT p95 ms | gap p95 ms | added gap p95 ms | CPU ms/1k chunks | CPU vs bare |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| stream | conc. | workers | target | streams/s | chunks/s | TTFT p50 ms | added TTFT p50 ms "
+        "| added TTFT p95 ms | gap p95 ms | added gap p95 ms | CPU ms/1k chunks | CPU vs bare |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for c in comparisons:
         for target, r in c.rows.items():
-            added = ["", "", ""] if target == DIRECT else [
-                f"{c.added(target, column):.{digits}f}"
-                for column, digits in (("ttft_p50_ms", 1), ("ttft_p95_ms", 1), ("gap_p95_ms", 2))]
+            added = (
+                ["", "", ""]
+                if target == DIRECT
+                else [
+                    f"{c.added(target, column):.{digits}f}"
+                    for column, digits in (("ttft_p50_ms", 1), ("ttft_p95_ms", 1), ("gap_p95_ms", 2))
+                ]
+            )
             ratio = {DIRECT: "", GATEWAY: f"{c.cpu_ratio:.2f}x"}.get(target, "1.00x")
-            cells = [_label(r.workload), r.workload.concurrency, r.workers, target, f"{r.streams_s:.2f}",
-                     f"{r.chunks_s:.0f}", f"{r.ttft_p50_ms:.1f}", *added[:2], f"{r.gap_p95_ms:.2f}", added[2],
-                     f"{r.cpu_ms:.1f}", ratio]
+            cells = [
+                _label(r.workload),
+                r.workload.concurrency,
+                r.workers,
+                target,
+                f"{r.streams_s:.2f}",
+                f"{r.chunks_s:.0f}",
+                f"{r.ttft_p50_ms:.1f}",
+                *added[:2],
+                f"{r.gap_p95_ms:.2f}",
+                added[2],
+                f"{r.cpu_ms:.1f}",
+                ratio,
+            ]
             lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines)
 
@@ -178,8 +215,10 @@ def targets(comparisons: list[Comparison]) -> str:
 
     def line(name: str, c: Comparison, measured: str, margin: float) -> None:
         w = c.rows[GATEWAY].workload
-        lines.append(f"| {name} | {_label(w)} | {w.concurrency} | {c.rows[GATEWAY].workers} | {measured} "
-                     f"| {margin:+.2f} | {'met' if margin >= 0 else 'MISSED'} |")
+        lines.append(
+            f"| {name} | {_label(w)} | {w.concurrency} | {c.rows[GATEWAY].workers} | {measured} "
+            f"| {margin:+.2f} | {'met' if margin >= 0 else 'MISSED'} |"
+        )
 
     for c in comparisons:
         line(f"CPU/1k chunks <= {CPU_TARGET}x bare", c, f"{c.cpu_ratio:.2f}x", CPU_TARGET - c.cpu_ratio)
@@ -196,9 +235,11 @@ def targets(comparisons: list[Comparison]) -> str:
 
 def main() -> int:
     comparisons = [c for measured in each_worker_count(run).values() for c in measured]
-    print(f"\nStreaming through the gateway: {ROUNDS} interleaved rounds per workload and target, streams of "
-          f"{CHUNKS} text chunks from the fake upstream (after {WARMUP.streams} warm-up streams), {CORES} cores; "
-          f"medians over the rounds; added = over direct\n")
+    print(
+        f"\nStreaming through the gateway: {ROUNDS} interleaved rounds per workload and target, streams of "
+        f"{CHUNKS} text chunks from the fake upstream (after {WARMUP.streams} warm-up streams), {CORES} cores; "
+        f"medians over the rounds; added = over direct\n"
+    )
     print(table(comparisons))
     print("\nTargets (issue 30; ratios: median of the per-round ratios full gateway / bare proxy)\n")
     print(targets(comparisons))

@@ -14,6 +14,7 @@ before and after the measured requests. This machine's speed drifts by ±20 % ov
 interleaved rounds (direct, bare, gateway, direct, ...), giving each column's median over the
 rounds and, for a ratio between two targets, the median of the per-round ratios.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,10 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 import httpx
 import psutil
@@ -52,6 +54,7 @@ Measured = TypeVar("Measured")
 @dataclass
 class Server:
     """One measured target: its OpenAI base URL, the process whose CPU is counted, its key."""
+
     target: str
     url: str
     pid: int | None
@@ -84,18 +87,47 @@ class BareProxy:
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.master_key = "sk-bench-" + os.urandom(12).hex()
         cat = catalogue.load()
-        config = {"model_list": deployments.model_list(cat, all_models(upstream_url), ""),
-                  "router_settings": deployments.router_settings(cat)}
+        config = {
+            "model_list": deployments.model_list(cat, all_models(upstream_url), ""),
+            "router_settings": deployments.router_settings(cat),
+        }
         (self.dir / "config.yaml").write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        env.update({"CONFIG_FILE_PATH": str(self.dir / "config.yaml"), "LITELLM_MASTER_KEY": self.master_key,
-                    "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "WARNING"})
+        env.update(
+            {
+                "CONFIG_FILE_PATH": str(self.dir / "config.yaml"),
+                "LITELLM_MASTER_KEY": self.master_key,
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "LITELLM_LOG": "WARNING",
+            }
+        )
         self.log = open(self.dir / "log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "litellm.proxy.proxy_server:app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", str(workers), "--log-level", "warning", "--no-access-log",
-             "--loop", "uvloop", "--timeout-worker-healthcheck", str(WORKER_HEALTHCHECK_S)],
-            env=env, cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "litellm.proxy.proxy_server:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "--loop",
+                "uvloop",
+                "--timeout-worker-healthcheck",
+                str(WORKER_HEALTHCHECK_S),
+            ],
+            env=env,
+            cwd=self.dir,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
         try:
             wait_port(self.port, timeout=START_TIMEOUT_S)
             deadline = time.monotonic() + START_TIMEOUT_S
@@ -124,10 +156,14 @@ def side_by_side(upstream: FakeUpstream, workers: int, plain: bool = False) -> I
         for target, stack in [(GATEWAY, "fast"), *([(PLAIN, "plain")] if plain else [])]:
             gateways.append((target, Gateway(all_models(upstream.url), workers=workers, http_stack=stack)))
             gateways[-1][1].start(wait=False).wait_ready(START_TIMEOUT_S)
-        yield [Server(DIRECT, upstream.url, upstream.pid, None),
-               Server(BARE, bare.url, bare.proc.pid, bare.master_key),
-               *(Server(target, gateway.base_url, gateway.pid, gateway.create_key(rpm=10**6, tpm=10**9))
-                 for target, gateway in gateways)]
+        yield [
+            Server(DIRECT, upstream.url, upstream.pid, None),
+            Server(BARE, bare.url, bare.proc.pid, bare.master_key),
+            *(
+                Server(target, gateway.base_url, gateway.pid, gateway.create_key(rpm=10**6, tpm=10**9))
+                for target, gateway in gateways
+            ),
+        ]
     finally:
         for _, gateway in gateways:
             gateway.close()
@@ -135,8 +171,9 @@ def side_by_side(upstream: FakeUpstream, workers: int, plain: bool = False) -> I
             bare.stop()
 
 
-def each_worker_count(run: Callable[[list[Server], FakeUpstream, int], Measured],
-                      plain: bool = False) -> dict[int, Measured]:
+def each_worker_count(
+    run: Callable[[list[Server], FakeUpstream, int], Measured], plain: bool = False
+) -> dict[int, Measured]:
     """``run(servers, upstream, workers)`` on the targets side by side, with each of WORKER_COUNTS."""
     upstream = FakeUpstream().start()
     measured = {}

@@ -14,6 +14,7 @@ per-model verdict (hxp.loadtest.verdict) is printed and saved with Locust's HTML
 report under loadtests/results/<timestamp>/; the process exits 1 when any model
 missed a target.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,20 +28,23 @@ from locust.env import Environment
 from locust.runners import LocalRunner
 
 from hxp.core import catalogue
+from hxp.core.paths import PROJECT_ROOT
 from hxp.loadtest import keys, traffic
 from hxp.loadtest.plan import engine_urls, models_under_test
 from hxp.loadtest.users import user_classes
 from hxp.loadtest.verdict import DEFAULT_MAX_FAILURE_RATIO, Recorder, Sample, Verdict, judge
-from hxp.core.paths import PROJECT_ROOT
-
 
 CATALOGUE = catalogue.load()
 try:
     MODELS = models_under_test(CATALOGUE)
 except catalogue.CatalogueError as err:
     raise SystemExit(str(err)) from None
-USER_CLASSES = user_classes(MODELS, traffic.load(), host=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8000"),
-                            engines=engine_urls(CATALOGUE, MODELS))
+USER_CLASSES = user_classes(
+    MODELS,
+    traffic.load(),
+    host=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8000"),
+    engines=engine_urls(CATALOGUE, MODELS),
+)
 globals().update({cls.__name__: cls for cls in USER_CLASSES})
 
 recorder = Recorder()
@@ -64,10 +68,19 @@ run = Run()
 
 @events.init_command_line_parser.add_listener
 def _arguments(parser: Any) -> None:
-    parser.add_argument("--max-failure-ratio", type=float, env_var="HXP_LOADTEST_MAX_FAILURE_RATIO",
-                        default=DEFAULT_MAX_FAILURE_RATIO, help="highest failed/total request ratio a model may have")
-    parser.add_argument("--results-dir", env_var="HXP_LOADTEST_RESULTS", default="",
-                        help="where the verdict and report go (default loadtests/results/<timestamp>)")
+    parser.add_argument(
+        "--max-failure-ratio",
+        type=float,
+        env_var="HXP_LOADTEST_MAX_FAILURE_RATIO",
+        default=DEFAULT_MAX_FAILURE_RATIO,
+        help="highest failed/total request ratio a model may have",
+    )
+    parser.add_argument(
+        "--results-dir",
+        env_var="HXP_LOADTEST_RESULTS",
+        default="",
+        help="where the verdict and report go (default loadtests/results/<timestamp>)",
+    )
 
 
 @events.init.add_listener
@@ -77,8 +90,9 @@ def _init(environment: Environment, **_: Any) -> None:
     options = environment.parsed_options
     run.env = environment
     run.headless = bool(getattr(options, "headless", False))
-    run.results = Path(getattr(options, "results_dir", "")
-                       or PROJECT_ROOT / "loadtests" / "results" / time.strftime("%Y%m%d-%H%M%S"))
+    run.results = Path(
+        getattr(options, "results_dir", "") or PROJECT_ROOT / "loadtests" / "results" / time.strftime("%Y%m%d-%H%M%S")
+    )
     if options is not None and not options.html_file:
         options.html_file = str(run.results / "report.html")
     run.host = environment.host or USER_CLASSES[0].host
@@ -112,9 +126,13 @@ def _spawned(**_: Any) -> None:
 @events.test_stop.add_listener
 def _stop(environment: Environment, **_: Any) -> None:
     recorder.stop()
-    verdict = judge(recorder, MODELS, profile=CATALOGUE.profile, users=run.users,
-                    max_failure_ratio=getattr(environment.parsed_options, "max_failure_ratio",
-                                              DEFAULT_MAX_FAILURE_RATIO))
+    verdict = judge(
+        recorder,
+        MODELS,
+        profile=CATALOGUE.profile,
+        users=run.users,
+        max_failure_ratio=getattr(environment.parsed_options, "max_failure_ratio", DEFAULT_MAX_FAILURE_RATIO),
+    )
     verdict.save(run.results)
     run.verdict = verdict
     if not run.headless:  # the web UI may start and stop several runs

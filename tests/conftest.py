@@ -1,4 +1,5 @@
 """Shared fixtures. Each concern keeps its fixtures in tests/fixtures/<concern>.py."""
+
 import sys
 from pathlib import Path
 

@@ -4,6 +4,7 @@ too): no module imports another in a circle, the rooms form no circle either, th
 gateway's core (``hxp.gateway``) nothing but those two: features plug in through ``hxp.gateway.extensions``
 by name. The rules are checked on the real tree and shown to catch a
 planted violation."""
+
 from __future__ import annotations
 
 import ast
@@ -43,8 +44,9 @@ def import_graph(package: Path) -> Graph:
                 if node.level:
                     parts = here.split(".")[: len(here.split(".")) - node.level + 1]
                     base = ".".join([*parts, base] if base else parts)
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
-                           for alias in node.names]
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+                ]
             graph[name].update(t for t in map(known, targets) if t and t != name)
     return graph
 
@@ -98,8 +100,12 @@ def upward(graph: Graph) -> list[str]:
     """Imports that run back up: the ground floor importing any other room, the audit trail anything but the ground
     floor, the gateway core anything but those two."""
     allowed = {GROUND_FLOOR: {GROUND_FLOOR}, AUDIT: {GROUND_FLOOR, AUDIT}, GATEWAY: {GROUND_FLOOR, AUDIT, GATEWAY}}
-    return sorted(f"{source} -> {target}" for source, targets in graph.items() for target in targets
-                  if room(source) in allowed and room(target) not in allowed[room(source)])
+    return sorted(
+        f"{source} -> {target}"
+        for source, targets in graph.items()
+        for target in targets
+        if room(source) in allowed and room(target) not in allowed[room(source)]
+    )
 
 
 def test_no_module_imports_another_in_a_circle() -> None:
@@ -127,7 +133,8 @@ def test_a_circle_through_an_import_inside_a_function_is_caught(planted: Path) -
     auth = planted / "gateway" / "auth.py"
     auth.write_text(auth.read_text() + "\n\ndef _late() -> None:\n    from hxp.gateway import boundary  # noqa\n")
     assert ["hxp.gateway.auth", "hxp.gateway.boundary"] in [
-        [m for m in c if m in ("hxp.gateway.auth", "hxp.gateway.boundary")] for c in cycles(import_graph(planted))]
+        [m for m in c if m in ("hxp.gateway.auth", "hxp.gateway.boundary")] for c in cycles(import_graph(planted))
+    ]
 
 
 def test_the_gateway_core_reaching_into_a_feature_is_caught(planted: Path) -> None:

@@ -1,9 +1,11 @@
 """The model catalogue: the real file loads, and every bad catalogue fails naming the entry and field."""
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -204,17 +206,24 @@ def test_bad_yaml_names_the_file(tmp_path: Path) -> None:
 
 def test_a_fifth_model_is_one_entry(tmp_path: Path) -> None:
     doc = raw()
-    doc["models"].append({
-        "name": "qwen-7b", "port": 11405, "task": "chat",
-        "api": {"timeout_s": 60, "max_concurrent_requests": 50},
-        "profiles": {
-            "gpu": {"source": "Qwen/Qwen2.5-7B-Instruct", "devices": [6], "tensor_parallel_size": 1,
+    doc["models"].append(
+        {
+            "name": "qwen-7b",
+            "port": 11405,
+            "task": "chat",
+            "api": {"timeout_s": 60, "max_concurrent_requests": 50},
+            "profiles": {
+                "gpu": {
+                    "source": "Qwen/Qwen2.5-7B-Instruct",
+                    "devices": [6],
+                    "tensor_parallel_size": 1,
                     "vllm": {"max_model_len": 8192, "dtype": "float16", "gpu_memory_utilization": 0.8},
-                    "targets": {"avg_latency_ms": 800, "p95_latency_ms": 1200, "throughput_rps": 20,
-                                "memory_gb": 16}},
-            "cpu": entry(doc, "hermes-2")["profiles"]["cpu"],
-        },
-    })
+                    "targets": {"avg_latency_ms": 800, "p95_latency_ms": 1200, "throughput_rps": 20, "memory_gb": 16},
+                },
+                "cpu": entry(doc, "hermes-2")["profiles"]["cpu"],
+            },
+        }
+    )
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(doc))
     gpu = catalogue.load(path, "gpu")

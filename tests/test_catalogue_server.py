@@ -1,12 +1,13 @@
 """The planned CPU profiles (server, server-256): the catalogue validates their memory and core plan."""
+
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+
 from hxp.core import catalogue
 from hxp.core.catalogue import Machine, cpu_list
-
 from tests.test_catalogue import entry, fails, raw
 
 CHAT = ("mixtral-8x7b", "hermes-2", "openchat-3.5", "phi-3-mini")
@@ -27,8 +28,9 @@ def test_the_server_profiles_plan_the_four_real_models_on_cores_of_their_own(pro
     cat = catalogue.load(profile=profile)
     machine = cat.profile_settings.machine
     assert machine is not None and cat.names == catalogue.load(profile="gpu").names
-    owners = [cpu_list(cat.profile_settings.gateway_cpus or "")] + [cpu_list(m.deployment.cpus or "")
-                                                                     for m in cat.models]
+    owners = [cpu_list(cat.profile_settings.gateway_cpus or "")] + [
+        cpu_list(m.deployment.cpus or "") for m in cat.models
+    ]
     every = [cpu for cpus in owners for cpu in cpus]
     assert len(every) == len(set(every)) and max(every) < machine.cores
     for model in cat.models:
@@ -52,8 +54,14 @@ def test_phi3s_128k_context_needs_the_256_gb_machine() -> None:
     assert large.get("phi-3-mini").max_model_len == 131072
     doc = raw()
     server(doc, "phi-3-mini")["vllm"]["max_model_len"] = 131072
-    fails(doc, "model 'phi-3-mini' field profiles.server.vllm.max_model_len", "48.0 GiB", "kv_cache_gib is 6",
-          "holds 16384 tokens", profile="server")
+    fails(
+        doc,
+        "model 'phi-3-mini' field profiles.server.vllm.max_model_len",
+        "48.0 GiB",
+        "kv_cache_gib is 6",
+        "holds 16384 tokens",
+        profile="server",
+    )
     unlimited(server(doc, "phi-3-mini"))["kv_cache_gib"] = 48
     fails(doc, "profiles.server", "the engines' KV caches take 63.4 GB", "inference_gb is 24", profile="server")
 
@@ -68,8 +76,9 @@ def test_the_256_gb_plan_does_not_fit_128_gb() -> None:
 
 def test_bfloat16_mixtral_weights_do_not_fit_the_model_allocation() -> None:
     doc = raw()
-    unlimited(server(doc, "mixtral-8x7b")).update(source="mistralai/Mixtral-8x7B-Instruct-v0.1", weights_format=None,
-                                                  weights_gb=93.4)
+    unlimited(server(doc, "mixtral-8x7b")).update(
+        source="mistralai/Mixtral-8x7B-Instruct-v0.1", weights_format=None, weights_gb=93.4
+    )
     fails(doc, "the engines' weights and runtimes take 144.9 GB", "models_gb is 80", profile="server")
 
 
@@ -97,8 +106,12 @@ def test_an_engine_stays_on_one_numa_node() -> None:
 def test_the_memory_limit_covers_the_planned_memory() -> None:
     doc = raw()
     server(doc, "openchat-3.5")["targets"]["memory_gb"] = 4
-    fails(doc, "model 'openchat-3.5' field profiles.server.targets.memory_gb", "below its planned 9.3 GB",
-          profile="server")
+    fails(
+        doc,
+        "model 'openchat-3.5' field profiles.server.targets.memory_gb",
+        "below its planned 9.3 GB",
+        profile="server",
+    )
 
 
 def test_4bit_weights_with_16bit_activations_need_avx512() -> None:

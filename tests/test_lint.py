@@ -1,5 +1,6 @@
 """`make lint` (what `make test` and CI run first) fails on each kind of finding: a lint rule, unformatted code,
 a wrong annotation; and passes on a clean module. Run on planted modules, with the project's own configuration."""
+
 from __future__ import annotations
 
 import subprocess
@@ -18,8 +19,13 @@ def double(value: int) -> int:
 
 
 def lint(module: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["make", "--no-print-directory", "lint", f"LINT_PATHS={module}", f"TYPED_PATHS={module}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["make", "--no-print-directory", "lint", f"LINT_PATHS={module}", f"TYPED_PATHS={module}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_a_clean_module_passes(tmp_path: Path) -> None:
@@ -29,12 +35,15 @@ def test_a_clean_module_passes(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize(("planted", "finding"), [
-    (CLEAN.replace('"""A clean module."""\n', '"""A clean module."""\nimport os\n'), "F401"),  # unused import
-    (CLEAN.replace("return 2 * value", "return 2*value"), "would be reformatted"),
-    (CLEAN.replace("return 2 * value", 'return "2" * value'), "Incompatible return value type"),
-    (CLEAN.replace("def double(value: int) -> int:", "def double(value):"), "no-untyped-def"),
-])
+@pytest.mark.parametrize(
+    ("planted", "finding"),
+    [
+        (CLEAN.replace('"""A clean module."""\n', '"""A clean module."""\nimport os\n'), "F401"),  # unused import
+        (CLEAN.replace("return 2 * value", "return 2*value"), "would be reformatted"),
+        (CLEAN.replace("return 2 * value", 'return "2" * value'), "Incompatible return value type"),
+        (CLEAN.replace("def double(value: int) -> int:", "def double(value):"), "no-untyped-def"),
+    ],
+)
 def test_a_planted_violation_fails(tmp_path: Path, planted: str, finding: str) -> None:
     module = tmp_path / "planted.py"
     module.write_text(planted)

@@ -1,6 +1,7 @@
 """`hxp run` end to end: a real engine and the gateway come up on the cores placed for them, answer with
 the printed key, and Ctrl-C leaves no process behind. Uses a one-model catalogue (the embedding model) to
 stay cheap."""
+
 from __future__ import annotations
 
 import os
@@ -60,17 +61,25 @@ def cmdline(pid: int) -> str:
 
 def test_run_serves_through_the_gateway_and_stops_cleanly(tmp_path: Path) -> None:
     doc = yaml.safe_load(catalogue.DEFAULT_PATH.read_text())
-    doc["models"] = [{**m, "port": free_port(), "api": {**m["api"], "fallbacks": []}}
-                     for m in doc["models"] if m["task"] == "embedding"]
+    doc["models"] = [
+        {**m, "port": free_port(), "api": {**m["api"], "fallbacks": []}}
+        for m in doc["models"]
+        if m["task"] == "embedding"
+    ]
     file = tmp_path / "models.yaml"
     file.write_text(yaml.safe_dump(doc))
     name = doc["models"][0]["name"]
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("HXP_MASTER_KEY", "DATABASE_URL", "REDIS_URL")}
     env.update(HXP_STATE_DIR=str(tmp_path / "state"), HXP_CATALOGUE=str(file), PYTHONUNBUFFERED="1")
-    runner = subprocess.Popen([sys.executable, "-m", "hxp.cli", "run", "--profile", "cpu", "--port", str(port)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "hxp.cli", "run", "--profile", "cpu", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in runner.stdout], daemon=True).start()
     output: list[str] = []
@@ -90,12 +99,23 @@ def test_run_serves_through_the_gateway_and_stops_cleanly(tmp_path: Path) -> Non
         assert any(f"http://127.0.0.1:{port}/v1" in line for line in output)
         assert (tmp_path / "state" / "master.key").stat().st_mode & 0o777 == 0o600
 
-        response = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", timeout=60,
-                              headers={"Authorization": f"Bearer {key}"}, json={"model": name, "input": ["cat"]})
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v1/embeddings",
+            timeout=60,
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": name, "input": ["cat"]},
+        )
         assert response.status_code == 200, response.text
         assert len(response.json()["data"][0]["embedding"]) == 384
-        assert httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", timeout=60, json={"model": name, "input": ["x"]},
-                          headers={"Authorization": "Bearer sk-wrong"}).status_code == 401
+        assert (
+            httpx.post(
+                f"http://127.0.0.1:{port}/v1/embeddings",
+                timeout=60,
+                json={"model": name, "input": ["x"]},
+                headers={"Authorization": "Bearer sk-wrong"},
+            ).status_code
+            == 401
+        )
 
         children |= descendants(runner.pid)
         assert len(children) >= 3  # engine server, engine core/worker, gateway
@@ -118,6 +138,6 @@ def test_run_serves_through_the_gateway_and_stops_cleanly(tmp_path: Path) -> Non
     finally:
         if runner.poll() is None:
             os.killpg(runner.pid, signal.SIGKILL)
-        for pid in (children | descendants(runner.pid)):
+        for pid in children | descendants(runner.pid):
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 Each concern registers its own subcommands; this module only assembles them.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ Each child starts a new session, so a signal to its group reaches every process
 it forked (vLLM's engine core and workers) and a Ctrl-C in the terminal reaches
 only us: we decide how children stop.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,14 @@ class ServiceError(RuntimeError):
 class Service:
     """One child process group, optionally logging to a file and pinned to some CPU cores."""
 
-    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
-                 log: Path | None = None, cpus: Collection[int] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
+        cpus: Collection[int] = (),
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.env = dict(env or {})
@@ -56,9 +63,15 @@ class Service:
             out = self.log.open("ab")
         pin = (lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None  # inherited by its children
         try:
-            self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=out,
-                                         stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, preexec_fn=pin)
+            self.proc = subprocess.Popen(
+                self.argv,
+                env={**os.environ, **self.env},
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=pin,
+            )
         finally:
             if out is not None:
                 out.close()
@@ -110,8 +123,9 @@ class Service:
         return self.wait()
 
 
-def wait_all_ready(checks: Sequence[tuple[Service, str]], timeout: float, stop: "StopRequest | None" = None,
-                   interval: float = 1.0) -> bool:
+def wait_all_ready(
+    checks: Sequence[tuple[Service, str]], timeout: float, stop: StopRequest | None = None, interval: float = 1.0
+) -> bool:
     """Wait until every service answers 200 at its URL; fail fast when one dies.
 
     Returns False if a stop was requested meanwhile, True when all are ready.
@@ -125,8 +139,9 @@ def wait_all_ready(checks: Sequence[tuple[Service, str]], timeout: float, stop: 
             for service, url in list(pending):
                 if not service.alive():
                     code = service.proc.returncode if service.proc else None
-                    raise ServiceError(f"{service.name} exited with code {code} before it was ready\n"
-                                       f"{service.log_tail()}")
+                    raise ServiceError(
+                        f"{service.name} exited with code {code} before it was ready\n{service.log_tail()}"
+                    )
                 try:
                     if client.get(url).status_code == 200:
                         pending.remove((service, url))

@@ -14,6 +14,7 @@ On a CPU profile each engine and the gateway are pinned to their own cores, comp
 from the cores this process may use (hxp.model.placement), so that engines do not
 bind their threads to the same core and starve each other.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,10 +28,10 @@ from pathlib import Path
 
 from hxp.core import catalogue
 from hxp.core.catalogue import Catalogue
+from hxp.core.paths import state_dir, state_path
 from hxp.model.command import EngineCommand, catalogue_commands, engine_groups, planned_placement
 from hxp.model.placement import Placement, describe, place
 from hxp.model.service import READY_TIMEOUT_S, Engine
-from hxp.core.paths import state_dir, state_path
 from hxp.process import Service, ServiceError, StopRequest, stop_all, wait_all_ready
 
 KEY_ALIAS = "local-dev"
@@ -91,8 +92,10 @@ def placement(cat: Catalogue, separate: bool) -> Placement | None:
         planned = planned_placement(cat)
         missing = {c for cores in (*planned.engines, planned.gateway) for c in cores} - os.sched_getaffinity(0)
         if missing:
-            raise SystemExit(f"profile '{cat.profile}' is planned for cores this machine does not give us "
-                             f"({', '.join(map(str, sorted(missing)))}): see `hxp plan --here --profile {cat.profile}`")
+            raise SystemExit(
+                f"profile '{cat.profile}' is planned for cores this machine does not give us "
+                f"({', '.join(map(str, sorted(missing)))}): see `hxp plan --here --profile {cat.profile}`"
+            )
         return planned
     return place(os.sched_getaffinity(0), [group[0].task for group in engine_groups(cat.models, separate)])
 
@@ -100,8 +103,10 @@ def placement(cat: Catalogue, separate: bool) -> Placement | None:
 def api_key(env: dict[str, str]) -> str:
     """A usable API key: create the local-dev key, or give it a new secret when it already exists."""
     hxp = [sys.executable, "-m", "hxp.cli", "keys"]
-    run = lambda *args: subprocess.run([*hxp, *args], env={**os.environ, **env},  # noqa: E731
-                                       capture_output=True, text=True)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*hxp, *args], env={**os.environ, **env}, capture_output=True, text=True)
+
     result = run("create", "--alias", KEY_ALIAS)
     if result.returncode != 0:
         result = run("rotate", KEY_ALIAS)
@@ -110,8 +115,9 @@ def api_key(env: dict[str, str]) -> str:
     return json.loads(result.stdout)["key"]
 
 
-def run(cat: Catalogue, *, separate: bool, enforce_eager: bool, host: str, port: int,
-        timeout: float = READY_TIMEOUT_S) -> int:
+def run(
+    cat: Catalogue, *, separate: bool, enforce_eager: bool, host: str, port: int, timeout: float = READY_TIMEOUT_S
+) -> int:
     stop = StopRequest()
     cores = placement(cat, separate)
     commands = catalogue_commands(cat, separate=separate, enforce_eager=enforce_eager, placement=cores)
@@ -123,8 +129,12 @@ def run(cat: Catalogue, *, separate: bool, enforce_eager: bool, host: str, port:
         return 1
     logs = state_path("logs")
     engines = [Engine(cmd, logs / f"engine-{cmd.log_name}.log") for cmd in commands]
-    env = {"HXP_MASTER_KEY": master_key(), "HXP_BACKENDS": json.dumps(backends(commands)),
-           "HXP_CATALOGUE": str(cat.path), "HXP_PROFILE": cat.profile}
+    env = {
+        "HXP_MASTER_KEY": master_key(),
+        "HXP_BACKENDS": json.dumps(backends(commands)),
+        "HXP_CATALOGUE": str(cat.path),
+        "HXP_PROFILE": cat.profile,
+    }
     gateway = gateway_service(host, port, env, logs / "gateway.log", cores.gateway if cores else ())
     services: list[Service] = [*engines, gateway]
     gateway_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
@@ -142,13 +152,16 @@ def run(cat: Catalogue, *, separate: bool, enforce_eager: bool, host: str, port:
             return 0
         key = api_key(env)
         model = cat.chat_models[0].name if cat.chat_models else cat.models[0].name
-        print(f"""
-[run] ready: {gateway_url}/v1  (models: {', '.join(cat.names)})
+        print(
+            f"""
+[run] ready: {gateway_url}/v1  (models: {", ".join(cat.names)})
 [run] API key: {key}
 [run] try:  curl -s {gateway_url}/v1/chat/completions -H 'Authorization: Bearer {key}' \\
               -H 'Content-Type: application/json' \\
               -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
-[run] Ctrl-C stops everything.""", flush=True)
+[run] Ctrl-C stops everything.""",
+            flush=True,
+        )
         while not stop:
             dead = [s for s in services if not s.alive()]
             if dead:
@@ -171,11 +184,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="serve the stack natively: model engines + gateway (Ctrl-C stops all)")
-    p.add_argument("--separate", action="store_true",
-                   help="one engine per model on its catalogue port (default: models with the same "
-                        "deployment share one engine; ~4 GiB each on CPU)")
-    p.add_argument("--compile", action="store_true",
-                   help="let vLLM compile its graphs (slower start; default is --enforce-eager)")
+    p.add_argument(
+        "--separate",
+        action="store_true",
+        help="one engine per model on its catalogue port (default: models with the same "
+        "deployment share one engine; ~4 GiB each on CPU)",
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="let vLLM compile its graphs (slower start; default is --enforce-eager)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="gateway address (engines stay on 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="gateway port")
     p.add_argument("--catalogue", help="catalogue file (default: HXP_CATALOGUE or models.yaml)")

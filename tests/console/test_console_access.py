@@ -1,4 +1,5 @@
 """Who reaches the console: only a live session (and its CSRF token for a change), on every replica, until sign-out."""
+
 from __future__ import annotations
 
 import re
@@ -9,9 +10,9 @@ import httpx
 import pytest
 
 from hxp.console import routes, sessions, throttle
-from hxp.gateway import route_table
 from hxp.core import context, settings
 from hxp.core.database import Database
+from hxp.gateway import route_table
 from tests.support.console import ConsoleSession, concrete, console_routes
 from tests.support.gateway import Gateway
 
@@ -43,9 +44,13 @@ def test_the_table_guards_every_console_route_but_the_sign_in_page_and_static_fi
 
 @pytest.mark.parametrize("credentials", ["none", "master bearer", "client key", "forged cookie", "empty cookie"])
 def test_without_a_session_every_console_url_redirects_or_answers_401(gateway, credentials) -> None:
-    headers = {"none": {}, "master bearer": gateway.headers(), "client key": gateway.headers(gateway.create_key()),
-               "forged cookie": {"cookie": f"{sessions.COOKIE}={secrets.token_urlsafe(32)}"},
-               "empty cookie": {"cookie": f"{sessions.COOKIE}="}}[credentials]
+    headers = {
+        "none": {},
+        "master bearer": gateway.headers(),
+        "client key": gateway.headers(gateway.create_key()),
+        "forged cookie": {"cookie": f"{sessions.COOKIE}={secrets.token_urlsafe(32)}"},
+        "empty cookie": {"cookie": f"{sessions.COOKIE}="},
+    }[credentials]
     checked = 0
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
         for route in console_routes():
@@ -100,11 +105,15 @@ def test_failed_sign_ins_are_throttled_per_address_and_successful_ones_are_not_c
     assert "(too many failed sign-ins)" in gateway.log
 
 
-def test_failed_sign_ins_are_counted_across_replicas_sharing_redis(gateway_factory, fake_upstream, redis_server,
-                                                                   tmp_path) -> None:
+def test_failed_sign_ins_are_counted_across_replicas_sharing_redis(
+    gateway_factory, fake_upstream, redis_server, tmp_path
+) -> None:
     master = "sk-master-" + secrets.token_hex(16)
-    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'shared.sqlite3'}", "HXP_MASTER_KEY": master,
-           "REDIS_URL": redis_server.url}
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'shared.sqlite3'}",
+        "HXP_MASTER_KEY": master,
+        "REDIS_URL": redis_server.url,
+    }
     first, second = (gateway_factory(fake_upstream.url, env=env, wait=False) for _ in range(2))
     for replica in (first, second):
         replica.wait_ready()
@@ -116,8 +125,9 @@ def test_failed_sign_ins_are_counted_across_replicas_sharing_redis(gateway_facto
     for replica in (first, second):
         response = httpx.post(f"{replica.url}/console/sign-in", json={"master_key": master}, headers=here, timeout=30)
         assert response.status_code == 429 and "retry-after" in response.headers, replica.url
-    response = httpx.post(f"{second.url}/console/sign-in", json={"master_key": master}, headers=from_address(),
-                          timeout=30)
+    response = httpx.post(
+        f"{second.url}/console/sign-in", json={"master_key": master}, headers=from_address(), timeout=30
+    )
     assert response.status_code == 200
 
 
@@ -138,8 +148,12 @@ def test_the_sign_in_page_sends_a_signed_in_operator_on(gateway, console) -> Non
 def test_the_session_cookie_is_httponly_strict_expiring_and_secure_over_tls(gateway) -> None:
     ttl = settings.Settings().console_session_ttl_s
     for scheme, secure in (("http", False), ("https", True)):
-        response = httpx.post(f"{gateway.url}/console/sign-in", json={"master_key": gateway.master_key},
-                              headers={"x-forwarded-proto": scheme}, timeout=30)  # uvicorn trusts the loopback proxy
+        response = httpx.post(
+            f"{gateway.url}/console/sign-in",
+            json={"master_key": gateway.master_key},
+            headers={"x-forwarded-proto": scheme},
+            timeout=30,
+        )  # uvicorn trusts the loopback proxy
         assert response.status_code == 200
         cookie = response.headers["set-cookie"]
         attributes = {a.strip().split("=")[0].lower(): a.strip() for a in cookie.split(";")[1:]}
@@ -170,8 +184,9 @@ def test_every_state_change_needs_the_sessions_csrf_token(gateway, console) -> N
     other.close()
 
 
-def test_a_session_works_on_every_replica_and_signing_out_ends_it_everywhere(gateway_factory, fake_upstream,
-                                                                             tmp_path) -> None:
+def test_a_session_works_on_every_replica_and_signing_out_ends_it_everywhere(
+    gateway_factory, fake_upstream, tmp_path
+) -> None:
     master = "sk-master-" + secrets.token_hex(16)
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'shared.sqlite3'}", "HXP_MASTER_KEY": master}
     first, second = (gateway_factory(fake_upstream.url, env=env, wait=False) for _ in range(2))
@@ -181,8 +196,12 @@ def test_a_session_works_on_every_replica_and_signing_out_ends_it_everywhere(gat
     cookie = {"cookie": f"{sessions.COOKIE}={session.token}"}
     for replica in (first, second):
         assert httpx.get(f"{replica.url}/console/api/keys", headers=cookie, timeout=30).status_code == 200
-    created = httpx.post(f"{second.url}/console/api/keys", json={"alias": "made-on-second"}, timeout=30,
-                         headers={**cookie, sessions.CSRF_HEADER: session.csrf})
+    created = httpx.post(
+        f"{second.url}/console/api/keys",
+        json={"alias": "made-on-second"},
+        timeout=30,
+        headers={**cookie, sessions.CSRF_HEADER: session.csrf},
+    )
     assert created.status_code == 201
     assert session.post("/console/sign-out").status_code == 200
     for replica in (first, second):
@@ -227,8 +246,12 @@ def test_console_answers_carry_security_headers_and_a_strict_csp(gateway, consol
 def test_everything_a_page_loads_is_served_by_the_gateway(gateway, console) -> None:
     """Offline: no CDN, no inline script or style; every asset a page names comes from /console/static/."""
     pages = [console.get(path).text for path in PAGE_PATHS] + [httpx.get(f"{gateway.url}/console/sign-in").text]
-    assets = {a for html in pages for a in re.findall(r'(?:src|href)="([^"]+)"', html) if not a.startswith("/console")
-              or a.startswith("/console/static/")}
+    assets = {
+        a
+        for html in pages
+        for a in re.findall(r'(?:src|href)="([^"]+)"', html)
+        if not a.startswith("/console") or a.startswith("/console/static/")
+    }
     assert assets and all(a.startswith("/console/static/") for a in assets), assets
     for html in pages:
         assert not re.search(r"<script>|<style|style=", html)
@@ -241,9 +264,13 @@ def test_everything_a_page_loads_is_served_by_the_gateway(gateway, console) -> N
 
 
 def test_usage_range_and_grouping_are_checked(console) -> None:
-    for query, field in (("since=yesterday", "since"), ("until=2026-13-01", "until"),
-                         ("since=2026-02-01&until=2026-01-01", "since"), ("since=2020-01-01&until=2026-01-01", "since"),
-                         ("by=owner", "by")):
+    for query, field in (
+        ("since=yesterday", "since"),
+        ("until=2026-13-01", "until"),
+        ("since=2026-02-01&until=2026-01-01", "since"),
+        ("since=2020-01-01&until=2026-01-01", "since"),
+        ("by=owner", "by"),
+    ):
         for path in ("/console/api/usage", "/console/api/usage.csv"):
             response = console.get(f"{path}?{query}")
             assert response.status_code == 400, (path, query)

@@ -2,6 +2,7 @@
 
 Each page is also saved as a screenshot under .state/test-artifacts/console/ (the path is printed).
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,8 +14,8 @@ from typing import Any
 import httpx
 from playwright.sync_api import expect
 
-from hxp.core import catalogue
 from hxp.console import throttle
+from hxp.core import catalogue
 from tests.fixtures.console import ConsoleStack
 from tests.support.console import artifact
 
@@ -58,7 +59,9 @@ def table_rows(console_page: Any, table: str) -> dict[str, dict[str, str]]:
     return console_page.evaluate(
         """(table) => Object.fromEntries([...document.querySelectorAll(`#${table} tbody tr[data-group]`)].map(
              (tr) => [tr.dataset.group, Object.fromEntries([...tr.querySelectorAll('td[data-col]')].map(
-               (td) => [td.dataset.col, td.textContent]))]))""", table)
+               (td) => [td.dataset.col, td.textContent]))]))""",
+        table,
+    )
 
 
 def as_int(text: str) -> int:
@@ -77,7 +80,7 @@ def test_sign_in_refuses_a_wrong_master_key_and_sign_out_ends_the_session(consol
     console_page.fill("#master-key", console_stack.gateway.master_key)
     console_page.click("#sign-in button[type=submit]")
     expect(console_page).to_have_url(url + "/console/keys")
-    cookie, = console_page.context.cookies()
+    (cookie,) = console_page.context.cookies()
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/console"
     assert cookie["expires"] > 0  # not a browser-session cookie: it has an expiry
     console_page.click("#sign-out")
@@ -104,8 +107,9 @@ def test_a_throttled_sign_in_is_told_when_to_try_again_in_the_form(console_page,
     assert console_page.context.cookies() == []
 
 
-def test_a_key_created_in_the_page_works_its_secret_is_shown_once_and_revoking_it_stops_it(console_page,
-                                                                                           console_stack) -> None:
+def test_a_key_created_in_the_page_works_its_secret_is_shown_once_and_revoking_it_stops_it(
+    console_page, console_stack
+) -> None:
     sign_in(console_page, console_stack, "/console/keys")
     alias = "browser-" + secrets.token_hex(4)
     console_page.fill("#new-key input[name=alias]", alias)
@@ -146,8 +150,11 @@ def test_rotating_a_key_in_the_page_replaces_its_secret(console_page, console_st
 def test_a_state_change_without_the_csrf_token_is_refused_in_the_browser(console_page, console_stack) -> None:
     sign_in(console_page, console_stack, "/console/keys")
     alias = "csrf-probe-" + secrets.token_hex(4)
-    status = console_page.evaluate("""(alias) => fetch('/console/api/keys', {method: 'POST', credentials: 'same-origin',
-        headers: {'Content-Type': 'application/json'}, body: JSON.stringify({alias})}).then((r) => r.status)""", alias)
+    status = console_page.evaluate(
+        """(alias) => fetch('/console/api/keys', {method: 'POST', credentials: 'same-origin',
+        headers: {'Content-Type': 'application/json'}, body: JSON.stringify({alias})}).then((r) => r.status)""",
+        alias,
+    )
     assert status == 403
     assert console_stack.database.fetchone("SELECT 1 AS found FROM api_keys WHERE alias = ?", (alias,)) is None
 
@@ -159,16 +166,25 @@ def test_usage_chart_table_and_csv_show_the_requests_the_database_holds(console_
     chat, other = cat.chat_models[0].name, cat.chat_models[1].name
     assert [gateway.chat(key, chat).status_code for _ in range(3)] == [200] * 3
     assert [gateway.chat(key, other, stream=True).status_code for _ in range(2)] == [200] * 2
-    embedded = httpx.post(f"{gateway.base_url}/embeddings", headers=gateway.headers(key), timeout=30,
-                          json={"model": cat.embedding_models[0].name, "input": ["one", "two"]})
+    embedded = httpx.post(
+        f"{gateway.base_url}/embeddings",
+        headers=gateway.headers(key),
+        timeout=30,
+        json={"model": cat.embedding_models[0].name, "input": ["one", "two"]},
+    )
     assert embedded.status_code == 200
     assert gateway.chat(key, "no-such-model").status_code == 404
     wait_for_rows(console_stack, key_id(console_stack, alias), 7)
 
-    expected = {r["model_name"]: r for r in console_stack.database.fetchall(
-        "SELECT model_name, COUNT(*) AS requests, SUM(CASE WHEN status = 'success' THEN 0 ELSE 1 END) AS errors,"
-        " COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, COALESCE(SUM(completion_tokens), 0) AS completion_tokens"
-        " FROM llm_model_requests GROUP BY model_name")}
+    expected = {
+        r["model_name"]: r
+        for r in console_stack.database.fetchall(
+            "SELECT model_name, COUNT(*) AS requests, SUM(CASE WHEN status = 'success' THEN 0 ELSE 1 END) AS errors,"
+            " COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
+            " COALESCE(SUM(completion_tokens), 0) AS completion_tokens"
+            " FROM llm_model_requests GROUP BY model_name"
+        )
+    }
     sign_in(console_page, console_stack, "/console/usage")
     console_page.wait_for_selector("#usage tbody tr[data-group]")
     shown = table_rows(console_page, "usage")
@@ -184,7 +200,8 @@ def test_usage_chart_table_and_csv_show_the_requests_the_database_holds(console_
         per_model[model] = per_model.get(model, 0) + value
     assert per_model == {m: r["requests"] for m, r in expected.items()}
     assert int(console_page.get_attribute("svg[data-metric=requests]", "data-total")) == sum(
-        r["requests"] for r in expected.values())
+        r["requests"] for r in expected.values()
+    )
     console_page.screenshot(path=artifact("usage.png"), full_page=True)
 
     with console_page.expect_download() as download_info:
@@ -194,7 +211,8 @@ def test_usage_chart_table_and_csv_show_the_requests_the_database_holds(console_
     download.save_as(saved)
     lines = list(csv.DictReader(io.StringIO(saved.read_text())))
     assert {line["model"]: {c: int(line[c]) for c in NUMBERS} for line in lines} == {
-        group: {c: as_int(cells[c]) for c in NUMBERS} for group, cells in shown.items()}
+        group: {c: as_int(cells[c]) for c in NUMBERS} for group, cells in shown.items()
+    }
 
     console_page.select_option("#range select[name=by]", "key")
     console_page.click("#range button[type=submit]")

@@ -1,4 +1,5 @@
 """The overview's data: engine queues from the engines' vLLM gauges, traffic windows from the usage rows, stores."""
+
 from __future__ import annotations
 
 import threading
@@ -24,10 +25,12 @@ def _model(overview: dict, name: str) -> dict:
     return next(m for m in overview["models"] if m["name"] == name)
 
 
-def test_the_overview_shows_running_requests_traffic_and_the_stores(gateway_factory, slow_upstream,
-                                                                    redis_server) -> None:
-    gateway = gateway_factory(slow_upstream.url, env={"REDIS_URL": redis_server.url,
-                                                       "HXP_USAGE_FLUSH_INTERVAL_S": "0.2"})
+def test_the_overview_shows_running_requests_traffic_and_the_stores(
+    gateway_factory, slow_upstream, redis_server
+) -> None:
+    gateway = gateway_factory(
+        slow_upstream.url, env={"REDIS_URL": redis_server.url, "HXP_USAGE_FLUSH_INTERVAL_S": "0.2"}
+    )
     model = catalogue.load().chat_models[0].name
     key = gateway.create_key()
     console = ConsoleSession(gateway)

@@ -1,17 +1,18 @@
 """The console on 100,000 usage rows (SQLite and PostgreSQL): every query it runs reads through an index
 (checked with EXPLAIN, not with a clock), and its pages answer with the totals the database holds."""
+
 from __future__ import annotations
 
 import random
 import re
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from hxp.core import catalogue
 from hxp.console import queries, usage
+from hxp.core import catalogue
 from hxp.core.database import Database
 from hxp.gateway.keys import KeyStore
 from hxp.gateway.usage import rollup
@@ -51,21 +52,31 @@ def _fill(db: Database, now: datetime) -> list[str]:
         streamed = i % 3 == 0
         failed = i % 25 == 0
         values = {
-            "request_id": str(uuid.UUID(int=rng.getrandbits(128))), "model_name": names[i % len(names)],
+            "request_id": str(uuid.UUID(int=rng.getrandbits(128))),
+            "model_name": names[i % len(names)],
             "timestamp": iso(now - timedelta(seconds=age)),
             "user_id": "master" if i % 97 == 0 else f"scale-{i % KEYS}",  # the master key's calls have no key id
             "key_id": None if i % 97 == 0 else key_ids[i % KEYS],
-            "prompt_tokens": rng.randint(5, 500), "completion_tokens": 0 if failed else rng.randint(1, 300),
-            "total_tokens": None, "latency_ms": rng.randint(20, 9000),
-            "time_to_first_token_ms": rng.randint(5, 900) if streamed and not failed else None, "stream": streamed,
-            "cache_hit": False, "cost": None, "status": "rate_limited" if failed else "success",
-            "error_message": "429 rate limited" if failed else None, "request_count": 1,
+            "prompt_tokens": rng.randint(5, 500),
+            "completion_tokens": 0 if failed else rng.randint(1, 300),
+            "total_tokens": None,
+            "latency_ms": rng.randint(20, 9000),
+            "time_to_first_token_ms": rng.randint(5, 900) if streamed and not failed else None,
+            "stream": streamed,
+            "cache_hit": False,
+            "cost": None,
+            "status": "rate_limited" if failed else "success",
+            "error_message": "429 rate limited" if failed else None,
+            "request_count": 1,
         }
         rows.append(tuple(values[c] for c in COLUMNS))
     for start in range(0, ROWS, 5000):
-        db.executemany(INSERT_SQL, rows[start:start + 5000])
-    samples = [(str(uuid.uuid4()), name, iso(now - timedelta(minutes=10 * j)), 100.0, 1.0, 3.5, 40.0, 0.0)
-               for name in names for j in range(30 * 144)]
+        db.executemany(INSERT_SQL, rows[start : start + 5000])
+    samples = [
+        (str(uuid.uuid4()), name, iso(now - timedelta(minutes=10 * j)), 100.0, 1.0, 3.5, 40.0, 0.0)
+        for name in names
+        for j in range(30 * 144)
+    ]
     db.executemany(rollup.UPSERT_SQL, samples)
     return key_ids
 
@@ -74,7 +85,7 @@ def _fill(db: Database, now: datetime) -> list[str]:
 def filled(empty_db_url: str) -> Any:
     db = Database(empty_db_url)
     db.migrate()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     key_ids = _fill(db, now)
     if db.dialect == "postgresql":
         db.execute("ANALYZE")  # what autovacuum does after a bulk load
@@ -128,10 +139,15 @@ def test_the_console_answers_on_100000_rows_with_the_databases_totals(filled, ga
         every = console.get(f"/console/api/usage?since={since}&by=day")
         assert every.status_code == 200
         totals = every.json()["totals"]
-        expected = db.fetchone("SELECT COUNT(*) AS requests, SUM(CASE WHEN status = 'success' THEN 0 ELSE 1 END)"
-                               " AS errors, SUM(prompt_tokens) AS prompt FROM llm_model_requests")
+        expected = db.fetchone(
+            "SELECT COUNT(*) AS requests, SUM(CASE WHEN status = 'success' THEN 0 ELSE 1 END)"
+            " AS errors, SUM(prompt_tokens) AS prompt FROM llm_model_requests"
+        )
         assert (totals["requests"], totals["errors"], totals["prompt_tokens"]) == (
-            expected["requests"], expected["errors"], expected["prompt"])
+            expected["requests"],
+            expected["errors"],
+            expected["prompt"],
+        )
         assert len(every.json()["rows"]) == DAYS + 1
         csv_lines = console.get(f"/console/api/usage.csv?since={since}&by=key").text.splitlines()
         assert len(csv_lines) == 1 + KEYS + 1  # header, each key, the master key's calls
@@ -140,8 +156,13 @@ def test_the_console_answers_on_100000_rows_with_the_databases_totals(filled, ga
         assert {k["key_id"]: k["last_used"] for k in keys}[key_ids[0]] == queries.when(last)
         overview = console.get("/console/api/overview").json()
         assert sum(m["windows"]["60m"]["requests"] for m in overview["models"]) >= RECENT
-        for path in ("/console", "/console/keys", "/console/usage", "/console/configuration",
-                     "/console/api/configuration"):
+        for path in (
+            "/console",
+            "/console/keys",
+            "/console/usage",
+            "/console/configuration",
+            "/console/api/configuration",
+        ):
             assert console.get(path).status_code == 200, path
     finally:
         console.close()
@@ -151,11 +172,20 @@ def test_requests_are_counted_by_request_count(empty_db_url) -> None:
     """One row may stand for N aggregated refusals (request_count): counted as N."""
     db = Database(empty_db_url)
     db.migrate()
-    now = datetime.now(timezone.utc)
-    rows = [{"request_id": str(uuid.uuid4()), "model_name": "phi-3-mini", "timestamp": iso(now), "status": status,
-             "request_count": 1} for status in ("success", "success", "rate_limited")]
-    db.executemany(INSERT_SQL, [tuple(r.get(c, False if c in ("stream", "cache_hit") else None) for c in COLUMNS)
-                                for r in rows])
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "request_id": str(uuid.uuid4()),
+            "model_name": "phi-3-mini",
+            "timestamp": iso(now),
+            "status": status,
+            "request_count": 1,
+        }
+        for status in ("success", "success", "rate_limited")
+    ]
+    db.executemany(
+        INSERT_SQL, [tuple(r.get(c, False if c in ("stream", "cache_hit") else None) for c in COLUMNS) for r in rows]
+    )
     span = usage.parse_range(None, None, now.date())
     assert usage.report(db, span, "model", {})["totals"]["requests"] == 3
     db.execute("UPDATE llm_model_requests SET request_count = 5 WHERE status = 'rate_limited'")

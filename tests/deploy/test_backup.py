@@ -1,4 +1,5 @@
 """Backup and restore on the native stack: real PostgreSQL (pg_dump/pg_restore), SQLite, Qdrant local mode."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ from qdrant_client import QdrantClient, models
 from hxp.audit import operator
 from hxp.audit.trail import Trail
 from hxp.cli import main
-from hxp.deploy import backup
 from hxp.core.database import Database
+from hxp.deploy import backup
 from tests.support.servers import PASSWORD_GROUP
 
 KEYS = [(f"key-{i}", f"hash-{i}", f"sk-{i}", f"alias-{i}") for i in range(3)]
@@ -49,8 +50,9 @@ def read_rows(url: str) -> list[tuple]:
 def write_vectors(path: Path) -> None:
     client = QdrantClient(path=str(path))
     client.create_collection("documents", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
-    client.upsert("documents", [models.PointStruct(id=i, vector=[1.0, i, 0.5, 0.25], payload={"n": i})
-                                for i in range(5)])
+    client.upsert(
+        "documents", [models.PointStruct(id=i, vector=[1.0, i, 0.5, 0.25], payload={"n": i}) for i in range(5)]
+    )
     client.close()
 
 
@@ -113,8 +115,9 @@ def test_restore_replaces_later_changes(tmp_path: Path, pg_database: str) -> Non
     assert read_rows(pg_database) == KEYS
 
 
-def test_sqlite_and_configuration_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_sqlite_and_configuration_through_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     url = f"sqlite:///{tmp_path / 'state' / 'gateway.sqlite3'}"
     qdrant = tmp_path / "state" / "qdrant"
     write_rows(url)
@@ -167,8 +170,9 @@ def test_configuration_is_restored_only_when_asked(tmp_path: Path) -> None:
     assert (project / "env" / "gateway.env").read_text() == "HXP_MASTER_KEY=one\n"
 
 
-def test_errors_are_reported_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture) -> None:
+def test_errors_are_reported_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
     assert main(["backup", "create", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err  # a backup that cannot be audited is refused before pg_dump runs
@@ -259,6 +263,7 @@ def test_qdrant_server_mode_uses_the_snapshot_api(tmp_path: Path) -> None:
 
 # --- no password on a command line ----------------------------------------------------------
 
+
 @pytest.fixture
 def role_database(postgres) -> tuple[str, str, str]:  # noqa: ANN001 - the server fixture
     """A role that must give its password (a member of PASSWORD_GROUP), owning a fresh database:
@@ -266,8 +271,11 @@ def role_database(postgres) -> tuple[str, str, str]:  # noqa: ANN001 - the serve
     role = f"pw_app_{uuid.uuid4().hex[:8]}"
     password = f"Pw:{secrets.token_hex(8)}\\@x"  # ':' and '\\' need escaping in a passfile, '@' in a URL
     with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-            sql.Identifier(role), sql.Literal(password), sql.Identifier(PASSWORD_GROUP)))
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                sql.Identifier(role), sql.Literal(password), sql.Identifier(PASSWORD_GROUP)
+            )
+        )
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(role), sql.Identifier(role)))
     base = f"127.0.0.1:{postgres.port}/{role}"
     admin = postgres.url.rsplit("/", 1)[0] + f"/{role}"
@@ -305,8 +313,9 @@ def _while_blocked(program: str, admin_url: str, lock: str, action: Callable[[],
                     seen["pid"] = pid
             time.sleep(0.05)
         seen["cmdlines"] = _processes()
-        environ = dict(v.split(b"=", 1) for v in Path(f"/proc/{seen['pid']}/environ").read_bytes().split(b"\0")
-                       if b"=" in v)
+        environ = dict(
+            v.split(b"=", 1) for v in Path(f"/proc/{seen['pid']}/environ").read_bytes().split(b"\0") if b"=" in v
+        )
         seen["environ"] = environ
         passfile = Path(environ[b"PGPASSFILE"].decode())
         seen["passfile"] = passfile
@@ -321,19 +330,25 @@ def _assert_secret_kept(seen: dict[str, object], password: str) -> None:
     secrets_ = (password.encode(), quote(password, safe="").encode())
     leaks = [pid for pid, argv in seen["cmdlines"].items() if any(s in arg for arg in argv for s in secrets_)]
     assert leaks == [], f"the password is on the command line of {leaks}"
-    assert not any(s in value for value in seen["environ"].values() for s in secrets_), \
+    assert not any(s in value for value in seen["environ"].values() for s in secrets_), (
         "the password is in the program's environment"
+    )
     assert seen["modes"] == (0o600, 0o700), "the passfile is private to its owner"
     assert not seen["passfile"].exists(), "the passfile is removed afterwards"
 
 
 def test_pg_dump_and_pg_restore_get_the_password_through_a_private_passfile(
-        tmp_path: Path, role_database: tuple[str, str, str]) -> None:
+    tmp_path: Path, role_database: tuple[str, str, str]
+) -> None:
     url, password, admin_url = role_database
     write_rows(url)
     stores = backup.Stores(url, project=tmp_path)
-    dumped = _while_blocked("pg_dump", admin_url, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE",
-                            lambda: backup.create(stores, tmp_path / "backups"))
+    dumped = _while_blocked(
+        "pg_dump",
+        admin_url,
+        "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE",
+        lambda: backup.create(stores, tmp_path / "backups"),
+    )
     _assert_secret_kept(dumped, password)
     saved = dumped["result"]
     assert (saved / "database.pgdump").stat().st_size > 0
@@ -341,14 +356,17 @@ def test_pg_dump_and_pg_restore_get_the_password_through_a_private_passfile(
     db = Database(url)
     db.execute("DELETE FROM api_keys")
     db.close()
-    restored = _while_blocked("pg_restore", admin_url, "SELECT 1 FROM api_keys",  # holds a share lock
-                              lambda: backup.restore(stores, saved))
+    restored = _while_blocked(
+        "pg_restore",
+        admin_url,
+        "SELECT 1 FROM api_keys",  # holds a share lock
+        lambda: backup.restore(stores, saved),
+    )
     _assert_secret_kept(restored, password)
     assert read_rows(url) == KEYS
 
 
-def test_a_wrong_password_fails_without_a_prompt_or_a_leak(tmp_path: Path,
-                                                           role_database: tuple[str, str, str]) -> None:
+def test_a_wrong_password_fails_without_a_prompt_or_a_leak(tmp_path: Path, role_database: tuple[str, str, str]) -> None:
     url, password, _ = role_database
     wrong = url.replace(quote(password, safe=""), "not-the-password")
     with pytest.raises(backup.BackupError) as caught:
@@ -358,6 +376,7 @@ def test_a_wrong_password_fails_without_a_prompt_or_a_leak(tmp_path: Path,
 
 
 # --- restore trusts no path of the manifest ----------------------------------------------------
+
 
 def _sqlite_backup(tmp_path: Path) -> tuple[backup.Stores, Path]:
     project = tmp_path / "project"
@@ -375,17 +394,19 @@ def _edit_manifest(saved: Path, **changes: object) -> None:
     (saved / "manifest.json").write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"database": {"dialect": "sqlite", "file": "/etc/passwd"}}, "'/etc/passwd' points outside"),
-    ({"database": {"dialect": "sqlite", "file": "../../db.sqlite3"}}, "'../../db.sqlite3' points outside"),
-    ({"config": ["models.yaml", "../escaped.txt"]}, "'../escaped.txt' points outside"),
-    ({"config": ["/tmp/absolute"]}, "'/tmp/absolute' points outside"),
-    ({"config": ["env/../../escaped"]}, "points outside"),
-    ({"config": ["services/hxp/gateway/auth.py"]}, "is not one that backups hold"),
-    ({"qdrant": {"mode": "server", "collections": ["../../../evil"]}}, "points outside"),
-])
-def test_restore_refuses_paths_outside_the_backup_and_the_project(tmp_path: Path, changes: dict,
-                                                                  message: str) -> None:
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"database": {"dialect": "sqlite", "file": "/etc/passwd"}}, "'/etc/passwd' points outside"),
+        ({"database": {"dialect": "sqlite", "file": "../../db.sqlite3"}}, "'../../db.sqlite3' points outside"),
+        ({"config": ["models.yaml", "../escaped.txt"]}, "'../escaped.txt' points outside"),
+        ({"config": ["/tmp/absolute"]}, "'/tmp/absolute' points outside"),
+        ({"config": ["env/../../escaped"]}, "points outside"),
+        ({"config": ["services/hxp/gateway/auth.py"]}, "is not one that backups hold"),
+        ({"qdrant": {"mode": "server", "collections": ["../../../evil"]}}, "points outside"),
+    ],
+)
+def test_restore_refuses_paths_outside_the_backup_and_the_project(tmp_path: Path, changes: dict, message: str) -> None:
     stores, saved = _sqlite_backup(tmp_path)
     _edit_manifest(saved, **changes)
     db = Database(stores.database_url)
@@ -410,8 +431,9 @@ def test_restore_refuses_a_configuration_folder_that_links_outside(tmp_path: Pat
     assert not (stores.project / "env" / "gateway.env").exists()
 
 
-def test_the_cli_names_a_refused_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture) -> None:
+def test_the_cli_names_a_refused_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     stores, saved = _sqlite_backup(tmp_path)
     _edit_manifest(saved, config=["../../etc/cron.d/x"])
     monkeypatch.setenv("DATABASE_URL", stores.database_url)
@@ -421,6 +443,7 @@ def test_the_cli_names_a_refused_path(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 # --- Qdrant: copy, then swap ---------------------------------------------------------------
+
 
 def test_a_failed_qdrant_copy_leaves_the_live_data(tmp_path: Path) -> None:
     qdrant = tmp_path / "state" / "qdrant"

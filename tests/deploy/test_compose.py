@@ -1,5 +1,6 @@
 """compose.yaml / compose.gpu.yaml / compose.dev.yaml: derived from the catalogue and valid for the real Docker
 Compose v2."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hxp.core import catalogue
 from hxp.cli import main
+from hxp.core import catalogue
+from hxp.core.paths import PROJECT_ROOT
 from hxp.deploy import compose, envfiles
 from hxp.model import command
-from hxp.core.paths import PROJECT_ROOT
 
 COMPOSE_BIN = next(Path(PROJECT_ROOT / ".venv/lib").glob("python3*/site-packages/compose/docker-compose"))
 # The file combinations users run (compose.gpu.yaml and compose.dev.yaml are overrides of compose.yaml), with
@@ -60,6 +61,7 @@ def resolved(root: Path, files: list[str], profiles: list[str]) -> dict:
 
 # --- derived from the catalogue --------------------------------------------------------
 
+
 def test_checked_in_compose_files_match_the_catalogue() -> None:
     assert compose.stale() == [], "run `hxp compose generate` and commit compose*.yaml"
 
@@ -82,8 +84,13 @@ def test_a_new_catalogue_entry_becomes_a_service(tmp_path: Path) -> None:
     new = json.loads(json.dumps(raw["models"][3]))  # a copy of phi-3-mini, on GPU 6 and on the server's core 15
     new.update(name="qwen-7b", port=11410)
     new["profiles"]["gpu"].update(source="Qwen/Qwen2.5-7B-Instruct", devices=[6])
-    new["profiles"]["server"].update(source="Qwen/Qwen2.5-0.5B-Instruct-AWQ", cpus="15", weights_gb=0.46,
-                                     kv_cache_gib=1, vllm={"max_model_len": 2048, "dtype": "bfloat16"})
+    new["profiles"]["server"].update(
+        source="Qwen/Qwen2.5-0.5B-Instruct-AWQ",
+        cpus="15",
+        weights_gb=0.46,
+        kv_cache_gib=1,
+        vllm={"max_model_len": 2048, "dtype": "bfloat16"},
+    )
     del new["profiles"]["server-256"]
     raw["models"][3]["profiles"]["server"]["cpus"] = "13-14"
     raw["models"].append(new)
@@ -101,16 +108,19 @@ def test_a_new_catalogue_entry_becomes_a_service(tmp_path: Path) -> None:
     assert dev["command"][0] == "qwen-7b"
 
 
-@pytest.mark.parametrize("file,profile,image", [("compose.yaml", "server", "hxp/model:0.1.0"),
-                                                ("compose.gpu.yaml", "gpu", "vllm/vllm-openai:v0.32.0")])
+@pytest.mark.parametrize(
+    "file,profile,image",
+    [("compose.yaml", "server", "hxp/model:0.1.0"), ("compose.gpu.yaml", "gpu", "vllm/vllm-openai:v0.32.0")],
+)
 def test_engines_run_the_native_runners_command(file: str, profile: str, image: str) -> None:
     cat = catalogue.load(profile=profile)
     services = compose.load_yaml((PROJECT_ROOT / file).read_text())["services"]
     for model in cat.models:
-        argv = command.engine_command([model], cat.profile_settings, host="0.0.0.0",
-                                      chat_templates=compose.CONTAINER_CHAT_TEMPLATES).argv
+        argv = command.engine_command(
+            [model], cat.profile_settings, host="0.0.0.0", chat_templates=compose.CONTAINER_CHAT_TEMPLATES
+        ).argv
         service = services[model.name]
-        assert service["entrypoint"][1:] == argv[1:3]          # -m vllm.entrypoints.cli.main (`vllm`)
+        assert service["entrypoint"][1:] == argv[1:3]  # -m vllm.entrypoints.cli.main (`vllm`)
         assert service["command"] == argv[3:]
         assert service["image"] == image
 
@@ -129,6 +139,7 @@ def test_engines_find_their_tool_chat_templates_in_the_container(file: str, prof
 
 
 # --- validated by the real Docker Compose v2 ---------------------------------------------
+
 
 def test_compose_binary_is_the_real_one() -> None:
     done = subprocess.run([str(COMPOSE_BIN), "version"], capture_output=True, text=True)
@@ -156,8 +167,9 @@ def test_compose_config_rejects_a_broken_file(project: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("files,profiles", COMBINATIONS, ids=lambda v: "+".join(v) or "-")
-def test_every_service_is_healthchecked_pinned_and_restarted(project: Path, files: list[str],
-                                                              profiles: list[str]) -> None:
+def test_every_service_is_healthchecked_pinned_and_restarted(
+    project: Path, files: list[str], profiles: list[str]
+) -> None:
     services = resolved(project, files, profiles)["services"]
     for name, service in services.items():
         health = service.get("healthcheck") or {}
@@ -179,8 +191,9 @@ def test_gpu_stack_follows_the_catalogue(project: Path) -> None:
         service = services[model.name]
         assert [p["target"] for p in service["ports"]] == [model.port]
         devices = service["deploy"]["resources"]["reservations"]["devices"]
-        assert devices == [{"driver": "nvidia", "device_ids": [str(d) for d in model.deployment.devices],
-                            "capabilities": ["gpu"]}]
+        assert devices == [
+            {"driver": "nvidia", "device_ids": [str(d) for d in model.deployment.devices], "capabilities": ["gpu"]}
+        ]
         assert any(v["source"] == "model-cache" for v in service["volumes"])
         assert "HF_TOKEN" in service["environment"]
         assert not any(k.startswith("VLLM_CPU_") for k in service["environment"]), "no CPU engine settings"
@@ -208,8 +221,10 @@ def test_server_stack_follows_the_plan(project: Path) -> None:
         assert env["VLLM_CPU_KVCACHE_SPACE"] == str(dep.kv_cache_gib)
         assert set(catalogue.cpu_list(env["VLLM_CPU_OMP_THREADS_BIND"])) <= cpus
         assert env["HF_HUB_OFFLINE"] == "0" and "HF_TOKEN" in env and env["HXP_PROFILE"] == "server"
-        assert int(service["deploy"]["resources"]["limits"]["memory"]) >= dep.memory_gb(
-            cat.profile_settings.engine_runtime_gb) * 1e9
+        assert (
+            int(service["deploy"]["resources"]["limits"]["memory"])
+            >= dep.memory_gb(cat.profile_settings.engine_runtime_gb) * 1e9
+        )
         assert "reservations" not in service["deploy"]["resources"], "no GPU on the requirements' server"
         assert any(v["source"] == "model-cache" for v in service["volumes"])
         assert service["command"][1] == dep.source
@@ -264,13 +279,20 @@ def test_dev_stack_shares_engines_like_make_run_on_disjoint_cpus(project: Path) 
     for group in groups:
         names = [m.name for m in group]
         engine = engines["chat-engine" if len(group) > 1 else names[0]]
-        assert engine["command"] == [*names, "--host", "0.0.0.0", "--port", str(compose.DEV_ENGINE_PORT),
-                                     "--enforce-eager"]
+        assert engine["command"] == [
+            *names,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(compose.DEV_ENGINE_PORT),
+            "--enforce-eager",
+        ]
         assert engine["build"]["dockerfile"] == "services/model/Dockerfile"
         assert "reservations" not in engine["deploy"]["resources"], "a CPU engine must not reserve a GPU"
         assert engine["deploy"]["resources"]["limits"]["memory"] == str(int(group[0].targets.memory_gb * 2**30))
-        assert [(p["published"], p["target"]) for p in engine["ports"]] == [(str(group[0].port),
-                                                                          compose.DEV_ENGINE_PORT)]
+        assert [(p["published"], p["target"]) for p in engine["ports"]] == [
+            (str(group[0].port), compose.DEV_ENGINE_PORT)
+        ]
         assert set(names) <= {"chat-engine" if len(group) > 1 else names[0], *aliases(engine)}
         assert engine["shm_size"] and "ipc" not in engine and not engine.get("volumes")
     cpus = [set(e["cpuset"].split(",")) for e in engines.values()]
@@ -286,10 +308,28 @@ def test_one_engine_per_model_is_a_profile(project: Path) -> None:
     """--profile separate-engines with HXP_SHARED_ENGINES=0 (make dev DEV_ENGINES=separate): every model its
     own engine on its catalogue port, the shared engine scaled to nothing."""
     cat = catalogue.load(profile="cpu")
-    done = subprocess.run([str(COMPOSE_BIN), "--project-directory", str(project), "-p", "hxp",
-                           "-f", str(project / "compose.yaml"), "-f", str(project / "compose.dev.yaml"),
-                           "--profile", compose.SEPARATE_PROFILE, "config", "--format", "json"],
-                          capture_output=True, text=True, env={**os.environ, "HXP_SHARED_ENGINES": "0"}, timeout=60)
+    done = subprocess.run(
+        [
+            str(COMPOSE_BIN),
+            "--project-directory",
+            str(project),
+            "-p",
+            "hxp",
+            "-f",
+            str(project / "compose.yaml"),
+            "-f",
+            str(project / "compose.dev.yaml"),
+            "--profile",
+            compose.SEPARATE_PROFILE,
+            "config",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HXP_SHARED_ENGINES": "0"},
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     services = json.loads(done.stdout)["services"]
     assert services["chat-engine"]["scale"] == 0
@@ -307,8 +347,10 @@ def test_cpu_sets_split_the_machine_between_the_tasks_as_the_native_runner_does(
     assert compose.cpu_sets([0]) == {"chat": "0", "embedding": "0"}, "one CPU: shared, not empty"
     for cpus in ([0, 1], range(8), [0, 2, 4, 6, 7]):
         engines = place(cpus, ["chat", "embedding"]).engines
-        assert compose.cpu_sets(cpus) == {"chat": compose._ranges(list(engines[0])),
-                                          "embedding": compose._ranges(list(engines[1]))}
+        assert compose.cpu_sets(cpus) == {
+            "chat": compose._ranges(list(engines[0])),
+            "embedding": compose._ranges(list(engines[1])),
+        }
     assert main(["compose", "cpus"]) == 0
 
 
@@ -318,8 +360,12 @@ def test_dev_stack_adds_monitoring_and_the_load_test_ui(project: Path) -> None:
         assert name in services
     mounts = {m["target"]: m["source"] for m in services["prometheus"]["volumes"]}
     assert mounts["/etc/prometheus"] == str(project / "prometheus")
-    binds = [m for s in services.values() for m in s.get("volumes") or [] if m["type"] == "bind"
-             and m["source"].startswith(str(project))]
+    binds = [
+        m
+        for s in services.values()
+        for m in s.get("volumes") or []
+        if m["type"] == "bind" and m["source"].startswith(str(project))
+    ]
     for bind in binds:  # what the dev stack mounts from the checkout exists there
         assert Path(bind["source"]).exists(), f"{bind['source']} is mounted but missing"
     config = services["prometheus"]["command"][0].split("=", 1)[1]
@@ -337,10 +383,18 @@ def test_dev_prometheus_scrapes_services_of_the_stack(project: Path) -> None:
     services = resolved(project, ["compose.yaml", "compose.dev.yaml"], [])["services"]
     names = set(services) | {alias for service in services.values() for alias in aliases(service)}
     config = yaml.safe_load((project / "prometheus" / "prometheus.yml").read_text())
-    hosts = {target.rsplit(":", 1)[0] for job in config["scrape_configs"] for group in job["static_configs"]
-             for target in group["targets"]}
-    hosts |= {t.rsplit(":", 1)[0] for a in config["alerting"]["alertmanagers"] for g in a["static_configs"]
-              for t in g["targets"]}
+    hosts = {
+        target.rsplit(":", 1)[0]
+        for job in config["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    hosts |= {
+        t.rsplit(":", 1)[0]
+        for a in config["alerting"]["alertmanagers"]
+        for g in a["static_configs"]
+        for t in g["targets"]
+    }
     assert hosts and hosts <= names, f"scraped but not in the stack: {sorted(hosts - names)}"
 
 
@@ -350,7 +404,20 @@ def test_a_fresh_clone_without_make_env_is_told_to_run_it(tmp_path: Path) -> Non
         shutil.copy(PROJECT_ROOT / name, tmp_path / name)
     env = {k: v for k, v in os.environ.items() if k != envfiles.ENV_DIR_VARIABLE}
     for files in (SERVER, GPU, DEV):
-        done = subprocess.run([str(COMPOSE_BIN), "--project-directory", str(tmp_path), "-p", "hxp",
-                               *[a for f in files for a in ("-f", str(tmp_path / f))], "up", "--no-start"],
-                              capture_output=True, text=True, env=env, timeout=60)
+        done = subprocess.run(
+            [
+                str(COMPOSE_BIN),
+                "--project-directory",
+                str(tmp_path),
+                "-p",
+                "hxp",
+                *[a for f in files for a in ("-f", str(tmp_path / f))],
+                "up",
+                "--no-start",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert done.returncode != 0 and "make env" in done.stderr, done.stderr

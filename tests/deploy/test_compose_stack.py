@@ -6,6 +6,7 @@ local stand-ins for the official images (no registry is reachable here). No Qdra
 server exists on these machines: the override leaves both out and the gateway keeps its vectors
 in Qdrant's local mode; everything else runs as a user runs it.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ import psycopg
 import pytest
 import yaml
 
-from hxp.deploy import backup, running
 from hxp.core.paths import PROJECT_ROOT, state_path
+from hxp.deploy import backup, running
 from tests.support import docker
 from tests.support.compose_stack import Stack
 
@@ -75,7 +76,7 @@ def gateway(stack: Stack) -> str:
 def create_key(stack: Stack, alias: str, *options: str) -> str:
     """A key made the documented way: `make keys-create STACK=compose` (hxp keys inside the gateway container)."""
     out = stack.make("keys-create", "STACK=compose", f"ALIAS={alias}", f"KEY_ARGS={' '.join(options)}")
-    return json.loads(out[out.index("{"):])["key"]
+    return json.loads(out[out.index("{") :])["key"]
 
 
 def database() -> psycopg.Connection:
@@ -95,20 +96,24 @@ def wait_healthy(stack: Stack, service: str, timeout: float = HEALTHY_TIMEOUT_S)
 
 def chat(url: str, key: str, **extra) -> httpx.Response:
     body = {"model": CHAT_MODEL, "messages": QUESTION, "max_tokens": 24, "temperature": 0, **extra}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"},
-                      timeout=300)
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=300)
 
 
 def embed(url: str, key: str) -> httpx.Response:
-    return httpx.post(f"{url}/v1/embeddings", json={"model": EMBEDDING_MODEL, "input": ["Paris is in France."]},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    return httpx.post(
+        f"{url}/v1/embeddings",
+        json={"model": EMBEDDING_MODEL, "input": ["Paris is in France."]},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=120,
+    )
 
 
 def vllm_successes(service: str) -> float:
     """vLLM's own count of finished requests, from the engine container's /metrics."""
     text = httpx.get(f"http://{running.address(service, 8000)}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("vllm:request_success_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:request_success_total{")
+    )
 
 
 def usage_rows(ids: list[str], timeout: float = 60) -> dict[str, tuple]:
@@ -116,8 +121,11 @@ def usage_rows(ids: list[str], timeout: float = 60) -> dict[str, tuple]:
     deadline = time.monotonic() + timeout
     with database() as conn:
         while True:
-            rows = conn.execute("SELECT request_id::text, model_name, user_id, status, prompt_tokens, stream "
-                                "FROM llm_model_requests WHERE request_id = ANY(%s::uuid[])", (ids,)).fetchall()
+            rows = conn.execute(
+                "SELECT request_id::text, model_name, user_id, status, prompt_tokens, stream "
+                "FROM llm_model_requests WHERE request_id = ANY(%s::uuid[])",
+                (ids,),
+            ).fetchall()
             found = {row[0]: row[1:] for row in rows}
             if len(found) == len(set(ids)) or time.monotonic() > deadline:
                 return found
@@ -126,14 +134,28 @@ def usage_rows(ids: list[str], timeout: float = 60) -> dict[str, tuple]:
 
 # --- the tests, in the order a user meets the stack ------------------------------------------------
 
+
 def test_every_service_is_healthy_and_the_engines_have_their_own_cpus(stack: Stack) -> None:
     expected = set(running.services())
-    assert {"chat-engine", EMBEDDING_MODEL, "gateway", "postgres", "redis", "prometheus", "alertmanager",
-            "node-exporter", "postgres-exporter", "redis-exporter", "locust"} == expected
+    assert {
+        "chat-engine",
+        EMBEDDING_MODEL,
+        "gateway",
+        "postgres",
+        "redis",
+        "prometheus",
+        "alertmanager",
+        "node-exporter",
+        "postgres-exporter",
+        "redis-exporter",
+        "locust",
+    } == expected
     states = [json.loads(line) for line in stack.compose("ps", "--format", "json").stdout.splitlines()]
-    assert {s["Service"]: s["Health"] for s in states} == {name: "healthy" for name in expected}
-    inspect = {name: json.loads(docker.docker("inspect", stack.container(name)).stdout)[0]
-               for name in ("chat-engine", EMBEDDING_MODEL)}
+    assert {s["Service"]: s["Health"] for s in states} == dict.fromkeys(expected, "healthy")
+    inspect = {
+        name: json.loads(docker.docker("inspect", stack.container(name)).stdout)[0]
+        for name in ("chat-engine", EMBEDDING_MODEL)
+    }
     chat_cpus, embedding_cpus = (set(inspect[n]["HostConfig"]["CpusetCpus"].split(",")) for n in inspect)
     assert chat_cpus and embedding_cpus and not chat_cpus & embedding_cpus
     assert {i["Config"]["Image"] for i in inspect.values()} == {"hxp-test/model:0.1.0"}
@@ -146,14 +168,19 @@ def test_a_key_made_with_make_gets_paris_from_vllm_in_the_model_container(stack:
     assert answer.status_code == 200, answer.text
     assert "Paris" in answer.json()["choices"][0]["message"]["content"]
     assert answer.json()["system_fingerprint"].startswith("vllm-")
-    with httpx.stream("POST", f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                      json={"model": CHAT_MODEL, "messages": QUESTION, "max_tokens": 24, "temperature": 0,
-                            "stream": True}, timeout=300) as streamed:
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": CHAT_MODEL, "messages": QUESTION, "max_tokens": 24, "temperature": 0, "stream": True},
+        timeout=300,
+    ) as streamed:
         assert streamed.status_code == 200
         events = [line[6:] for line in streamed.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and len(events) > 3
-    text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1] if
-                   json.loads(e)["choices"])
+    text = "".join(
+        json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1] if json.loads(e)["choices"]
+    )
     assert "Paris" in text
     assert vllm_successes("chat-engine") >= before + 2, "the chat-engine container's vLLM did not answer them"
     vectors = embed(url, key)
@@ -182,8 +209,12 @@ def test_a_key_with_rpm_2_gets_429_on_its_third_request(stack: Stack) -> None:
 def test_the_dev_prometheus_scrapes_every_target_and_loads_the_rules(stack: Stack) -> None:
     prometheus = f"http://{running.address('prometheus', 9090)}"
     configured = yaml.safe_load((PROJECT_ROOT / "prometheus" / "prometheus.yml").read_text())
-    expected = {(job["job_name"], target) for job in configured["scrape_configs"]
-                for group in job["static_configs"] for target in group["targets"]}
+    expected = {
+        (job["job_name"], target)
+        for job in configured["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
     deadline = time.monotonic() + SCRAPE_TIMEOUT_S
     while True:
         targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
@@ -271,6 +302,7 @@ def test_down_with_volumes_leaves_nothing_of_the_project(stack: Stack) -> None:
     stack.compose("down", "--volumes", "--remove-orphans")
     label = f"label=com.docker.compose.project={stack.project}"
     for kind in ("container", "volume", "network"):
-        left = docker.docker(kind, "ls", *(["--all"] if kind == "container" else []), "--quiet", "--filter",
-                             label).stdout.split()
+        left = docker.docker(
+            kind, "ls", *(["--all"] if kind == "container" else []), "--quiet", "--filter", label
+        ).stdout.split()
         assert left == [], f"{kind}s left behind: {left}"

@@ -1,4 +1,5 @@
 """env/*.env.example -> env/*.env: consistent fresh secrets, nothing committed, nothing overwritten."""
+
 from __future__ import annotations
 
 import re
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from hxp.cli import main
-from hxp.deploy import envfiles
 from hxp.core.paths import PROJECT_ROOT
+from hxp.deploy import envfiles
 
 EXAMPLES = sorted((PROJECT_ROOT / "env").glob("*.env.example"))
 SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|_KEY)$")
@@ -36,8 +37,9 @@ def test_examples_hold_placeholders_only() -> None:
     for example in EXAMPLES:
         for key, value in values(example).items():
             if SECRET_NAME.search(key):
-                assert value == "" or envfiles.SECRET.search(value) or envfiles.FROM_ENVIRONMENT.search(value), \
+                assert value == "" or envfiles.SECRET.search(value) or envfiles.FROM_ENVIRONMENT.search(value), (
                     f"{example.name}: {key} looks like a committed secret"
+                )
 
 
 def test_secrets_are_fresh_and_consistent(env_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,14 +57,16 @@ def test_secrets_are_fresh_and_consistent(env_dir: Path, monkeypatch: pytest.Mon
     assert values(env_dir / "models.env")["HF_TOKEN"] == "hf_from_the_shell"
     assert stat.S_IMODE((env_dir / "gateway.env").stat().st_mode) == 0o600
     for real in env_dir.glob("*.env"):
-        assert not envfiles.SECRET.search("\n".join(l for l in real.read_text().splitlines() if not l.startswith("#")))
+        assert not envfiles.SECRET.search(
+            "\n".join(line for line in real.read_text().splitlines() if not line.startswith("#"))
+        )
 
 
 def test_existing_files_are_kept_and_their_secrets_reused(env_dir: Path) -> None:
     envfiles.create(env_dir)
     before = (env_dir / "postgres.env").read_text()
     gateway = values(env_dir / "gateway.env")
-    (env_dir / "exporters.env").unlink()          # e.g. an example added by an upgrade
+    (env_dir / "exporters.env").unlink()  # e.g. an example added by an upgrade
     (env_dir / "loadtest.env").unlink()
     (env_dir.parent / ".env").unlink()
     assert sorted(p.name for p in envfiles.create(env_dir)) == [".env", "exporters.env", "loadtest.env"]

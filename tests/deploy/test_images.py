@@ -1,4 +1,5 @@
 """The Dockerfiles: hadolint-clean, pinned, non-root, health-checked, no build secrets."""
+
 from __future__ import annotations
 
 import re
@@ -49,6 +50,7 @@ def test_pinned_non_root_healthchecked_without_secrets(dockerfile: Path) -> None
 
 def test_build_context_keeps_secrets_out() -> None:
     ignore = (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
-    assert ignore[[i for i, line in enumerate(ignore) if not line.startswith("#")][0]] == "**", \
+    assert ignore[[i for i, line in enumerate(ignore) if not line.startswith("#")][0]] == "**", (
         "the context must start from nothing and add only what the images copy"
+    )
     assert not any(line.startswith("!env") or line.startswith("!.state") for line in ignore)

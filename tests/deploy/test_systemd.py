@@ -1,4 +1,5 @@
 """systemd units from the catalogue, checked by the real `systemd-analyze verify`."""
+
 from __future__ import annotations
 
 import configparser
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hxp.core import catalogue
 from hxp.cli import main
+from hxp.core import catalogue
 from hxp.core.paths import PROJECT_ROOT
 
 ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
@@ -17,8 +18,26 @@ HXP = PROJECT_ROOT / ".venv" / "bin" / "hxp"  # ExecStart must exist for verify:
 
 
 def generate(out: Path, profile: str, *extra: str) -> list[Path]:
-    assert main(["systemd", "generate", "--out", str(out), "--profile", profile, "--prefix", str(PROJECT_ROOT),
-                 "--hxp", str(HXP), "--user", "root", *extra]) == 0
+    assert (
+        main(
+            [
+                "systemd",
+                "generate",
+                "--out",
+                str(out),
+                "--profile",
+                profile,
+                "--prefix",
+                str(PROJECT_ROOT),
+                "--hxp",
+                str(HXP),
+                "--user",
+                "root",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return sorted(out.iterdir())
 
 
@@ -38,15 +57,32 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, profile: str) -> None
     units = generate(tmp_path, profile)
     cat = catalogue.load(profile=profile)
     assert {u.name for u in units} == {f"hxp-model-{m.name}.service" for m in cat.models} | {
-        "hxp-gateway.service", "hxp.target"}
+        "hxp-gateway.service",
+        "hxp.target",
+    }
     done = verify(units)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "", f"systemd-analyze warned:\n{done.stderr}"
 
 
 def test_verify_catches_a_missing_command(tmp_path: Path) -> None:
-    assert main(["systemd", "generate", "--out", str(tmp_path), "--profile", "cpu", "--user", "root",
-                 "--hxp", str(tmp_path / "no-such-hxp")]) == 0
+    assert (
+        main(
+            [
+                "systemd",
+                "generate",
+                "--out",
+                str(tmp_path),
+                "--profile",
+                "cpu",
+                "--user",
+                "root",
+                "--hxp",
+                str(tmp_path / "no-such-hxp"),
+            ]
+        )
+        == 0
+    )
     done = verify(sorted(tmp_path.iterdir()))
     assert done.returncode != 0 and "no-such-hxp" in done.stderr
 
@@ -57,8 +93,14 @@ def test_model_units_follow_the_template_and_the_catalogue(tmp_path: Path) -> No
         service = parse(tmp_path / f"hxp-model-{model.name}.service")["Service"]
         assert service["ExecStart"] == f"{HXP} model serve {model.name}"
         assert service["Restart"] == "always"
-        for key, value in {"LimitNOFILE": "65536", "LimitMEMLOCK": "infinity", "NoNewPrivileges": "true",
-                           "ProtectSystem": "strict", "PrivateTmp": "true", "ProtectHome": "true"}.items():
+        for key, value in {
+            "LimitNOFILE": "65536",
+            "LimitMEMLOCK": "infinity",
+            "NoNewPrivileges": "true",
+            "ProtectSystem": "strict",
+            "PrivateTmp": "true",
+            "ProtectHome": "true",
+        }.items():
             assert service[key] == value
         env = (tmp_path / f"hxp-model-{model.name}.service").read_text()
         assert f"Environment=CUDA_VISIBLE_DEVICES={','.join(map(str, model.deployment.devices))}\n" in env

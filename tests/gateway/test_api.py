@@ -1,4 +1,5 @@
 """The gateway as clients see it (one gateway on the fake upstream, SQLite, no Redis)."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,7 @@ def _client(gateway, key: str) -> openai.OpenAI:
 
 def test_openai_client_non_streaming(gateway):
     client = _client(gateway, gateway.create_key())
-    answer = client.chat.completions.create(model=CHAT.name, messages=[{"role": "user", "content": "hi"}],
-                                            max_tokens=4)
+    answer = client.chat.completions.create(model=CHAT.name, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert answer.choices[0].message.content == "Hello from the fake"
     assert answer.usage.completion_tokens == 4
     assert client.completions.create(model=CHAT.name, prompt="hi").choices[0].text
@@ -39,8 +39,12 @@ def test_openai_client_non_streaming(gateway):
 
 def test_openai_client_streaming(gateway):
     client = _client(gateway, gateway.create_key())
-    stream = client.chat.completions.create(model=CHAT.name, messages=[{"role": "user", "content": "hi"}],
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=CHAT.name,
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello from the fake upstream ."
@@ -96,14 +100,19 @@ def test_an_alias_is_answered_and_logged_as_its_model(gateway):
     vectors = _client(gateway, key).embeddings.create(model=alias, input=["alias"])
     assert len(vectors.data) == 1 and len(vectors.data[0].embedding) > 0
     chat_only = gateway.create_key(models=[CHAT.name])
-    refused = httpx.post(f"{gateway.base_url}/embeddings", headers=gateway.headers(chat_only), timeout=30,
-                         json={"model": alias, "input": "x"})
+    refused = httpx.post(
+        f"{gateway.base_url}/embeddings",
+        headers=gateway.headers(chat_only),
+        timeout=30,
+        json={"model": alias, "input": "x"},
+    )
     assert refused.status_code == 403, refused.text
     db = Database(f"sqlite:///{gateway.state_dir / 'gateway.sqlite3'}")
     try:
         deadline = time.monotonic() + 60
-        while not (rows := db.fetchall("SELECT model_name, status FROM llm_model_requests WHERE user_id = ?",
-                                       (key_alias,))):
+        while not (
+            rows := db.fetchall("SELECT model_name, status FROM llm_model_requests WHERE user_id = ?", (key_alias,))
+        ):
             assert time.monotonic() < deadline, "no usage row"
             time.sleep(0.2)
     finally:
@@ -113,11 +122,15 @@ def test_an_alias_is_answered_and_logged_as_its_model(gateway):
 
 def test_admin_api_only_with_the_master_key(gateway):
     user_key = gateway.create_key()
-    for headers, status in (({}, 401), ({"Authorization": "Bearer sk-hxp-unknown"}, 401),
-                            ({"Authorization": f"Bearer {user_key}"}, 403)):
+    for headers, status in (
+        ({}, 401),
+        ({"Authorization": "Bearer sk-hxp-unknown"}, 401),
+        ({"Authorization": f"Bearer {user_key}"}, 403),
+    ):
         for method, path in (("GET", ""), ("POST", ""), ("POST", "/x/revoke"), ("POST", "/x/rotate")):
-            response = httpx.request(method, f"{gateway.url}/admin/keys{path}", headers=headers,
-                                     json={"alias": "nope"}, timeout=30)
+            response = httpx.request(
+                method, f"{gateway.url}/admin/keys{path}", headers=headers, json={"alias": "nope"}, timeout=30
+            )
             assert response.status_code == status, (method, path, response.text)
             assert response.json()["error"]["type"] in ("authentication_error", "permission_error")
     listing = httpx.get(f"{gateway.url}/admin/keys", headers=gateway.headers(), timeout=30).json()["data"]
@@ -126,8 +139,11 @@ def test_admin_api_only_with_the_master_key(gateway):
 
 def test_admin_api_create_list_rotate_revoke(gateway):
     admin = {"headers": gateway.headers(), "timeout": 30}
-    created = httpx.post(f"{gateway.url}/admin/keys", json={"alias": "svc-a", "owner": "team-a", "rpm": 50,
-                                                              "models": [CHAT.name], "days": 30}, **admin)
+    created = httpx.post(
+        f"{gateway.url}/admin/keys",
+        json={"alias": "svc-a", "owner": "team-a", "rpm": 50, "models": [CHAT.name], "days": 30},
+        **admin,
+    )
     assert created.status_code == 201, created.text
     old = created.json()["key"]
     assert created.json()["rpm_limit"] == 50 and created.json()["models"] == [CHAT.name]
@@ -148,13 +164,29 @@ def test_admin_api_create_list_rotate_revoke(gateway):
 def _hxp(gateway, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HXP_STATE_DIR": str(gateway.state_dir)}
     env.pop("DATABASE_URL", None)
-    return subprocess.run([sys.executable, "-m", "hxp.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "hxp.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_keys(gateway):
-    created = _hxp(gateway, "keys", "create", "--alias", "cli-key", "--owner", "ops", "--models", CHAT.name,
-                   "--rpm", "100", "--tpm", "10000", "--days", "7")
+    created = _hxp(
+        gateway,
+        "keys",
+        "create",
+        "--alias",
+        "cli-key",
+        "--owner",
+        "ops",
+        "--models",
+        CHAT.name,
+        "--rpm",
+        "100",
+        "--tpm",
+        "10000",
+        "--days",
+        "7",
+    )
     assert created.returncode == 0, created.stderr
     issued = json.loads(created.stdout)
     assert issued["key"].startswith("sk-hxp-") and issued["key_id"] and issued["tpm_limit"] == 10000

@@ -1,4 +1,5 @@
 """The key cache (misses cannot evict valid keys) and readiness computed at most once a second per worker."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,9 +19,21 @@ class CountingStore:
     def __init__(self, secret: str) -> None:
         self.valid = hash_secret(secret)
         self.lookups: dict[str, int] = {}
-        self.key = ApiKey(key_id="k", key_hash=self.valid, key_prefix="sk-hxp-", alias="valid", owner=None, models=(),
-                          read_collections=("*",), write_collections=(), rpm_limit=None, tpm_limit=None,
-                          expires_at=None, created_at=None, revoked_at=None)
+        self.key = ApiKey(
+            key_id="k",
+            key_hash=self.valid,
+            key_prefix="sk-hxp-",
+            alias="valid",
+            owner=None,
+            models=(),
+            read_collections=("*",),
+            write_collections=(),
+            rpm_limit=None,
+            tpm_limit=None,
+            expires_at=None,
+            created_at=None,
+            revoked_at=None,
+        )
 
     def lookup_hash(self, key_hash: str) -> ApiKey | None:
         self.lookups[key_hash] = self.lookups.get(key_hash, 0) + 1

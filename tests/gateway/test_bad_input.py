@@ -4,14 +4,17 @@ The property-based part sends random and malformed bodies (hypothesis, seeded an
 OpenAI routes and the vector API of a real gateway on the fake upstream (which is always up): no answer
 is a 5xx, none hangs, and every 4xx is in OpenAI's error shape.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, seed, settings, strategies as st
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
 
 from hxp.core import catalogue
 from tests.support.fake_upstream import FakeUpstream
@@ -31,8 +34,14 @@ def strict() -> Iterator[tuple[Gateway, FakeUpstream, str]]:
     upstream = FakeUpstream().start()
     factory = GatewayFactory()
     try:
-        gateway = factory(upstream.url, env={"HXP_MAX_BODY_BYTES": str(MAX_BODY), "HXP_MAX_INPUTS": str(MAX_INPUTS),
-                                             "HXP_USAGE_FLUSH_INTERVAL_S": "0.2"})
+        gateway = factory(
+            upstream.url,
+            env={
+                "HXP_MAX_BODY_BYTES": str(MAX_BODY),
+                "HXP_MAX_INPUTS": str(MAX_INPUTS),
+                "HXP_USAGE_FLUSH_INTERVAL_S": "0.2",
+            },
+        )
         yield gateway, upstream, gateway.create_key(alias="bad-input")
     finally:
         factory.close()
@@ -41,8 +50,12 @@ def strict() -> Iterator[tuple[Gateway, FakeUpstream, str]]:
 
 def post(gateway: Gateway, key: str, path: str, body: Any, raw: bytes | None = None) -> httpx.Response:
     content = raw if raw is not None else json.dumps(body).encode()
-    return httpx.post(gateway.base_url + path, content=content, timeout=30,
-                      headers={"Authorization": f"Bearer {key}", "content-type": "application/json"})
+    return httpx.post(
+        gateway.base_url + path,
+        content=content,
+        timeout=30,
+        headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
 
 
 def openai_error(response: httpx.Response) -> dict[str, Any]:
@@ -73,8 +86,12 @@ CASES = [
     ("/chat/completions", {"model": CHAT, "messages": USER, "tools": [{"type": "function"}]}, 400, "tools[0]"),
     ("/chat/completions", {"model": CHAT, "messages": USER, "tool_choice": "always"}, 400, "tool_choice"),
     ("/chat/completions", {"model": CHAT, "messages": USER, "response_format": "json"}, 400, "response_format"),
-    ("/chat/completions", {"model": CHAT, "messages": USER, "response_format": {"type": "xml"}}, 400,
-     "response_format"),
+    (
+        "/chat/completions",
+        {"model": CHAT, "messages": USER, "response_format": {"type": "xml"}},
+        400,
+        "response_format",
+    ),
     ("/chat/completions", {"model": CHAT, "messages": USER, "stream": "yes"}, 400, "stream"),
     ("/chat/completions", {"model": EMBED, "messages": USER}, 400, "model"),
     ("/completions", {"model": CHAT, "prompt": {"text": "hi"}}, 400, "prompt"),
@@ -106,10 +123,16 @@ def test_malformed_requests_name_the_problem_and_reach_no_backend(strict, path, 
 
 def test_refused_bodies_are_usage_rows(strict) -> None:
     gateway, _, key = strict
-    answers = [post(gateway, key, "/chat/completions", None, b"[]"),
-               post(gateway, key, "/completions", {"model": CHAT, "prompt": 42}),
-               post(gateway, key, "/chat/completions", {"model": CHAT, "messages": [{"role": "user",
-                                                                                      "content": "x" * MAX_BODY}]})]
+    answers = [
+        post(gateway, key, "/chat/completions", None, b"[]"),
+        post(gateway, key, "/completions", {"model": CHAT, "prompt": 42}),
+        post(
+            gateway,
+            key,
+            "/chat/completions",
+            {"model": CHAT, "messages": [{"role": "user", "content": "x" * MAX_BODY}]},
+        ),
+    ]
     ids = {r.headers["x-request-id"]: r.status_code for r in answers}
     rows = gateway.usage_rows(list(ids))
     assert set(ids) <= set(rows)
@@ -122,19 +145,38 @@ def test_refused_bodies_are_usage_rows(strict) -> None:
 
 def test_an_announced_oversized_body_is_refused_before_it_is_read(strict) -> None:
     gateway, _, key = strict
-    response = httpx.post(gateway.base_url + "/embeddings", content=b"{" + b" " * (MAX_BODY * 4) + b"}",
-                          headers={"Authorization": f"Bearer {key}", "content-type": "application/json"}, timeout=30)
+    response = httpx.post(
+        gateway.base_url + "/embeddings",
+        content=b"{" + b" " * (MAX_BODY * 4) + b"}",
+        headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
+        timeout=30,
+    )
     assert response.status_code == 413 and openai_error(response)["code"] == "request_too_large"
 
 
 # --- property-based: random and malformed bodies -------------------------------------------------------------
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=30),
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=30),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 FIELDS = {
-    "/chat/completions": ["model", "messages", "max_tokens", "temperature", "n", "stop", "stream", "tools",
-                          "tool_choice", "response_format", "top_p", "stream_options", "rag", "seed"],
+    "/chat/completions": [
+        "model",
+        "messages",
+        "max_tokens",
+        "temperature",
+        "n",
+        "stop",
+        "stream",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "top_p",
+        "stream_options",
+        "rag",
+        "seed",
+    ],
     "/completions": ["model", "prompt", "max_tokens", "n", "stop", "stream", "temperature", "echo", "logprobs"],
     "/embeddings": ["model", "input", "encoding_format", "dimensions", "user", "stream", "stream_options"],
     "/vector/collections/documents/search": ["query", "vector", "limit", "score_threshold", "filter", "with_text"],
@@ -173,8 +215,11 @@ def bodies(draw: st.DrawFn) -> tuple[str, bytes]:
 def client(strict) -> Iterator[httpx.Client]:
     gateway, _, _ = strict
     key = gateway.create_key(alias="fuzz", write_collections=["documents"])
-    with httpx.Client(base_url=gateway.base_url, timeout=20,
-                      headers={"Authorization": f"Bearer {key}", "content-type": "application/json"}) as http:
+    with httpx.Client(
+        base_url=gateway.base_url,
+        timeout=20,
+        headers={"Authorization": f"Bearer {key}", "content-type": "application/json"},
+    ) as http:
         yield http
 
 
@@ -196,8 +241,12 @@ def test_a_filter_on_no_field_is_a_400_also_on_a_filled_collection(strict) -> No
 
 
 @seed(20261130)
-@settings(max_examples=600, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=600,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(case=bodies())
 def test_random_bodies_never_get_a_server_error(client: httpx.Client, case: tuple[str, bytes]) -> None:
     path, content = case

@@ -1,11 +1,12 @@
 """The conversation store on SQLite and on a real PostgreSQL: contexts, positions under concurrent turns, retention."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import pytest
 
@@ -36,9 +37,16 @@ def texts(context: Context | None) -> list[str]:
 
 def save(store: ConversationStore, text: str, answer: str, **where: object) -> str:
     response_id = items.new_id("resp")
-    store.save_turn(Turn(response={"id": response_id, "output": []}, owner=OWNER,
-                         session_id=str(where.pop("session_id", response_id)), inputs=[message("user", text)],
-                         outputs=[message("assistant", answer)], **where))  # type: ignore[arg-type]
+    store.save_turn(
+        Turn(
+            response={"id": response_id, "output": []},
+            owner=OWNER,
+            session_id=str(where.pop("session_id", response_id)),
+            inputs=[message("user", text)],
+            outputs=[message("assistant", answer)],
+            **where,
+        )
+    )  # type: ignore[arg-type]
     return response_id
 
 
@@ -68,8 +76,12 @@ def test_concurrent_turns_never_share_a_position(store: ConversationStore) -> No
         list(pool.map(turn, range(40)))
     found = texts(store.conversation_context("conv_busy", OWNER))
     assert len(found) == 80 and all(found[found.index(f"q{i}") + 1] == f"a{i}" for i in range(40))
-    positions = [r["position"] for r in store.db.fetchall(
-        "SELECT position FROM context_items WHERE conversation_id = ? ORDER BY position", ("conv_busy",))]
+    positions = [
+        r["position"]
+        for r in store.db.fetchall(
+            "SELECT position FROM context_items WHERE conversation_id = ? ORDER BY position", ("conv_busy",)
+        )
+    ]
     assert positions == list(range(80))
 
 
@@ -85,8 +97,9 @@ def test_purge_removes_what_is_past_the_retention_and_keeps_the_rest(store: Conv
     assert store.response(old, None) is None and store.conversation("conv_old", None) is None
     assert store.response(recent, OWNER) is not None
     assert texts(store.conversation_context("conv_new", OWNER)) == ["new", "n1", "n2"]  # its items stay
-    leftovers = store.db.fetchall("SELECT item_id FROM context_items WHERE conversation_id = ? OR response_id = ?",
-                                  ("conv_old", old))
+    leftovers = store.db.fetchall(
+        "SELECT item_id FROM context_items WHERE conversation_id = ? OR response_id = ?", ("conv_old", old)
+    )
     assert leftovers == []
 
 
@@ -97,13 +110,20 @@ def test_the_purge_command_applies_the_retention_setting_or_its_days(tmp_path) -
     store = ConversationStore(db)
     ages = {save(store, "q", "a"): days for days in (3, 5)}
     for response_id, days in ages.items():
-        db.execute("UPDATE responses SET created_at = ? WHERE response_id = ?",
-                   (int(time.time()) - days * 86400, response_id))
+        db.execute(
+            "UPDATE responses SET created_at = ? WHERE response_id = ?", (int(time.time()) - days * 86400, response_id)
+        )
     env = {"HXP_DATABASE_URL": url, "HXP_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
 
     def purge(*args: str, **extra: str) -> str:
-        return subprocess.run([sys.executable, "-m", "hxp.cli", "conversations", "purge", *args],
-                              env={**env, **extra}, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            [sys.executable, "-m", "hxp.cli", "conversations", "purge", *args],
+            env={**env, **extra},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
     assert '"responses": 0' in purge()  # the default retention is 30 days
     assert '"responses": 1' in purge(HXP_CONVERSATION_RETENTION_DAYS="4")

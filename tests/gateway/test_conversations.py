@@ -1,11 +1,13 @@
 """The Responses and Conversations APIs through the official openai SDK: chains by previous_response_id and by
 conversation, streamed and not; the engine gets the whole history in order; owners, deletion, store:false,
 truncation, usage rows and limits on the whole prompt."""
+
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -66,12 +68,24 @@ def test_a_chain_by_previous_response_id_gives_the_engine_the_whole_history(gate
     assert last_messages(upstream) == [turn("system", "Be brief."), turn("user", "first question")]
     second = sdk.responses.create(model=MODEL, input="second question", previous_response_id=first.id)
     assert second.previous_response_id == first.id
-    assert last_messages(upstream) == [turn("user", "first question"), turn("assistant", ANSWER),
-                                       turn("user", "second question")]  # instructions are not carried over
-    third = sdk.responses.create(model=MODEL, previous_response_id=second.id, instructions="Answer in French.",
-                                 input=[{"role": "user", "content": [{"type": "input_text", "text": "third"}]}])
-    history = [turn("user", "first question"), turn("assistant", ANSWER), turn("user", "second question"),
-               turn("assistant", ANSWER), turn("user", "third")]
+    assert last_messages(upstream) == [
+        turn("user", "first question"),
+        turn("assistant", ANSWER),
+        turn("user", "second question"),
+    ]  # instructions are not carried over
+    third = sdk.responses.create(
+        model=MODEL,
+        previous_response_id=second.id,
+        instructions="Answer in French.",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "third"}]}],
+    )
+    history = [
+        turn("user", "first question"),
+        turn("assistant", ANSWER),
+        turn("user", "second question"),
+        turn("assistant", ANSWER),
+        turn("user", "third"),
+    ]
     assert last_messages(upstream) == [turn("system", "Answer in French."), *history]
     assert third.usage.input_tokens == sum(len(m["content"].split()) for m in last_messages(upstream))
 
@@ -97,8 +111,11 @@ def test_a_streamed_chain_ends_in_response_completed_with_the_stored_id(gateway,
     assert events[0].response.id == done.id and sdk.responses.retrieve(done.id).output_text == ANSWER
     follow = list(sdk.responses.create(model=MODEL, input="stream two", previous_response_id=done.id, stream=True))
     assert follow[-1].type == "response.completed" and follow[-1].response.previous_response_id == done.id
-    assert last_messages(upstream) == [turn("user", "stream one"), turn("assistant", ANSWER),
-                                       turn("user", "stream two")]
+    assert last_messages(upstream) == [
+        turn("user", "stream one"),
+        turn("assistant", ANSWER),
+        turn("user", "stream two"),
+    ]
     with sdk.responses.stream(model=MODEL, input="helper three", previous_response_id=follow[-1].response.id) as run:
         deltas = [e.delta for e in run if e.type == "response.output_text.delta"]  # the SDK's strict accumulator
         final = run.get_final_response()
@@ -112,32 +129,48 @@ def test_a_conversation_collects_every_turn_and_its_items_can_be_managed(gateway
     assert conversation.id.startswith("conv_") and conversation.metadata == {"topic": "demo"}
     first = sdk.responses.create(model=MODEL, input="hello there", conversation=conversation.id)
     assert first.conversation.id == conversation.id
-    streamed = list(sdk.responses.create(model=MODEL, input="and again", conversation={"id": conversation.id},
-                                         stream=True))
+    streamed = list(
+        sdk.responses.create(model=MODEL, input="and again", conversation={"id": conversation.id}, stream=True)
+    )
     assert streamed[-1].type == "response.completed"
-    expected = [turn("system", "You are terse."), turn("user", "hello there"), turn("assistant", ANSWER),
-                turn("user", "and again")]
+    expected = [
+        turn("system", "You are terse."),
+        turn("user", "hello there"),
+        turn("assistant", ANSWER),
+        turn("user", "and again"),
+    ]
     assert last_messages(upstream) == expected
     items = sdk.conversations.items.list(conversation.id, order="asc").data
-    assert [(i.role, i.content[0].text) for i in items] == [(m["role"], m["content"]) for m in
-                                                            [*expected, turn("assistant", ANSWER)]]
+    assert [(i.role, i.content[0].text) for i in items] == [
+        (m["role"], m["content"]) for m in [*expected, turn("assistant", ANSWER)]
+    ]
     assert sdk.conversations.items.list(conversation.id).data[0].id == items[-1].id  # newest first by default
 
     added = sdk.conversations.items.create(conversation.id, items=[turn("user", "a note"), turn("assistant", "ok")])
     assert [i.content[0].text for i in added.data] == ["a note", "ok"]
-    assert sdk.conversations.items.retrieve(added.data[0].id, conversation_id=conversation.id).content[0].text \
-        == "a note"
+    assert (
+        sdk.conversations.items.retrieve(added.data[0].id, conversation_id=conversation.id).content[0].text == "a note"
+    )
     sdk.conversations.items.delete(items[1].id, conversation_id=conversation.id)  # "hello there" is forgotten
     sdk.responses.create(model=MODEL, input="last", conversation=conversation.id)
     assert [m["content"] for m in last_messages(upstream)] == [
-        "You are terse.", ANSWER, "and again", ANSWER, "a note", "ok", "last"]
+        "You are terse.",
+        ANSWER,
+        "and again",
+        ANSWER,
+        "a note",
+        "ok",
+        "last",
+    ]
 
     updated = sdk.conversations.update(conversation.id, metadata={"topic": "changed"})
     assert updated.metadata == {"topic": "changed"} == sdk.conversations.retrieve(conversation.id).metadata
     assert sdk.conversations.delete(conversation.id).deleted
-    for call in (lambda: sdk.conversations.retrieve(conversation.id),
-                 lambda: sdk.conversations.items.list(conversation.id),
-                 lambda: sdk.responses.create(model=MODEL, input="x", conversation=conversation.id)):
+    for call in (
+        lambda: sdk.conversations.retrieve(conversation.id),
+        lambda: sdk.conversations.items.list(conversation.id),
+        lambda: sdk.responses.create(model=MODEL, input="x", conversation=conversation.id),
+    ):
         with pytest.raises(openai.NotFoundError):
             call()
     assert sdk.responses.retrieve(first.id).output_text == ANSWER  # a response outlives its conversation
@@ -151,24 +184,27 @@ def test_another_owners_key_gets_404_and_the_master_key_reaches_everything(gatew
     item_id = alice.conversations.items.list(conversation.id).data[0].id
     assert colleague.responses.retrieve(response.id).id == response.id  # same owner, another key
     colleague.responses.create(model=MODEL, input="go on", previous_response_id=response.id)
+    calls = (  # each as another owner's client `c`, with a conversation `own` of its own
+        lambda c, own: c.responses.retrieve(response.id),
+        lambda c, own: c.responses.input_items.list(response.id),
+        lambda c, own: c.responses.delete(response.id),
+        lambda c, own: c.responses.create(model=MODEL, input="x", previous_response_id=response.id),
+        lambda c, own: c.conversations.retrieve(conversation.id),
+        lambda c, own: c.conversations.items.list(conversation.id),
+        lambda c, own: c.conversations.items.create(conversation.id, items=[turn("user", "x")]),
+        lambda c, own: c.conversations.update(conversation.id, metadata={"topic": "theirs"}),
+        lambda c, own: c.conversations.items.retrieve(item_id, conversation_id=conversation.id),
+        lambda c, own: c.conversations.items.retrieve(item_id, conversation_id=own.id),
+        lambda c, own: c.conversations.items.delete(item_id, conversation_id=conversation.id),
+        lambda c, own: c.conversations.items.delete(item_id, conversation_id=own.id),
+        lambda c, own: c.conversations.delete(conversation.id),
+        lambda c, own: c.responses.create(model=MODEL, input="x", conversation=conversation.id),
+    )
     for other in (bob, anonymous):
         own = other.conversations.create()  # naming one's own conversation reaches no other's item
-        for call in (lambda: other.responses.retrieve(response.id),
-                     lambda: other.responses.input_items.list(response.id),
-                     lambda: other.responses.delete(response.id),
-                     lambda: other.responses.create(model=MODEL, input="x", previous_response_id=response.id),
-                     lambda: other.conversations.retrieve(conversation.id),
-                     lambda: other.conversations.items.list(conversation.id),
-                     lambda: other.conversations.items.create(conversation.id, items=[turn("user", "x")]),
-                     lambda: other.conversations.update(conversation.id, metadata={"topic": "theirs"}),
-                     lambda: other.conversations.items.retrieve(item_id, conversation_id=conversation.id),
-                     lambda: other.conversations.items.retrieve(item_id, conversation_id=own.id),
-                     lambda: other.conversations.items.delete(item_id, conversation_id=conversation.id),
-                     lambda: other.conversations.items.delete(item_id, conversation_id=own.id),
-                     lambda: other.conversations.delete(conversation.id),
-                     lambda: other.responses.create(model=MODEL, input="x", conversation=conversation.id)):
+        for call in calls:
             with pytest.raises(openai.NotFoundError) as refused:
-                call()
+                call(other, own)
             assert "not found" in refused.value.message
     assert alice.responses.retrieve(response.id).id == response.id  # nothing was changed or deleted by them
     assert alice.conversations.retrieve(conversation.id).metadata == {"topic": "plans"}
@@ -199,8 +235,11 @@ def test_deleted_and_unstored_responses_are_not_found(gateway, upstream) -> None
     in_conversation = sdk.responses.create(model=MODEL, input="on the record", conversation=conversation.id)
     sdk.responses.delete(kept.id)
     sdk.responses.delete(in_conversation.id)
-    for call in (lambda: sdk.responses.retrieve(kept.id), lambda: sdk.responses.delete(kept.id),
-                 lambda: sdk.responses.input_items.list(kept.id)):
+    for call in (
+        lambda: sdk.responses.retrieve(kept.id),
+        lambda: sdk.responses.delete(kept.id),
+        lambda: sdk.responses.input_items.list(kept.id),
+    ):
         with pytest.raises(openai.NotFoundError):
             call()
     assert len(sdk.conversations.items.list(conversation.id).data) == 2  # the conversation keeps its items
@@ -213,18 +252,28 @@ def test_truncation_disabled_refuses_naming_the_limit_and_auto_drops_the_oldest_
     twenty = " ".join(["more"] * 20)
     before = upstream.stats()["by_path"].get("/v1/chat/completions", 0)
     with pytest.raises(openai.BadRequestError) as refused:  # 2 + 10 + 6 + 20 words, 6 tokens of room: over 40
-        sdk.responses.create(model=SMALL, input=twenty, instructions="Be brief.", max_output_tokens=6,
-                             previous_response_id=first.id)
+        sdk.responses.create(
+            model=SMALL, input=twenty, instructions="Be brief.", max_output_tokens=6, previous_response_id=first.id
+        )
     error = refused.value.body
     assert error["code"] == "context_length_exceeded" and error["param"] == "input"
     assert f"({SMALL_CONTEXT} tokens)" in error["message"] and f"'{SMALL}'" in error["message"]
     assert upstream.stats()["by_path"].get("/v1/chat/completions", 0) == before  # refused before the model call
-    fitted = sdk.responses.create(model=SMALL, input=twenty, instructions="Be brief.", max_output_tokens=6,
-                                  previous_response_id=first.id, truncation="auto")
+    fitted = sdk.responses.create(
+        model=SMALL,
+        input=twenty,
+        instructions="Be brief.",
+        max_output_tokens=6,
+        previous_response_id=first.id,
+        truncation="auto",
+    )
     assert fitted.truncation == "auto" and fitted.status == "completed"
     assert last_messages(upstream) == [turn("system", "Be brief."), turn("assistant", ANSWER), turn("user", twenty)]
     assert [i.content[0].text for i in sdk.responses.input_items.list(fitted.id, order="asc").data] == [
-        ten, ANSWER, twenty]  # the stored context stays whole
+        ten,
+        ANSWER,
+        twenty,
+    ]  # the stored context stays whole
     with pytest.raises(openai.BadRequestError) as alone:
         sdk.responses.create(model=SMALL, input=" ".join(["x"] * 39), max_output_tokens=6, truncation="auto")
     assert "Even the newest input alone" in alone.value.body["message"]
@@ -236,8 +285,9 @@ def test_usage_rows_count_the_whole_prompt_and_token_limits_apply(gateway) -> No
     previous, answered, status = None, [], 200
     for i in range(12):
         try:
-            response = sdk.responses.create(model=MODEL, input=" ".join(["ten words each"] * 3 + [str(i)]),
-                                            previous_response_id=previous)
+            response = sdk.responses.create(
+                model=MODEL, input=" ".join(["ten words each"] * 3 + [str(i)]), previous_response_id=previous
+            )
         except openai.RateLimitError as limited:
             status = limited.status_code
             break
@@ -249,8 +299,9 @@ def test_usage_rows_count_the_whole_prompt_and_token_limits_apply(gateway) -> No
     try:
         deadline, rows = time.monotonic() + 60, []
         while time.monotonic() < deadline:
-            rows = db.fetchall("SELECT prompt_tokens, status FROM llm_model_requests WHERE user_id = ? "
-                               "ORDER BY timestamp", (alias,))
+            rows = db.fetchall(
+                "SELECT prompt_tokens, status FROM llm_model_requests WHERE user_id = ? ORDER BY timestamp", (alias,)
+            )
             if len(rows) > len(answered):
                 break
             time.sleep(0.3)
@@ -260,20 +311,27 @@ def test_usage_rows_count_the_whole_prompt_and_token_limits_apply(gateway) -> No
     assert rows[-1]["status"] == "rate_limited"
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"input": "x", "previous_response_id": "resp_1", "conversation": "conv_1"}, "conversation"),
-    ({"input": "x", "truncation": "sometimes"}, "truncation"),
-    ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
-    ({"input": [{"type": "web_search_call"}]}, "input[0].type"),
-    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0]"),
-    ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
-    ({"input": "x", "background": True}, "background"),
-    ({"input": "x", "metadata": {"k": 1}}, "metadata"),
-    ({}, "input"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"input": "x", "previous_response_id": "resp_1", "conversation": "conv_1"}, "conversation"),
+        ({"input": "x", "truncation": "sometimes"}, "truncation"),
+        ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
+        ({"input": [{"type": "web_search_call"}]}, "input[0].type"),
+        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0]"),
+        ({"input": "x", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "x", "background": True}, "background"),
+        ({"input": "x", "metadata": {"k": 1}}, "metadata"),
+        ({}, "input"),
+    ],
+)
 def test_bad_requests_are_400_naming_the_field(gateway, body, param) -> None:
-    response = httpx.post(f"{gateway.base_url}/responses", json={"model": MODEL, **body},
-                          headers=gateway.headers(gateway.create_key()), timeout=30)
+    response = httpx.post(
+        f"{gateway.base_url}/responses",
+        json={"model": MODEL, **body},
+        headers=gateway.headers(gateway.create_key()),
+        timeout=30,
+    )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
 
@@ -283,15 +341,26 @@ def test_function_calls_round_trip_as_items(gateway, upstream) -> None:
     tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
     first = sdk.responses.create(model=MODEL, input="weather?", tools=tools, tool_choice="auto")
     sent = [m for m in upstream.requests() if "messages" in m][-1]
-    assert sent["tools"] == [{"type": "function", "function": {"name": "get_weather",
-                                                               "parameters": {"type": "object", "properties": {}}}}]
+    assert sent["tools"] == [
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
+    ]
     call = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"}
-    sdk.responses.create(model=MODEL, previous_response_id=first.id, tools=tools, input=[
-        call, {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}])
+    sdk.responses.create(
+        model=MODEL,
+        previous_response_id=first.id,
+        tools=tools,
+        input=[call, {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}],
+    )
     assert last_messages(upstream)[-2:] == [  # the answer and the call that follows it: one assistant turn
-        {"role": "assistant", "content": ANSWER, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+        {
+            "role": "assistant",
+            "content": ANSWER,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
 
 
 def test_the_gateway_purges_what_is_past_the_retention(gateway_factory, upstream) -> None:

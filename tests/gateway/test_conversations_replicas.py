@@ -1,9 +1,10 @@
 """Two gateway replicas sharing a real PostgreSQL: a chain or a conversation started on one continues on the other,
 and on a restarted gateway; the engine always gets the whole history."""
+
 from __future__ import annotations
 
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -42,8 +43,9 @@ def sdk(gateway: Gateway, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=60)
 
 
-def test_replicas_share_chains_and_conversations_and_a_restart_loses_nothing(gateway_factory, upstream,
-                                                                            database) -> None:
+def test_replicas_share_chains_and_conversations_and_a_restart_loses_nothing(
+    gateway_factory, upstream, database
+) -> None:
     one, two = (gateway_factory(upstream.url, {"DATABASE_URL": database}, wait=False) for _ in range(2))
     for gateway in (one, two):
         gateway.wait_ready()
@@ -69,8 +71,9 @@ def test_replicas_share_chains_and_conversations_and_a_restart_loses_nothing(gat
     assert contents(upstream) == ["a1", ANSWER, "a2", ANSWER, "a3"]
     first.responses.create(model=MODEL, input="c3", conversation=conversation.id)
     assert contents(upstream) == ["c0", "c1", ANSWER, "c2", ANSWER, "c3"]
-    assert [i.id for i in second.responses.input_items.list(a3.id).data] == \
-        [i.id for i in first.responses.input_items.list(a3.id).data]
+    assert [i.id for i in second.responses.input_items.list(a3.id).data] == [
+        i.id for i in first.responses.input_items.list(a3.id).data
+    ]
     second.responses.delete(a3.id)
     with pytest.raises(openai.NotFoundError):
         first.responses.retrieve(a3.id)

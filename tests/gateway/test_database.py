@@ -1,9 +1,10 @@
 """The SQL layer: migrations and portable queries on SQLite and on a real PostgreSQL."""
+
 from __future__ import annotations
 
 import threading
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -47,7 +48,9 @@ def test_reads_do_not_wait_for_an_open_write_transaction(db: Database, empty_db_
     for writer in (other_worker, db):  # another process's transaction, and one of this Database in another thread
         inside, release = threading.Event(), threading.Event()
 
-        def hold(writer: Database = writer) -> None:
+        def hold(
+            writer: Database = writer, inside: threading.Event = inside, release: threading.Event = release
+        ) -> None:
             with writer.transaction() as cur:
                 cur.execute(insert, (str(uuid.uuid4()), "uncommitted"))
                 inside.set()
@@ -57,8 +60,11 @@ def test_reads_do_not_wait_for_an_open_write_transaction(db: Database, empty_db_
         holder.start()
         assert inside.wait(10)
         seen: list = []
-        reader = threading.Thread(target=lambda: seen.extend([db.fetchall("SELECT model_name FROM llm_model_requests"),
-                                                              db.ping()]))
+
+        def read(seen: list = seen) -> None:
+            seen.extend([db.fetchall("SELECT model_name FROM llm_model_requests"), db.ping()])
+
+        reader = threading.Thread(target=read)
         reader.start()
         reader.join(10)
         waited = reader.is_alive()
@@ -82,9 +88,11 @@ def test_a_read_sees_the_last_commit_of_another_connection(db: Database, empty_d
 
 def test_failed_transaction_rolls_back(db: Database) -> None:
     db.migrate()
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - the driver's own error for a missing table (sqlite3 or psycopg)
         with db.transaction() as cur:
-            cur.execute("INSERT INTO llm_model_requests (request_id, model_name) VALUES (?, ?)", (str(uuid.uuid4()), "m"))
+            cur.execute(
+                "INSERT INTO llm_model_requests (request_id, model_name) VALUES (?, ?)", (str(uuid.uuid4()), "m")
+            )
             cur.execute("INSERT INTO no_such_table VALUES (1)")
     assert db.fetchall("SELECT * FROM llm_model_requests") == []
 

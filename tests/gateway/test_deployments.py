@@ -1,11 +1,11 @@
 """The LiteLLM configuration generated from the catalogue and the settings (no server)."""
+
 from __future__ import annotations
 
 import yaml
 
-from hxp.core import catalogue
+from hxp.core import catalogue, settings
 from hxp.gateway import deployments, proxy_config
-from hxp.core import settings
 
 CAT = catalogue.load()
 
@@ -29,8 +29,9 @@ def test_every_model_routes_to_its_port_with_its_api_settings():
 
 def test_replicas_share_the_model_name_and_fallbacks_come_from_the_catalogue():
     model = CAT.chat_models[0]
-    deployed = deployments.model_list(CAT, {model.name: ["http://a:1/v1/", "http://b:2/v1"]},
-                                      settings.DEFAULT_BACKEND_URL_TEMPLATE)
+    deployed = deployments.model_list(
+        CAT, {model.name: ["http://a:1/v1/", "http://b:2/v1"]}, settings.DEFAULT_BACKEND_URL_TEMPLATE
+    )
     replicas = [d for d in deployed if d["model_name"] == model.name]
     assert [d["litellm_params"]["api_base"] for d in replicas] == ["http://a:1/v1", "http://b:2/v1"]
     assert len({d["model_info"]["id"] for d in deployed}) == len(deployed)
@@ -44,8 +45,9 @@ def test_proxy_config_hooks_stores_and_no_secrets():
     assert "hxp.gateway.hooks.gateway_hooks" in plain["litellm_settings"]["callbacks"]
     assert plain["litellm_settings"]["cache_params"]["type"] == "local"
     assert "coordination_redis" not in plain["general_settings"]
-    shared = proxy_config.build(_settings(redis_url="redis://:pw-123@redis:6379/0", rate_limit_fail_closed=True,
-                                          cache_ttl_s=60), CAT)
+    shared = proxy_config.build(
+        _settings(redis_url="redis://:pw-123@redis:6379/0", rate_limit_fail_closed=True, cache_ttl_s=60), CAT
+    )
     assert shared["general_settings"]["coordination_redis"] == {"url": "os.environ/REDIS_URL"}
     assert shared["general_settings"]["fail_closed_rate_limit_enforcement"] is True
     assert shared["litellm_settings"]["cache_params"]["ttl"] == 60

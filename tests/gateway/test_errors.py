@@ -1,8 +1,9 @@
 """Every error the gateway answers itself: status, OpenAI error type, message; none reaches a backend."""
+
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -45,53 +46,66 @@ def test_success_reaches_the_backend(gateway, fake_upstream, key):
     assert fake_upstream.requests_served() == before + 1
 
 
-@pytest.mark.parametrize("auth, contains", [
-    (None, "API key"),
-    ("sk-hxp-not-a-real-key", "Invalid API key"),
-])
+@pytest.mark.parametrize(
+    "auth, contains",
+    [
+        (None, "API key"),
+        ("sk-hxp-not-a-real-key", "Invalid API key"),
+    ],
+)
 def test_missing_or_unknown_key_is_401(gateway, auth, contains):
-    error = _error(_post(gateway, auth, {"model": CHAT.name, "messages": USER}), 401, "authentication_error",
-                   contains)
+    error = _error(_post(gateway, auth, {"model": CHAT.name, "messages": USER}), 401, "authentication_error", contains)
     assert error["code"] == "invalid_api_key"
 
 
 def test_revoked_key_is_401(gateway):
     secret = gateway.create_key(alias="to-revoke")
-    assert httpx.post(f"{gateway.url}/admin/keys/to-revoke/revoke", headers=gateway.headers(),
-                      timeout=30).status_code == 200
+    assert (
+        httpx.post(f"{gateway.url}/admin/keys/to-revoke/revoke", headers=gateway.headers(), timeout=30).status_code
+        == 200
+    )
     _error(_post(gateway, secret, {"model": CHAT.name, "messages": USER}), 401, "authentication_error", "revoked")
 
 
 def test_expired_key_is_401(gateway):
-    past = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
     secret = gateway.create_key(expires=past)
     _error(_post(gateway, secret, {"model": CHAT.name, "messages": USER}), 401, "authentication_error", "expired")
 
 
 def test_model_not_allowed_is_403(gateway, key):
-    error = _error(_post(gateway, key, {"model": OTHER.name, "messages": USER}), 403, "permission_error",
-                   OTHER.name, "model")
+    error = _error(
+        _post(gateway, key, {"model": OTHER.name, "messages": USER}), 403, "permission_error", OTHER.name, "model"
+    )
     assert error["code"] == "model_not_allowed"
 
 
 def test_unknown_model_is_404_model_not_found(gateway, key):
-    error = _error(_post(gateway, key, {"model": "no-such-model", "messages": USER}), 404, "invalid_request_error",
-                   "no-such-model", "model")
+    error = _error(
+        _post(gateway, key, {"model": "no-such-model", "messages": USER}),
+        404,
+        "invalid_request_error",
+        "no-such-model",
+        "model",
+    )
     assert error["code"] == "model_not_found"
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"messages": USER, "temperature": 2.5}, "temperature"),
-    ({"messages": USER, "temperature": -0.1}, "temperature"),
-    ({"messages": USER, "temperature": "hot"}, "temperature"),
-    ({"messages": USER, "top_p": 1.5}, "top_p"),
-    ({"messages": USER, "max_tokens": CHAT.max_model_len + 1}, "max_tokens"),
-    ({"messages": USER, "max_tokens": 0}, "max_tokens"),
-    ({}, "messages"),
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
-    ({"messages": [{"role": "user"}]}, "messages[0].content"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": USER, "temperature": 2.5}, "temperature"),
+        ({"messages": USER, "temperature": -0.1}, "temperature"),
+        ({"messages": USER, "temperature": "hot"}, "temperature"),
+        ({"messages": USER, "top_p": 1.5}, "top_p"),
+        ({"messages": USER, "max_tokens": CHAT.max_model_len + 1}, "max_tokens"),
+        ({"messages": USER, "max_tokens": 0}, "max_tokens"),
+        ({}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+    ],
+)
 def test_invalid_parameters_are_400_naming_the_field(gateway, fake_upstream, key, body, param):
     before = fake_upstream.requests_served()
     _error(_post(gateway, key, {"model": CHAT.name, **body}), 400, "invalid_request_error", param, param)
@@ -108,10 +122,14 @@ def test_malformed_json_is_400(gateway, fake_upstream, key):
 def test_completions_and_embeddings_are_validated(gateway, fake_upstream):
     key = gateway.create_key()
     embedding = catalogue.load().embedding_models[0]
-    _error(_post(gateway, key, {"model": CHAT.name}, "/completions"), 400, "invalid_request_error", "prompt",
-           "prompt")
-    _error(_post(gateway, key, {"model": embedding.name, "input": []}, "/embeddings"), 400,
-           "invalid_request_error", "input", "input")
+    _error(_post(gateway, key, {"model": CHAT.name}, "/completions"), 400, "invalid_request_error", "prompt", "prompt")
+    _error(
+        _post(gateway, key, {"model": embedding.name, "input": []}, "/embeddings"),
+        400,
+        "invalid_request_error",
+        "input",
+        "input",
+    )
     assert _post(gateway, key, {"model": CHAT.name, "prompt": "hi"}, "/completions").status_code == 200
     assert _post(gateway, key, {"model": embedding.name, "input": ["a", "b"]}, "/embeddings").status_code == 200
 
@@ -134,8 +152,12 @@ def test_backend_down_is_503_and_readiness_says_so(gateway_factory, fake_upstrea
     down = gateway_factory(backends)
     key = down.create_key()
     for _ in range(2):  # answered, not hung until the client gives up (the latency is in `make bench`)
-        response = httpx.post(f"{down.base_url}/chat/completions", headers=down.headers(key), timeout=15,
-                              json={"model": CHAT.name, "messages": USER})
+        response = httpx.post(
+            f"{down.base_url}/chat/completions",
+            headers=down.headers(key),
+            timeout=15,
+            json={"model": CHAT.name, "messages": USER},
+        )
         error = _error(response, 503, "service_unavailable_error", CHAT.name)
         assert error["code"] == "backend_unavailable"
         assert int(response.headers["retry-after"]) >= 1
@@ -143,8 +165,14 @@ def test_backend_down_is_503_and_readiness_says_so(gateway_factory, fake_upstrea
     db = Database(f"sqlite:///{down.state_dir / 'gateway.sqlite3'}")
     try:
         deadline = time.monotonic() + 60
-        while len(logged := db.fetchall("SELECT status, error_message FROM llm_model_requests "
-                                        "WHERE model_name = ?", (CHAT.name,))) < 2:
+        while (
+            len(
+                logged := db.fetchall(
+                    "SELECT status, error_message FROM llm_model_requests WHERE model_name = ?", (CHAT.name,)
+                )
+            )
+            < 2
+        ):
             assert time.monotonic() < deadline, logged
             time.sleep(0.2)
     finally:
@@ -158,6 +186,8 @@ def test_backend_down_is_503_and_readiness_says_so(gateway_factory, fake_upstrea
     assert models[CHAT.name] == "down" and models[OTHER.name] == "up"
     assert "details" not in ready.json()  # the details are the operator's
     assert httpx.get(f"{down.url}/health/readiness?strict=true", timeout=30).status_code == 503
-    replicas = {m["model"]: m["replicas"] for m in
-                httpx.get(f"{down.url}/health/models", headers=down.headers(), timeout=30).json()["data"]}
+    replicas = {
+        m["model"]: m["replicas"]
+        for m in httpx.get(f"{down.url}/health/models", headers=down.headers(), timeout=30).json()["data"]
+    }
     assert [r["healthy"] for r in replicas[OTHER.name]] == [True, False]

@@ -1,4 +1,5 @@
 """One observation per request, read off the wire: usage rows, metrics and log lines from the same record."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from hxp.gateway import observer
 from hxp.core.database import Database
-from hxp.gateway.observer import Observation
-from hxp.gateway.usage.record import status_name
-from hxp.gateway.usage import backlog, pipeline
 from hxp.core.redaction import redact
+from hxp.gateway import observer
+from hxp.gateway.observer import Observation
+from hxp.gateway.usage import backlog, pipeline
+from hxp.gateway.usage.record import status_name
 
 
 @pytest.fixture
@@ -42,12 +43,20 @@ def chunk(text: str | None = None, finish: str | None = None) -> dict[str, Any]:
     return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
-USAGE = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}}],
-         "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+USAGE = {
+    "object": "chat.completion.chunk",
+    "choices": [{"index": 0, "delta": {}}],
+    "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+}
 
 
-def play(observation: Observation, status: int, headers: list[tuple[bytes, bytes]], bodies: list[bytes],
-         complete: bool = True) -> list[dict[str, Any]]:
+def play(
+    observation: Observation,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    bodies: list[bytes],
+    complete: bool = True,
+) -> list[dict[str, Any]]:
     """Send a response through the observation; return what the client received."""
     received: list[dict[str, Any]] = []
 
@@ -58,36 +67,62 @@ def play(observation: Observation, status: int, headers: list[tuple[bytes, bytes
         send = observation.sender(client)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         for i, body in enumerate(bodies):
-            await send({"type": "http.response.body", "body": body,
-                        "more_body": not complete or i < len(bodies) - 1})
+            await send({"type": "http.response.body", "body": body, "more_body": not complete or i < len(bodies) - 1})
 
     asyncio.run(answer())
     return received
 
 
-@pytest.mark.parametrize("code, status", [(200, "success"), (400, "invalid_request"), (401, "unauthorized"),
-                                          (403, "forbidden"), (404, "not_found"), (413, "invalid_request"),
-                                          (429, "rate_limited"), (418, "client_error"), (499, "cancelled"),
-                                          (500, "backend_error"), (502, "backend_error"), (503, "unavailable"),
-                                          (504, "timeout")])
+@pytest.mark.parametrize(
+    "code, status",
+    [
+        (200, "success"),
+        (400, "invalid_request"),
+        (401, "unauthorized"),
+        (403, "forbidden"),
+        (404, "not_found"),
+        (413, "invalid_request"),
+        (429, "rate_limited"),
+        (418, "client_error"),
+        (499, "cancelled"),
+        (500, "backend_error"),
+        (502, "backend_error"),
+        (503, "unavailable"),
+        (504, "timeout"),
+    ],
+)
 def test_status_names(code: int, status: str) -> None:
     assert status_name(code) == status
 
 
 def test_a_stream_is_one_row_with_its_usage_and_time_to_first_token(usage_env: Database) -> None:
     pipeline.start()
-    obs = Observation("0b7d2c2e-5e8a-4a53-9a55-3c8f2b8a8c11", model="phi-3-mini", key_alias="alice", key_id="k-1",
-                      stream=True, strip_usage=True)
-    received = play(obs, 200, [(b"content-type", b"text/event-stream")],
-                    [sse(chunk("Hello")), sse(chunk(" there")), sse(chunk(finish="stop")), sse(USAGE), sse("[DONE]")])
+    obs = Observation(
+        "0b7d2c2e-5e8a-4a53-9a55-3c8f2b8a8c11",
+        model="phi-3-mini",
+        key_alias="alice",
+        key_id="k-1",
+        stream=True,
+        strip_usage=True,
+    )
+    received = play(
+        obs,
+        200,
+        [(b"content-type", b"text/event-stream")],
+        [sse(chunk("Hello")), sse(chunk(" there")), sse(chunk(finish="stop")), sse(USAGE), sse("[DONE]")],
+    )
     assert not any(b'"usage"' in m.get("body", b"") for m in received)  # the client did not ask for it
     assert len(received) == 5  # start, three chunks, [DONE]
     obs.finish()
     obs.finish()  # recorded once, whichever path finishes it
     pipeline.close()
     [row] = rows(usage_env)
-    assert (row["status"], row["model_name"], row["user_id"], row["key_id"]) == ("success", "phi-3-mini", "alice",
-                                                                                   "k-1")
+    assert (row["status"], row["model_name"], row["user_id"], row["key_id"]) == (
+        "success",
+        "phi-3-mini",
+        "alice",
+        "k-1",
+    )
     assert (row["prompt_tokens"], row["completion_tokens"], row["total_tokens"]) == (7, 3, 10)
     assert row["stream"] and 0 <= row["time_to_first_token_ms"] <= row["latency_ms"]
 
@@ -115,8 +150,13 @@ def test_a_message_of_several_events_counts_each_event_with_text(usage_env: Data
     """The relay passes on the events the engine's bytes brought at once as one message."""
     pipeline.start()
     obs = Observation("1c7d2c2e-5e8a-4a53-9a55-3c8f2b8a8c11", model="phi-3-mini", stream=True)
-    play(obs, 200, [(b"content-type", b"text/event-stream")],
-         [sse(chunk("a")) + sse(chunk("b")) + sse(chunk(finish="stop")), sse(chunk("c"))], complete=False)
+    play(
+        obs,
+        200,
+        [(b"content-type", b"text/event-stream")],
+        [sse(chunk("a")) + sse(chunk("b")) + sse(chunk(finish="stop")), sse(chunk("c"))],
+        complete=False,
+    )
     obs.finish()
     pipeline.close()
     [row] = rows(usage_env)
@@ -127,8 +167,12 @@ def test_a_non_streamed_answer_reports_usage_and_cache_hit(usage_env: Database) 
     pipeline.start()
     obs = Observation("2b7d2c2e-5e8a-4a53-9a55-3c8f2b8a8c11", model="phi-3-mini")
     text = 'say "usage": {"prompt_tokens": 999}'  # the model's text cannot pass for the usage
-    answer = json.dumps({"choices": [{"message": {"content": text}}],
-                         "usage": {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9}}).encode()
+    answer = json.dumps(
+        {
+            "choices": [{"message": {"content": text}}],
+            "usage": {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9},
+        }
+    ).encode()
     play(obs, 200, [(b"content-type", b"application/json"), (b"x-hxp-cache", b"hit")], [answer[:20], answer[20:]])
     obs.finish()
     pipeline.close()
@@ -151,8 +195,9 @@ def test_an_error_row_has_the_message_the_client_got_without_secrets(usage_env: 
     assert secret not in row["error_message"]
 
 
-def test_a_refusal_echoing_a_huge_field_is_recorded_cheaply(usage_env: Database,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refusal_echoing_a_huge_field_is_recorded_cheaply(
+    usage_env: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A refusal may echo what the client sent (a megabyte-long 'temperature'): only the row's share is redacted."""
     redacted: list[int] = []
 
@@ -173,8 +218,9 @@ def test_a_refusal_echoing_a_huge_field_is_recorded_cheaply(usage_env: Database,
     assert "p" * 20 not in row["error_message"]
 
 
-def test_a_row_arriving_after_shutdown_is_kept_on_disk_and_replayed_at_start(usage_env: Database,
-                                                                            tmp_path: Path) -> None:
+def test_a_row_arriving_after_shutdown_is_kept_on_disk_and_replayed_at_start(
+    usage_env: Database, tmp_path: Path
+) -> None:
     pipeline.start()
     pipeline.close()
     obs = Observation("4b7d2c2e-5e8a-4a53-9a55-3c8f2b8a8c11", model="phi-3-mini")
@@ -221,16 +267,27 @@ def test_one_wrapper_edits_the_headers_then_observes_the_stream(usage_env: Datab
 
     async def answer() -> None:
         send = obs.sender(client, edit)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream"), (b"x-backend", b"secret"),
-                                (b"x-hxp-cache", b"miss")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"x-backend", b"secret"),
+                    (b"x-hxp-cache", b"miss"),
+                ],
+            }
+        )
         for body in (sse(chunk("Hello")), sse(chunk(finish="stop")), sse(USAGE), sse("[DONE]")):
             await send({"type": "http.response.body", "body": body, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     asyncio.run(answer())
-    assert received[0]["headers"] == [(b"content-type", b"text/event-stream"), (b"x-hxp-cache", b"miss"),
-                                      (b"x-request-id", b"r")]
+    assert received[0]["headers"] == [
+        (b"content-type", b"text/event-stream"),
+        (b"x-hxp-cache", b"miss"),
+        (b"x-request-id", b"r"),
+    ]
     assert [m["body"] for m in received[1:]] == [sse(chunk("Hello")), sse(chunk(finish="stop")), sse("[DONE]"), b""]
     obs.finish()
     pipeline.close()
@@ -238,16 +295,19 @@ def test_one_wrapper_edits_the_headers_then_observes_the_stream(usage_env: Datab
     assert row["status"] == "success" and row["completion_tokens"] == 3 and not row["cache_hit"]
 
 
-@pytest.mark.parametrize("body", [
-    b'data: {"choices":[{"index":0,"delta":{"content":"Hi","role":"assistant"}}]}\n\n',
-    b'data: {"choices":[{"index":0,"delta":{"content":"","role":"assistant"}}]}\n\n',
-    b'data: {"choices":[{"index":0,"delta":{"content":null},"finish_reason":"stop"}]}\n\n',
-    b'data: {"choices":[{"index":0,"delta":{"content": " spaced"}}]}\n\n',
-    b'data: {"choices":[{"index":0,"delta":{"content":""}},{"index":1,"delta":{"content":"b"}}]}\n\n',
-    b'data: {"choices":[{"index":0,"text":"completion"}]}\n\n',
-    b'data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\\"a"}}]}}]}\n\n',
-    b'data: {"choices":[{"index":0,"delta":{"content":"',
-    b": ping\n\n",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'data: {"choices":[{"index":0,"delta":{"content":"Hi","role":"assistant"}}]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":{"content":"","role":"assistant"}}]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":{"content":null},"finish_reason":"stop"}]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":{"content": " spaced"}}]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":{"content":""}},{"index":1,"delta":{"content":"b"}}]}\n\n',
+        b'data: {"choices":[{"index":0,"text":"completion"}]}\n\n',
+        b'data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\\"a"}}]}}]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":{"content":"',
+        b": ping\n\n",
+    ],
+)
 def test_text_chunks_are_found_as_the_pattern_finds_them(body: bytes) -> None:
     assert observer._has_text(body) == (observer._DELTA_TEXT.search(body) is not None)

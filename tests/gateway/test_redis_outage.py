@@ -1,4 +1,5 @@
 """Redis goes away: the gateway keeps answering (fail-open) or refuses limited keys (fail-closed), and says so."""
+
 from __future__ import annotations
 
 import time
@@ -36,7 +37,7 @@ def test_redis_outage_fail_open_and_fail_closed(gateway_factory, fake_upstream):
 
         for gw in (open_gw, closed_gw):
             # the watch's own line (the start-up line also says "fail open when it is unreachable")
-            _wait_for(lambda: "is unreachable: rate limits" in gw.log)
+            _wait_for(lambda gw=gw: "is unreachable: rate limits" in gw.log)
             ready = httpx.get(f"{gw.url}/health/readiness", timeout=30)
             assert ready.status_code == 503 and ready.json()["components"]["redis"] == "down"
         assert "rate limits fail open" in open_gw.log
@@ -51,7 +52,7 @@ def test_redis_outage_fail_open_and_fail_closed(gateway_factory, fake_upstream):
 
         redis.start()  # same port: the gateway notices, and limited keys are admitted again
         for gw in (open_gw, closed_gw):
-            _wait_for(lambda: "is reachable again: shared rate limits" in gw.log)
+            _wait_for(lambda gw=gw: "is reachable again: shared rate limits" in gw.log)
             assert httpx.get(f"{gw.url}/health/readiness", timeout=30).status_code == 200
         # LiteLLM's Redis circuit breaker may hold requests off for up to 60 s after repeated failures
         _wait_for(lambda: closed_gw.chat(keys[closed_gw], CHAT.name).status_code == 200)

@@ -1,4 +1,5 @@
 """The relay: OpenAI-wire backends answered with their own bytes, LiteLLM still deciding where and whether."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,28 +20,39 @@ USER = [{"role": "user", "content": "hello"}]
 
 
 def _events(text: str) -> list[str]:
-    return [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in text.split("\n\n") if line.startswith("data: ")]
 
 
 def test_a_stream_is_the_engines_own_bytes_with_the_usage_chunk_it_was_not_asked_for_held_back(gateway):
     key = gateway.create_key()
-    plain = httpx.post(f"{gateway.base_url}/chat/completions", headers=gateway.headers(key), timeout=30,
-                       json={"model": CHAT.name, "messages": USER, "stream": True})
+    plain = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers=gateway.headers(key),
+        timeout=30,
+        json={"model": CHAT.name, "messages": USER, "stream": True},
+    )
     assert plain.status_code == 200 and plain.headers["x-hxp-cache"] == "miss"
     events = _events(plain.text)
     # the fake engine writes JSON with spaces after its separators, LiteLLM compactly: these are the engine's
     assert all(event.startswith('{"id": "fake-') for event in events[:-1]) and events[-1] == "[DONE]", events
     assert not any('"usage"' in event for event in events)  # asked of the engine for the usage row, not passed on
-    asked = httpx.post(f"{gateway.base_url}/chat/completions", headers=gateway.headers(key), timeout=30,
-                       json={"model": CHAT.name, "messages": USER, "stream": True,
-                             "stream_options": {"include_usage": True}})
+    asked = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers=gateway.headers(key),
+        timeout=30,
+        json={"model": CHAT.name, "messages": USER, "stream": True, "stream_options": {"include_usage": True}},
+    )
     usage = [json.loads(e)["usage"] for e in _events(asked.text)[:-1] if '"usage"' in e]
     assert usage == [{"prompt_tokens": 1, "completion_tokens": 6, "total_tokens": 7}]
 
 
 def test_a_json_answer_is_the_engines_own_bytes(gateway):
-    answer = httpx.post(f"{gateway.base_url}/chat/completions", headers=gateway.headers(gateway.create_key()),
-                        timeout=30, json={"model": CHAT.name, "messages": USER})
+    answer = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers=gateway.headers(gateway.create_key()),
+        timeout=30,
+        json={"model": CHAT.name, "messages": USER},
+    )
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
     assert answer.text.startswith('{"id": "fake-') and answer.json()["usage"]["total_tokens"] == 7
 
@@ -54,8 +66,12 @@ def test_a_model_whose_backend_is_down_falls_back_before_the_first_byte(gateway_
     key = gw.create_key()
     fake_upstream.reset()
     for stream in (True, False):
-        answer = httpx.post(f"{gw.base_url}/chat/completions", headers=gw.headers(key), timeout=30,
-                            json={"model": model.name, "messages": USER, "stream": stream})
+        answer = httpx.post(
+            f"{gw.base_url}/chat/completions",
+            headers=gw.headers(key),
+            timeout=30,
+            json={"model": model.name, "messages": USER, "stream": stream},
+        )
         assert answer.status_code == 200, answer.text
     assert [r["model"] for r in fake_upstream.requests()] == [fallback, fallback]
 
@@ -65,14 +81,17 @@ def _router(providers: dict[str, str]) -> Any:
     return SimpleNamespace(llm_router=SimpleNamespace(get_model_list=lambda model_name: models.get(model_name)))
 
 
-@pytest.mark.parametrize("path, body, relayed", [
-    ("/v1/chat/completions", {"messages": USER, "stream": True}, True),
-    ("/v1/completions", {"prompt": "hi"}, True),
-    ("/v1/embeddings", {"input": "hi"}, True),
-    ("/v1/chat/completions", {"messages": USER, "temperature": 0}, False),  # the response cache: LiteLLM's path
-    ("/v1/chat/completions", {"messages": USER, "rag": {"collection": "kb"}}, False),  # sources added to the answer
-    ("/v1/responses", {"input": "hi"}, False),
-])
+@pytest.mark.parametrize(
+    "path, body, relayed",
+    [
+        ("/v1/chat/completions", {"messages": USER, "stream": True}, True),
+        ("/v1/completions", {"prompt": "hi"}, True),
+        ("/v1/embeddings", {"input": "hi"}, True),
+        ("/v1/chat/completions", {"messages": USER, "temperature": 0}, False),  # the response cache: LiteLLM's path
+        ("/v1/chat/completions", {"messages": USER, "rag": {"collection": "kb"}}, False),  # sources added to the answer
+        ("/v1/responses", {"input": "hi"}, False),
+    ],
+)
 def test_what_the_relay_answers(monkeypatch, path, body, relayed):
     monkeypatch.setattr(relay, "_proxy", lambda: _router({CHAT.name: "openai"}))
     model = dataclasses.replace(CHAT, api=CHAT.api.model_copy(update={"cache": True}))
@@ -82,9 +101,11 @@ def test_what_the_relay_answers(monkeypatch, path, body, relayed):
 def test_a_backend_of_another_provider_keeps_litellms_path_and_so_does_a_model_falling_back_to_one(monkeypatch):
     model = next(m for m in CAT.chat_models if m.api.fallbacks)
     fallback = model.api.fallbacks[0]
-    for providers, relayed in (({model.name: "openai", fallback: "hosted_vllm"}, True),
-                               ({model.name: "anthropic", fallback: "openai"}, False),
-                               ({model.name: "openai", fallback: "anthropic"}, False)):
+    for providers, relayed in (
+        ({model.name: "openai", fallback: "hosted_vllm"}, True),
+        ({model.name: "anthropic", fallback: "openai"}, False),
+        ({model.name: "openai", fallback: "anthropic"}, False),
+    ):
         monkeypatch.setattr(relay, "_proxy", lambda providers=providers: _router(providers))
         context.use()  # a fresh runtime: nothing known of the providers yet
         assert relay.handles("/v1/chat/completions", model, {"model": model.name, "messages": USER}) is relayed
@@ -97,10 +118,20 @@ def test_a_keys_tpm_stops_it_at_the_same_request_on_the_relay_and_on_litellms_pa
     for path, params in (("relay", {}), ("litellm", {"temperature": 0})):
         for stream in (True, False):
             key = gateway.create_key(tpm=70)  # each answer costs 7 tokens: 1 prompt, 6 completion
-            codes = [httpx.post(f"{gateway.base_url}/chat/completions", headers=gateway.headers(key), timeout=30,
-                                json={"model": CHAT.name, "stream": stream, **params,
-                                      "messages": [{"role": "user", "content": f"hello{i}"}]}).status_code
-                     for i in range(14)]
+            codes = [
+                httpx.post(
+                    f"{gateway.base_url}/chat/completions",
+                    headers=gateway.headers(key),
+                    timeout=30,
+                    json={
+                        "model": CHAT.name,
+                        "stream": stream,
+                        **params,
+                        "messages": [{"role": "user", "content": f"hello{i}"}],
+                    },
+                ).status_code
+                for i in range(14)
+            ]
             assert set(codes) == {200, 429} and codes == sorted(codes), codes
             stopped_at[path, stream] = codes.index(429)
     assert len(set(stopped_at.values())) == 1, stopped_at

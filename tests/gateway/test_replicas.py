@@ -1,4 +1,5 @@
 """Two gateway replicas sharing PostgreSQL and Redis: exact per-key limits, shared cache, keys kept secret."""
+
 from __future__ import annotations
 
 import asyncio
@@ -41,10 +42,14 @@ def replicas(postgres, redis_server, fake_upstream, tmp_path_factory):
 async def _burst(urls: list[str], key: str, model: str, total: int) -> list[int]:
     body = {"model": model, "messages": [{"role": "user", "content": "count me"}]}
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=total)) as client:
-        responses = await asyncio.gather(*(
-            client.post(f"{urls[i % len(urls)]}/chat/completions", json=body,
-                        headers={"Authorization": f"Bearer {key}"})
-            for i in range(total)))
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    f"{urls[i % len(urls)]}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+                )
+                for i in range(total)
+            )
+        )
     return [r.status_code for r in responses]
 
 
@@ -86,8 +91,9 @@ def test_cache_only_at_temperature_zero_and_where_the_catalogue_allows(replicas,
 
 def test_keys_never_in_clear_in_the_database_or_the_logs(replicas, postgres):
     secrets = [replicas[0].create_key(rpm=1000)]
-    rotated = httpx.post(f"{replicas[1].url}/admin/keys/{uuid.uuid4()}/rotate", headers=replicas[1].headers(),
-                         timeout=30)
+    rotated = httpx.post(
+        f"{replicas[1].url}/admin/keys/{uuid.uuid4()}/rotate", headers=replicas[1].headers(), timeout=30
+    )
     assert rotated.status_code == 404
     for gateway in replicas:
         assert gateway.chat(secrets[0], CACHED.name).status_code == 200
@@ -95,8 +101,9 @@ def test_keys_never_in_clear_in_the_database_or_the_logs(replicas, postgres):
     secrets += [replicas[0].master_key, replicas[1].master_key]
     db = Database(postgres.url)
     try:
-        dump = "\n".join(str(row) for table in ("api_keys", "llm_model_requests")
-                         for row in db.fetchall(f"SELECT * FROM {table}"))
+        dump = "\n".join(
+            str(row) for table in ("api_keys", "llm_model_requests") for row in db.fetchall(f"SELECT * FROM {table}")
+        )
     finally:
         db.close()
     assert dump

@@ -1,8 +1,9 @@
 """The trust boundary: only the route table's routes are served; everything else is 404 and reaches nothing."""
+
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -56,8 +57,12 @@ def test_each_listed_route_is_answered_by_the_handler_meant_for_it(proxy_app) ->
         for method in route.methods:
             first = next(c for c in contexts if answers(c, method, path))
             module = getattr(getattr(first.original_route, "endpoint", None), "__module__", "(a mount)")
-            assert module.startswith("litellm." if route.path in LITELLM_HANDLED else "hxp."), \
-                (method, route.path, module, first.path)
+            assert module.startswith("litellm." if route.path in LITELLM_HANDLED else "hxp."), (
+                method,
+                route.path,
+                module,
+                first.path,
+            )
 
 
 def test_the_table_matches_paths_and_methods() -> None:
@@ -120,9 +125,15 @@ def test_routes_outside_the_table_are_404_for_every_caller_and_reach_nothing(gua
 
 def test_unlisted_methods_and_websockets_are_404(guarded) -> None:
     gateway, _, _, keys = guarded
-    for method, path in [("DELETE", "/v1/chat/completions"), ("PUT", "/admin/keys"), ("OPTIONS", "/health/liveness"),
-                         ("GET", "/v1/realtime"), ("POST", "/chat/completions"), ("POST", "/v1/responses/compact"),
-                         ("PUT", "/v1/responses/resp_1")]:
+    for method, path in [
+        ("DELETE", "/v1/chat/completions"),
+        ("PUT", "/admin/keys"),
+        ("OPTIONS", "/health/liveness"),
+        ("GET", "/v1/realtime"),
+        ("POST", "/chat/completions"),
+        ("POST", "/v1/responses/compact"),
+        ("PUT", "/v1/responses/resp_1"),
+    ]:
         response = httpx.request(method, gateway.url + path, headers=gateway.headers(keys["master"]), timeout=30)
         assert response.status_code == 404, (method, path, response.text)
 
@@ -152,8 +163,12 @@ def test_our_api_description_lists_only_our_surface(gateway_factory, fake_upstre
     document = httpx.get(f"{described.url}/openapi.json", timeout=60).json()
     table = route_table.table()
     paths = document["paths"]
-    assert {"/v1/chat/completions", "/v1/embeddings", "/admin/keys", "/v1/vector/collections/{collection}/search"} \
-        <= set(paths)
+    assert {
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/admin/keys",
+        "/v1/vector/collections/{collection}/search",
+    } <= set(paths)
     for path, operations in paths.items():
         for method in operations:
             route = table.match(method.upper(), path).route

@@ -1,20 +1,21 @@
 """No secret leaves the process: not the store passwords, not the keys, not the master key (which LiteLLM never
 sees in clear). Real password-protected Redis and a PostgreSQL user that must give its password."""
+
 from __future__ import annotations
 
 import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 
 from hxp.core import redaction
-from hxp.gateway.auth import litellm_master_key
 from hxp.core.database import Database
+from hxp.gateway.auth import litellm_master_key
 from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import ROOT, Gateway, GatewayFactory
@@ -34,8 +35,9 @@ def protected(postgres: PostgresServer, fake_upstream: FakeUpstream) -> Iterator
     url = postgres.password_user("pw_" + secrets.token_hex(4), pg_password, admin_url.rsplit("/", 1)[1])
     factory = GatewayFactory()
     try:
-        gateway = factory(fake_upstream.url, env={"REDIS_URL": server.url, "DATABASE_URL": url,
-                                                  "HXP_USAGE_FLUSH_INTERVAL_S": "0.2"})
+        gateway = factory(
+            fake_upstream.url, env={"REDIS_URL": server.url, "DATABASE_URL": url, "HXP_USAGE_FLUSH_INTERVAL_S": "0.2"}
+        )
         yield gateway, [redis_password, pg_password], url
     finally:
         factory.close()
@@ -48,14 +50,24 @@ def test_no_password_or_key_in_any_answer_log_or_row(protected) -> None:
     key = gateway.create_key(alias="secret-check")
     bodies = []
     for headers in ({}, gateway.headers(key), gateway.headers()):
-        for path in ("/health/readiness", "/health/readiness?strict=true", "/health/models", "/metrics",
-                     "/v1/models", "/key/generate"):
+        for path in (
+            "/health/readiness",
+            "/health/readiness?strict=true",
+            "/health/models",
+            "/metrics",
+            "/v1/models",
+            "/key/generate",
+        ):
             bodies.append(httpx.get(gateway.url + path, headers=headers, timeout=30).text)
     details = httpx.get(f"{gateway.url}/health/readiness", headers=gateway.headers(), timeout=30).json()["details"]
     assert details["redis"]["healthy"] and details["database"]["healthy"]
     assert "***" in details["redis"]["url"] and "***" in details["database"]["url"]  # shown, password masked
-    bodies += [gateway.chat(key, "phi-3-mini").text, gateway.chat(key, "no-such-model").text,
-               gateway.chat("sk-hxp-" + "w" * 40, "phi-3-mini").text, gateway.chat(key, "phi-3-mini", n=0).text]
+    bodies += [
+        gateway.chat(key, "phi-3-mini").text,
+        gateway.chat(key, "no-such-model").text,
+        gateway.chat("sk-hxp-" + "w" * 40, "phi-3-mini").text,
+        gateway.chat(key, "phi-3-mini", n=0).text,
+    ]
     db = Database(url)
     try:
         deadline = time.monotonic() + 60  # the usage writer flushes in the background; a busy machine is slow
@@ -66,21 +78,36 @@ def test_no_password_or_key_in_any_answer_log_or_row(protected) -> None:
         db.close()
     assert rows
     gateway.stop()
-    everything = "\n".join([*bodies, gateway.log, str(rows), str(keys),
-                            *(p.read_text(errors="replace") for p in gateway.state_dir.rglob("*.yaml"))])
+    everything = "\n".join(
+        [
+            *bodies,
+            gateway.log,
+            str(rows),
+            str(keys),
+            *(p.read_text(errors="replace") for p in gateway.state_dir.rglob("*.yaml")),
+        ]
+    )
     for secret in [*passwords, key, gateway.master_key]:
         assert secret not in everything, f"a secret leaked: {secret[:6]}..."
 
 
 @pytest.mark.parametrize("master", ["sk-" + "m" * 40, "no-prefix-" + "m" * 40])
-def test_litellm_gets_a_hash_of_the_master_key_whatever_its_prefix(master: str, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_litellm_gets_a_hash_of_the_master_key_whatever_its_prefix(
+    master: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hxp.gateway import launcher
 
     monkeypatch.setenv("HXP_MASTER_KEY", master)
     monkeypatch.setenv("HXP_STATE_DIR", str(tmp_path))
-    for name in ("LITELLM_MASTER_KEY", "LITELLM_WORKER_STARTUP_HOOKS", "HXP_DATABASE_URL", "DATABASE_URL",
-                 "LITELLM_LOG", "LITELLM_LOCAL_MODEL_COST_MAP", *launcher.RETRY_BACKOFF):
+    for name in (
+        "LITELLM_MASTER_KEY",
+        "LITELLM_WORKER_STARTUP_HOOKS",
+        "HXP_DATABASE_URL",
+        "DATABASE_URL",
+        "LITELLM_LOG",
+        "LITELLM_LOCAL_MODEL_COST_MAP",
+        *launcher.RETRY_BACKOFF,
+    ):
         monkeypatch.setenv(name, "")  # recorded, so that what prepare_environment sets is undone after the test
         monkeypatch.delenv(name)
     launcher.prepare_environment()
@@ -90,23 +117,32 @@ def test_litellm_gets_a_hash_of_the_master_key_whatever_its_prefix(master: str, 
 
 def test_a_short_master_key_stops_the_start_naming_the_setting(tmp_path: Path) -> None:
     env = {"HXP_MASTER_KEY": "sk-too-short-1234", "HXP_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "hxp.cli", "gateway", "serve", "--port", "1"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "hxp.cli", "gateway", "serve", "--port", "1"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0 and "HXP_MASTER_KEY is 17 characters long" in done.stderr
 
 
-@pytest.mark.parametrize("text, hidden", [
-    ("redis://:s3cr3t-pw@host:6379/0", "s3cr3t-pw"),
-    ("redis://default:s3cr3t-pw@host:6379/0", "s3cr3t-pw"),
-    ("postgresql://hxp:p%40ss-w0rd@db/x", "p%40ss-w0rd"),
-    ("https://qdrant:6333/collections?api_key=qk-123456&x=1", "qk-123456"),
-    ("connect failed: password=hunter2-pw host=db", "hunter2-pw"),
-    ("Authorization: Bearer tok-abcdef123456", "tok-abcdef123456"),
-    ("key sk-hxp-abcdefghijklmnop0123 refused", "abcdefghijklmnop0123"),
-    ("redis://default:p@ss-w0rd@host:6379/0", "ss-w0rd"),  # a raw '@': parsers split at the last one
-    ("postgresql://hxp@db/x?sslpassword=ssl-s3cr3t", "ssl-s3cr3t"),
-    ("DB_PASSWORD=env-s3cr3t client_secret=cl-s3cr3t", "s3cr3t"),
-])
+@pytest.mark.parametrize(
+    "text, hidden",
+    [
+        ("redis://:s3cr3t-pw@host:6379/0", "s3cr3t-pw"),
+        ("redis://default:s3cr3t-pw@host:6379/0", "s3cr3t-pw"),
+        ("postgresql://hxp:p%40ss-w0rd@db/x", "p%40ss-w0rd"),
+        ("https://qdrant:6333/collections?api_key=qk-123456&x=1", "qk-123456"),
+        ("connect failed: password=hunter2-pw host=db", "hunter2-pw"),
+        ("Authorization: Bearer tok-abcdef123456", "tok-abcdef123456"),
+        ("key sk-hxp-abcdefghijklmnop0123 refused", "abcdefghijklmnop0123"),
+        ("redis://default:p@ss-w0rd@host:6379/0", "ss-w0rd"),  # a raw '@': parsers split at the last one
+        ("postgresql://hxp@db/x?sslpassword=ssl-s3cr3t", "ssl-s3cr3t"),
+        ("DB_PASSWORD=env-s3cr3t client_secret=cl-s3cr3t", "s3cr3t"),
+    ],
+)
 def test_redaction_covers_every_url_and_credential_form(text: str, hidden: str) -> None:
     assert hidden not in redaction.redact(text) and "***" in redaction.redact(text)
 

@@ -1,16 +1,17 @@
 """Session affinity: every turn of a conversation or response chain reaches the same backend while it is healthy;
 different conversations spread over the backends; a session moves only when its backend fails."""
+
 from __future__ import annotations
 
 import uuid
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 import openai
 import pytest
 
-from hxp.core import catalogue
 from hxp.conversations.routing import rank
+from hxp.core import catalogue
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.gateway import Gateway, GatewayFactory, all_models
 
@@ -56,8 +57,9 @@ def test_every_turn_of_a_conversation_reaches_one_backend_and_conversations_use_
     for marker in markers:
         conversation = sdk.conversations.create()
         for step in range(3):
-            sdk.responses.create(model=MODEL, input=f"{marker} turn {step}", conversation=conversation.id,
-                                 stream=step == 1)
+            sdk.responses.create(
+                model=MODEL, input=f"{marker} turn {step}", conversation=conversation.id, stream=step == 1
+            )
     placed = {marker: holders(backends, marker) for marker in markers}
     assert all(len(where) == 1 for where in placed.values()), placed
     assert {next(iter(where)) for where in placed.values()} == {0, 1}

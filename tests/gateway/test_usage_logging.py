@@ -1,5 +1,6 @@
 """Usage rows written by a real gateway: one per request answered, a client leaving mid-stream, across SIGTERM and
 a PostgreSQL outage."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -46,8 +47,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "
 
 def stream_chat(gateway: Gateway, key: str, model: str, **params: object) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "count"}], "stream": True, **params}
-    with httpx.stream("POST", f"{gateway.base_url}/chat/completions", json=body, headers=gateway.headers(key),
-                      timeout=60) as response:
+    with httpx.stream(
+        "POST", f"{gateway.base_url}/chat/completions", json=body, headers=gateway.headers(key), timeout=60
+    ) as response:
         response.read()
     return response
 
@@ -69,10 +71,12 @@ def test_each_request_is_one_row_with_its_outcome_and_no_secret(gateway: Gateway
     assert answers["cached"].headers.get("x-hxp-cache") == "hit"
     db = sqlite_db(gateway)
     try:
-        wait_for(lambda: len(db.fetchall("SELECT 1 FROM llm_model_requests WHERE user_id = ?", (alias,))) >= 7,
-                 what="7 rows")
-        rows = {str(r["request_id"]): r for r in
-                db.fetchall("SELECT * FROM llm_model_requests WHERE user_id = ?", (alias,))}
+        wait_for(
+            lambda: len(db.fetchall("SELECT 1 FROM llm_model_requests WHERE user_id = ?", (alias,))) >= 7, what="7 rows"
+        )
+        rows = {
+            str(r["request_id"]): r for r in db.fetchall("SELECT * FROM llm_model_requests WHERE user_id = ?", (alias,))
+        }
         assert len(rows) == 7
         row = {name: rows[r.headers["x-request-id"]] for name, r in answers.items()}
         key_id = row["ok"]["key_id"]
@@ -92,8 +96,13 @@ def test_each_request_is_one_row_with_its_outcome_and_no_secret(gateway: Gateway
 
         before = db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests WHERE status = 'unauthorized'")["n"]
         assert gateway.chat(WRONG_KEY, CHAT[0]).status_code == 401
-        wait_for(lambda: db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests WHERE status = 'unauthorized'"
-                                     )["n"] == before + 1, what="the 401 row")
+        wait_for(
+            lambda: (
+                db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests WHERE status = 'unauthorized'")["n"]
+                == before + 1
+            ),
+            what="the 401 row",
+        )
         dump = "\n".join(str(r) for r in db.fetchall("SELECT * FROM llm_model_requests"))
     finally:
         db.close()
@@ -119,8 +128,10 @@ def leave_mid_stream(gateway: Gateway, key: str, body: dict, chunks: int) -> tup
     """POST a streamed request on a raw socket, read until ``chunks`` text chunks have come, take what else has
     already arrived, and close the connection; the request id and the text chunks received."""
     data = json.dumps(body).encode()
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n").encode() + data
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    ).encode() + data
     received = b""
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=60) as sock:
         sock.sendall(request)
@@ -142,7 +153,8 @@ def leave_mid_stream(gateway: Gateway, key: str, body: dict, chunks: int) -> tup
 
 
 def test_a_client_leaving_mid_stream_stops_the_engine_and_gets_a_row_with_what_it_received(
-        gateway_factory, paced_upstream: FakeUpstream) -> None:
+    gateway_factory, paced_upstream: FakeUpstream
+) -> None:
     gateway = started(gateway_factory, paced_upstream.url)
     key = gateway.create_key(alias="leaves-" + secrets.token_hex(4), models=[CHAT[0]])
     body = {"model": CHAT[0], "messages": [{"role": "user", "content": "count"}], "stream": True}
@@ -173,15 +185,16 @@ def test_a_stream_the_engine_breaks_off_is_recorded_as_failed_with_the_tokens_se
         upstream.stop()
     assert answer.status_code == 200  # the status line went out with the first chunk
     events = [line[6:] for line in answer.text.splitlines() if line.startswith("data: {")]
-    assert "\"error\"" in events[-1], answer.text  # the client is told: LiteLLM's error event ends the stream
+    assert '"error"' in events[-1], answer.text  # the client is told: LiteLLM's error event ends the stream
     request_id = answer.headers["x-request-id"]
     row = gateway.usage_rows([request_id])[request_id]
     assert row["status"] == "backend_error" and row["stream"], dict(row)
     assert re.match(r"5\d\d ", row["error_message"]), row["error_message"]  # the status, then what LiteLLM said
     assert row["completion_tokens"] == 7  # what the client received before the break
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
-    assert re.search(rf'llm_requests_total{{[^}}]*status="5\d\d"[^}}]*user_id="{alias}"', metrics), \
+    assert re.search(rf'llm_requests_total{{[^}}]*status="5\d\d"[^}}]*user_id="{alias}"', metrics), (
         "the failed stream is counted as an error"
+    )
 
 
 class Load:
@@ -201,7 +214,7 @@ class Load:
         with self._lock:
             return sum(self.answered.values())
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self._threads:
             t.start()
         return self
@@ -219,13 +232,17 @@ class Load:
                     return
                 kind = (index + n) % 5
                 key = WRONG_KEY if kind == 4 else self.key
-                body = {"model": CHAT[0], "messages": [{"role": "user", "content": f"req {index}-{n}"}],
-                        "stream": kind == 1}
+                body = {
+                    "model": CHAT[0],
+                    "messages": [{"role": "user", "content": f"req {index}-{n}"}],
+                    "stream": kind == 1,
+                }
                 if kind == 3:
                     body["temperature"] = 7  # a 400 from validation
                 try:
-                    with client.stream("POST", f"{gw.base_url}/chat/completions", json=body,
-                                       headers=gw.headers(key)) as response:
+                    with client.stream(
+                        "POST", f"{gw.base_url}/chat/completions", json=body, headers=gw.headers(key)
+                    ) as response:
                         response.read()
                 except httpx.TransportError:
                     with self._lock:
@@ -260,11 +277,16 @@ def stored_ids(db: Database) -> set[str]:
     return {str(r["request_id"]) for r in db.fetchall("SELECT request_id FROM llm_model_requests")}
 
 
-def test_sigterm_during_load_logs_every_answered_request(gateway_factory, slow_upstream: FakeUpstream,
-                                                         pg_url: str) -> None:
+def test_sigterm_during_load_logs_every_answered_request(
+    gateway_factory, slow_upstream: FakeUpstream, pg_url: str
+) -> None:
     # Nothing is written before the shutdown (huge batch, long interval): every row comes from the flush.
-    gateway = started(gateway_factory, slow_upstream.url, workers=2, env={
-        "DATABASE_URL": pg_url, "HXP_USAGE_BATCH_SIZE": "100000", "HXP_USAGE_FLUSH_INTERVAL_S": "600"})
+    gateway = started(
+        gateway_factory,
+        slow_upstream.url,
+        workers=2,
+        env={"DATABASE_URL": pg_url, "HXP_USAGE_BATCH_SIZE": "100000", "HXP_USAGE_FLUSH_INTERVAL_S": "600"},
+    )
     key = gateway.create_key(alias="sigterm-load", models=[CHAT[0]])
     with Load(gateway, key) as load:
         wait_for(lambda: load.total >= 60, what="60 answered requests")
@@ -278,11 +300,20 @@ def test_sigterm_during_load_logs_every_answered_request(gateway_factory, slow_u
         db.close()
 
 
-def test_postgres_outage_during_load_loses_no_row(gateway_factory, fake_upstream: FakeUpstream, postgres,
-                                                  pg_url: str) -> None:
-    gateway = started(gateway_factory, fake_upstream.url, workers=2, env={
-        "DATABASE_URL": pg_url, "HXP_KEY_CACHE_TTL_S": "600", "HXP_USAGE_MAX_BUFFER": "5",
-        "HXP_USAGE_RETRY_MAX_S": "1"})
+def test_postgres_outage_during_load_loses_no_row(
+    gateway_factory, fake_upstream: FakeUpstream, postgres, pg_url: str
+) -> None:
+    gateway = started(
+        gateway_factory,
+        fake_upstream.url,
+        workers=2,
+        env={
+            "DATABASE_URL": pg_url,
+            "HXP_KEY_CACHE_TTL_S": "600",
+            "HXP_USAGE_MAX_BUFFER": "5",
+            "HXP_USAGE_RETRY_MAX_S": "1",
+        },
+    )
     key = gateway.create_key(alias="outage-load", models=[CHAT[0]])
     with Load(gateway, key) as load:
         wait_for(lambda: load.total >= 30, what="30 answered requests")
@@ -299,8 +330,11 @@ def test_postgres_outage_during_load_loses_no_row(gateway_factory, fake_upstream
     assert spilled > 0  # beyond the memory bound rows went to disk
     db = Database(pg_url)
     try:
-        wait_for(lambda: db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"] >= load.total,
-                 timeout=90, what="every answered request in the database")
+        wait_for(
+            lambda: db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"] >= load.total,
+            timeout=90,
+            what="every answered request in the database",
+        )
         assert db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"] == load.total
         assert load.call_ids <= stored_ids(db)
         assert spilled_rows(gateway.state_dir) == 0  # replayed once the database returned
@@ -309,7 +343,8 @@ def test_postgres_outage_during_load_loses_no_row(gateway_factory, fake_upstream
 
 
 def test_rows_spilled_at_shutdown_during_an_outage_are_replayed_at_the_next_start(
-        gateway_factory, fake_upstream: FakeUpstream, postgres, pg_url: str) -> None:
+    gateway_factory, fake_upstream: FakeUpstream, postgres, pg_url: str
+) -> None:
     env = {"DATABASE_URL": pg_url, "HXP_KEY_CACHE_TTL_S": "600"}
     first = started(gateway_factory, fake_upstream.url, env=env)
     key = first.create_key(alias="spill-replay", models=[CHAT[0]])
@@ -324,20 +359,26 @@ def test_rows_spilled_at_shutdown_during_an_outage_are_replayed_at_the_next_star
     second = started(gateway_factory, fake_upstream.url, env=env, state_dir=first.state_dir)
     db = Database(pg_url)
     try:
-        wait_for(lambda: db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"] == 11,
-                 what="the spilled rows replayed")
+        wait_for(
+            lambda: db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"] == 11,
+            what="the spilled rows replayed",
+        )
         assert {r.headers["x-request-id"] for r in answered} <= stored_ids(db)
     finally:
         db.close()
         second.stop()
 
 
-def test_liveness_keeps_answering_while_rows_spill(gateway_factory, fake_upstream: FakeUpstream, postgres,
-                                                   pg_url: str) -> None:
+def test_liveness_keeps_answering_while_rows_spill(
+    gateway_factory, fake_upstream: FakeUpstream, postgres, pg_url: str
+) -> None:
     """Every row goes through the spill folder (a buffer of one row, the database away): the event loop that
     answers requests never waits for that disk I/O, so /health/liveness answers throughout."""
-    gateway = started(gateway_factory, fake_upstream.url, env={
-        "DATABASE_URL": pg_url, "HXP_KEY_CACHE_TTL_S": "600", "HXP_USAGE_MAX_BUFFER": "1"})
+    gateway = started(
+        gateway_factory,
+        fake_upstream.url,
+        env={"DATABASE_URL": pg_url, "HXP_KEY_CACHE_TTL_S": "600", "HXP_USAGE_MAX_BUFFER": "1"},
+    )
     key = gateway.create_key(alias="spill-liveness", models=[CHAT[0]])
     assert gateway.chat(key, CHAT[0]).status_code == 200  # the key is cached: auth works without the database
     postgres.stop()

@@ -1,4 +1,5 @@
 """The process pipeline: started off the caller's thread when a row comes first, settings from the environment."""
+
 from __future__ import annotations
 
 import threading
@@ -14,8 +15,9 @@ from hxp.gateway.usage.record import UsageRecord
 from hxp.gateway.usage.writer import WriterSettings
 
 
-def test_a_row_before_the_start_starts_the_pipeline_in_a_thread_of_its_own(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_row_before_the_start_starts_the_pipeline_in_a_thread_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = f"sqlite:///{tmp_path / 'gateway.sqlite3'}"
     monkeypatch.setenv("HXP_DATABASE_URL", url)
     monkeypatch.setenv("HXP_USAGE_SPILL_DIR", str(tmp_path / "spill"))
@@ -36,13 +38,20 @@ def test_a_row_before_the_start_starts_the_pipeline_in_a_thread_of_its_own(tmp_p
     pipeline.close()
     db = Database(url)
     assert [str(r["request_id"]) for r in db.fetchall("SELECT request_id FROM llm_model_requests")] == [
-        record.request_id]
+        record.request_id
+    ]
     db.close()
 
 
 def test_writer_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    values = {"BATCH_SIZE": "7", "FLUSH_INTERVAL_S": "0.5", "MAX_BUFFER": "1", "RETRY_MAX_S": "2",
-              "SPILL_MAX_MB": "0.5", "REFUSAL_ROWS_PER_MIN": "10"}
+    values = {
+        "BATCH_SIZE": "7",
+        "FLUSH_INTERVAL_S": "0.5",
+        "MAX_BUFFER": "1",
+        "RETRY_MAX_S": "2",
+        "SPILL_MAX_MB": "0.5",
+        "REFUSAL_ROWS_PER_MIN": "10",
+    }
     for name in values:
         monkeypatch.delenv(f"HXP_USAGE_{name}", raising=False)
     assert WriterSettings.from_settings(settings.load()) == WriterSettings()
@@ -50,5 +59,10 @@ def test_writer_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPat
     for name, value in values.items():
         monkeypatch.setenv(f"HXP_USAGE_{name}", value)
     assert WriterSettings.from_settings(settings.load()) == WriterSettings(
-        batch_size=7, flush_interval_s=0.5, max_buffer=1, retry_max_s=2.0, max_spill_bytes=2**19,
-        refusal_rows_per_minute=10)
+        batch_size=7,
+        flush_interval_s=0.5,
+        max_buffer=1,
+        retry_max_s=2.0,
+        max_spill_bytes=2**19,
+        refusal_rows_per_minute=10,
+    )

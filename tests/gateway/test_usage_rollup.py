@@ -1,18 +1,19 @@
 """Per-model performance rows rolled up from the request rows, and the engine's memory and CPU."""
+
 from __future__ import annotations
 
 import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from hxp.core.database import Database
-from hxp.gateway.usage.record import INSERT_SQL, UsageRecord, iso
 from hxp.gateway.engines import EngineProcesses
+from hxp.gateway.usage.record import INSERT_SQL, UsageRecord, iso
 from hxp.gateway.usage.rollup import UPSERT_SQL, PerformanceRollup
 from hxp.gateway.usage.spill import SpillFolder
 from hxp.gateway.usage.writer import UsageWriter, WriterSettings
@@ -28,8 +29,13 @@ def db(usage_db: Database) -> Database:
 
 
 def record(model: str, at: float, latency: int, status: str = "success", count: int = 1) -> UsageRecord:
-    return UsageRecord(model_name=model, status=status, latency_ms=latency, request_count=count,
-                       timestamp=iso(datetime.fromtimestamp(at, timezone.utc)))
+    return UsageRecord(
+        model_name=model,
+        status=status,
+        latency_ms=latency,
+        request_count=count,
+        timestamp=iso(datetime.fromtimestamp(at, UTC)),
+    )
 
 
 def add(db: Database, model: str, at: float, latency: int, status: str = "success", count: int = 1) -> None:
@@ -37,17 +43,22 @@ def add(db: Database, model: str, at: float, latency: int, status: str = "succes
 
 
 def performance(db: Database, start: float) -> dict:
-    [row] = db.fetchall("SELECT * FROM llm_model_performance WHERE timestamp = ?",
-                        (iso(datetime.fromtimestamp(start, timezone.utc)),))
+    [row] = db.fetchall(
+        "SELECT * FROM llm_model_performance WHERE timestamp = ?", (iso(datetime.fromtimestamp(start, UTC)),)
+    )
     return row
 
 
 def test_one_row_per_model_and_interval_from_the_request_rows(db: Database) -> None:
-    for offset, latency, status in [(1, 100, "success"), (20, 200, "success"), (59.5, 300, "success"),
-                                    (30, 400, "rate_limited")]:
+    for offset, latency, status in [
+        (1, 100, "success"),
+        (20, 200, "success"),
+        (59.5, 300, "success"),
+        (30, 400, "rate_limited"),
+    ]:
         add(db, "phi-3-mini", T0 + offset, latency, status)
     add(db, "phi-3-mini", T0 + 60, 999)  # the next interval
-    add(db, "phi-3-mini", T0 - 1, 999)   # the previous one
+    add(db, "phi-3-mini", T0 - 1, 999)  # the previous one
     models = {"phi-3-mini": REMOTE, "hermes-2": REMOTE}
     rollup = PerformanceRollup(db, lambda: models, interval_s=60, since=T0)
     assert rollup.roll_up_until(T0 + 59) == 0  # the interval has not ended
@@ -71,8 +82,7 @@ def test_every_worker_computing_an_interval_writes_it_once(db: Database) -> None
     assert counts[0]["n"] == 2  # two intervals, one row each
 
 
-def test_a_second_workers_rows_landing_after_both_rollups_make_the_interval_exact(db: Database,
-                                                                                 tmp_path: Path) -> None:
+def test_a_second_workers_rows_landing_after_both_rollups_make_the_interval_exact(db: Database, tmp_path: Path) -> None:
     models = {"phi-3-mini": REMOTE}
     workers = []
     for n in range(2):  # each gateway worker: its rollup, fed by its writer's marks
@@ -123,8 +133,9 @@ def test_an_upsert_never_replaces_a_row_counting_more_requests(db: Database) -> 
     row_id = "5b2f6c1e-0a9d-4c1b-8e3f-2d7a9b0c4e61"
 
     def upsert(rps: float, memory: float | None) -> dict:
-        db.executemany(UPSERT_SQL, [(row_id, "phi-3-mini", iso(datetime.fromtimestamp(T0, timezone.utc)), 10.0, rps,
-                                     memory, None, 0.0)])
+        db.executemany(
+            UPSERT_SQL, [(row_id, "phi-3-mini", iso(datetime.fromtimestamp(T0, UTC)), 10.0, rps, memory, None, 0.0)]
+        )
         return performance(db, T0)
 
     assert upsert(5 / 60, 1.5)["requests_per_second"] == pytest.approx(5 / 60)
@@ -145,9 +156,11 @@ def test_the_thread_rolls_up_each_interval(db: Database) -> None:
 
 def test_memory_and_cpu_of_a_local_engine_process() -> None:
     port = free_port()
-    script = ("import socket,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-              f"s.bind(('127.0.0.1',{port}));s.listen()\nend=time.time()+30\n"
-              "while time.time()<end: sum(range(10000))\n")
+    script = (
+        "import socket,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+        f"s.bind(('127.0.0.1',{port}));s.listen()\nend=time.time()+30\n"
+        "while time.time()<end: sum(range(10000))\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
         wait_port(port)

@@ -1,4 +1,5 @@
 """The spill folder under pressure: concurrent processes, a refusal flood during an outage, the event loop."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,9 @@ from hxp.gateway.usage.writer import UsageWriter, WriterSettings
 from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
 from tests.gateway.test_usage_writer import rows, spilled_lines, wait_until
 
-CHURN = WriterSettings(batch_size=7, max_buffer=3, flush_interval_s=0.01, retry_initial_s=0.01, retry_max_s=0.05,
-                       close_timeout_s=10)
+CHURN = WriterSettings(
+    batch_size=7, max_buffer=3, flush_interval_s=0.01, retry_initial_s=0.01, retry_max_s=0.05, close_timeout_s=10
+)
 
 
 def churn(url: str, folder: str, rounds: int, tag: str, ids_file: str) -> None:
@@ -47,15 +49,18 @@ def churn(url: str, folder: str, rounds: int, tag: str, ids_file: str) -> None:
     up.close()
 
 
-def test_two_processes_spilling_and_replaying_one_folder_write_every_row_once(empty_db_url: str,
-                                                                              tmp_path: Path) -> None:
+def test_two_processes_spilling_and_replaying_one_folder_write_every_row_once(
+    empty_db_url: str, tmp_path: Path
+) -> None:
     db = Database(empty_db_url)
     db.migrate()
     folder = tmp_path / "spill"
     spawn = multiprocessing.get_context("spawn")
     outputs = [tmp_path / f"ids-{i}.json" for i in range(2)]
-    workers = [spawn.Process(target=churn, args=(empty_db_url, str(folder), 25, f"p{i}", str(out)))
-               for i, out in enumerate(outputs)]
+    workers = [
+        spawn.Process(target=churn, args=(empty_db_url, str(folder), 25, f"p{i}", str(out)))
+        for i, out in enumerate(outputs)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -109,7 +114,8 @@ def test_a_file_released_by_close_during_its_replay_is_left_to_the_next_replayer
     successor = SpillFolder(folder, 2**20)
     successor.open()  # takes the replay role: the file has no owner
     assert successor.replay(written.extend, 10) == 3 and [r.request_id for r in written] == [
-        r.request_id for r in records]
+        r.request_id for r in records
+    ]
     assert spilled_lines(folder) == 0
     successor.close()
 
@@ -146,7 +152,7 @@ def test_rows_spilled_after_a_failed_write_are_not_joined_to_its_torn_line(tmp_p
 
     def half_then_full(fd: int, data) -> int:  # the disk fills up partway through a line
         if Path(os.readlink(f"/proc/self/fd/{fd}")).parent == folder:
-            real_write(fd, bytes(data[:len(data) // 3]))
+            real_write(fd, bytes(data[: len(data) // 3]))
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
@@ -168,8 +174,12 @@ def metric(name: str) -> float:
 
 
 def unauthenticated(n: int) -> UsageRecord:
-    return UsageRecord(model_name="phi-3-mini", status="unauthorized", latency_ms=1,
-                       error_message=f"401 AuthenticationError: invalid key #{n:05d}")
+    return UsageRecord(
+        model_name="phi-3-mini",
+        status="unauthorized",
+        latency_ms=1,
+        error_message=f"401 AuthenticationError: invalid key #{n:05d}",
+    )
 
 
 def test_a_refusal_flood_during_an_outage_stops_the_spill_at_its_bound(postgres, tmp_path: Path) -> None:
@@ -178,9 +188,19 @@ def test_a_refusal_flood_during_an_outage_stops_the_spill_at_its_bound(postgres,
     db.migrate()
     bound = 64 * 1024
     spill_dir = tmp_path / "spill"
-    writer = UsageWriter(db, spill_dir, WriterSettings(batch_size=50, max_buffer=100, flush_interval_s=0.05,
-                                                       retry_initial_s=0.05, retry_max_s=0.2, max_spill_bytes=bound,
-                                                       refusal_rows_per_minute=1000))
+    writer = UsageWriter(
+        db,
+        spill_dir,
+        WriterSettings(
+            batch_size=50,
+            max_buffer=100,
+            flush_interval_s=0.05,
+            retry_initial_s=0.05,
+            retry_max_s=0.2,
+            max_spill_bytes=bound,
+            refusal_rows_per_minute=1000,
+        ),
+    )
     writer.start()
     dropped, aggregated = metric("llm_usage_rows_dropped_total"), metric("llm_usage_refusals_aggregated_total")
     flood = 20_000

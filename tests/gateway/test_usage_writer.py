@@ -1,4 +1,5 @@
 """The usage batch writer: batching, outages, spill and replay, flush on close (SQLite and real PostgreSQL)."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,10 @@ SLOW_FLUSH = WriterSettings(batch_size=10, flush_interval_s=60.0, retry_initial_
 
 
 def rows(n: int, model: str = "phi-3-mini") -> list[UsageRecord]:
-    return [UsageRecord(model_name=model, status="success", user_id="alice", prompt_tokens=i, latency_ms=5)
-            for i in range(n)]
+    return [
+        UsageRecord(model_name=model, status="success", user_id="alice", prompt_tokens=i, latency_ms=5)
+        for i in range(n)
+    ]
 
 
 def count(db: Database) -> int:
@@ -99,8 +102,11 @@ def test_rows_submitted_from_many_threads_are_all_written(db: CountingDatabase, 
 def test_beyond_the_bound_rows_spill_to_disk_and_are_replayed_at_start(empty_db_url: str, tmp_path: Path) -> None:
     spill_dir = tmp_path / "spill"
     down = Database(f"sqlite:///{tmp_path / 'unmigrated.sqlite3'}")  # no tables: every write fails
-    writer = UsageWriter(down, spill_dir, WriterSettings(batch_size=5, flush_interval_s=0.05, max_buffer=10,
-                                                         retry_initial_s=0.05, retry_max_s=0.1))
+    writer = UsageWriter(
+        down,
+        spill_dir,
+        WriterSettings(batch_size=5, flush_interval_s=0.05, max_buffer=10, retry_initial_s=0.05, retry_max_s=0.1),
+    )
     writer.start()
     records = rows(35)
     for record in records:
@@ -150,8 +156,9 @@ def test_replay_is_idempotent(db: CountingDatabase, tmp_path: Path) -> None:
     again.close()
 
 
-def test_a_row_the_database_refuses_is_set_aside_without_blocking_the_others(db: CountingDatabase,
-                                                                           tmp_path: Path) -> None:
+def test_a_row_the_database_refuses_is_set_aside_without_blocking_the_others(
+    db: CountingDatabase, tmp_path: Path
+) -> None:
     writer = UsageWriter(db, tmp_path / "spill", SLOW_FLUSH)
     writer.start()
     bad = UsageRecord(model_name=None, status="success")  # type: ignore[arg-type]  # NOT NULL violated
@@ -163,8 +170,7 @@ def test_a_row_the_database_refuses_is_set_aside_without_blocking_the_others(db:
     writer.close()
 
 
-def test_a_spilled_row_the_database_refuses_does_not_hold_up_the_replay(db: CountingDatabase,
-                                                                         tmp_path: Path) -> None:
+def test_a_spilled_row_the_database_refuses_does_not_hold_up_the_replay(db: CountingDatabase, tmp_path: Path) -> None:
     spill_dir = tmp_path / "spill"
     bad = UsageRecord(model_name=None, status="success")  # type: ignore[arg-type]  # NOT NULL violated
     spilled = SpillFolder(spill_dir, 2**20)
@@ -181,8 +187,11 @@ def test_postgres_outage_rows_are_retried_until_all_are_written(postgres, tmp_pa
     url = fresh_postgres_database(postgres)
     db = Database(url)
     db.migrate()
-    writer = UsageWriter(db, tmp_path / "spill", WriterSettings(batch_size=20, flush_interval_s=0.05, max_buffer=1,
-                                                                retry_initial_s=0.1, retry_max_s=0.5))
+    writer = UsageWriter(
+        db,
+        tmp_path / "spill",
+        WriterSettings(batch_size=20, flush_interval_s=0.05, max_buffer=1, retry_initial_s=0.1, retry_max_s=0.5),
+    )
     writer.start()
     records = rows(200)
     try:
@@ -206,8 +215,9 @@ def test_postgres_outage_rows_are_retried_until_all_are_written(postgres, tmp_pa
     drop_postgres_database(postgres, url)
 
 
-def test_a_live_writers_spill_file_is_neither_counted_nor_replayed_by_another(usage_db: CountingDatabase,
-                                                                              tmp_path: Path) -> None:
+def test_a_live_writers_spill_file_is_neither_counted_nor_replayed_by_another(
+    usage_db: CountingDatabase, tmp_path: Path
+) -> None:
     spill_dir = tmp_path / "spill"
     down = Database(f"sqlite:///{tmp_path / 'unmigrated.sqlite3'}")
     worker_a = UsageWriter(down, spill_dir, WriterSettings(batch_size=5, max_buffer=5, flush_interval_s=60))

@@ -1,4 +1,5 @@
 """The chart's renderings, rendered once per session."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,10 @@ from tests.support.helm import RENDERINGS, Rendered, render
 def rendered() -> dict[str, Rendered]:
     """Every rendering of RENDERINGS, once per session."""
     return {
-        name: Rendered(render(r), catalogue.load(None, r.profile),
-                       checks.external_names(yaml.safe_load(f.read_text()) for f in r.value_files))
+        name: Rendered(
+            render(r),
+            catalogue.load(None, r.profile),
+            checks.external_names(yaml.safe_load(f.read_text()) for f in r.value_files),
+        )
         for name, r in RENDERINGS.items()
     }

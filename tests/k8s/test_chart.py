@@ -1,4 +1,5 @@
 """The chart is what the catalogue gives, passes helm lint --strict and renders for every profile."""
+
 from __future__ import annotations
 
 import shutil
@@ -68,8 +69,11 @@ def test_the_in_chart_stores_need_passwords() -> None:
 
 
 def _engines(docs: list[dict]) -> set[str]:
-    return {d["metadata"]["labels"]["hxp/engine"] for d in docs
-            if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "engine"}
+    return {
+        d["metadata"]["labels"]["hxp/engine"]
+        for d in docs
+        if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "engine"
+    }
 
 
 @pytest.mark.parametrize("name", RENDERINGS)
@@ -79,34 +83,54 @@ def test_each_profile_renders_the_engines_compose_has(name: str, rendered: dict[
 
 
 def test_values_override_one_engine(rendered: dict[str, Rendered]) -> None:
-    replicas = {d["metadata"]["labels"]["hxp/engine"]: d["spec"]["replicas"]
-                for d in rendered["multi-replica"].docs if d["kind"] == "Deployment" and "hxp/engine" in d["metadata"]["labels"]}
+    replicas = {
+        d["metadata"]["labels"]["hxp/engine"]: d["spec"]["replicas"]
+        for d in rendered["multi-replica"].docs
+        if d["kind"] == "Deployment" and "hxp/engine" in d["metadata"]["labels"]
+    }
     assert replicas.pop("phi-3-mini") == 6 and set(replicas.values()) == {3}
 
 
 def test_optional_objects_follow_their_switches() -> None:
-    kinds = {d["kind"] for d in render(Rendering("gpu", ("ci/gpu-values.yaml",)), "--set",
-                                       "metrics.serviceMonitor.enabled=false,metrics.prometheusRule.enabled=false,"
-                                       "networkPolicy.enabled=false,gateway.autoscaling.enabled=false,"
-                                       "gateway.pdb.create=false")}
-    assert not kinds & {"ServiceMonitor", "PrometheusRule", "NetworkPolicy", "HorizontalPodAutoscaler",
-                        "PodDisruptionBudget"}
+    kinds = {
+        d["kind"]
+        for d in render(
+            Rendering("gpu", ("ci/gpu-values.yaml",)),
+            "--set",
+            "metrics.serviceMonitor.enabled=false,metrics.prometheusRule.enabled=false,"
+            "networkPolicy.enabled=false,gateway.autoscaling.enabled=false,"
+            "gateway.pdb.create=false",
+        )
+    }
+    assert not kinds & {
+        "ServiceMonitor",
+        "PrometheusRule",
+        "NetworkPolicy",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
 
 
 def test_the_prometheus_rule_carries_every_alert_rule(rendered: dict[str, Rendered]) -> None:
     rule = next(d for d in rendered["gpu"].docs if d["kind"] == "PrometheusRule")
-    source = [g for p in sorted((PROJECT_ROOT / "prometheus" / "rules").glob("*.yml"))
-              for g in yaml.safe_load(p.read_text())["groups"]]
+    source = [
+        g
+        for p in sorted((PROJECT_ROOT / "prometheus" / "rules").glob("*.yml"))
+        for g in yaml.safe_load(p.read_text())["groups"]
+    ]
     assert rule["spec"]["groups"] == source
 
 
-@pytest.mark.parametrize(("setting", "error"), [
-    ("engineDefault.replicas=2", "additional properties 'engineDefault' not allowed"),
-    ("engines.phi-3-mini.replica=2", "invalid propertyName 'replica'"),
-    ("gateway.replicas=two", "got string, want integer"),
-    ("engines.extra.port=9000", "missing properties"),
-    ("inferencePool.endpointPicker.failureMode=Open", "value must be one of"),
-])
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        ("engineDefault.replicas=2", "additional properties 'engineDefault' not allowed"),
+        ("engines.phi-3-mini.replica=2", "invalid propertyName 'replica'"),
+        ("gateway.replicas=two", "got string, want integer"),
+        ("engines.extra.port=9000", "missing properties"),
+        ("inferencePool.endpointPicker.failureMode=Open", "value must be one of"),
+    ],
+)
 def test_values_schema_refuses_a_wrong_value(setting: str, error: str) -> None:
     done = helm("template", "hxp", str(chart.CHART_DIR), *RENDERINGS["gpu"].helm_args(), "--set", setting)
     assert done.returncode != 0 and error in done.stderr, done.stderr

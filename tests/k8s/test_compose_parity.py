@@ -1,6 +1,7 @@
 """The same catalogue gives the same engines, images, arguments and GPUs in the compose stacks (compose.yaml with
 the compose.gpu.yaml or compose.dev.yaml overlay) and in the chart, and the chart's gateway and stores run
 compose's images."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,8 +27,11 @@ def compose_engines(files: tuple[str, ...], rendering: Rendered) -> dict[str, di
 
 
 def chart_engines(rendering: Rendered) -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["labels"]["hxp/engine"]: d for d in rendering.docs
-            if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "engine"}
+    return {
+        d["metadata"]["labels"]["hxp/engine"]: d
+        for d in rendering.docs
+        if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "engine"
+    }
 
 
 @pytest.mark.parametrize("name", COMPOSE)
@@ -37,8 +41,11 @@ def test_engines_run_what_compose_runs(name: str, rendered: dict[str, Rendered])
     assert set(in_chart) == set(in_compose)
     for engine, service in in_compose.items():
         container = in_chart[engine]["spec"]["template"]["spec"]["containers"][0]
-        assert (container["image"], container["command"], container["args"]) == \
-            (service["image"], list(service["entrypoint"]), service["command"]), engine
+        assert (container["image"], container["command"], container["args"]) == (
+            service["image"],
+            list(service["entrypoint"]),
+            service["command"],
+        ), engine
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         assert env.items() >= {k: str(v) for k, v in service["environment"].items()}.items(), engine
         published = int(str(service["ports"][0]).rsplit(":", 1)[1])

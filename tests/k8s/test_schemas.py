@@ -1,5 +1,6 @@
 """Every rendered object is valid, strictly (unknown fields fail), against the Kubernetes 1.30 and 1.37 schemas
 (kubernetes-validate, offline) or, for custom resources, against its CRD's schema (tests/k8s/crds)."""
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -25,8 +26,11 @@ def strict(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {k: strict(v) for k, v in schema.items()}
-    if "properties" in schema and "additionalProperties" not in schema \
-            and not schema.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -40,8 +44,9 @@ def crd_validators() -> dict[tuple[str, str], jsonschema.Draft4Validator]:
             spec = crd["spec"]
             for version in spec["versions"]:
                 schema = strict(version["schema"]["openAPIV3Schema"])
-                validators[(f"{spec['group']}/{version['name']}", spec["names"]["kind"])] = \
-                    jsonschema.Draft4Validator(schema)
+                validators[(f"{spec['group']}/{version['name']}", spec["names"]["kind"])] = jsonschema.Draft4Validator(
+                    schema
+                )
     return validators
 
 
@@ -66,9 +71,12 @@ def test_every_object_is_valid(name: str, version: str, rendered: dict[str, Rend
 
 def test_custom_resources_are_rendered_and_known(rendered: dict[str, Rendered]) -> None:
     kinds = {(d["apiVersion"], d["kind"]) for r in rendered.values() for d in r.docs}
-    assert {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
-            ("inference.networking.k8s.io/v1", "InferencePool"), ("gateway.networking.k8s.io/v1", "HTTPRoute")} \
-        <= kinds & set(crd_validators())
+    assert {
+        ("monitoring.coreos.com/v1", "ServiceMonitor"),
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
+        ("inference.networking.k8s.io/v1", "InferencePool"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    } <= kinds & set(crd_validators())
 
 
 def _first(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -94,6 +102,6 @@ def test_a_wrong_type_or_missing_field_fails(rendered: dict[str, Rendered]) -> N
 
 def test_an_api_version_the_cluster_lacks_fails(rendered: dict[str, Rendered]) -> None:
     hpa = _first(rendered["gpu"].copy(), "HorizontalPodAutoscaler")
-    hpa["apiVersion"] = "autoscaling/v2beta2"   # removed in Kubernetes 1.26
+    hpa["apiVersion"] = "autoscaling/v2beta2"  # removed in Kubernetes 1.26
     with pytest.raises(kubernetes_validate.SchemaNotFoundError):
         problems(hpa, "1.30.0")

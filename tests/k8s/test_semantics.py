@@ -1,5 +1,6 @@
 """The checks only an API server or a controller would otherwise make (hxp.k8s.checks): clean on every
 rendering, and each one catches a violation planted in a rendering."""
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,9 @@ def plant_service_selector(r: Rendered, docs: Docs) -> None:
 
 
 def plant_pdb_selector(r: Rendered, docs: Docs) -> None:
-    r.get("PodDisruptionBudget", "gateway", docs)["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] = "api"
+    r.get("PodDisruptionBudget", "gateway", docs)["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] = (
+        "api"
+    )
 
 
 def plant_policy_peer(r: Rendered, docs: Docs) -> None:
@@ -187,16 +190,20 @@ PLANTED: list[tuple[str, Callable[[Rendered, Docs], None], str]] = [
     ("gpu", plant_backend_host, "hermes-2 -> http://127.0.0.1:11401/v1 reaches no Service or HTTPRoute"),
     ("gpu", plant_backend_other_model, "reaches pods that do not serve hermes-2"),
     ("gpu", plant_backend_missing, "HXP_BACKENDS has no URL for all-minilm-l6-v2"),
-    ("multi-replica", plant_route_prefix,
-     "hermes-2 -> http://inference-gateway.llm-d.svc:80/hxp/hermes-2/v1 reaches no Service or HTTPRoute"),
+    (
+        "multi-replica",
+        plant_route_prefix,
+        "hermes-2 -> http://inference-gateway.llm-d.svc:80/hxp/hermes-2/v1 reaches no Service or HTTPRoute",
+    ),
     ("multi-replica", plant_shared_rwo_claim, "3 replicas share PersistentVolumeClaim/hxp-hermes-2-cache"),
     ("gpu", plant_unrequested_cpu, "scales on cpu, which a container of Deployment/hxp-gateway does not request"),
 ]
 
 
 @pytest.mark.parametrize(("name", "plant", "problem"), PLANTED, ids=[p[1].__name__[6:] for p in PLANTED])
-def test_a_planted_violation_is_caught(name: str, plant: Callable[[Rendered, Docs], None], problem: str,
-                                      rendered: dict[str, Rendered]) -> None:
+def test_a_planted_violation_is_caught(
+    name: str, plant: Callable[[Rendered, Docs], None], problem: str, rendered: dict[str, Rendered]
+) -> None:
     r = rendered[name]
     docs = r.copy()
     plant(r, docs)
@@ -216,8 +223,9 @@ def test_the_other_profiles_catalogue_finds_wrong_gpus(rendered: dict[str, Rende
     assert any("the catalogue (cpu) gives it 0" in p for p in checks.gpus(gpu.docs, cpu.cat))
 
 
-@pytest.mark.parametrize(("text", "value"), [("200Gi", 200 * 2**30), ("500m", 0.5), ("1e3", 1000), ("2", 2),
-                                             ("1.5G", 1.5e9), ("3E", 3e18)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("200Gi", 200 * 2**30), ("500m", 0.5), ("1e3", 1000), ("2", 2), ("1.5G", 1.5e9), ("3E", 3e18)]
+)
 def test_quantities_parse(text: str, value: float) -> None:
     assert float(checks.quantity(text)) == value
 
@@ -228,8 +236,9 @@ def test_non_quantities_do_not(text: str) -> None:
         checks.quantity(text)
 
 
-def test_hxp_k8s_check_exits_1_on_a_problem(rendered: dict[str, Rendered], tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_hxp_k8s_check_exits_1_on_a_problem(
+    rendered: dict[str, Rendered], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     r = rendered["gpu"]
     values = [str(f) for f in RENDERINGS["gpu"].value_files]
     manifests = tmp_path / "rendered.yaml"

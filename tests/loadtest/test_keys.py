@@ -1,6 +1,7 @@
 """The load test's key: given, or created with the master key of the env or of the native stack's state
 folder; without a usable one the run stops before it sends a request (against a real gateway on the fake
 upstream)."""
+
 from __future__ import annotations
 
 import http.server
@@ -43,8 +44,9 @@ def test_the_native_stacks_master_key_is_found_and_its_key_revoked(gateway: Gate
     assert made["revoked_at"] is not None
 
 
-def test_the_environment_wins_over_the_state_folder(gateway: Gateway, no_keys: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environment_wins_over_the_state_folder(
+    gateway: Gateway, no_keys: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     no_keys.mkdir()
     (no_keys / "master.key").write_text("sk-not-this-one\n")
     monkeypatch.setenv("HXP_MASTER_KEY", gateway.master_key)
@@ -57,8 +59,9 @@ def test_the_environment_wins_over_the_state_folder(gateway: Gateway, no_keys: P
 
 
 @pytest.mark.parametrize("case", ["none", "refused master key", "refused key"])
-def test_no_usable_key_stops_at_once_saying_how_to_give_one(gateway: Gateway, no_keys: Path,
-                                                            monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+def test_no_usable_key_stops_at_once_saying_how_to_give_one(
+    gateway: Gateway, no_keys: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
     if case == "refused master key":
         no_keys.mkdir()
         (no_keys / "master.key").write_text("sk-wrong\n")
@@ -69,9 +72,11 @@ def test_no_usable_key_stops_at_once_saying_how_to_give_one(gateway: Gateway, no
     message = str(stopped.value)
     assert "HXP_LOADTEST_KEY=" in message and "HXP_MASTER_KEY=" in message and ".state/master.key" in message
     assert "sk-wrong" not in message  # never echo a secret
-    expected = {"none": f"there is no {no_keys / 'master.key'}",
-                "refused master key": f"refused the master key from {no_keys / 'master.key'} (HTTP 401)",
-                "refused key": "refused HXP_LOADTEST_KEY (HTTP 401)"}[case]
+    expected = {
+        "none": f"there is no {no_keys / 'master.key'}",
+        "refused master key": f"refused the master key from {no_keys / 'master.key'} (HTTP 401)",
+        "refused key": "refused HXP_LOADTEST_KEY (HTTP 401)",
+    }[case]
     assert expected in message
 
 
@@ -101,8 +106,14 @@ def counting_server() -> Iterator[str]:
 
 def test_make_loadtest_without_a_key_sends_nothing(counting_server: str, tmp_path: Path) -> None:
     model = catalogue.load().chat_models[0].name
-    run = headless(counting_server, tmp_path / "results", seconds=10, users=2, timeout=60,
-                   env={"HXP_LOADTEST_MODELS": model, "HXP_STATE_DIR": str(tmp_path / "state")})
+    run = headless(
+        counting_server,
+        tmp_path / "results",
+        seconds=10,
+        users=2,
+        timeout=60,
+        env={"HXP_LOADTEST_MODELS": model, "HXP_STATE_DIR": str(tmp_path / "state")},
+    )
     assert run.returncode != 0, run.stdout
     assert "no API key for the load test" in run.stdout and "HXP_MASTER_KEY=" in run.stdout
     assert _Counting.hits == 0

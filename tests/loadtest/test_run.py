@@ -1,4 +1,5 @@
 """Headless Locust runs of loadtests/locustfile.py, as `make loadtest` starts them."""
+
 from __future__ import annotations
 
 import copy
@@ -24,22 +25,53 @@ from tests.support.servers import free_port
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 # Variables of the developer's shell that would change what a test run does.
-_ISOLATED = ("GATEWAY_URL", "HXP_LOADTEST_KEY", "HXP_MASTER_KEY", "HXP_LOADTEST_MODELS", "HXP_CATALOGUE",
-             "HXP_LOADTEST_MAX_FAILURE_RATIO", "HXP_LOADTEST_RESULTS", "HXP_LOADTEST_TRAFFIC")
+_ISOLATED = (
+    "GATEWAY_URL",
+    "HXP_LOADTEST_KEY",
+    "HXP_MASTER_KEY",
+    "HXP_LOADTEST_MODELS",
+    "HXP_CATALOGUE",
+    "HXP_LOADTEST_MAX_FAILURE_RATIO",
+    "HXP_LOADTEST_RESULTS",
+    "HXP_LOADTEST_TRAFFIC",
+)
 
 
 def locust(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run Locust on the load test; stdout and stderr together in ``.stdout``."""
     full_env = {k: v for k, v in os.environ.items() if k not in _ISOLATED} | {"PYTHONUNBUFFERED": "1"} | (env or {})
-    return subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args], cwd=ROOT, env=full_env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def headless(host: str, results: Path, seconds: int, users: int, env: dict[str, str] | None = None,
-             timeout: float = 300) -> subprocess.CompletedProcess:
-    run = locust("--headless", "--only-summary", "--host", host, "-u", str(users), "-r", str(users),
-                 "-t", f"{seconds}s", "--stop-timeout", "60", "--results-dir", str(results), env=env,
-                 timeout=timeout)
+def headless(
+    host: str, results: Path, seconds: int, users: int, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    run = locust(
+        "--headless",
+        "--only-summary",
+        "--host",
+        host,
+        "-u",
+        str(users),
+        "-r",
+        str(users),
+        "-t",
+        f"{seconds}s",
+        "--stop-timeout",
+        "60",
+        "--results-dir",
+        str(results),
+        env=env,
+        timeout=timeout,
+    )
     assert "Traceback" not in run.stdout, run.stdout  # Locust logs a failing event handler and goes on
     return run
 
@@ -58,8 +90,9 @@ def test_one_user_class_per_catalogue_model_and_a_direct_twin_on_a_compared_prof
     listed = re.findall(r"^\s+(\w+User)$", cpu, re.M)
     assert len(listed) == 2 * len(catalogue.load(profile="cpu").models), cpu
     assert len([name for name in listed if name.endswith("DirectUser")]) == len(listed) // 2, cpu
-    narrowed = locust("--list", env={"HXP_PROFILE": "gpu",
-                                     "HXP_LOADTEST_MODELS": catalogue.load().chat_models[0].name}).stdout
+    narrowed = locust(
+        "--list", env={"HXP_PROFILE": "gpu", "HXP_LOADTEST_MODELS": catalogue.load().chat_models[0].name}
+    ).stdout
     assert len(re.findall(r"^\s+(\w+User)$", narrowed, re.M)) == 1, narrowed
 
 
@@ -70,11 +103,17 @@ def test_an_unknown_model_is_refused_by_name():
 
 def test_an_unreachable_gateway_fails_on_the_failure_ratio(tmp_path):
     model = catalogue.load().chat_models[0].name
-    run = headless(f"http://127.0.0.1:{free_port()}", tmp_path, seconds=2, users=1,
-                   env={"HXP_PROFILE": "gpu", "HXP_LOADTEST_MODELS": model, "HXP_LOADTEST_KEY": "sk-unchecked"})
+    run = headless(
+        f"http://127.0.0.1:{free_port()}",
+        tmp_path,
+        seconds=2,
+        users=1,
+        env={"HXP_PROFILE": "gpu", "HXP_LOADTEST_MODELS": model, "HXP_LOADTEST_KEY": "sk-unchecked"},
+    )
     assert run.returncode == 1, run.stdout
-    assert re.search(rf"^FAIL {re.escape(model)}: no successful request; failure ratio 100.0% > 1.0%", run.stdout,
-                     re.M), run.stdout
+    assert re.search(
+        rf"^FAIL {re.escape(model)}: no successful request; failure ratio 100.0% > 1.0%", run.stdout, re.M
+    ), run.stdout
     assert "x connection failed" in run.stdout
     saved = json.loads((tmp_path / "verdict.json").read_text())
     assert saved["passed"] is False and [r["model"] for r in saved["results"]] == [model]
@@ -82,6 +121,7 @@ def test_an_unreachable_gateway_fails_on_the_failure_ratio(tmp_path):
 
 
 # --- against the real CPU stack: the gateway in front of the real engines ------------------------
+
 
 @pytest.fixture(scope="module")
 def stack(chat_engine, embedding_engine):
@@ -98,9 +138,13 @@ def test_a_short_run_is_judged_against_the_engines_reached_directly_through_the_
     reached directly (the cpu profile); whether a 30-s run on a shared test machine meets that is a measurement
     (`make loadtest`), not what this test checks."""
     models = catalogue.load(profile="cpu").models
-    run = headless(stack.url, tmp_path, seconds=30, users=users_needed(models),
-                   env={"HXP_PROFILE": "cpu", "HXP_MASTER_KEY": stack.master_key,
-                        "HXP_BACKENDS": stack.env["HXP_BACKENDS"]})
+    run = headless(
+        stack.url,
+        tmp_path,
+        seconds=30,
+        users=users_needed(models),
+        env={"HXP_PROFILE": "cpu", "HXP_MASTER_KEY": stack.master_key, "HXP_BACKENDS": stack.env["HXP_BACKENDS"]},
+    )
     print(run.stdout[-3000:])
     saved = json.loads((tmp_path / "verdict.json").read_text())
     assert run.returncode == (0 if saved["passed"] else 1), run.stdout
@@ -134,10 +178,18 @@ def test_a_model_missing_its_target_fails_the_run_by_name(gateway, tmp_path):
     entry["profiles"]["gpu"]["targets"]["p95_latency_ms"] = 1
     override = tmp_path / "models.yaml"
     override.write_text(yaml.safe_dump(raw))
-    run = headless(gateway.url, tmp_path / "results", seconds=5, users=len(cat.chat_models),
-                   env={"HXP_PROFILE": "gpu", "HXP_CATALOGUE": str(override),
-                        "HXP_LOADTEST_MODELS": ",".join(m.name for m in cat.chat_models),
-                        "HXP_LOADTEST_KEY": gateway.create_key()})
+    run = headless(
+        gateway.url,
+        tmp_path / "results",
+        seconds=5,
+        users=len(cat.chat_models),
+        env={
+            "HXP_PROFILE": "gpu",
+            "HXP_CATALOGUE": str(override),
+            "HXP_LOADTEST_MODELS": ",".join(m.name for m in cat.chat_models),
+            "HXP_LOADTEST_KEY": gateway.create_key(),
+        },
+    )
     assert run.returncode == 1, run.stdout
     assert re.search(rf"^FAIL {re.escape(victim)}: .*p95 \d+ ms > 1 ms", run.stdout, re.M), run.stdout
     assert verdict_row(run.stdout, victim)[-1] == "FAIL"
@@ -146,7 +198,8 @@ def test_a_model_missing_its_target_fails_the_run_by_name(gateway, tmp_path):
 
 
 def test_on_the_cpu_profile_a_gateway_made_slow_on_purpose_fails_against_its_engine_reached_directly(
-        gateway_factory, tmp_path):
+    gateway_factory, tmp_path
+):
     """The engine is a fake upstream taking 0.3 s per request; the gateway path goes through a relay that holds
     every request 0.25 s: a slower machine would slow both paths, this slows the gateway's alone."""
     engine = FakeUpstream(delay=0.3).start()
@@ -155,10 +208,18 @@ def test_on_the_cpu_profile_a_gateway_made_slow_on_purpose_fails_against_its_eng
         slow = TcpRelay(gateway.port, delay=0.25).start()
         try:
             model = catalogue.load(profile="cpu").embedding_models[0].name
-            run = headless(f"http://127.0.0.1:{slow.port}", tmp_path, seconds=6, users=4,
-                           env={"HXP_PROFILE": "cpu", "HXP_LOADTEST_MODELS": model,
-                                "HXP_LOADTEST_KEY": gateway.create_key(),
-                                "HXP_BACKENDS": json.dumps({model: [engine.url]})})
+            run = headless(
+                f"http://127.0.0.1:{slow.port}",
+                tmp_path,
+                seconds=6,
+                users=4,
+                env={
+                    "HXP_PROFILE": "cpu",
+                    "HXP_LOADTEST_MODELS": model,
+                    "HXP_LOADTEST_KEY": gateway.create_key(),
+                    "HXP_BACKENDS": json.dumps({model: [engine.url]}),
+                },
+            )
         finally:
             slow.stop()
     finally:
@@ -169,5 +230,4 @@ def test_on_the_cpu_profile_a_gateway_made_slow_on_purpose_fails_against_its_eng
     assert failed and re.search(r"avg \d+ ms > [\d.]+ ms", failed.group(1)), run.stdout
     result = json.loads((tmp_path / "verdict.json").read_text())["results"][0]
     assert result["failures"] == 0 and result["direct_rps"] > 0
-    assert result["target_avg_ms"] == pytest.approx(LATENCY_RATIO * result["direct_avg_ms"] + LATENCY_SLACK_MS,
-                                                    abs=0.1)
+    assert result["target_avg_ms"] == pytest.approx(LATENCY_RATIO * result["direct_avg_ms"] + LATENCY_SLACK_MS, abs=0.1)

@@ -1,4 +1,5 @@
 """The traffic data and the user classes derived from the catalogue."""
+
 import random
 from collections import Counter
 
@@ -6,8 +7,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from hxp.core import catalogue
-from hxp.core import traffic
+from hxp.core import catalogue, traffic
 from hxp.loadtest.keys import gateway_root
 from hxp.loadtest.plan import concurrency, models_under_test, users_needed
 
@@ -46,9 +46,15 @@ def test_workloads_follow_the_catalogue_descriptions(data):
 
 def test_max_tokens_is_clamped_to_the_context(data):
     model = catalogue.load().chat_models[0]
-    tight = catalogue.Model(model.name, model.description, model.port, model.task, model.api,
-                            model.deployment.model_copy(update={"vllm": model.deployment.vllm.model_copy(
-                                update={"max_model_len": 600})}), model.profile)
+    tight = catalogue.Model(
+        model.name,
+        model.description,
+        model.port,
+        model.task,
+        model.api,
+        model.deployment.model_copy(update={"vllm": model.deployment.vllm.model_copy(update={"max_model_len": 600})}),
+        model.profile,
+    )
     reasoning = next(w for w in data.workloads if w.name == "reasoning")
     rng = random.Random(1)
     for _ in range(100):
@@ -68,13 +74,16 @@ def test_embedding_requests_are_batches_of_known_texts(data):
     assert min(sizes) == data.embeddings.batch[0] and max(sizes) == data.embeddings.batch[1]
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d["workloads"][0].pop("match"), "exactly one workload must have no `match`"),
-    (lambda d: d["workloads"][0]["long"].append({"document": "nope", "ask": "?"}), "unknown document 'nope'"),
-    (lambda d: d["workloads"][0]["short"].append(["user turn", "assistant turn"]), "must end with a user turn"),
-    (lambda d: d["workloads"][0].update(max_tokens=[10, 5]), "1 <= min <= max"),
-    (lambda d: d["embeddings"].update(batch=[0, 4]), "1 <= min <= max"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["workloads"][0].pop("match"), "exactly one workload must have no `match`"),
+        (lambda d: d["workloads"][0]["long"].append({"document": "nope", "ask": "?"}), "unknown document 'nope'"),
+        (lambda d: d["workloads"][0]["short"].append(["user turn", "assistant turn"]), "must end with a user turn"),
+        (lambda d: d["workloads"][0].update(max_tokens=[10, 5]), "1 <= min <= max"),
+        (lambda d: d["embeddings"].update(batch=[0, 4]), "1 <= min <= max"),
+    ],
+)
 def test_invalid_traffic_is_rejected_with_a_reason(tmp_path, change, message):
     raw = yaml.safe_load(traffic.DEFAULT_PATH.read_text())
     change(raw)

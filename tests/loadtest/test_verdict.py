@@ -1,12 +1,23 @@
 """The verdict computation: exact statistics, every target check, the table and the saved files."""
+
 import csv
 import json
 
 import pytest
 
 from hxp.core.catalogue import Targets
-from hxp.loadtest.verdict import (LATENCY_RATIO, LATENCY_SLACK_MS, THROUGHPUT_RATIO, Recorder, Sample, Verdict,
-                                  direct_name, evaluate, judge, percentile)
+from hxp.loadtest.verdict import (
+    LATENCY_RATIO,
+    LATENCY_SLACK_MS,
+    THROUGHPUT_RATIO,
+    Recorder,
+    Sample,
+    Verdict,
+    direct_name,
+    evaluate,
+    judge,
+    percentile,
+)
 
 TARGETS = Targets(avg_latency_ms=1000, p95_latency_ms=1500, throughput_rps=2, memory_gb=1)
 
@@ -37,14 +48,17 @@ def test_a_model_within_every_target_passes():
     assert r.ttft_avg_ms == pytest.approx(115) and r.ttft_p95_ms == 129
 
 
-@pytest.mark.parametrize("samples, window, problem", [
-    ([ok(1200)] * 30, 10, "avg 1200 ms > 1000 ms"),
-    ([ok(500)] * 90 + [ok(1600)] * 10, 10, "p95 1600 ms > 1500 ms"),
-    ([ok(500)] * 10, 10, "throughput 1.00 req/s < 2 req/s"),
-    ([ok(500)] * 97 + [Sample(False, 5)] * 3, 10, "failure ratio 3.0% > 1.0%"),
-    ([Sample(False, 5)] * 4, 10, "no successful request"),
-    ([], 10, "no successful request"),
-])
+@pytest.mark.parametrize(
+    "samples, window, problem",
+    [
+        ([ok(1200)] * 30, 10, "avg 1200 ms > 1000 ms"),
+        ([ok(500)] * 90 + [ok(1600)] * 10, 10, "p95 1600 ms > 1500 ms"),
+        ([ok(500)] * 10, 10, "throughput 1.00 req/s < 2 req/s"),
+        ([ok(500)] * 97 + [Sample(False, 5)] * 3, 10, "failure ratio 3.0% > 1.0%"),
+        ([Sample(False, 5)] * 4, 10, "no successful request"),
+        ([], 10, "no successful request"),
+    ],
+)
 def test_each_missed_target_fails_the_model_with_its_reason(samples, window, problem):
     r = evaluate("m", samples, window_s=window, targets=TARGETS)
     assert not r.passed
@@ -132,8 +146,10 @@ def test_on_the_cpu_profile_each_model_is_judged_against_its_engine_reached_dire
     assert near.target_avg_ms == round(LATENCY_RATIO * 2919.5 + LATENCY_SLACK_MS, 1)
     assert near.target_p95_ms == round(LATENCY_RATIO * 2937 + LATENCY_SLACK_MS, 1)
     assert near.target_rps == round(THROUGHPUT_RATIO * 4.0, 2)
-    assert slow.problems == (f"avg 400 ms > {LATENCY_RATIO * 200 + LATENCY_SLACK_MS:g} ms",
-                             f"p95 400 ms > {LATENCY_RATIO * 200 + LATENCY_SLACK_MS:g} ms")
+    assert slow.problems == (
+        f"avg 400 ms > {LATENCY_RATIO * 200 + LATENCY_SLACK_MS:g} ms",
+        f"p95 400 ms > {LATENCY_RATIO * 200 + LATENCY_SLACK_MS:g} ms",
+    )
     assert fewer.problems == (f"throughput 0.10 req/s < {THROUGHPUT_RATIO * 4:g} req/s",)
     assert alone.problems[0].startswith("no successful request to the engine directly")
     table = verdict.table()

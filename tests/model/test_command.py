@@ -1,4 +1,5 @@
 """Building vLLM engine commands from the catalogue (pure functions, no engine started)."""
+
 from __future__ import annotations
 
 import shlex
@@ -88,7 +89,7 @@ def test_placed_cpu_engine_is_pinned_and_binds_its_threads_to_its_cores() -> Non
     four = engine_command(CPU.chat_models, CPU.profile_settings, cpus=[5, 3, 4, 2])
     assert four.cpus == (2, 3, 4, 5)
     assert four.env["VLLM_CPU_OMP_THREADS_BIND"] == "2,3,4"  # the last core left to its API server/scheduler
-    assert shlex.split(four.shell())[-len(four.argv) - 3:-len(four.argv)] == ["taskset", "-c", "2,3,4,5"]
+    assert shlex.split(four.shell())[-len(four.argv) - 3 : -len(four.argv)] == ["taskset", "-c", "2,3,4,5"]
 
 
 def test_gpu_engines_are_never_pinned() -> None:
@@ -115,8 +116,9 @@ def test_tool_calling_flags_come_from_the_catalogue(tmp_path: Path) -> None:
     elsewhere = engine_command([GPU.get("hermes-2")], GPU.profile_settings, chat_templates=tmp_path).argv
     assert option(elsewhere, "--chat-template") == str(tmp_path / "chatml_tools.jinja")
     openchat = engine_command([GPU.get("openchat-3.5")], GPU.profile_settings).argv
-    assert not {"--enable-auto-tool-choice", "--tool-call-parser", "--tool-strict-level",
-                "--chat-template"} & set(openchat)
+    assert not {"--enable-auto-tool-choice", "--tool-call-parser", "--tool-strict-level", "--chat-template"} & set(
+        openchat
+    )
     for flags in (tool_flags(m.tools) for m in CPU.chat_models):  # the shared CPU engine: tools for every name
         assert option(flags, "--tool-call-parser") == "hermes" and flags == tool_flags(CPU.chat_models[0].tools)
     assert tool_flags(None) == []
@@ -182,8 +184,7 @@ def test_shell_rendering_is_copy_pasteable() -> None:
     assert "VLLM_CPU_KVCACHE_SPACE=1" in words and words[words.index(ENTRYPOINT) + 1] == "serve"
 
 
-def test_a_planned_cpu_engine_has_its_cores_and_kv_cache_from_the_catalogue(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_planned_cpu_engine_has_its_cores_and_kv_cache_from_the_catalogue(monkeypatch: pytest.MonkeyPatch) -> None:
     server = catalogue.load(profile="server")
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "9")  # a development override: not for a planned engine
     cmd = engine_command([server.get("hermes-2")], server.profile_settings)

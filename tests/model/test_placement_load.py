@@ -1,6 +1,7 @@
 """CPU placement on the real engines: each engine runs on the cores hxp.model.placement gives it, and
 embeddings keep answering through a real gateway while chat streams run (two engines that bound their
 threads to the same core starved each other: every embedding timed out while chat generated)."""
+
 from __future__ import annotations
 
 import os
@@ -46,13 +47,15 @@ def test_engines_run_on_their_own_cores(chat_engine: RunningEngine, embedding_en
         assert not placed["chat"] & placed["embedding"]
 
 
-def test_embeddings_keep_answering_while_chat_streams(gateway_factory, chat_engine: RunningEngine,
-                                                      embedding_engine: RunningEngine) -> None:
+def test_embeddings_keep_answering_while_chat_streams(
+    gateway_factory, chat_engine: RunningEngine, embedding_engine: RunningEngine
+) -> None:
     cat = catalogue.load(profile="cpu")
     embedding_model, chat_model = embedding_engine.names[0], chat_engine.names[0]
     timeout = cat.get(embedding_model).api.timeout_s  # what the gateway allows an embedding request
-    gateway = gateway_factory({name: [f"{engine.base_url}/v1"] for engine in (chat_engine, embedding_engine)
-                               for name in engine.names})
+    gateway = gateway_factory(
+        {name: [f"{engine.base_url}/v1"] for engine in (chat_engine, embedding_engine) for name in engine.names}
+    )
     headers = gateway.headers(gateway.create_key())
     done = threading.Event()
     streaming = threading.Semaphore(0)  # released at each stream's first token
@@ -62,15 +65,25 @@ def test_embeddings_keep_answering_while_chat_streams(gateway_factory, chat_engi
 
     def chat_stream() -> int:
         """Stream chat answers back to back until the embeddings are done; the tokens received."""
-        body = {"model": chat_model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 128,
-                "temperature": 0.8, "stream": True}
+        body = {
+            "model": chat_model,
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": 128,
+            "temperature": 0.8,
+            "stream": True,
+        }
         received, first = 0, True
         while not done.is_set() and time.monotonic() < deadline:
             with lock:
                 in_flight[0] += 1
             try:
-                with httpx.stream("POST", f"{gateway.base_url}/chat/completions", json=body, headers=headers,
-                                  timeout=cat.get(chat_model).api.timeout_s) as response:
+                with httpx.stream(
+                    "POST",
+                    f"{gateway.base_url}/chat/completions",
+                    json=body,
+                    headers=headers,
+                    timeout=cat.get(chat_model).api.timeout_s,
+                ) as response:
                     assert response.status_code == 200, response.read()
                     for line in response.iter_lines():
                         if line.startswith("data: {"):
@@ -93,16 +106,20 @@ def test_embeddings_keep_answering_while_chat_streams(gateway_factory, chat_engi
                 for i in range(EMBEDDINGS):
                     busy.append(in_flight[0])
                     started = time.monotonic()
-                    response = client.post(f"{gateway.base_url}/embeddings",
-                                           json={"model": embedding_model, "input": [f"sentence {i}", "cats"]})
+                    response = client.post(
+                        f"{gateway.base_url}/embeddings",
+                        json={"model": embedding_model, "input": [f"sentence {i}", "cats"]},
+                    )
                     latencies.append(time.monotonic() - started)
                     assert response.status_code == 200, response.text
                     assert [len(d["embedding"]) for d in response.json()["data"]] == [384, 384]
         finally:
             done.set()
         tokens = [future.result() for future in streams]
-    print(f"embeddings under {STREAMS} chat streams: max {max(latencies) * 1000:.0f} ms, "
-          f"median {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms; chat chunks {tokens}")
+    print(
+        f"embeddings under {STREAMS} chat streams: max {max(latencies) * 1000:.0f} ms, "
+        f"median {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms; chat chunks {tokens}"
+    )
     assert all(n > 0 for n in busy), f"chat streams in flight at each embedding request: {busy}"
     assert max(latencies) < timeout
     assert all(n > 1 for n in tokens)

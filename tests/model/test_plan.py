@@ -1,13 +1,14 @@
 """`hxp plan`: the memory and core plan and the roofline's arithmetic (no engine started; see
 test_plan_engines.py for the roofline against real engines)."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
+
 from hxp.cli import main
-from hxp.core import catalogue
-from hxp.core import traffic
+from hxp.core import catalogue, traffic
 from hxp.model import plan
 
 SERVER = catalogue.load(profile="server")
@@ -55,7 +56,11 @@ def test_the_planned_profiles_targets_are_the_plans(profile: str) -> None:
         proposed = plan.propose(est)
         targets = cat.get(est.names[0]).targets
         assert (targets.avg_latency_ms, targets.p95_latency_ms, targets.throughput_rps, targets.memory_gb) == (
-            proposed.avg_latency_ms, proposed.p95_latency_ms, proposed.throughput_rps, proposed.memory_gb), est.names
+            proposed.avg_latency_ms,
+            proposed.p95_latency_ms,
+            proposed.throughput_rps,
+            proposed.memory_gb,
+        ), est.names
         assert targets.memory_gb >= est.memory_gb
         assert targets.p95_latency_ms <= cat.get(est.names[0]).api.timeout_s * 1000
 

@@ -1,6 +1,7 @@
 """Quantized SmolLM2 (hxp.model.quantize, llm-compressor): the catalogue names recipes, the weights are made once
 per set of inputs, an engine this CPU's vLLM cannot run is refused before it starts (hxp.model.kernels, in the
 start path and in `hxp doctor`), and the quantized engines answer right at temperature 0."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,6 +56,7 @@ def chat_models(name: str) -> list[catalogue.Model]:
 
 # --- catalogue and command ---------------------------------------------------------------------
 
+
 def test_a_deployment_naming_a_quantization_is_served_from_its_weights_with_its_dtype() -> None:
     cat = cpu_catalogue(quantization="w8a8")
     chat = engine_groups(cat.chat_models)[0]
@@ -106,6 +108,7 @@ def test_a_second_quantize_run_finds_the_weights_made(capfd: pytest.CaptureFixtu
 
 # --- kernels ----------------------------------------------------------------------------------
 
+
 def test_the_cpu_flags_pick_the_kernel_library_vllm_loads() -> None:
     assert AVX2 is not None and "avx2" in AVX2 and "avx512f" not in AVX2
     assert kernels.kernel_library(AVX2) == "_C_AVX2"
@@ -127,7 +130,8 @@ def test_four_bit_weights_need_avx512_and_sixteen_bit_activations() -> None:
 
 
 def test_a_w4a16_engine_is_refused_before_it_starts_on_an_avx2_cpu(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     models = chat_models("w4a16")
     quantize.ensure(models, "cpu")
     monkeypatch.setattr(kernels, "cpu_flags", lambda: AVX2)
@@ -167,12 +171,12 @@ def test_the_w8a8_engine_answers_paris_through_the_gateway(gateway_factory: Any,
     assert "/quantized/smollm2-w8a8-" in _served_from(w8a8_engine)
     gateway = gateway_factory({name: [w8a8_engine.base_url + "/v1"] for name in w8a8_engine.names})
     model = w8a8_engine.names[-1]
-    client = openai.OpenAI(base_url=gateway.base_url, api_key=gateway.create_key(models=[model]), max_retries=0,
-                           timeout=300)
+    client = openai.OpenAI(
+        base_url=gateway.base_url, api_key=gateway.create_key(models=[model]), max_retries=0, timeout=300
+    )
     answer = client.chat.completions.create(model=model, messages=QUESTION, temperature=0, max_tokens=32)
     assert "Paris" in (answer.choices[0].message.content or "")
-    completion = client.completions.create(model=model, prompt="The capital of France is", temperature=0,
-                                           max_tokens=8)
+    completion = client.completions.create(model=model, prompt="The capital of France is", temperature=0, max_tokens=8)
     assert completion.choices[0].text.strip().startswith("Paris")
 
 
@@ -180,6 +184,7 @@ def test_the_w8a8_engine_answers_paris_through_the_gateway(gateway_factory: Any,
 def test_the_w4a16_engine_answers_paris(w4a16_engine: RunningEngine) -> None:
     assert "/quantized/smollm2-w4a16-" in _served_from(w4a16_engine)
     client = openai.OpenAI(base_url=w4a16_engine.url("/v1"), api_key="unused", max_retries=0, timeout=300)
-    answer = client.chat.completions.create(model=w4a16_engine.names[0], messages=QUESTION, temperature=0,
-                                            max_tokens=32)
+    answer = client.chat.completions.create(
+        model=w4a16_engine.names[0], messages=QUESTION, temperature=0, max_tokens=32
+    )
     assert "Paris" in (answer.choices[0].message.content or "")

@@ -1,4 +1,5 @@
 """Engine processes: foreground serving forwards signals to the whole group; readiness fails fast."""
+
 from __future__ import annotations
 
 import os

@@ -4,12 +4,14 @@ The commands are built here (hxp.model.command, as the native runner, systemd an
 parsed in the engine virtualenv by vLLM's serve subcommand: its argument parser (``make_arg_parser``) and its
 checks of the parsed arguments (``validate_parsed_serve_args``), without loading any model.
 """
+
 from __future__ import annotations
 
 import json
 import subprocess
 
 import yaml
+
 from hxp.core import catalogue
 from hxp.model import weights
 from hxp.model.command import ENTRYPOINT, catalogue_commands
@@ -36,8 +38,14 @@ print(json.dumps(failures))
 
 def vllm_rejects(commands: dict[str, list[str]]) -> dict[str, str]:
     """The commands (argv after vLLM's entrypoint, by label) vLLM's serve parser rejects, with why."""
-    done = subprocess.run([weights.engine_python(), "-c", PARSE], input=json.dumps(commands), capture_output=True,
-                          check=False, text=True, timeout=600)
+    done = subprocess.run(
+        [weights.engine_python(), "-c", PARSE],
+        input=json.dumps(commands),
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -46,7 +54,7 @@ def every_command() -> dict[str, list[str]]:
     commands = {}
     for profile in PROFILES:
         for engine in catalogue_commands(catalogue.load(profile=profile), separate=True, enforce_eager=True):
-            argv = engine.argv[engine.argv.index(ENTRYPOINT) + 1:]
+            argv = engine.argv[engine.argv.index(ENTRYPOINT) + 1 :]
             commands[f"{profile}/{engine.names[0]}"] = argv
     return commands
 

@@ -1,4 +1,5 @@
 """`prepare`: packaged weights become a checksummed Hugging Face folder, once."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,11 @@ from hxp.model import weights
 def run_prepare(catalogue_file: Path, state: Path) -> str:
     out = subprocess.run(
         [weights.engine_python(), "-m", "hxp.model.weights", "--catalogue", str(catalogue_file), "--profile", "cpu"],
-        env={**os.environ, "HXP_STATE_DIR": str(state)}, capture_output=True, text=True, check=True, timeout=300,
+        env={**os.environ, "HXP_STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     )
     return out.stdout
 
@@ -51,6 +56,10 @@ def test_prepare_copies_fixes_records_and_is_idempotent(tmp_path: Path) -> None:
 def test_prepare_with_nothing_packaged(tmp_path: Path) -> None:
     out = subprocess.run(
         [weights.engine_python(), "-m", "hxp.model.weights", "--profile", "gpu"],
-        env={**os.environ, "HXP_STATE_DIR": str(tmp_path)}, capture_output=True, text=True, check=True, timeout=120,
+        env={**os.environ, "HXP_STATE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
     assert "no packaged weights to prepare" in out

@@ -1,4 +1,5 @@
 """The alert rules (prometheus/rules) and the Alertmanager configuration, checked by promtool and amtool."""
+
 from __future__ import annotations
 
 import subprocess
@@ -7,19 +8,28 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hxp.core.paths import PROJECT_ROOT
 from hxp.monitoring import alertmanager
 from hxp.monitoring.prometheus_config import RULES_DIR, dump
-from hxp.core.paths import PROJECT_ROOT
 
 TESTS_DIR = PROJECT_ROOT / "prometheus" / "tests"
 RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
 TEST_FILES = sorted(TESTS_DIR.glob("*_test.yml"))
 REQUIRED = {  # the requirements' alerts and the issue's additions, with their severity
-    "HighLatency": "warning", "LowThroughput": "warning", "HighMemoryUsage": "critical",
-    "LLMServiceDown": "critical", "LLMHighMemoryUsage": "warning", "LLMHighErrorRatio": "warning",
-    "LLMBackendUnhealthy": "critical", "PostgreSQLDown": "critical", "RedisDown": "critical",
-    "UsageLogBacklogGrowing": "warning", "UsageSpillNearlyFull": "warning", "UsageRowsDropped": "critical",
-    "ConsoleSignInFailures": "warning", "DeniedRequestBurst": "warning",
+    "HighLatency": "warning",
+    "LowThroughput": "warning",
+    "HighMemoryUsage": "critical",
+    "LLMServiceDown": "critical",
+    "LLMHighMemoryUsage": "warning",
+    "LLMHighErrorRatio": "warning",
+    "LLMBackendUnhealthy": "critical",
+    "PostgreSQLDown": "critical",
+    "RedisDown": "critical",
+    "UsageLogBacklogGrowing": "warning",
+    "UsageSpillNearlyFull": "warning",
+    "UsageRowsDropped": "critical",
+    "ConsoleSignInFailures": "warning",
+    "DeniedRequestBurst": "warning",
 }
 
 
@@ -82,10 +92,18 @@ def test_a_wrong_expectation_fails(tmp_path: Path) -> None:
     assert result.returncode != 0 and "FAILED" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("env", [{}, {"HXP_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/warn"},
-                                 {"HXP_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/warn",
-                                  "HXP_ALERT_CRITICAL_WEBHOOK_URL": "http://127.0.0.1:9/page"}],
-                         ids=["no-receivers", "one-webhook", "two-webhooks"])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"HXP_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/warn"},
+        {
+            "HXP_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/warn",
+            "HXP_ALERT_CRITICAL_WEBHOOK_URL": "http://127.0.0.1:9/page",
+        },
+    ],
+    ids=["no-receivers", "one-webhook", "two-webhooks"],
+)
 def test_alertmanager_config_passes_amtool(tmp_path: Path, env: dict[str, str]) -> None:
     path = tmp_path / "alertmanager.yml"
     path.write_text(dump(alertmanager.config(env)))
@@ -93,14 +111,19 @@ def test_alertmanager_config_passes_amtool(tmp_path: Path, env: dict[str, str]) 
     assert result.returncode == 0, result.stdout + result.stderr
     receivers = {r["name"]: r for r in alertmanager.config(env)["receivers"]}
     critical_url = env.get("HXP_ALERT_CRITICAL_WEBHOOK_URL") or env.get("HXP_ALERT_WEBHOOK_URL")
-    assert [w["url"] for w in receivers["critical"].get("webhook_configs", [])] == ([critical_url] if critical_url else [])
+    assert [w["url"] for w in receivers["critical"].get("webhook_configs", [])] == (
+        [critical_url] if critical_url else []
+    )
 
 
-@pytest.mark.parametrize("labels,receiver", [
-    (["alertname=LLMServiceDown", "severity=critical", "model=phi-3-mini"], "critical"),
-    (["alertname=HighLatency", "severity=warning", "model=phi-3-mini"], "warning"),
-    (["alertname=Other"], "default"),
-])
+@pytest.mark.parametrize(
+    "labels,receiver",
+    [
+        (["alertname=LLMServiceDown", "severity=critical", "model=phi-3-mini"], "critical"),
+        (["alertname=HighLatency", "severity=warning", "model=phi-3-mini"], "warning"),
+        (["alertname=Other"], "default"),
+    ],
+)
 def test_alertmanager_routes_by_severity(tmp_path: Path, labels: list[str], receiver: str) -> None:
     path = tmp_path / "alertmanager.yml"
     path.write_text(dump(alertmanager.config({})))

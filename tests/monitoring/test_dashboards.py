@@ -1,4 +1,5 @@
 """The Grafana dashboards and provisioning: structure, every query's syntax, the metric names they use."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hxp.core.paths import PROJECT_ROOT
 from hxp.monitoring import dashboards, targets
 from hxp.monitoring.prometheus_config import dump
-from hxp.core.paths import PROJECT_ROOT
 
 GRAFANA = PROJECT_ROOT / "grafana"
 RENDERED = [dashboards.render(d) for d in dashboards.DASHBOARDS]
@@ -22,8 +23,9 @@ VLLM_LOGGERS = PROJECT_ROOT / ".venv-engine/lib/python3.11/site-packages/vllm/v1
 def test_committed_json_is_generated(tmp_path: Path) -> None:
     written = dashboards.write(tmp_path)
     for path in written:
-        assert (GRAFANA / "dashboards" / path.name).read_text() == path.read_text(), \
+        assert (GRAFANA / "dashboards" / path.name).read_text() == path.read_text(), (
             f"grafana/dashboards/{path.name} is stale: run `make grafana-dashboards`"
+        )
     assert sorted(p.name for p in (GRAFANA / "dashboards").glob("*.json")) == sorted(p.name for p in written)
 
 
@@ -53,15 +55,21 @@ def test_structure(board: dict) -> None:
         assert len({t["refId"] for t in panel["targets"]}) == len(panel["targets"])
     for a, b in combinations(panels, 2):
         ga, gb = a["gridPos"], b["gridPos"]
-        overlap = (ga["x"] < gb["x"] + gb["w"] and gb["x"] < ga["x"] + ga["w"]
-                   and ga["y"] < gb["y"] + gb["h"] and gb["y"] < ga["y"] + ga["h"])
+        overlap = (
+            ga["x"] < gb["x"] + gb["w"]
+            and gb["x"] < ga["x"] + ga["w"]
+            and ga["y"] < gb["y"] + gb["h"]
+            and gb["y"] < ga["y"] + ga["h"]
+        )
         assert not overlap, f"{a['title']!r} overlaps {b['title']!r}"
 
 
 def test_every_query_parses(tmp_path: Path) -> None:
     """promtool parses each query (as a recording rule), with Grafana's variables resolved."""
-    rules = [{"record": f"hxp:dashboard_query_{i}", "expr": dashboards.resolve(e)}
-             for i, e in enumerate(dashboards.queries())]
+    rules = [
+        {"record": f"hxp:dashboard_query_{i}", "expr": dashboards.resolve(e)}
+        for i, e in enumerate(dashboards.queries())
+    ]
     path = tmp_path / "queries.yml"
     path.write_text(dump({"groups": [{"name": "dashboards", "rules": rules}]}))
     result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
@@ -73,11 +81,22 @@ def test_every_query_parses(tmp_path: Path) -> None:
 
 def test_the_required_panels_are_there() -> None:
     text = json.dumps(RENDERED)
-    for needle in ["rate(llm_requests_total", 'status=~\\"5..\\"', "histogram_quantile(0.5,", "histogram_quantile(0.95,",
-                   "llm_time_to_first_token_seconds_bucket", "llm_tokens_processed_total", "vllm:num_requests_running",
-                   "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "llm_model_memory_usage_bytes",
-                   "node_cpu_seconds_total", "node_memory_MemAvailable_bytes", "llm_rate_limit_rejections_total",
-                   "sum by (user_id)"]:
+    for needle in [
+        "rate(llm_requests_total",
+        'status=~\\"5..\\"',
+        "histogram_quantile(0.5,",
+        "histogram_quantile(0.95,",
+        "llm_time_to_first_token_seconds_bucket",
+        "llm_tokens_processed_total",
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "llm_model_memory_usage_bytes",
+        "node_cpu_seconds_total",
+        "node_memory_MemAvailable_bytes",
+        "llm_rate_limit_rejections_total",
+        "sum by (user_id)",
+    ]:
         assert needle in text, needle
 
 

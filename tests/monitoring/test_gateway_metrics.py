@@ -1,4 +1,5 @@
 """The gateway's /metrics and request log on the live stack (2 workers, real engine, PostgreSQL, Redis)."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ pytestmark = [pytest.mark.engine, pytest.mark.services]
 
 def scrape(stack: LiveStack) -> dict[tuple[str, tuple], float]:
     """Every sample of /metrics as {(name, sorted labels without pid): value}, summed over worker pids."""
-    response = httpx.get(f"{stack.gateway.url}/metrics", headers={"Authorization": f"Bearer {stack.metrics_token}"},
-                         timeout=30)
+    response = httpx.get(
+        f"{stack.gateway.url}/metrics", headers={"Authorization": f"Bearer {stack.metrics_token}"}, timeout=30
+    )
     assert response.status_code == 200, response.text
     samples: dict[tuple[str, tuple], float] = {}
     for family in text_string_to_metric_families(response.text):
@@ -38,19 +40,30 @@ def test_traffic_got_the_expected_answers(live_stack: LiveStack) -> None:
 def test_requests_are_counted_once_whichever_worker_answers(live_stack: LiveStack) -> None:
     model = live_stack.chat_model
     samples = scrape(live_stack)
-    counted = ("llm_requests_total", "llm_request_duration_seconds", "llm_tokens_processed_total",
-               "llm_cache_hits_total", "llm_rate_limit_rejections_total", "llm_time_to_first_token_seconds")
+    counted = (
+        "llm_requests_total",
+        "llm_request_duration_seconds",
+        "llm_tokens_processed_total",
+        "llm_cache_hits_total",
+        "llm_rate_limit_rejections_total",
+        "llm_time_to_first_token_seconds",
+    )
 
     def totals(scraped: dict) -> dict:
         return {k: v for k, v in scraped.items() if k[0].startswith(counted)}
 
-    assert all(totals(scrape(live_stack)) == totals(samples) for _ in range(4)), "every worker must serve the same totals"
+    assert all(totals(scrape(live_stack)) == totals(samples) for _ in range(4)), (
+        "every worker must serve the same totals"
+    )
     assert value(samples, "llm_requests_total", model=model, status="200", user_id="team-live") == 8
     assert value(samples, "llm_requests_total", model=model, status="200", user_id="team-limited") == 1
     assert value(samples, "llm_requests_total", model=model, status="429", user_id="team-limited") == 2
     assert value(samples, "llm_requests_total", model="unknown", status="401", user_id="unknown") == 1  # body unread
-    broken = [dict(ls) for (n, ls), v in samples.items()
-              if n == "llm_requests_total" and dict(ls)["model"] == live_stack.broken_model and v == 1]
+    broken = [
+        dict(ls)
+        for (n, ls), v in samples.items()
+        if n == "llm_requests_total" and dict(ls)["model"] == live_stack.broken_model and v == 1
+    ]
     assert [(b["status"], b["user_id"]) for b in broken] == [(str(live_stack.statuses[-1]), "team-live")]
     assert value(samples, "llm_rate_limit_rejections_total", model=model, user_id="team-limited") == 2
     assert value(samples, "llm_request_duration_seconds_count", model=model, status="200") == 9
@@ -87,13 +100,17 @@ def test_metrics_need_the_token_and_never_show_a_key(live_stack: LiveStack) -> N
 
 def test_one_json_log_line_per_request_without_content_or_secrets(live_stack: LiveStack) -> None:
     log = live_stack.gateway.log
-    requests = [r for r in (json.loads(line) for line in log.splitlines() if line.startswith('{"time"'))
-                if r.get("event") == "request"]
+    requests = [
+        r
+        for r in (json.loads(line) for line in log.splitlines() if line.startswith('{"time"'))
+        if r.get("event") == "request"
+    ]
     assert sorted(r["status"] for r in requests) == sorted(live_stack.statuses)
     assert len({r["request_id"] for r in requests}) == len(requests)
     answered = [r for r in requests if r["status"] == 200]
-    assert all(r["model"] == live_stack.chat_model and r["latency_ms"] > 0 and r["key"] in live_stack.keys
-               for r in answered)
+    assert all(
+        r["model"] == live_stack.chat_model and r["latency_ms"] > 0 and r["key"] in live_stack.keys for r in answered
+    )
     assert all(r["completion_tokens"] for r in answered if not r["cache_hit"])
     assert sum(r["cache_hit"] for r in requests) == 1 and sum(r["stream"] for r in answered) == 2
     assert all(r["ttft_ms"] > 0 for r in answered if r["stream"])

@@ -1,4 +1,5 @@
 """Every dashboard query returns data and every alert expression parses, on a Prometheus scraping the live stack."""
+
 from __future__ import annotations
 
 import time
@@ -12,8 +13,12 @@ from tests.monitoring.conftest import LiveStack
 
 pytestmark = [pytest.mark.engine, pytest.mark.services]
 
-ALERTS = [rule for path in sorted(RULES_DIR.glob("*.yml")) for group in yaml.safe_load(path.read_text())["groups"]
-          for rule in group["rules"]]
+ALERTS = [
+    rule
+    for path in sorted(RULES_DIR.glob("*.yml"))
+    for group in yaml.safe_load(path.read_text())["groups"]
+    for rule in group["rules"]
+]
 
 
 def test_every_target_is_up(live_stack: LiveStack) -> None:
@@ -40,15 +45,20 @@ def test_every_alert_expression_parses_and_the_rules_are_loaded(live_stack: Live
         prom.query(rule["expr"])  # raises on a parse error
     loaded = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
     assert sorted(r["name"] for r in loaded) == sorted(r["alert"] for r in ALERTS)
-    prom.wait(lambda: all(r.get("health") == "ok" for g in prom.api("rules")["groups"] for r in g["rules"]),
-              30, "every rule evaluated without error")
+    prom.wait(
+        lambda: all(r.get("health") == "ok" for g in prom.api("rules")["groups"] for r in g["rules"]),
+        30,
+        "every rule evaluated without error",
+    )
 
 
 def test_a_dead_backend_raises_its_alert(live_stack: LiveStack) -> None:
     prom = live_stack.prometheus
 
     def pending() -> bool:
-        return any(a["labels"]["alertname"] == "LLMBackendUnhealthy" and a["labels"].get("model") == live_stack.broken_model
-                   for a in prom.api("alerts")["alerts"])
+        return any(
+            a["labels"]["alertname"] == "LLMBackendUnhealthy" and a["labels"].get("model") == live_stack.broken_model
+            for a in prom.api("alerts")["alerts"]
+        )
 
     prom.wait(pending, 60, "LLMBackendUnhealthy for the model without a backend")

@@ -1,4 +1,5 @@
 """The request log's content switch and secret masking (the live stack checks the lines themselves)."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,9 +20,11 @@ def test_no_content_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_content_when_enabled_with_secrets_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HXP_REQUEST_LOG_CONTENT", "true")
-    record = entry(prompt=[{"role": "user", "content": "my key is sk-abcdefghijklmnopqrstuvwxyz"}],
-                   completion="use postgresql://hxp:hunter2@db:5432/x",
-                   error="401: Bearer sk-zyxwvutsrqponmlkjihg rejected")
+    record = entry(
+        prompt=[{"role": "user", "content": "my key is sk-abcdefghijklmnopqrstuvwxyz"}],
+        completion="use postgresql://hxp:hunter2@db:5432/x",
+        error="401: Bearer sk-zyxwvutsrqponmlkjihg rejected",
+    )
     assert record["prompt"][0]["content"] == "my key is sk-abcd***"
     assert record["completion"] == "use postgresql://hxp:***@db:5432/x"
     assert "zyxwvu" not in record["error"] and "hunter2" not in str(record)

@@ -1,6 +1,7 @@
 """`hxp doctor` finds what stops a stack, each finding with its fix: a port taken by a stranger, prepared
 weights that differ from their manifest, example or weak secrets in env files, and a refused password
 told apart from an unreachable server (real PostgreSQL and Redis, each asking for a password)."""
+
 from __future__ import annotations
 
 import json
@@ -15,19 +16,20 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from hxp.core import catalogue
 from hxp.cli import main
+from hxp.core import catalogue
+from hxp.core.paths import PROJECT_ROOT
 from hxp.model import weights
 from hxp.ops import doctor
-from hxp.core.paths import PROJECT_ROOT
 from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
 from tests.support.servers import RedisServer, free_port
 
 EMBEDDING = catalogue.load(profile="cpu").embedding_models[0]
 
 
-def _doctor(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, env: dict[str, str],
-            *args: str) -> tuple[int, dict[str, dict[str, Any]]]:
+def _doctor(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, env: dict[str, str], *args: str
+) -> tuple[int, dict[str, dict[str, Any]]]:
     """Run `hxp doctor --json` with ``env``; (exit status, the checks by name)."""
     for name in ("HXP_MASTER_KEY", "DATABASE_URL", "HXP_DATABASE_URL", "REDIS_URL", "QDRANT_URL", "HXP_BACKENDS"):
         monkeypatch.delenv(name, raising=False)
@@ -43,8 +45,11 @@ def small_stack(tmp_path: Path) -> dict[str, str]:
     """A one-model catalogue (the embedding model on a free port), its prepared weights copied into a fresh
     state directory, and the environment pointing at them."""
     doc = yaml.safe_load(catalogue.DEFAULT_PATH.read_text())
-    doc["models"] = [{**m, "port": free_port(), "api": {**m["api"], "fallbacks": []}}
-                     for m in doc["models"] if m["name"] == EMBEDDING.name]
+    doc["models"] = [
+        {**m, "port": free_port(), "api": {**m["api"], "fallbacks": []}}
+        for m in doc["models"]
+        if m["name"] == EMBEDDING.name
+    ]
     (tmp_path / "models.yaml").write_text(yaml.safe_dump(doc))
     state = tmp_path / "state"
     (state / "models").mkdir(parents=True)
@@ -54,9 +59,14 @@ def small_stack(tmp_path: Path) -> dict[str, str]:
     shutil.copytree(source.resolve(), state / "models" / EMBEDDING.package)
     manifest = f"{EMBEDDING.package}{weights.MANIFEST_SUFFIX}"
     shutil.copy(source.parent / manifest, state / "models" / manifest)
-    return {"HXP_CATALOGUE": str(tmp_path / "models.yaml"), "HXP_PROFILE": "cpu", "HXP_STATE_DIR": str(state),
-            "HXP_GATEWAY_URL": f"http://127.0.0.1:{free_port()}", "QDRANT_PATH": str(tmp_path / "qdrant"),
-            "HXP_MASTER_KEY": "sk-hxp-" + "a1" * 24}
+    return {
+        "HXP_CATALOGUE": str(tmp_path / "models.yaml"),
+        "HXP_PROFILE": "cpu",
+        "HXP_STATE_DIR": str(state),
+        "HXP_GATEWAY_URL": f"http://127.0.0.1:{free_port()}",
+        "QDRANT_PATH": str(tmp_path / "qdrant"),
+        "HXP_MASTER_KEY": "sk-hxp-" + "a1" * 24,
+    }
 
 
 def _env_dir(tmp_path: Path) -> Path:
@@ -72,8 +82,8 @@ def _env_dir(tmp_path: Path) -> Path:
 
 
 def test_doctor_names_a_taken_port_a_corrupted_weight_file_and_an_example_secret(
-        small_stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture) -> None:
+    small_stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     env_dir = _env_dir(tmp_path)
     model = yaml.safe_load(Path(small_stack["HXP_CATALOGUE"]).read_text())["models"][0]
     code, checks = _doctor(monkeypatch, capsys, small_stack, "--env-dir", str(env_dir))
@@ -114,9 +124,9 @@ def test_doctor_names_a_taken_port_a_corrupted_weight_file_and_an_example_secret
     assert "changeme" not in json.dumps(checks) and "__HXP_MASTER_KEY__" not in json.dumps(checks)
 
 
-def test_doctor_text_names_the_fix_under_each_failure(small_stack: dict[str, str], tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_doctor_text_names_the_fix_under_each_failure(
+    small_stack: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     (tmp_path / "env").mkdir()
     (tmp_path / "env" / "redis.env.example").write_text("REDIS_PASSWORD=__REDIS_PASSWORD__\n")
     (tmp_path / "env" / "redis.env").write_text("REDIS_PASSWORD=" + "5f" * 24 + "\n")
@@ -133,13 +143,18 @@ def test_doctor_text_names_the_fix_under_each_failure(small_stack: dict[str, str
 
 
 def test_doctor_tells_a_refused_password_from_an_unreachable_server(
-        postgres, small_stack: dict[str, str], tmp_path: Path,  # noqa: ANN001
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    postgres,
+    small_stack: dict[str, str],
+    tmp_path: Path,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     redis = RedisServer(password="r3d1s-" + "9" * 20)
     redis.start()
     admin_url = fresh_postgres_database(postgres)
-    database_url = postgres.password_user("pw_doctor_" + secrets.token_hex(4), "pgpw-" + secrets.token_hex(8),
-                                          admin_url.rsplit("/", 1)[1])
+    database_url = postgres.password_user(
+        "pw_doctor_" + secrets.token_hex(4), "pgpw-" + secrets.token_hex(8), admin_url.rsplit("/", 1)[1]
+    )
     try:
         wrong_db = database_url.replace(urlsplit(database_url).password, "wrong-pw")
         wrong_redis = redis.url.replace(redis.password, "wrong-pw")
@@ -151,8 +166,11 @@ def test_doctor_tells_a_refused_password_from_an_unreachable_server(
             assert fix in checks[name]["fix"] and "wrong-pw" not in checks[name]["detail"]
 
         closed = free_port()
-        env = {**small_stack, "DATABASE_URL": f"postgresql://hxp:x@127.0.0.1:{closed}/hxp",
-               "REDIS_URL": f"redis://127.0.0.1:{closed}/0"}
+        env = {
+            **small_stack,
+            "DATABASE_URL": f"postgresql://hxp:x@127.0.0.1:{closed}/hxp",
+            "REDIS_URL": f"redis://127.0.0.1:{closed}/0",
+        }
         _, checks = _doctor(monkeypatch, capsys, env, "--env-dir", str(tmp_path))
         for name in ("database", "redis"):
             assert checks[name]["status"] == "FAIL" and "cannot be reached" in checks[name]["detail"], checks[name]
@@ -170,4 +188,6 @@ def test_doctor_tells_a_refused_password_from_an_unreachable_server(
 
 def test_nvidia_smi_memory_is_read_per_gpu() -> None:
     assert doctor.parse_nvidia_smi("0, 81559, 80000\n1, 81559, 1024\n") == {
-        0: (81559 / 1024, 80000 / 1024), 1: (81559 / 1024, 1.0)}
+        0: (81559 / 1024, 80000 / 1024),
+        1: (81559 / 1024, 1.0),
+    }

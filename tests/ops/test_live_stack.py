@@ -5,12 +5,14 @@ that model's engine address down and bring it back without stopping a shared eng
 
 Run it under the heavy lock: ``flock /work/locks/heavy.lock .venv/bin/pytest tests/ops/test_live_stack.py``.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -32,7 +34,7 @@ class LiveStack:
     gateway: Gateway
     relay: TcpRelay
     redis: RedisServer
-    relayed: str                 # the chat model whose engine address is the relay
+    relayed: str  # the chat model whose engine address is the relay
     env: dict[str, str]
 
 
@@ -50,8 +52,13 @@ def live(chat_engine: RunningEngine, embedding_engine: RunningEngine, postgres) 
     try:
         gateway = factory(backends, env={"DATABASE_URL": database, "REDIS_URL": redis.url}, wait=False)
         gateway.wait_ready(GATEWAY_START_TIMEOUT_S)
-        env = {"HXP_GATEWAY_URL": gateway.url, "HXP_MASTER_KEY": gateway.master_key, "DATABASE_URL": database,
-               "REDIS_URL": redis.url, "HXP_STATE_DIR": str(gateway.state_dir)}
+        env = {
+            "HXP_GATEWAY_URL": gateway.url,
+            "HXP_MASTER_KEY": gateway.master_key,
+            "DATABASE_URL": database,
+            "REDIS_URL": redis.url,
+            "HXP_STATE_DIR": str(gateway.state_dir),
+        }
         yield LiveStack(gateway, relay, redis, relayed, env)
     finally:
         factory.close()
@@ -60,13 +67,21 @@ def live(chat_engine: RunningEngine, embedding_engine: RunningEngine, postgres) 
         drop_postgres_database(postgres, database)
 
 
-def _run(live: LiveStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-         *args: str) -> tuple[int, str]:
+def _run(
+    live: LiveStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str
+) -> tuple[int, str]:
     """Run an hxp command against the live stack: (exit status, what it printed; printed again for the report)."""
     for name, value in live.env.items():
         monkeypatch.setenv(name, value)
-    for name in ("HXP_BACKENDS", "HXP_BACKEND_URL_TEMPLATE", "HXP_DATABASE_URL", "HXP_PROMETHEUS_URL",
-                 "HXP_ALERTMANAGER_URL", "HXP_GRAFANA_URL", "QDRANT_URL"):
+    for name in (
+        "HXP_BACKENDS",
+        "HXP_BACKEND_URL_TEMPLATE",
+        "HXP_DATABASE_URL",
+        "HXP_PROMETHEUS_URL",
+        "HXP_ALERTMANAGER_URL",
+        "HXP_GRAFANA_URL",
+        "QDRANT_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     capsys.readouterr()
     code = main(list(args))
@@ -75,8 +90,9 @@ def _run(live: LiveStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     return code, out
 
 
-def _hxp(live: LiveStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-         *args: str) -> tuple[int, dict[str, Any]]:
+def _hxp(
+    live: LiveStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str
+) -> tuple[int, dict[str, Any]]:
     """Run an hxp command with --json against the live stack: (exit status, its answer)."""
     code, out = _run(live, monkeypatch, capsys, *args, "--json")
     return code, json.loads(out)
@@ -101,9 +117,15 @@ def test_validate_passes_on_the_real_engines(live: LiveStack, monkeypatch, capsy
 
     for name in catalogue.load().names:
         assert {f"model {name} engine health", f"model {name} answers"} <= passed
-    assert {"gateway refuses requests without a valid key", "usage rows reach the database", "redis round trip",
-            "rate limit (rpm=1) enforced", "qdrant collections present", "qdrant search in knowledge_base",
-            "embedding size fits knowledge_base"} <= passed
+    assert {
+        "gateway refuses requests without a valid key",
+        "usage rows reach the database",
+        "redis round trip",
+        "rate limit (rpm=1) enforced",
+        "qdrant collections present",
+        "qdrant search in knowledge_base",
+        "embedding size fits knowledge_base",
+    } <= passed
 
 
 def test_status_shows_every_engine_up(live: LiveStack, monkeypatch, capsys) -> None:  # noqa: ANN001

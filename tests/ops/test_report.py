@@ -1,26 +1,27 @@
 """`hxp usage report` against generated usage rows on SQLite and the real PostgreSQL: every figure of
 every grouping equals what the rows say, CSV and JSON parse, and the window is read through an index."""
+
 from __future__ import annotations
 
 import csv
 import io
 import json
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
 
-from hxp.core import catalogue
 from hxp.cli import main
+from hxp.core import catalogue
 from hxp.core.database import Database
 from hxp.gateway.usage import record
 from hxp.ops import report
 from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
 from tests.ops import usage_rows
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 MODELS = ["mixtral-8x7b", "phi-3-mini", "all-minilm-l6-v2", "not-in-catalogue"]
 
 
@@ -67,9 +68,12 @@ def test_each_grouping_matches_the_rows(usage, by: str, tmp_path: Path) -> None:
     assert got.totals["cost"] == pytest.approx(sum(g["cost"] or 0 for g in want.values()))
     in_window = [r for r in rows if span.since <= r.timestamp < span.until]
     assert got.totals["p95_ms"] == usage_rows.nearest_rank(
-        [r.latency_ms for r in in_window if r.status == "success" and r.latency_ms is not None], 0.95)
-    counted = db.fetchone("SELECT SUM(request_count) AS n FROM llm_model_requests WHERE timestamp >= ? "
-                          "AND timestamp < ?", (record.iso(span.since), record.iso(span.until)))
+        [r.latency_ms for r in in_window if r.status == "success" and r.latency_ms is not None], 0.95
+    )
+    counted = db.fetchone(
+        "SELECT SUM(request_count) AS n FROM llm_model_requests WHERE timestamp >= ? AND timestamp < ?",
+        (record.iso(span.since), record.iso(span.until)),
+    )
     assert got.totals["requests"] == counted["n"]  # the table's own count agrees
     assert got.priced == ["phi-3-mini"]
 
@@ -102,8 +106,9 @@ def test_the_cli_writes_csv_and_json(usage, monkeypatch: pytest.MonkeyPatch, cap
     assert text.startswith("Usage from ") and "TOTAL" in text and "mixtral-8x7b" in text
 
 
-def test_unreadable_arguments_are_refused(capsys: pytest.CaptureFixture, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreadable_arguments_are_refused(
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("HXP_DATABASE_URL", raising=False)
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite3'}")
     assert main(["usage", "report", "--since", "last week"]) == 2
@@ -113,6 +118,7 @@ def test_unreadable_arguments_are_refused(capsys: pytest.CaptureFixture, tmp_pat
 
 
 # --- the query plans ----------------------------------------------------------------------
+
 
 def _plan(db: Database, statement: tuple[str, list]) -> str:
     sql, params = statement
@@ -138,7 +144,8 @@ def large_postgres(postgres) -> Iterator[Database]:  # noqa: ANN001 - the sessio
         " SELECT gen_random_uuid(), (ARRAY['mixtral-8x7b','hermes-2','phi-3-mini'])[1 + mod(i, 3)],"
         " now() - random() * interval '90 days', 'key-' || mod(i, 50), 'alias-' || mod(i, 50),"
         " CASE WHEN mod(i, 10) = 0 THEN 'rate_limited' ELSE 'success' END, (random() * 4000)::int,"
-        " (random() * 500)::int, (random() * 200)::int FROM generate_series(1, 300000) AS i")
+        " (random() * 500)::int, (random() * 200)::int FROM generate_series(1, 300000) AS i"
+    )
     db.execute("ANALYZE llm_model_requests")
     yield db
     db.close()
@@ -153,8 +160,10 @@ def test_postgres_reads_the_window_through_the_time_index(large_postgres: Databa
         assert "Seq Scan on llm_model_requests" not in plan, plan
     span = report.window("7d")
     got = report.build(large_postgres, catalogue.load(), span, by)
-    counted = large_postgres.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests WHERE timestamp >= ?"
-                                      " AND timestamp < ?", (record.iso(span.since), record.iso(span.until)))
+    counted = large_postgres.fetchone(
+        "SELECT COUNT(*) AS n FROM llm_model_requests WHERE timestamp >= ? AND timestamp < ?",
+        (record.iso(span.since), record.iso(span.until)),
+    )
     assert got.totals["requests"] == counted["n"] > 0
     assert sum(r["requests"] for r in got.rows) == counted["n"]
 

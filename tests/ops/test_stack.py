@@ -1,5 +1,6 @@
 """Where the operator commands find the stack: the native one from the environment (engines from
 HXP_BACKENDS, else `hxp run`'s layout), the compose one from its published ports and env files."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,19 @@ CATALOGUE = catalogue.load(profile="cpu")
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HXP_BACKENDS", "HXP_BACKEND_URL_TEMPLATE", "HXP_GATEWAY_URL", "HXP_MASTER_KEY",
-                 "HXP_PUBLISH_ADDRESS", "HXP_PROMETHEUS_URL", "HXP_ALERTMANAGER_URL", "HXP_GRAFANA_URL", "GRAFANA_USER",
-                 "GRAFANA_PASSWORD", "REDIS_URL"):
+    for name in (
+        "HXP_BACKENDS",
+        "HXP_BACKEND_URL_TEMPLATE",
+        "HXP_GATEWAY_URL",
+        "HXP_MASTER_KEY",
+        "HXP_PUBLISH_ADDRESS",
+        "HXP_PROMETHEUS_URL",
+        "HXP_ALERTMANAGER_URL",
+        "HXP_GRAFANA_URL",
+        "GRAFANA_USER",
+        "GRAFANA_PASSWORD",
+        "REDIS_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HXP_PROFILE", "cpu")
 
@@ -81,13 +92,19 @@ def compose_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     (env / "postgres.env").write_text("POSTGRES_USER=hxp\nPOSTGRES_DB=hxp\nPOSTGRES_PASSWORD=p@ss:word\n")
     (env / "gateway.env").write_text("HXP_MASTER_KEY=sk-hxp-compose-key\n")
     (env / "grafana.env").write_text("GF_SECURITY_ADMIN_USER=admin\nGF_SECURITY_ADMIN_PASSWORD=gpw\n")
-    servers = {"chat": _Engine([m.name for m in CATALOGUE.chat_models]),
-               "embedding": _Engine([m.name for m in CATALOGUE.embedding_models]), "gateway": _Engine([])}
+    servers = {
+        "chat": _Engine([m.name for m in CATALOGUE.chat_models]),
+        "embedding": _Engine([m.name for m in CATALOGUE.embedding_models]),
+        "gateway": _Engine([]),
+    }
     ports = {"postgres": free_port(), "grafana": free_port(), **{k: v.port for k, v in servers.items()}}
-    spec = {"postgres": {"5432": f"127.0.0.1:{ports['postgres']}"}, "gateway": {"8000": f"0.0.0.0:{ports['gateway']}"},
-            "chat-engine": {"8000": f"127.0.0.1:{ports['chat']}"},
-            CATALOGUE.embedding_models[0].name: {"8000": f"127.0.0.1:{ports['embedding']}"},
-            "grafana": {"3000": f"127.0.0.1:{ports['grafana']}"}}
+    spec = {
+        "postgres": {"5432": f"127.0.0.1:{ports['postgres']}"},
+        "gateway": {"8000": f"0.0.0.0:{ports['gateway']}"},
+        "chat-engine": {"8000": f"127.0.0.1:{ports['chat']}"},
+        CATALOGUE.embedding_models[0].name: {"8000": f"127.0.0.1:{ports['embedding']}"},
+        "grafana": {"3000": f"127.0.0.1:{ports['grafana']}"},
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -113,15 +130,16 @@ def test_the_compose_stack_is_found_where_docker_publishes_it(compose_project: d
     assert found.grafana_auth == ("admin", "gpw")
     with httpx.Client() as client:
         engines, source = found.engines(client)
-    assert engines == {**{m.name: [f"http://127.0.0.1:{ports['chat']}/v1"] for m in CATALOGUE.chat_models},
-                       **{m.name: [f"http://127.0.0.1:{ports['embedding']}/v1"] for m in CATALOGUE.embedding_models}}
+    assert engines == {
+        **{m.name: [f"http://127.0.0.1:{ports['chat']}/v1"] for m in CATALOGUE.chat_models},
+        **{m.name: [f"http://127.0.0.1:{ports['embedding']}/v1"] for m in CATALOGUE.embedding_models},
+    }
     assert source == "the running compose services (docker compose ps)"
     stores = backup.Stores.from_compose(project)
     assert stores.database_url == found.database_url and stores.qdrant_url is None
 
 
-def test_the_compose_stack_without_env_files_or_docker_says_so(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_compose_stack_without_env_files_or_docker_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no docker at all
     found = ops_stack.load(compose=True, project=tmp_path)
     assert found.database_url is None and "postgres.env is missing" in found.database_problem
@@ -136,8 +154,10 @@ def test_native_engines_come_from_the_environment_or_the_runner_layout(monkeypat
     with httpx.Client() as client:
         engines, source = ops_stack.load().engines(client)
         chat, embedding = CATALOGUE.chat_models, CATALOGUE.embedding_models
-        assert engines == {**{m.name: [f"http://127.0.0.1:{chat[0].port}/v1"] for m in chat},
-                           **{m.name: [f"http://127.0.0.1:{embedding[0].port}/v1"] for m in embedding}}
+        assert engines == {
+            **{m.name: [f"http://127.0.0.1:{chat[0].port}/v1"] for m in chat},
+            **{m.name: [f"http://127.0.0.1:{embedding[0].port}/v1"] for m in embedding},
+        }
         assert source.startswith("the layout of `hxp run`")
         monkeypatch.setenv("HXP_BACKENDS", json.dumps({"phi-3-mini": ["http://10.0.0.9:9000/v1/"]}))
         engines, source = ops_stack.load().engines(client)

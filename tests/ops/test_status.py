@@ -1,4 +1,5 @@
 """`hxp status` with nothing running: every model and the gateway down, named, exit 1; --watch redraws."""
+
 from __future__ import annotations
 
 import json
@@ -6,22 +7,31 @@ from pathlib import Path
 
 import pytest
 
-from hxp.core import catalogue
 from hxp.cli import main
+from hxp.core import catalogue
 from hxp.ops import status
 from tests.support.servers import free_port
 
 
 @pytest.fixture(autouse=True)
 def nothing_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HXP_BACKENDS", "HXP_BACKEND_URL_TEMPLATE", "HXP_MASTER_KEY", "DATABASE_URL", "HXP_DATABASE_URL",
-                 "REDIS_URL", "QDRANT_URL", "HXP_PROMETHEUS_URL"):
+    for name in (
+        "HXP_BACKENDS",
+        "HXP_BACKEND_URL_TEMPLATE",
+        "HXP_MASTER_KEY",
+        "DATABASE_URL",
+        "HXP_DATABASE_URL",
+        "REDIS_URL",
+        "QDRANT_URL",
+        "HXP_PROMETHEUS_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     port = free_port()
     monkeypatch.setenv("HXP_GATEWAY_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("HXP_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("HXP_BACKENDS", json.dumps({m.name: [f"http://127.0.0.1:{port}/v1"]
-                                                   for m in catalogue.load().models}))
+    monkeypatch.setenv(
+        "HXP_BACKENDS", json.dumps({m.name: [f"http://127.0.0.1:{port}/v1"] for m in catalogue.load().models})
+    )
 
 
 def test_everything_down_is_named_and_fails(capsys: pytest.CaptureFixture) -> None:

@@ -1,6 +1,7 @@
 """`hxp validate`'s monitoring checks: a real Prometheus (a target down, the alert rules loaded or not),
 an Alertmanager address where nothing answers, and Grafana's dashboard API (a stand-in: no Grafana
 server can run here) with and without the credentials it asks for."""
+
 from __future__ import annotations
 
 import base64
@@ -54,19 +55,26 @@ def engine_metrics() -> Iterator[_Http]:
     server.close()
 
 
-def _prometheus_findings(tmp_path: Path, engine: str, rules: bool, monkeypatch: pytest.MonkeyPatch
-                         ) -> dict[str, dict]:
+def _prometheus_findings(tmp_path: Path, engine: str, rules: bool, monkeypatch: pytest.MonkeyPatch) -> dict[str, dict]:
     """The Prometheus checks against a real Prometheus scraping a stopped gateway and a live engine stand-in."""
     cat = catalogue.load()
-    endpoints = targets.Endpoints(gateway=[f"127.0.0.1:{free_port()}"],  # nothing listens: down
-                                  engines={name: [engine] for name in cat.names}, exporters={})
+    endpoints = targets.Endpoints(
+        gateway=[f"127.0.0.1:{free_port()}"],  # nothing listens: down
+        engines={name: [engine] for name in cat.names},
+        exporters={},
+    )
     config = prometheus_config.development_config(
-        cat, endpoints, rule_files=[str(prometheus_config.RULES_DIR / "*.yml")] if rules else [],
-        scrape_interval="1s", job_intervals=False)
+        cat,
+        endpoints,
+        rule_files=[str(prometheus_config.RULES_DIR / "*.yml")] if rules else [],
+        scrape_interval="1s",
+        job_intervals=False,
+    )
     (tmp_path / "prometheus.yml").write_text(prometheus_config.dump(config))
     server = PrometheusServer(tmp_path / "prometheus.yml")
     server.start()
     try:
+
         def scraped() -> bool:
             found = server.targets()
             return len(found) == 1 + len(cat.names) and all(t["health"] != "unknown" for t in found)
@@ -87,8 +95,9 @@ def _findings(monkeypatch: pytest.MonkeyPatch, method: str, **urls: str | None) 
     return {f.check: f.__dict__ for f in validation.findings}
 
 
-def test_prometheus_names_a_down_target_and_finds_the_alert_rules(tmp_path: Path, engine_metrics: _Http,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prometheus_names_a_down_target_and_finds_the_alert_rules(
+    tmp_path: Path, engine_metrics: _Http, monkeypatch: pytest.MonkeyPatch
+) -> None:
     found = _prometheus_findings(tmp_path, engine_metrics.address, True, monkeypatch)
     assert found["prometheus targets"]["status"] == "FAIL"
     assert found["prometheus targets"]["detail"].startswith("down: llm-gateway 127.0.0.1:")
@@ -96,8 +105,9 @@ def test_prometheus_names_a_down_target_and_finds_the_alert_rules(tmp_path: Path
     assert found["prometheus alert rules"]["status"] == "PASS"
 
 
-def test_prometheus_without_the_rules_is_named(tmp_path: Path, engine_metrics: _Http,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prometheus_without_the_rules_is_named(
+    tmp_path: Path, engine_metrics: _Http, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rules = _prometheus_findings(tmp_path, engine_metrics.address, False, monkeypatch)["prometheus alert rules"]
     assert rules["status"] == "FAIL" and "LLMServiceDown" in rules["detail"] and "rule_files" in rules["fix"]
 
@@ -123,8 +133,10 @@ def test_grafana_dashboards_need_the_three_and_the_credentials(monkeypatch: pyte
     try:
         url = f"http://{grafana.address}"
         found = _findings(monkeypatch, "grafana", grafana=url)
-        assert found["grafana dashboards"]["status"] == "FAIL" and "refused the credentials" in \
-            found["grafana dashboards"]["detail"]
+        assert (
+            found["grafana dashboards"]["status"] == "FAIL"
+            and "refused the credentials" in found["grafana dashboards"]["detail"]
+        )
         monkeypatch.setenv("GRAFANA_USER", GRAFANA_AUTH[0])
         monkeypatch.setenv("GRAFANA_PASSWORD", GRAFANA_AUTH[1])
         stack = ops_stack.load(grafana=url)

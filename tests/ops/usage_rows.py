@@ -1,5 +1,6 @@
 """Generated usage rows for the report tests, written the way the gateway writes them, and the
 report they must give, computed in Python (the test's own oracle, independent of the report's SQL)."""
+
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ import random
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hxp.core.database import Database
@@ -34,7 +35,7 @@ class Row:
         if by == "model":
             return self.model_name
         if by == "day":
-            return f"{self.timestamp.astimezone(timezone.utc):%Y-%m-%d}"
+            return f"{self.timestamp.astimezone(UTC):%Y-%m-%d}"
         known = KEYS.get(self.key_id or "")
         if by == "key":
             return known[0] if known else (self.user_id or "(none)")
@@ -44,28 +45,57 @@ class Row:
 def generate(db: Database, models: list[str], now: datetime, count: int = 800, seed: int = 7) -> list[Row]:
     """Write ``count`` rows spread over the 10 days before ``now`` (and a few after it); return them."""
     rnd = random.Random(seed)
-    db.executemany("INSERT INTO api_keys (key_id, key_hash, key_prefix, alias, owner) VALUES (?, ?, ?, ?, ?)",
-                   [(k, f"hash-{k}", "sk-x", alias, owner) for k, (alias, owner) in KEYS.items()])
+    db.executemany(
+        "INSERT INTO api_keys (key_id, key_hash, key_prefix, alias, owner) VALUES (?, ?, ?, ?, ?)",
+        [(k, f"hash-{k}", "sk-x", alias, owner) for k, (alias, owner) in KEYS.items()],
+    )
     rows = []
     for _ in range(count):
         key = rnd.choice([*KEYS, "gone", None])
         status = rnd.choice(STATUSES)
-        rows.append(Row(
-            model_name=rnd.choice(models),
-            timestamp=now - timedelta(seconds=rnd.uniform(-3600, 10 * 86400)),
-            key_id=key, user_id=KEYS[key][0] if key in KEYS else ("old-alias" if key == "gone" else None),
-            status=status,
-            latency_ms=rnd.choice([None, rnd.randint(1, 5000), rnd.randint(1, 200)]),
-            prompt_tokens=rnd.choice([None, rnd.randint(0, 900)]),
-            completion_tokens=rnd.choice([None, rnd.randint(0, 400)]),
-            request_count=rnd.randint(1, 5) if status != "success" else 1,  # aggregated refusals
-        ))
-    columns = ["request_id", "model_name", "timestamp", "key_id", "user_id", "status", "latency_ms",
-               "prompt_tokens", "completion_tokens", "request_count"]
+        rows.append(
+            Row(
+                model_name=rnd.choice(models),
+                timestamp=now - timedelta(seconds=rnd.uniform(-3600, 10 * 86400)),
+                key_id=key,
+                user_id=KEYS[key][0] if key in KEYS else ("old-alias" if key == "gone" else None),
+                status=status,
+                latency_ms=rnd.choice([None, rnd.randint(1, 5000), rnd.randint(1, 200)]),
+                prompt_tokens=rnd.choice([None, rnd.randint(0, 900)]),
+                completion_tokens=rnd.choice([None, rnd.randint(0, 400)]),
+                request_count=rnd.randint(1, 5) if status != "success" else 1,  # aggregated refusals
+            )
+        )
+    columns = [
+        "request_id",
+        "model_name",
+        "timestamp",
+        "key_id",
+        "user_id",
+        "status",
+        "latency_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "request_count",
+    ]
     db.executemany(
         f"INSERT INTO llm_model_requests ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-        [(str(uuid.uuid4()), r.model_name, iso(r.timestamp), r.key_id, r.user_id, r.status, r.latency_ms,
-          r.prompt_tokens, r.completion_tokens, r.request_count) for r in rows])
+        [
+            (
+                str(uuid.uuid4()),
+                r.model_name,
+                iso(r.timestamp),
+                r.key_id,
+                r.user_id,
+                r.status,
+                r.latency_ms,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.request_count,
+            )
+            for r in rows
+        ],
+    )
     return rows
 
 
@@ -74,8 +104,9 @@ def nearest_rank(values: list[int], p: float) -> int | None:
     return ordered[math.ceil(p * len(ordered)) - 1] if ordered else None
 
 
-def expected(rows: list[Row], by: str, since: datetime, until: datetime,
-             prices: dict[str, tuple[float, float]] | None = None) -> dict[str, dict[str, Any]]:
+def expected(
+    rows: list[Row], by: str, since: datetime, until: datetime, prices: dict[str, tuple[float, float]] | None = None
+) -> dict[str, dict[str, Any]]:
     """Each group's figures as the report must give them."""
     groups: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
@@ -94,10 +125,20 @@ def expected(rows: list[Row], by: str, since: datetime, until: datetime,
             "errors": sum(errors.values()),
             "prompt_tokens": sum(r.prompt_tokens or 0 for r in members),
             "completion_tokens": sum(r.completion_tokens or 0 for r in members),
-            "p50_ms": nearest_rank(latencies, 0.5), "p95_ms": nearest_rank(latencies, 0.95),
+            "p50_ms": nearest_rank(latencies, 0.5),
+            "p95_ms": nearest_rank(latencies, 0.95),
             "errors_by_status": dict(errors),
-            "cost": (sum(((r.prompt_tokens or 0) * prices[r.model_name][0]
-                          + (r.completion_tokens or 0) * prices[r.model_name][1]) / 1000 for r in priced)
-                     if priced else None),
+            "cost": (
+                sum(
+                    (
+                        (r.prompt_tokens or 0) * prices[r.model_name][0]
+                        + (r.completion_tokens or 0) * prices[r.model_name][1]
+                    )
+                    / 1000
+                    for r in priced
+                )
+                if priced
+                else None
+            ),
         }
     return result

@@ -6,6 +6,7 @@ It runs under a project name of its own, with env files of its own (``HXP_ENV_DI
 makes a second build cheap. Every `docker compose` and `make … STACK=compose` call of the test
 selects the stack through Compose's environment (:attr:`Stack.env`).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hxp.deploy import envfiles
 from hxp.core.paths import PROJECT_ROOT
+from hxp.deploy import envfiles
 from tests.support import docker
 
 TESTS = PROJECT_ROOT / "tests" / "deploy"
@@ -70,11 +71,13 @@ class Stack:
         return cls(project, env)
 
     def run(self, argv: list[str], timeout: float, check: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run(argv, cwd=PROJECT_ROOT, env={**os.environ, **self.env}, capture_output=True,
-                              text=True, timeout=timeout)
+        done = subprocess.run(
+            argv, cwd=PROJECT_ROOT, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=timeout
+        )
         if check and done.returncode != 0:
-            raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-3000:]}"
-                                 f"\n{done.stderr[-3000:]}")
+            raise AssertionError(
+                f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
         return done
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
@@ -98,16 +101,35 @@ class Stack:
         self.timings["Debian base image"] = time.monotonic() - start
         wheels = torch_wheels()
         standins = ["-f", str(STANDINS), "-p", f"{self.project}-standins"]
-        services = [] if wheels else ["python", "postgres", "redis", "prometheus", "alertmanager", "node-exporter",
-                                      "postgres-exporter", "redis-exporter"]
+        services = (
+            []
+            if wheels
+            else [
+                "python",
+                "postgres",
+                "redis",
+                "prometheus",
+                "alertmanager",
+                "node-exporter",
+                "postgres-exporter",
+                "redis-exporter",
+            ]
+        )
         self.env["HXP_TORCH_WHEELS"] = str(wheels or "")
         self.timed("stand-ins", *standins, "build", *services)
         self.timed("gateway and model images", "build", "gateway", "chat-engine", "all-minilm-l6-v2")
         self.timed("loadtest image", "build", "locust")
 
     def up(self) -> None:
-        self.timed("up (until every service is healthy)", "up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT_S),
-                   timeout=UP_TIMEOUT_S + 120)
+        self.timed(
+            "up (until every service is healthy)",
+            "up",
+            "-d",
+            "--wait",
+            "--wait-timeout",
+            str(UP_TIMEOUT_S),
+            timeout=UP_TIMEOUT_S + 120,
+        )
 
     def down(self) -> None:
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "60", check=False)

@@ -4,6 +4,7 @@
 - :func:`launch_chromium`: Debian's Chromium driven by Playwright (never a downloaded browser).
 - :data:`ARTIFACTS`: where the browser tests leave their screenshots and downloads.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,8 +18,15 @@ from hxp.gateway import route_table
 from tests.support.gateway import ROOT, Gateway
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = ROOT / ".state" / "test-artifacts" / "console"
 _CSRF = re.compile(r'<meta name="hxp-csrf" content="([0-9a-f]+)">')
 

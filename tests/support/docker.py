@@ -9,6 +9,7 @@ No image registry is reachable on the test machines: the base of every stand-in 
 bookworm made by ``debootstrap --variant=minbase`` from the host's Debian mirror and imported with
 ``docker import`` (only when the image is missing).
 """
+
 from __future__ import annotations
 
 import os
@@ -106,12 +107,17 @@ def base_image() -> str:
         raise RuntimeError("debootstrap is missing: run `make compose-deps`")
     with tempfile.TemporaryDirectory(prefix="hxp-debootstrap-") as tmp:
         root = Path(tmp) / "root"
-        subprocess.run(["debootstrap", "--variant=minbase", SUITE, str(root), debian_mirror()], check=True,
-                       capture_output=True, timeout=900)
+        subprocess.run(
+            ["debootstrap", "--variant=minbase", SUITE, str(root), debian_mirror()],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         try:
-            subprocess.run(["docker", "import", "-", BASE_IMAGE], stdin=tar.stdout, check=True, capture_output=True,
-                           timeout=600)
+            subprocess.run(
+                ["docker", "import", "-", BASE_IMAGE], stdin=tar.stdout, check=True, capture_output=True, timeout=600
+            )
         finally:
             tar.stdout.close()  # type: ignore[union-attr]
             tar.wait()

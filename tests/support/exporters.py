@@ -1,4 +1,5 @@
 """The node, PostgreSQL and Redis exporters (Debian packages) on free 127.0.0.1 ports."""
+
 from __future__ import annotations
 
 import os
@@ -24,19 +25,22 @@ class Exporter:
         self._proc: subprocess.Popen | None = None
 
     @classmethod
-    def node(cls) -> "Exporter":
+    def node(cls) -> Exporter:
         return cls(["prometheus-node-exporter", "--web.listen-address={listen}"], "node_memory_MemAvailable_bytes")
 
     @classmethod
-    def postgres(cls, url: str) -> "Exporter":
-        return cls(["prometheus-postgres-exporter", "--web.listen-address={listen}"], "pg_up 1",
-                   {"DATA_SOURCE_NAME": f"{url}?sslmode=disable"})
+    def postgres(cls, url: str) -> Exporter:
+        return cls(
+            ["prometheus-postgres-exporter", "--web.listen-address={listen}"],
+            "pg_up 1",
+            {"DATA_SOURCE_NAME": f"{url}?sslmode=disable"},
+        )
 
     @classmethod
-    def redis(cls, url: str) -> "Exporter":
+    def redis(cls, url: str) -> Exporter:
         return cls(["prometheus-redis-exporter", f"-redis.addr={url}", "-web.listen-address={listen}"], "redis_up 1")
 
-    def start(self, log: Path) -> "Exporter":
+    def start(self, log: Path) -> Exporter:
         with open(log, "ab") as out:
             self._proc = subprocess.Popen(self._command, env=self._env, stdout=out, stderr=subprocess.STDOUT)
         wait_port(self.port)

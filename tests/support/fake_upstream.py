@@ -20,6 +20,7 @@ A stream watches for the client's disconnect: /_stats counts the streams ``compl
 Run it as a process: ``python -m tests.support.fake_upstream --port P [--delay S]``,
 or from tests through :class:`FakeUpstream`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ import subprocess
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
@@ -102,10 +104,21 @@ class Upstream:
             self.health_checks += 1
             await _json(send, {} if self.healthy else {"error": "unhealthy"}, 200 if self.healthy else 503)
         elif path == "/_stats":
-            await _json(send, {"total": sum(self.counts.values()), "by_path": dict(self.counts),
-                               "fields": dict(self.fields), "health_checks": self.health_checks,
-                               "streams": {"completed": self.streams["completed"], "cut": self.streams["cut"],
-                                           "broken": self.streams["broken"], "cut_after_chunks": self.cut_after}})
+            await _json(
+                send,
+                {
+                    "total": sum(self.counts.values()),
+                    "by_path": dict(self.counts),
+                    "fields": dict(self.fields),
+                    "health_checks": self.health_checks,
+                    "streams": {
+                        "completed": self.streams["completed"],
+                        "cut": self.streams["cut"],
+                        "broken": self.streams["broken"],
+                        "cut_after_chunks": self.cut_after,
+                    },
+                },
+            )
         elif path == "/_requests":
             await _json(send, list(self.requests))
         elif path == "/_reset" and method == "POST":
@@ -133,10 +146,13 @@ class Upstream:
             count = _tokens(_prompt_text(json.loads(body or b"{}")))
             await _json(send, {"count": count, "max_model_len": 0, "tokens": list(range(count))})
         elif path == "/metrics":
-            await _text(send, "# TYPE vllm:num_requests_running gauge\n"
-                              f'vllm:num_requests_running{{engine="0",model_name="fake"}} {float(self.running)}\n'
-                              "# TYPE vllm:num_requests_waiting gauge\n"
-                              f'vllm:num_requests_waiting{{engine="0",model_name="fake"}} {self.waiting}\n')
+            await _text(
+                send,
+                "# TYPE vllm:num_requests_running gauge\n"
+                f'vllm:num_requests_running{{engine="0",model_name="fake"}} {float(self.running)}\n'
+                "# TYPE vllm:num_requests_waiting gauge\n"
+                f'vllm:num_requests_waiting{{engine="0",model_name="fake"}} {self.waiting}\n',
+            )
         elif path == "/v1/models":
             await _json(send, {"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "fake"}]})
         elif method == "POST" and path in MODEL_PATHS:
@@ -166,8 +182,13 @@ class Upstream:
         headers = [(n, v) for n, v in scope["headers"] if n.lower() not in HOP_HEADERS]
         async with httpx.AsyncClient(timeout=None) as client:
             async with client.stream(scope["method"], url, content=body, headers=headers) as response:
-                await send({"type": "http.response.start", "status": response.status_code,
-                            "headers": [(n, v) for n, v in response.headers.raw if n.lower() not in HOP_HEADERS]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status_code,
+                        "headers": [(n, v) for n, v in response.headers.raw if n.lower() not in HOP_HEADERS],
+                    }
+                )
                 async for chunk in response.aiter_raw():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
@@ -178,20 +199,41 @@ class Upstream:
         if path == "/v1/embeddings":
             inputs = request.get("input", "")
             items = inputs if isinstance(inputs, list) else [inputs]
-            data = [{"object": "embedding", "index": i, "embedding": [0.125 * (j + 1) for j in range(EMBEDDING_DIM)]}
-                    for i in range(len(items))]
-            await _json(send, {"object": "list", "model": model, "data": data,
-                               "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}})
+            data = [
+                {"object": "embedding", "index": i, "embedding": [0.125 * (j + 1) for j in range(EMBEDDING_DIM)]}
+                for i in range(len(items))
+            ]
+            await _json(
+                send,
+                {
+                    "object": "list",
+                    "model": model,
+                    "data": data,
+                    "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+                },
+            )
             return
         count = max(1, min(int(request.get("max_tokens") or self.reply_words), self.reply_words))
         words = [REPLY_WORDS[i % len(REPLY_WORDS)] for i in range(count)]
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
-                 "total_tokens": prompt_tokens + len(words)}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens + len(words),
+        }
         created, rid = int(time.time()), f"fake-{os.urandom(6).hex()}"
         chat = path == "/v1/chat/completions"
         if request.get("stream"):
-            await self._stream(receive, send, rid, created, model, words, usage, chat,
-                               bool((request.get("stream_options") or {}).get("include_usage")))
+            await self._stream(
+                receive,
+                send,
+                rid,
+                created,
+                model,
+                words,
+                usage,
+                chat,
+                bool((request.get("stream_options") or {}).get("include_usage")),
+            )
             return
         text = " ".join(words)
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
@@ -199,11 +241,30 @@ class Upstream:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
-        await _json(send, {"id": rid, "object": "chat.completion" if chat else "text_completion",
-                           "created": created, "model": model, "choices": [choice], "usage": usage})
+        await _json(
+            send,
+            {
+                "id": rid,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [choice],
+                "usage": usage,
+            },
+        )
 
-    async def _stream(self, receive: Receive, send: Send, rid: str, created: int, model: str, words: list[str],
-                      usage: dict[str, int], chat: bool, include_usage: bool) -> None:
+    async def _stream(
+        self,
+        receive: Receive,
+        send: Send,
+        rid: str,
+        created: int,
+        model: str,
+        words: list[str],
+        usage: dict[str, int],
+        chat: bool,
+        include_usage: bool,
+    ) -> None:
         """Stream the answer until its end or until the client goes away, whichever comes first."""
         sent = 0  # text chunks sent
 
@@ -213,24 +274,39 @@ class Upstream:
                 choice["delta"] = {} if piece is None else {"role": "assistant", "content": piece}
             else:
                 choice["text"] = piece or ""
-            event: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                                     "created": created, "model": model, "choices": [] if with_usage else [choice]}
+            event: dict[str, Any] = {
+                "id": rid,
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [] if with_usage else [choice],
+            }
             if with_usage:
                 event["usage"] = usage
             return f"data: {json.dumps(event)}\n\n".encode()
 
         async def produce() -> None:
             nonlocal sent
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+                }
+            )
             start = time.perf_counter()
             for i, word in enumerate(words):
                 if i == self.break_after:
                     raise EngineDied(f"the stream broke off after {i} chunks")
                 if self.chunk_rate:  # on a fixed schedule: a late chunk does not delay the next ones
                     await asyncio.sleep(max(0.0, start + i / self.chunk_rate - time.perf_counter()))
-                await send({"type": "http.response.body", "body": chunk(word if i == 0 else " " + word, None),
-                            "more_body": True})
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": chunk(word if i == 0 else " " + word, None),
+                        "more_body": True,
+                    }
+                )
                 sent += 1
             await send({"type": "http.response.body", "body": chunk(None, "stop"), "more_body": True})
             if include_usage:
@@ -268,8 +344,13 @@ async def _json(send: Send, payload: Any, status: int = 200) -> None:
 
 
 async def _send(send: Send, data: bytes, content_type: bytes, status: int = 200) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type), (b"content-length", str(len(data)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -277,8 +358,9 @@ class FakeUpstream:
     """A fake upstream process on a free port of 127.0.0.1 (or of the host ``where`` names); ``.url`` is its
     OpenAI base URL (…/v1)."""
 
-    def __init__(self, delay: float = 0.0, port: int | None = None, forward: str | None = None,
-                 where: Where = LOOPBACK) -> None:
+    def __init__(
+        self, delay: float = 0.0, port: int | None = None, forward: str | None = None, where: Where = LOOPBACK
+    ) -> None:
         self.where = where
         self.port = port or free_port()
         self.delay = delay
@@ -287,14 +369,31 @@ class FakeUpstream:
         self.url = f"{self.root}/v1"
         self._proc: subprocess.Popen | None = None
 
-    def start(self) -> "FakeUpstream":
+    def start(self) -> FakeUpstream:
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
         forward = ["--forward", self.forward] if self.forward else []
         self._proc = subprocess.Popen(
-            self.where.wrap([sys.executable, "-m", "tests.support.fake_upstream", "--host", self.where.address,
-                             "--port", str(self.port), "--delay", str(self.delay), *forward]),
-            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+            self.where.wrap(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.support.fake_upstream",
+                    "--host",
+                    self.where.address,
+                    "--port",
+                    str(self.port),
+                    "--delay",
+                    str(self.delay),
+                    *forward,
+                ]
+            ),
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
         self.where.wait_port(self.port)
         return self
 
@@ -331,12 +430,16 @@ class FakeUpstream:
         """Report this many waiting requests on /metrics (as an engine with a queue)."""
         self._control("POST", f"/_queue?waiting={waiting}").raise_for_status()
 
-    def set_reply(self, words: int = len(REPLY_WORDS), rate: float | None = None,
-                  break_after: int | None = None) -> None:
+    def set_reply(
+        self, words: int = len(REPLY_WORDS), rate: float | None = None, break_after: int | None = None
+    ) -> None:
         """Answer ``words`` words (capped by ``max_tokens``), streamed at ``rate`` chunks/s (None: unpaced) and
         broken off after ``break_after`` text chunks (None: never)."""
-        query = f"words={words}" + (f"&rate={rate}" if rate else "") + (
-            f"&break_after={break_after}" if break_after is not None else "")
+        query = (
+            f"words={words}"
+            + (f"&rate={rate}" if rate else "")
+            + (f"&break_after={break_after}" if break_after is not None else "")
+        )
         self._control("POST", f"/_reply?{query}").raise_for_status()
 
     def stream_outcomes(self) -> dict[str, Any]:
@@ -353,8 +456,15 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering")
     parser.add_argument("--forward", help="relay every request to this engine root URL, recording them")
     args = parser.parse_args()
-    uvicorn.run(Upstream(args.delay, args.forward), host=args.host, port=args.port, log_level="warning",
-                access_log=False, loop="uvloop", backlog=4096)
+    uvicorn.run(
+        Upstream(args.delay, args.forward),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        backlog=4096,
+    )
 
 
 if __name__ == "__main__":

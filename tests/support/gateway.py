@@ -1,4 +1,5 @@
 """Real gateway processes for tests (`hxp gateway serve` on a free 127.0.0.1 port)."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import httpx
 
@@ -22,24 +24,43 @@ from tests.support.servers import LOOPBACK, Where, free_port
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0
 # Variables of the developer's shell that must not leak into a test gateway unless a test sets them.
-_ISOLATED = ("DATABASE_URL", "HXP_DATABASE_URL", "REDIS_URL", "HXP_BACKENDS", "HXP_BACKEND_URL_TEMPLATE",
-             "HXP_PREFIX_ROUTING", "HXP_MASTER_KEY", "HXP_STATE_DIR", "HXP_RATE_LIMIT_FAIL_CLOSED", "HXP_CACHE_TTL_S",
-             "HXP_KEY_CACHE_TTL_S", "LITELLM_MASTER_KEY", "CONFIG_FILE_PATH")
+_ISOLATED = (
+    "DATABASE_URL",
+    "HXP_DATABASE_URL",
+    "REDIS_URL",
+    "HXP_BACKENDS",
+    "HXP_BACKEND_URL_TEMPLATE",
+    "HXP_PREFIX_ROUTING",
+    "HXP_MASTER_KEY",
+    "HXP_STATE_DIR",
+    "HXP_RATE_LIMIT_FAIL_CLOSED",
+    "HXP_CACHE_TTL_S",
+    "HXP_KEY_CACHE_TTL_S",
+    "LITELLM_MASTER_KEY",
+    "CONFIG_FILE_PATH",
+)
 
 
 def all_models(url: str | list[str]) -> dict[str, list[str]]:
     """HXP_BACKENDS sending every catalogue model to the same backend URL(s)."""
     urls = [url] if isinstance(url, str) else list(url)
-    return {name: urls for name in catalogue.load().names}
+    return dict.fromkeys(catalogue.load().names, urls)
 
 
 class Gateway:
     """One running gateway: ``.url`` (no /v1), ``.base_url`` (…/v1), ``.master_key``, ``.log``; on this machine
     or ``where`` says (another host: its HTTP helpers must then be called from a host that reaches it)."""
 
-    def __init__(self, backends: dict[str, list[str]], env: dict[str, str] | None = None, workers: int = 1,
-                 port: int | None = None, state_dir: Path | None = None, http_stack: str = "fast",
-                 where: Where = LOOPBACK) -> None:
+    def __init__(
+        self,
+        backends: dict[str, list[str]],
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        port: int | None = None,
+        state_dir: Path | None = None,
+        http_stack: str = "fast",
+        where: Where = LOOPBACK,
+    ) -> None:
         self.where = where
         self.port = port or free_port()
         self.url = f"http://{where.address}:{self.port}"
@@ -49,26 +70,47 @@ class Gateway:
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="hxp-gw-"))
         self.log_path = self.state_dir / "gateway.log"
         self.env = {k: v for k, v in os.environ.items() if k not in _ISOLATED}
-        self.env.update({
-            "HXP_STATE_DIR": str(self.state_dir),
-            "HXP_MASTER_KEY": self.master_key,
-            "HXP_BACKENDS": json.dumps(backends),
-            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        })
+        self.env.update(
+            {
+                "HXP_STATE_DIR": str(self.state_dir),
+                "HXP_MASTER_KEY": self.master_key,
+                "HXP_BACKENDS": json.dumps(backends),
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "PYTHONUNBUFFERED": "1",
+                **(env or {}),
+            }
+        )
         self.workers = workers
         self.http_stack = http_stack
         self._proc: subprocess.Popen | None = None
 
-    def start(self, wait: bool = True) -> "Gateway":
+    def start(self, wait: bool = True) -> Gateway:
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                self.where.wrap([sys.executable, "-m", "hxp.cli", "gateway", "serve", "--host", self.where.address,
-                                 "--port", str(self.port), "--workers", str(self.workers),
-                                 "--http-stack", self.http_stack]),
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=die_with_parent)
+                self.where.wrap(
+                    [
+                        sys.executable,
+                        "-m",
+                        "hxp.cli",
+                        "gateway",
+                        "serve",
+                        "--host",
+                        self.where.address,
+                        "--port",
+                        str(self.port),
+                        "--workers",
+                        str(self.workers),
+                        "--http-stack",
+                        self.http_stack,
+                    ]
+                ),
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         if wait:
             self.wait_ready()
         return self
@@ -156,8 +198,14 @@ class GatewayFactory:
     def __init__(self) -> None:
         self.started: list[Gateway] = []
 
-    def __call__(self, backends: dict[str, list[str]] | str | list[str], env: dict[str, str] | None = None,
-                 workers: int = 1, wait: bool = True, **kwargs: Any) -> Gateway:
+    def __call__(
+        self,
+        backends: dict[str, list[str]] | str | list[str],
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        wait: bool = True,
+        **kwargs: Any,
+    ) -> Gateway:
         """A started gateway; with ``wait=False`` call its ``wait_ready()`` (to start several at once)."""
         if not isinstance(backends, dict):
             backends = all_models(backends)

@@ -1,4 +1,5 @@
 """helm (installed by `make k8s-tools`) and the chart's renderings that `make k8s-test` checks."""
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """Child processes of a test run end with it, even when the run is killed before its teardown."""
+
 from __future__ import annotations
 
 import ctypes

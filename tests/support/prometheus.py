@@ -1,4 +1,5 @@
 """A real Prometheus (Debian package) on 127.0.0.1 for the tests, with a small HTTP API client."""
+
 from __future__ import annotations
 
 import shutil
@@ -39,9 +40,15 @@ class PrometheusServer:
     def start(self) -> None:
         self._log = open(self.dir / "log", "wb")
         self._proc = subprocess.Popen(
-            ["prometheus", f"--config.file={self.config}", f"--storage.tsdb.path={self.dir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", *(["--web.enable-lifecycle"] if self.lifecycle else [])],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                "prometheus",
+                f"--config.file={self.config}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                *(["--web.enable-lifecycle"] if self.lifecycle else []),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         wait_port(self.port)
         self.wait(lambda: httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200, 30, "ready")

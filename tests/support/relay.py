@@ -4,6 +4,7 @@ or that makes the server slow on purpose (``delay``: each read from the client i
 
 Run as ``python -m tests.support.relay PORT TARGET_PORT [DELAY_S]``, or from tests through :class:`TcpRelay`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,9 +55,12 @@ class TcpRelay:
         self.port = free_port()
         self._proc: subprocess.Popen | None = None
 
-    def start(self) -> "TcpRelay":
-        self._proc = subprocess.Popen([sys.executable, "-m", "tests.support.relay", str(self.port),
-                                       str(self.target_port), str(self.delay)], cwd=ROOT, preexec_fn=die_with_parent)
+    def start(self) -> TcpRelay:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.relay", str(self.port), str(self.target_port), str(self.delay)],
+            cwd=ROOT,
+            preexec_fn=die_with_parent,
+        )
         wait_port(self.port)
         return self
 

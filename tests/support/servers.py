@@ -1,4 +1,5 @@
 """Real PostgreSQL and Redis servers on 127.0.0.1, started and stopped by the tests."""
+
 from __future__ import annotations
 
 import os
@@ -77,22 +78,34 @@ class PostgresServer:
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
         self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "hxp", "--auth=trust", "-E", "UTF8")
         hba = self.data / "pg_hba.conf"
-        hba.write_text(f"host all +{PASSWORD_GROUP} samenet scram-sha-256\n" + hba.read_text()
-                       + "host all all samenet trust\n")
+        hba.write_text(
+            f"host all +{PASSWORD_GROUP} samenet scram-sha-256\n" + hba.read_text() + "host all all samenet trust\n"
+        )
         self.url = f"postgresql://hxp@{where.address}:{self.port}/postgres"
 
     def _run(self, *cmd: str) -> None:
-        subprocess.run(self.where.wrap([*self._as_user, *cmd]), check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE)
+        subprocess.run(
+            self.where.wrap([*self._as_user, *cmd]), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
 
     def start(self) -> None:
         import psycopg
 
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "start",
-                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses={self.where.address} -c fsync=off")
+        self._run(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "log"),
+            "-w",
+            "start",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses={self.where.address} -c fsync=off",
+        )
         with self.where.call(psycopg.connect, self.url, autocommit=True) as conn:
-            conn.execute(f"DO $$ BEGIN CREATE ROLE {PASSWORD_GROUP} NOLOGIN; "
-                         "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+            conn.execute(
+                f"DO $$ BEGIN CREATE ROLE {PASSWORD_GROUP} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+            )
 
     def stop(self) -> None:
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
@@ -127,8 +140,22 @@ class RedisServer:
     def start(self) -> None:
         auth = ["--requirepass", self.password] if self.password else []
         self._proc = subprocess.Popen(
-            self.where.wrap(["redis-server", "--port", str(self.port), "--bind", self.where.address, "--save", "",
-                             "--appendonly", "no", "--protected-mode", "no", *auth]),
+            self.where.wrap(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    self.where.address,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                    *auth,
+                ]
+            ),
             stdout=subprocess.DEVNULL,
         )
         self.where.wait_port(self.port)

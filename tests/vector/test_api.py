@@ -4,6 +4,7 @@ Embeddings come from the real embedding engine; Qdrant is the embedded local eng
 under the gateway's state directory; chat goes to the fake upstream (and, in one test,
 to the real chat engine).
 """
+
 from __future__ import annotations
 
 import time
@@ -24,18 +25,36 @@ pytestmark = pytest.mark.engine
 
 KB = "knowledge_base"
 DOCS = [
-    {"id": "eiffel", "text": "The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889.",
-     "metadata": {"topic": "landmarks", "lang": "en", "year": 1889}},
-    {"id": "tower-de", "text": "Der Eiffelturm ist ein Turm aus Schmiedeeisen in Paris.",
-     "metadata": {"topic": "landmarks", "lang": "de", "year": 1889}},
-    {"id": "python", "text": "Python is a programming language that emphasises code readability.",
-     "metadata": {"topic": "software", "year": 1991}},
-    {"id": "photosynthesis", "text": "Plants turn sunlight, water and carbon dioxide into sugar by photosynthesis.",
-     "metadata": {"topic": "biology"}},
-    {"id": "backup-policy", "text": "Backup tapes are rotated every 14 days and kept off site for one year.",
-     "metadata": {"topic": "it-policy", "source": "it-policy.pdf"}},
-    {"id": 42, "text": "Espresso is brewed by forcing hot water through finely ground coffee.",
-     "metadata": {"topic": "food"}},
+    {
+        "id": "eiffel",
+        "text": "The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889.",
+        "metadata": {"topic": "landmarks", "lang": "en", "year": 1889},
+    },
+    {
+        "id": "tower-de",
+        "text": "Der Eiffelturm ist ein Turm aus Schmiedeeisen in Paris.",
+        "metadata": {"topic": "landmarks", "lang": "de", "year": 1889},
+    },
+    {
+        "id": "python",
+        "text": "Python is a programming language that emphasises code readability.",
+        "metadata": {"topic": "software", "year": 1991},
+    },
+    {
+        "id": "photosynthesis",
+        "text": "Plants turn sunlight, water and carbon dioxide into sugar by photosynthesis.",
+        "metadata": {"topic": "biology"},
+    },
+    {
+        "id": "backup-policy",
+        "text": "Backup tapes are rotated every 14 days and kept off site for one year.",
+        "metadata": {"topic": "it-policy", "source": "it-policy.pdf"},
+    },
+    {
+        "id": 42,
+        "text": "Espresso is brewed by forcing hot water through finely ground coffee.",
+        "metadata": {"topic": "food"},
+    },
 ]
 QUESTION = "Which famous iron tower stands in the French capital?"
 
@@ -91,14 +110,17 @@ def test_filters(gw: Gateway) -> None:
 
 def test_search_by_vector_from_the_embeddings_endpoint(gw: Gateway) -> None:
     client = openai.OpenAI(base_url=gw.base_url, api_key=gw.master_key, timeout=120)
-    vector = client.embeddings.create(model="all-minilm-l6-v2", input="sunlight makes sugar in leaves").data[0].embedding
+    vector = (
+        client.embeddings.create(model="all-minilm-l6-v2", input="sunlight makes sugar in leaves").data[0].embedding
+    )
     hits = search(gw, {"vector": vector, "limit": 1, "score_threshold": 0.2}).json()["data"]
     assert [h["id"] for h in hits] == ["photosynthesis"]
 
 
 def test_get_and_delete_documents(gw: Gateway) -> None:
-    temporary = [{"id": f"tmp-{i}", "text": f"Temporary note number {i}", "metadata": {"tmp": True, "n": i}}
-                 for i in range(3)]
+    temporary = [
+        {"id": f"tmp-{i}", "text": f"Temporary note number {i}", "metadata": {"tmp": True, "n": i}} for i in range(3)
+    ]
     assert post(gw, "/v1/vector/collections/documents/documents", {"documents": temporary}).json()["upserted"] == 3
     got = httpx.get(f"{gw.url}/v1/vector/collections/documents/documents/tmp-1", headers=gw.headers(), timeout=30)
     assert got.status_code == 200 and got.json()["metadata"] == {"tmp": True, "n": 1}
@@ -144,29 +166,60 @@ def test_same_model_access_and_rate_limits_as_the_model_api(gw: Gateway) -> None
     [
         ("/v1/vector/collections/nope/search", {"query": "x"}, 404, "collection", "unknown collection 'nope'"),
         ("/v1/vector/collections/nope/documents", {"documents": DOCS[:1]}, 404, "collection", "unknown collection"),
-        (f"/v1/vector/collections/{KB}/search", {"vector": [0.1] * 10}, 400, "vector",
-         "vector size 10 does not match collection 'knowledge_base' (size 384)"),
-        (f"/v1/vector/collections/{KB}/documents", {"documents": [{"id": "v", "vector": [1.0] * 3}]}, 400,
-         "documents[0].vector", "vector size 3"),
+        (
+            f"/v1/vector/collections/{KB}/search",
+            {"vector": [0.1] * 10},
+            400,
+            "vector",
+            "vector size 10 does not match collection 'knowledge_base' (size 384)",
+        ),
+        (
+            f"/v1/vector/collections/{KB}/documents",
+            {"documents": [{"id": "v", "vector": [1.0] * 3}]},
+            400,
+            "documents[0].vector",
+            "vector size 3",
+        ),
         (f"/v1/vector/collections/{KB}/search", {"query": "x", "limit": 101}, 400, "limit", "101 is outside 1..100"),
         (f"/v1/vector/collections/{KB}/search", {"query": ""}, 400, "query", "the text is empty"),
-        (f"/v1/vector/collections/{KB}/documents", {"documents": [{"id": "e", "text": ""}]}, 400,
-         "documents[0].text", "the text is empty"),
+        (
+            f"/v1/vector/collections/{KB}/documents",
+            {"documents": [{"id": "e", "text": ""}]},
+            400,
+            "documents[0].text",
+            "the text is empty",
+        ),
         (f"/v1/vector/collections/{KB}/documents", {"documents": []}, 400, "documents", "at least one document"),
-        (f"/v1/vector/collections/{KB}/documents", {"documents": [{"id": i, "text": "t"} for i in range(1001)]},
-         400, "documents", "1001 documents exceed the limit of 1000"),
+        (
+            f"/v1/vector/collections/{KB}/documents",
+            {"documents": [{"id": i, "text": "t"} for i in range(1001)]},
+            400,
+            "documents",
+            "1001 documents exceed the limit of 1000",
+        ),
         (f"/v1/vector/collections/{KB}/search", {"query": "x", "vector": [0.0] * 384}, 400, "query", "exactly one"),
-        (f"/v1/vector/collections/{KB}/search", {"query": "x", "filter": {"year": {"about": 3}}}, 400, "filter",
-         "filter 'year'"),
+        (
+            f"/v1/vector/collections/{KB}/search",
+            {"query": "x", "filter": {"year": {"about": 3}}},
+            400,
+            "filter",
+            "filter 'year'",
+        ),
         (f"/v1/vector/collections/{KB}/search", {"query": "x", "top_k": 3}, 400, "top_k", "Extra inputs"),
         (f"/v1/vector/collections/{KB}/search", {"query": "x", "limit": "many"}, 400, "limit", "valid integer"),
-        (f"/v1/vector/collections/{KB}/documents", {"documents": [{"text": "no id"}]}, 400, "documents.0.id",
-         "Field required"),
+        (
+            f"/v1/vector/collections/{KB}/documents",
+            {"documents": [{"text": "no id"}]},
+            400,
+            "documents.0.id",
+            "Field required",
+        ),
         (f"/v1/vector/collections/{KB}/documents/delete", {}, 400, "ids", "give 'ids' and/or a non-empty 'filter'"),
     ],
 )
-def test_bad_input_is_refused_in_openai_shape(gw: Gateway, path: str, body: dict, status: int, param: str,
-                                              message: str) -> None:
+def test_bad_input_is_refused_in_openai_shape(
+    gw: Gateway, path: str, body: dict, status: int, param: str, message: str
+) -> None:
     response = post(gw, path, body)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -175,8 +228,12 @@ def test_bad_input_is_refused_in_openai_shape(gw: Gateway, path: str, body: dict
 
 
 def test_malformed_json_is_a_400(gw: Gateway) -> None:
-    response = httpx.post(f"{gw.url}/v1/vector/collections/{KB}/search", content=b"{not json",
-                          headers={**gw.headers(), "content-type": "application/json"}, timeout=30)
+    response = httpx.post(
+        f"{gw.url}/v1/vector/collections/{KB}/search",
+        content=b"{not json",
+        headers={**gw.headers(), "content-type": "application/json"},
+        timeout=30,
+    )
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
 
 
@@ -197,9 +254,11 @@ def test_embeddings_endpoint_batch_usage_and_logging(gw: Gateway) -> None:
     deadline = time.monotonic() + 30
     rows: list = []
     while time.monotonic() < deadline and not rows:
-        rows = db.fetchall("SELECT prompt_tokens, status FROM llm_model_requests WHERE model_name = ? "
-                           "AND status = 'success' AND prompt_tokens = ?",
-                           ("all-minilm-l6-v2", response.usage.prompt_tokens))
+        rows = db.fetchall(
+            "SELECT prompt_tokens, status FROM llm_model_requests WHERE model_name = ? "
+            "AND status = 'success' AND prompt_tokens = ?",
+            ("all-minilm-l6-v2", response.usage.prompt_tokens),
+        )
         time.sleep(0.3)
     assert rows, "the embedding request was not logged"
 
@@ -219,10 +278,15 @@ def test_rag_chat_returns_the_sources_and_sends_the_passages(gw: Gateway, fake_u
 
 
 def test_rag_streaming_carries_the_sources_header(gw: Gateway) -> None:
-    body = {"model": "phi-3-mini", "stream": True, "messages": [{"role": "user", "content": QUESTION}],
-            "rag": {"collection": KB, "top_k": 1}}
-    with httpx.stream("POST", f"{gw.base_url}/chat/completions", json=body, headers=gw.headers(),
-                      timeout=120) as response:
+    body = {
+        "model": "phi-3-mini",
+        "stream": True,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "rag": {"collection": KB, "top_k": 1},
+    }
+    with httpx.stream(
+        "POST", f"{gw.base_url}/chat/completions", json=body, headers=gw.headers(), timeout=120
+    ) as response:
         assert response.status_code == 200
         assert response.headers["x-hxp-rag-sources"] == "eiffel"
         assert "data: [DONE]" in response.read().decode()
@@ -243,14 +307,22 @@ def test_bad_rag_field_is_refused(gw: Gateway, rag: dict, status: int, message: 
 
 
 def test_real_chat_rag_and_documents_persist_across_gateway_restarts(
-    gateway_factory, chat_engine: RunningEngine, fake_upstream: FakeUpstream,
-    embedding_backends: dict[str, list[str]], tmp_path: Path,
+    gateway_factory,
+    chat_engine: RunningEngine,
+    fake_upstream: FakeUpstream,
+    embedding_backends: dict[str, list[str]],
+    tmp_path: Path,
 ) -> None:
-    first = gateway_factory(_backends(chat_engine.url("/v1"), embedding_backends), env=LOCAL_QDRANT,
-                            state_dir=tmp_path)
+    first = gateway_factory(_backends(chat_engine.url("/v1"), embedding_backends), env=LOCAL_QDRANT, state_dir=tmp_path)
     assert post(first, f"/v1/vector/collections/{KB}/documents", {"documents": DOCS}).status_code == 200
-    response = first.chat(first.master_key, "phi-3-mini", "How often are the backup tapes rotated?",
-                          rag={"collection": KB, "top_k": 2}, max_tokens=24, temperature=0)
+    response = first.chat(
+        first.master_key,
+        "phi-3-mini",
+        "How often are the backup tapes rotated?",
+        rag={"collection": KB, "top_k": 2},
+        max_tokens=24,
+        temperature=0,
+    )
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["choices"][0]["message"]["content"].strip() and answer["usage"]["completion_tokens"] > 0

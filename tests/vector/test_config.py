@@ -1,4 +1,5 @@
 """collections.yaml validation and the choice of Qdrant (URL or local path)."""
+
 from __future__ import annotations
 
 import pytest
@@ -65,9 +66,9 @@ def test_qdrant_location_url_then_path_then_state_dir(monkeypatch: pytest.Monkey
     assert stores.qdrant_location() == {"url": "http://qdrant:6333", "api_key": "k"}
 
 
-
-def test_several_workers_on_local_mode_are_warned_about(monkeypatch: pytest.MonkeyPatch, tmp_path,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_several_workers_on_local_mode_are_warned_about(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.delenv("QDRANT_URL", raising=False)
     monkeypatch.setenv("QDRANT_PATH", str(tmp_path / "q"))
     config.warn_local_mode_with_workers()

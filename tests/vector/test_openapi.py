@@ -1,5 +1,6 @@
 """The vector API's OpenAPI description: the router's schemas, the route table's summaries (as the gateway's
 /openapi.json builds it, from this router alone)."""
+
 from __future__ import annotations
 
 from fastapi import FastAPI

@@ -1,4 +1,5 @@
 """The retrieval-augmented chat hooks, called as LiteLLM calls them (no gateway)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,10 +18,16 @@ from hxp.vector.store import Hit
 USER = UserAPIKeyAuth(api_key="test")
 QUESTION = "How often must the backup tapes be rotated?"
 PASSAGES = [
-    Document("policy/backup#3", "Backup tapes are rotated every 14 days and kept off site for a year.",
-             {"source": "it-policy.pdf", "page": 3}),
-    Document("policy/vpn#1", "VPN access requires a hardware token issued by the security team.",
-             {"source": "it-policy.pdf", "page": 7}),
+    Document(
+        "policy/backup#3",
+        "Backup tapes are rotated every 14 days and kept off site for a year.",
+        {"source": "it-policy.pdf", "page": 3},
+    ),
+    Document(
+        "policy/vpn#1",
+        "VPN access requires a hardware token issued by the security team.",
+        {"source": "it-policy.pdf", "page": 7},
+    ),
     Document("menu", "The canteen serves vegetarian lasagne on Wednesdays.", {"source": "menu.txt"}),
 ]
 
@@ -79,14 +86,20 @@ async def hook(tmp_path: Path, embedder: Embedder):
 
 
 def _chat(rag: object) -> dict:
-    return {"model": "phi-3-mini", "messages": [{"role": "user", "content": QUESTION}], "rag": rag,
-            "metadata": {"user_api_key_alias": "k"}}
+    return {
+        "model": "phi-3-mini",
+        "messages": [{"role": "user", "content": QUESTION}],
+        "rag": rag,
+        "metadata": {"user_api_key_alias": "k"},
+    }
 
 
 @pytest.mark.anyio
 @pytest.mark.engine
 async def test_pre_call_retrieves_and_post_call_returns_the_sources(hook: RagHook) -> None:
-    data = await hook.async_pre_call_hook(USER, None, _chat({"collection": "knowledge_base", "top_k": 2}), "acompletion")
+    data = await hook.async_pre_call_hook(
+        USER, None, _chat({"collection": "knowledge_base", "top_k": 2}), "acompletion"
+    )
     assert "rag" not in data and data["metadata"]["user_api_key_alias"] == "k"
     prompt = data["messages"][-1]["content"]
     assert "[policy/backup#3] Backup tapes are rotated every 14 days" in prompt and prompt.endswith(QUESTION)
@@ -116,7 +129,9 @@ async def test_pre_call_retrieves_and_post_call_returns_the_sources(hook: RagHoo
         ({"collection": "knowledge_base"}, "aembedding", 400, "supported on /v1/chat/completions only"),
     ],
 )
-async def test_bad_rag_fields_are_refused(hook: RagHook, rag: object, call_type: str, status: int, message: str) -> None:
+async def test_bad_rag_fields_are_refused(
+    hook: RagHook, rag: object, call_type: str, status: int, message: str
+) -> None:
     with pytest.raises(GatewayError, match=message) as err:
         await hook.async_pre_call_hook(USER, None, _chat(rag), call_type)
     assert err.value.status_code == status

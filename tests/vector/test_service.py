@@ -1,4 +1,5 @@
 """The vector service with the real embedding engine and local-mode Qdrant (no gateway)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,16 +15,27 @@ pytestmark = [pytest.mark.anyio, pytest.mark.engine]
 
 KB = "knowledge_base"
 CORPUS = [
-    Document("eiffel", "The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889.",
-             {"topic": "landmarks", "lang": "en"}),
-    Document("tower-de", "Der Eiffelturm ist ein Turm aus Schmiedeeisen in Paris.", {"topic": "landmarks", "lang": "de"}),
+    Document(
+        "eiffel",
+        "The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889.",
+        {"topic": "landmarks", "lang": "en"},
+    ),
+    Document(
+        "tower-de", "Der Eiffelturm ist ein Turm aus Schmiedeeisen in Paris.", {"topic": "landmarks", "lang": "de"}
+    ),
     Document("python", "Python is a programming language that emphasises code readability.", {"topic": "software"}),
-    Document("photosynthesis", "Plants turn sunlight, water and carbon dioxide into sugar by photosynthesis.",
-             {"topic": "biology"}),
+    Document(
+        "photosynthesis",
+        "Plants turn sunlight, water and carbon dioxide into sugar by photosynthesis.",
+        {"topic": "biology"},
+    ),
     Document("kubernetes", "Kubernetes schedules containers across a cluster of machines.", {"topic": "software"}),
     Document("coffee", "Espresso is brewed by forcing hot water through finely ground coffee.", {"topic": "food"}),
-    Document("everest", "Mount Everest is the highest mountain above sea level, in the Himalayas.",
-             {"topic": "landmarks", "lang": "en"}),
+    Document(
+        "everest",
+        "Mount Everest is the highest mountain above sea level, in the Himalayas.",
+        {"topic": "landmarks", "lang": "en"},
+    ),
     Document("vaccines", "Vaccines train the immune system to recognise a pathogen.", {"topic": "biology"}),
 ]
 
@@ -72,8 +84,9 @@ async def test_search_by_vector_and_limit(service: VectorService, embedder: Embe
 
 
 async def test_batches_larger_than_one_embedding_call_keep_their_order(service: VectorService) -> None:
-    documents = [Document(f"note-{i}", f"Maintenance note {i}: replace filter {i * 7} in building {i % 5}.")
-                 for i in range(40)]  # the test embedder sends 16 texts per call
+    documents = [
+        Document(f"note-{i}", f"Maintenance note {i}: replace filter {i * 7} in building {i % 5}.") for i in range(40)
+    ]  # the test embedder sends 16 texts per call
     assert await service.upsert("documents", documents) == 40
     for i in (0, 17, 39):
         hits = await service.search("documents", documents[i].text, limit=1)

@@ -1,4 +1,5 @@
 """The Qdrant layer in local mode (the embedded engine on a path), with hand-made vectors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,12 +30,15 @@ def anyio_backend() -> str:
 @pytest.fixture
 async def store(tmp_path: Path):
     opened = await VectorStore.open(_config(), path=str(tmp_path / "qdrant"))
-    await opened.upsert("docs", [
-        Record("a", AXES["x"], "about x", {"lang": "en", "year": 2023, "tags": ["x"]}),
-        Record("b", [0.9, 0.1, 0.0, 0.0], "nearly x", {"lang": "de", "year": 2024, "tags": ["x", "near"]}),
-        Record(7, AXES["y"], "about y", {"lang": "en", "year": 2025, "draft": True}),
-        Record("c", AXES["z"], "about z", {"lang": "fr", "year": 2020}),
-    ])
+    await opened.upsert(
+        "docs",
+        [
+            Record("a", AXES["x"], "about x", {"lang": "en", "year": 2023, "tags": ["x"]}),
+            Record("b", [0.9, 0.1, 0.0, 0.0], "nearly x", {"lang": "de", "year": 2024, "tags": ["x", "near"]}),
+            Record(7, AXES["y"], "about y", {"lang": "en", "year": 2025, "draft": True}),
+            Record("c", AXES["z"], "about z", {"lang": "fr", "year": 2020}),
+        ],
+    )
     yield opened
     await opened.close()
 
@@ -117,8 +121,11 @@ async def test_documents_persist_across_reopen_and_mismatch_is_refused(tmp_path:
     await again.close()
 
     for size, distance in [(8, "Cosine"), (4, "Dot")]:
-        with pytest.raises(CollectionMismatch, match=f"collection 'docs' exists with vector size 4 \\(Cosine\\) but is "
-                                                     f"declared with size {size} \\({distance}\\)"):
+        with pytest.raises(
+            CollectionMismatch,
+            match=f"collection 'docs' exists with vector size 4 \\(Cosine\\) but is "
+            f"declared with size {size} \\({distance}\\)",
+        ):
             await VectorStore.open(_config(size, distance), path=path)
 
 

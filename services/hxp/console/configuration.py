@@ -4,26 +4,38 @@ The served catalogue is the one loaded at start (:func:`hxp.gateway.deployments.
 catalogue file and collections.yaml are validated again now, so an operator sees an edit that
 would not load, or one that the gateway only serves after a restart. Store URLs are redacted.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from hxp.core.context import runtime
 from hxp.core import catalogue as catalogue_module
 from hxp.core.catalogue import Catalogue, CatalogueError, Model
-from hxp.gateway import deployments
+from hxp.core.context import runtime
 from hxp.core.redaction import redact, redact_url
+from hxp.gateway import deployments
 from hxp.vector import config as vector_config
 
 
 def _model(model: Model, backends: list[str]) -> dict[str, Any]:
     dep = model.deployment
     return {
-        "name": model.name, "task": model.task, "description": model.description, "port": model.port,
-        "source": model.source, "aliases": list(model.api.aliases), "backends": [redact_url(u) for u in backends],
-        "devices": list(dep.devices), "tensor_parallel_size": dep.tensor_parallel_size,
-        "limits": {"timeout_s": model.api.timeout_s, "max_concurrent_requests": model.api.max_concurrent_requests,
-                   "retries": model.api.retries, "fallbacks": list(model.api.fallbacks), "cache": model.api.cache},
+        "name": model.name,
+        "task": model.task,
+        "description": model.description,
+        "port": model.port,
+        "source": model.source,
+        "aliases": list(model.api.aliases),
+        "backends": [redact_url(u) for u in backends],
+        "devices": list(dep.devices),
+        "tensor_parallel_size": dep.tensor_parallel_size,
+        "limits": {
+            "timeout_s": model.api.timeout_s,
+            "max_concurrent_requests": model.api.max_concurrent_requests,
+            "retries": model.api.retries,
+            "fallbacks": list(model.api.fallbacks),
+            "cache": model.api.cache,
+        },
         "vllm": dep.vllm.model_dump(exclude_none=True),
         "targets": dep.targets.model_dump(exclude={"measured"}),
     }
@@ -37,9 +49,13 @@ def _validation(served: Catalogue) -> dict[str, Any]:
         catalogue = {"valid": False, "message": redact(str(exc))}
     else:
         current = on_disk.models == served.models
-        catalogue = {"valid": True, "current": current,
-                     "message": "valid, and what this gateway serves" if current else
-                     "valid, but it differs from what this gateway serves: restart the gateway to apply it"}
+        catalogue = {
+            "valid": True,
+            "current": current,
+            "message": "valid, and what this gateway serves"
+            if current
+            else "valid, but it differs from what this gateway serves: restart the gateway to apply it",
+        }
     try:
         vector_config.load(models=served)
         collections = {"valid": True, "message": "valid"}

@@ -5,6 +5,7 @@ and ``/metrics`` (vLLM's ``vllm:num_requests_running`` and ``vllm:num_requests_w
 their label sets); an engine that does not export them reports None. Probed at most once every two
 seconds per worker, however many consoles are open.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,10 +13,10 @@ from typing import Any
 
 import httpx
 
+from hxp.core.redaction import redact
 from hxp.gateway import deployments
 from hxp.gateway.engines import queue_lengths
 from hxp.gateway.health import PROBE_TIMEOUT_S, Readiness
-from hxp.core.redaction import redact
 
 MAX_AGE_S = 2.0
 
@@ -30,8 +31,12 @@ async def _report(client: httpx.AsyncClient, root: str) -> dict[str, Any]:
     try:
         names, queues = await asyncio.gather(_served_names(client, root), queue_lengths(client, root))
     except (httpx.HTTPError, ValueError) as exc:
-        return {"served_names": [], "running": None, "waiting": None,
-                "error": redact(f"{type(exc).__name__}: {exc}")[:300]}
+        return {
+            "served_names": [],
+            "running": None,
+            "waiting": None,
+            "error": redact(f"{type(exc).__name__}: {exc}")[:300],
+        }
     return {"served_names": names, **queues}
 
 

@@ -5,18 +5,19 @@ served names and queues from the engines themselves (:mod:`hxp.console.engines`)
 last 5 and 60 minutes from the usage log (:func:`hxp.console.queries.traffic`), engine memory and CPU
 from the latest performance rollup.
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hxp.console import engines, queries
-from hxp.gateway import auth, deployments, health
-from hxp.gateway.usage import backlog
 from hxp.core import stores
 from hxp.core.redaction import redact, redact_url
+from hxp.gateway import auth, deployments, health
+from hxp.gateway.usage import backlog
 
 WINDOWS_MIN = (5, 60)
 REFRESH_S = 5  # how often an open overview asks again
@@ -38,7 +39,7 @@ def _rates(stats: dict[str, Any], minutes: int) -> dict[str, Any]:
 
 def _traffic(names: list[str]) -> tuple[dict[int, dict[str, dict[str, Any]]], dict[str, dict[str, Any]]]:
     db = auth.key_store().db
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     windows = {m: queries.traffic(db, names, now - timedelta(minutes=m)) for m in WINDOWS_MIN}
     return windows, queries.engine_samples(db, names, now - SAMPLE_AGE)
 
@@ -57,14 +58,18 @@ async def _qdrant() -> dict[str, Any]:
     start = time.perf_counter()
     try:
         service = await get_service()
-        counts = await asyncio.wait_for(asyncio.gather(*(service.store.count(c.name)
-                                                         for c in service.config.collections)),
-                                        health.PROBE_TIMEOUT_S)
+        counts = await asyncio.wait_for(
+            asyncio.gather(*(service.store.count(c.name) for c in service.config.collections)), health.PROBE_TIMEOUT_S
+        )
     except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
         message = exc.message if isinstance(exc, VectorError) else f"{type(exc).__name__}: {exc}"
         return {**where, "healthy": False, "error": redact(message)[:300]}
-    return {**where, "healthy": True, "latency_ms": round((time.perf_counter() - start) * 1000, 1),
-            "collections": {c.name: n for c, n in zip(service.config.collections, counts)}}
+    return {
+        **where,
+        "healthy": True,
+        "latency_ms": round((time.perf_counter() - start) * 1000, 1),
+        "collections": {c.name: n for c, n in zip(service.config.collections, counts)},
+    }
 
 
 async def overview() -> dict[str, Any]:
@@ -72,25 +77,42 @@ async def overview() -> dict[str, Any]:
     cat = deployments.catalogue()
     backends = deployments.served()
     (windows, samples), details, reports, qdrant = await asyncio.gather(
-        asyncio.to_thread(_traffic, cat.names), health.readiness_details(), engines.reports.details(), _qdrant())
+        asyncio.to_thread(_traffic, cat.names), health.readiness_details(), engines.reports.details(), _qdrant()
+    )
     models = []
     for model in cat.models:
         probed = details["models"].get(model.name, {}).get("replicas", [])
         replicas = []
         for url, probe in zip(backends[model.name], probed):
             report = reports.get(deployments.engine_root(url), {})
-            replicas.append({**probe, "served_names": report.get("served_names", []),
-                             "running": report.get("running"), "waiting": report.get("waiting")})
-        models.append({
-            "name": model.name, "task": model.task, "port": model.port,
-            "healthy": any(r.get("healthy") for r in replicas),
-            "replicas": replicas,
-            "served_names": sorted({n for r in replicas for n in r["served_names"]}),
-            "running": _total([r["running"] for r in replicas]),
-            "waiting": _total([r["waiting"] for r in replicas]),
-            "engine": samples.get(model.name),
-            "windows": {f"{m}m": _rates(windows[m].get(model.name, {}), m) for m in WINDOWS_MIN},
-        })
+            replicas.append(
+                {
+                    **probe,
+                    "served_names": report.get("served_names", []),
+                    "running": report.get("running"),
+                    "waiting": report.get("waiting"),
+                }
+            )
+        models.append(
+            {
+                "name": model.name,
+                "task": model.task,
+                "port": model.port,
+                "healthy": any(r.get("healthy") for r in replicas),
+                "replicas": replicas,
+                "served_names": sorted({n for r in replicas for n in r["served_names"]}),
+                "running": _total([r["running"] for r in replicas]),
+                "waiting": _total([r["waiting"] for r in replicas]),
+                "engine": samples.get(model.name),
+                "windows": {f"{m}m": _rates(windows[m].get(model.name, {}), m) for m in WINDOWS_MIN},
+            }
+        )
     stores = {"database": details["database"], "redis": details["redis"], "qdrant": qdrant}
-    return {"generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "profile": cat.profile,
-            "models": models, "stores": stores, "usage_backlog": backlog(), "refresh_s": REFRESH_S}
+    return {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profile": cat.profile,
+        "models": models,
+        "stores": stores,
+        "usage_backlog": backlog(),
+        "refresh_s": REFRESH_S,
+    }

@@ -8,9 +8,10 @@ and time (``llm_model_requests_key_time``, migration 0007); ``llm_model_performa
 Percentiles are nearest-rank (the smallest value with at least p% of the requests at or below it).
 One row may stand for N aggregated refusals: requests are counted as ``SUM(request_count)``.
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from hxp.core.database import Database
@@ -56,7 +57,7 @@ def when(value: Any) -> str | None:
     if value is None:
         return None
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+    return iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
 
 
 def _placeholders(names: list[str]) -> str:
@@ -71,8 +72,9 @@ def traffic(db: Database, models: list[str], since: datetime) -> dict[str, dict[
     names, bound = _placeholders(models), (*models, iso(since))
     found: dict[str, dict[str, Any]] = {}
     for row in db.fetchall(_TRAFFIC.format(names=names), bound):
-        found[row["model"]] = {k: int(row[k] or 0) for k in ("requests", "errors", "prompt_tokens",
-                                                              "completion_tokens")}
+        found[row["model"]] = {
+            k: int(row[k] or 0) for k in ("requests", "errors", "prompt_tokens", "completion_tokens")
+        }
     for column, name in (("latency_ms", "latency"), ("time_to_first_token_ms", "ttft")):
         for row in db.fetchall(_PERCENTILES.format(column=column, names=names), bound):
             stats = found.setdefault(row["model"], {})
@@ -83,9 +85,16 @@ def traffic(db: Database, models: list[str], since: datetime) -> dict[str, dict[
 def usage(db: Database, since: datetime, until: datetime) -> list[dict[str, Any]]:
     """The usage log over [since, until) per UTC day, model and key: requests, errors, tokens, latency sums."""
     sql = _USAGE.format(day=_DAY[db.dialect])
-    return [{**row, **{k: int(row[k] or 0) for k in ("requests", "errors", "prompt_tokens", "completion_tokens",
-                                                      "latency_sum", "latency_count")}}
-            for row in db.fetchall(sql, (iso(since), iso(until)))]
+    return [
+        {
+            **row,
+            **{
+                k: int(row[k] or 0)
+                for k in ("requests", "errors", "prompt_tokens", "completion_tokens", "latency_sum", "latency_count")
+            },
+        }
+        for row in db.fetchall(sql, (iso(since), iso(until)))
+    ]
 
 
 def key_activity(db: Database, since: datetime) -> dict[str, dict[str, Any]]:

@@ -8,15 +8,17 @@ changed through the admin API's own handlers (:mod:`hxp.gateway.admin`), so a ch
 behaves exactly like one made there. Every answer carries the console's security headers (a CSP
 allowing only the gateway's own scripts and styles, no framing, no referrer, no caching).
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from html import escape
 from pathlib import Path
 from string import Template
-from typing import Any, Callable, Coroutine
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
@@ -24,32 +26,39 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from hxp.audit import search as audit_search
-from hxp.core.context import runtime
 from hxp.console import (
     configuration as configuration_module,
+)
+from hxp.console import (
     overview as overview_module,
+)
+from hxp.console import (
     queries,
     sessions,
     throttle,
     usage,
 )
-from hxp.gateway import admin, audited, auth, deployments
 from hxp.core import errors
+from hxp.core.context import runtime
+from hxp.gateway import admin, audited, auth, deployments
 from hxp.gateway.request_context import context_of
 from hxp.vector import config as vector_config
 
 log = logging.getLogger("hxp.console")
 HERE = Path(__file__).parent
 STATIC = {p.name: p for p in (HERE / "static").iterdir() if p.is_file()}
-CONTENT_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-                 ".svg": "image/svg+xml"}
-PAGES = {"/console": ("overview", "Overview"), "/console/keys": ("keys", "API keys"),
-         "/console/usage": ("usage", "Usage"), "/console/configuration": ("configuration", "Configuration"),
-         "/console/audit": ("audit", "Audit")}
+CONTENT_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+PAGES = {
+    "/console": ("overview", "Overview"),
+    "/console/keys": ("keys", "API keys"),
+    "/console/usage": ("usage", "Usage"),
+    "/console/configuration": ("configuration", "Configuration"),
+    "/console/audit": ("audit", "Audit"),
+}
 RECENT = timedelta(hours=24)  # the keys page's "requests in the last 24 hours"
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
     "referrer-policy": "no-referrer",
@@ -100,8 +109,11 @@ async def sign_in(request: Request) -> JSONResponse:
     if retry_after is not None:
         log.warning("console: refused a sign-in from %s (too many failed sign-ins)", address)
         return errors.GatewayError(
-            429, f"Too many failed sign-ins from this address: try again in {retry_after} s",
-            code="console_sign_in_throttled", headers={"retry-after": str(retry_after)}).response()
+            429,
+            f"Too many failed sign-ins from this address: try again in {retry_after} s",
+            code="console_sign_in_throttled",
+            headers={"retry-after": str(retry_after)},
+        ).response()
     if not isinstance(secret, str) or not auth.is_master_key(secret):
         await throttle.count_failure(address)
         log.warning("console: refused a sign-in from %s (wrong master key)", address)
@@ -112,8 +124,16 @@ async def sign_in(request: Request) -> JSONResponse:
     log.info("console: signed in from %s", address)
     await audited.action_event("console.sign_in", "console", actor=sessions.session_id(token), ttl_s=ttl)
     response = JSONResponse({"signed_in": True, "expires_in_s": ttl})
-    response.set_cookie(sessions.COOKIE, token, max_age=ttl, expires=ttl, path=sessions.COOKIE_PATH,
-                        secure=request.url.scheme == "https", httponly=True, samesite="strict")
+    response.set_cookie(
+        sessions.COOKIE,
+        token,
+        max_age=ttl,
+        expires=ttl,
+        path=sessions.COOKIE_PATH,
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
+    )
     return response
 
 
@@ -124,8 +144,13 @@ async def sign_out(request: Request) -> JSONResponse:
         await asyncio.to_thread(sessions.store().end, token)
         await audited.action_event("console.sign_out", "console")
     response = JSONResponse({"signed_in": False})
-    response.delete_cookie(sessions.COOKIE, path=sessions.COOKIE_PATH, secure=request.url.scheme == "https",
-                           httponly=True, samesite="strict")
+    response.delete_cookie(
+        sessions.COOKIE,
+        path=sessions.COOKIE_PATH,
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
+    )
     return response
 
 
@@ -141,8 +166,7 @@ async def static_file(asset: str) -> Response:
 async def _page(request: Request) -> HTMLResponse:
     page, title = PAGES[request.url.path]
     token = sessions.token_of(request.headers.get("cookie")) or ""
-    return HTMLResponse(PAGE.substitute(
-        page=page, title=escape(title), csrf=escape(sessions.csrf_token(token))))
+    return HTMLResponse(PAGE.substitute(page=page, title=escape(title), csrf=escape(sessions.csrf_token(token))))
 
 
 for _path in PAGES:
@@ -163,13 +187,16 @@ async def overview_data() -> dict[str, Any]:
 @router.get("/api/keys")
 async def list_keys() -> dict[str, Any]:
     listed = await admin.list_keys()
-    since = datetime.now(timezone.utc) - RECENT
+    since = datetime.now(UTC) - RECENT
     activity = await asyncio.to_thread(queries.key_activity, auth.key_store().db, since)
-    keys = [{**key, **activity.get(key["key_id"], {"last_used": None, "recent_requests": 0})}
-            for key in listed["data"]]
+    keys = [{**key, **activity.get(key["key_id"], {"last_used": None, "recent_requests": 0})} for key in listed["data"]]
     collections = [c.name for c in vector_config.load(models=deployments.catalogue()).collections]
-    return {"data": keys, "models": deployments.catalogue().names, "collections": collections,
-            "recent_hours": int(RECENT.total_seconds() // 3600)}
+    return {
+        "data": keys,
+        "models": deployments.catalogue().names,
+        "collections": collections,
+        "recent_hours": int(RECENT.total_seconds() // 3600),
+    }
 
 
 @router.post("/api/keys")
@@ -217,8 +244,11 @@ async def usage_csv(request: Request) -> Response:
     if isinstance(data, Response):
         return data
     name = f"hxp-usage-by-{data['by']}-{data['since']}-to-{data['until']}.csv"
-    return Response(usage.csv_text(data), media_type="text/csv; charset=utf-8",
-                    headers={"content-disposition": f'attachment; filename="{name}"'})
+    return Response(
+        usage.csv_text(data),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{name}"'},
+    )
 
 
 def _audit_rows(request: Request) -> Callable[[], list[dict[str, Any]]]:
@@ -243,8 +273,11 @@ async def audit_csv(request: Request) -> Response:
     except audit_search.SearchError as exc:
         return errors.bad_request(exc.field, str(exc)).response()
     text = audit_search.csv_text(await asyncio.to_thread(search))
-    return Response(text, media_type="text/csv; charset=utf-8",
-                    headers={"content-disposition": 'attachment; filename="hxp-audit.csv"'})
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": 'attachment; filename="hxp-audit.csv"'},
+    )
 
 
 @router.get("/api/configuration")

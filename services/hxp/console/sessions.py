@@ -15,23 +15,24 @@ request's actor, for the audit trail, is ``console:<session id>`` (the first 12 
 HMAC: it names the session, never reveals the cookie); a session found expired is audited once
 (``console.session_expired``) and deleted.
 """
+
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import hmac
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import quote
 
 from fastapi.responses import JSONResponse, RedirectResponse
 
-from hxp.core.context import Runtime, runtime
-from hxp.gateway import audited, auth
 from hxp.core import errors
-from hxp.gateway.auth import Caller
+from hxp.core.context import Runtime, runtime
 from hxp.core.database import Database
+from hxp.gateway import audited, auth
+from hxp.gateway.auth import Caller
 from hxp.gateway.request_context import current
 from hxp.gateway.usage.record import iso
 
@@ -68,23 +69,27 @@ class SessionStore:
     def open(self, ttl_s: int) -> str:
         """A new session's token (its expired predecessors are deleted on the way)."""
         token = secrets.token_urlsafe(32)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         with self.db.transaction() as cur:
             cur.execute("DELETE FROM console_sessions WHERE expires_at <= ?", (iso(now),))
-            cur.execute("INSERT INTO console_sessions (session_hash, created_at, expires_at) VALUES (?, ?, ?)",
-                        (_digest("session", token), iso(now), iso(now + timedelta(seconds=ttl_s))))
+            cur.execute(
+                "INSERT INTO console_sessions (session_hash, created_at, expires_at) VALUES (?, ?, ?)",
+                (_digest("session", token), iso(now), iso(now + timedelta(seconds=ttl_s))),
+            )
         return token
 
     def is_live(self, token: str) -> bool:
-        row = self.db.fetchone("SELECT 1 AS live FROM console_sessions WHERE session_hash = ? AND expires_at > ?",
-                               (_digest("session", token), iso(datetime.now(timezone.utc))))
+        row = self.db.fetchone(
+            "SELECT 1 AS live FROM console_sessions WHERE session_hash = ? AND expires_at > ?",
+            (_digest("session", token), iso(datetime.now(UTC))),
+        )
         return row is not None
 
     def end_expired(self, token: str) -> bool:
         """Delete the token's session if it has expired; whether it had (a read first: an unknown token, the
         common case, takes no write)."""
         where = "WHERE session_hash = ? AND expires_at <= ?"
-        params = (_digest("session", token), iso(datetime.now(timezone.utc)))
+        params = (_digest("session", token), iso(datetime.now(UTC)))
         if self.db.fetchone(f"SELECT 1 AS expired FROM console_sessions {where}", params) is None:
             return False
         return self.db.execute(f"DELETE FROM console_sessions {where}", params) > 0
@@ -124,8 +129,11 @@ class SignInRequired(errors.GatewayError):
     """No live session: a page is sent to the sign-in page (coming back afterwards), anything else gets 401."""
 
     def __init__(self, path: str, page: bool) -> None:
-        super().__init__(401, "Sign in to the console first (POST /console/sign-in with the master key)",
-                         code="console_sign_in_required")
+        super().__init__(
+            401,
+            "Sign in to the console first (POST /console/sign-in with the master key)",
+            code="console_sign_in_required",
+        )
         self.path, self.page = path, page
 
     # a page gets a redirect instead of GatewayError's JSON (only the boundary answers this error, as an ASGI app)
@@ -148,6 +156,7 @@ async def authorize(method: str, path: str, headers: dict[str, str]) -> Caller:
         ctx.actor = session_id(token)
     sent = headers.get(CSRF_HEADER, "").encode("latin-1")
     if method not in SAFE_METHODS and not hmac.compare_digest(sent, csrf_token(token).encode()):
-        raise errors.GatewayError(403, f"Missing or wrong CSRF token: send the page's token in {CSRF_HEADER}",
-                                  code="csrf_token_invalid")
+        raise errors.GatewayError(
+            403, f"Missing or wrong CSRF token: send the page's token in {CSRF_HEADER}", code="csrf_token_invalid"
+        )
     return Caller(None)

@@ -6,10 +6,13 @@ and replica, without it each worker counts alone. Only failures count; once an a
 :data:`FAILED_SIGN_INS` of them in the limiter's window (60 s), every sign-in from it is refused with 429
 until the window ends, without the key being checked, so a throttled address learns nothing about a guess.
 """
+
 from __future__ import annotations
 
 from litellm.proxy.hooks.parallel_request_limiter_v3 import (
     PROXY_MaxParallelRequestsHandler_v3 as Limiter,
+)
+from litellm.proxy.hooks.parallel_request_limiter_v3 import (
     RateLimitDescriptor,
 )
 
@@ -28,8 +31,7 @@ def _limiter() -> Limiter:
 
 
 def _descriptor(address: str) -> list[RateLimitDescriptor]:
-    return [RateLimitDescriptor(key=DESCRIPTOR_KEY, value=address,
-                                rate_limit={"requests_per_unit": FAILED_SIGN_INS})]
+    return [RateLimitDescriptor(key=DESCRIPTOR_KEY, value=address, rate_limit={"requests_per_unit": FAILED_SIGN_INS})]
 
 
 async def retry_after_s(address: str) -> int | None:

@@ -4,13 +4,14 @@ One query (:func:`hxp.console.queries.usage`) reads the range per day, model and
 is its rows summed per the chosen grouping, the charts per day and per model (or key), and the
 CSV is the table.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from hxp.console import queries
@@ -43,8 +44,8 @@ class Range:
         return [(self.first + timedelta(days=i)).isoformat() for i in range((self.last - self.first).days + 1)]
 
     def bounds(self) -> tuple[datetime, datetime]:
-        start = datetime.combine(self.first, time(), timezone.utc)
-        return start, datetime.combine(self.last + timedelta(days=1), time(), timezone.utc)
+        start = datetime.combine(self.first, time(), UTC)
+        return start, datetime.combine(self.last + timedelta(days=1), time(), UTC)
 
 
 def _day(text: str | None, field: str) -> date | None:
@@ -58,7 +59,7 @@ def _day(text: str | None, field: str) -> date | None:
 
 def parse_range(since: str | None, until: str | None, today: date | None = None) -> Range:
     """The days from ``since`` to ``until`` (default: the last seven days, today included)."""
-    last = _day(until, "until") or today or datetime.now(timezone.utc).date()
+    last = _day(until, "until") or today or datetime.now(UTC).date()
     first = _day(since, "since") or last - timedelta(days=DEFAULT_DAYS - 1)
     if first > last:
         raise UsageRequestError(f"since ({first}) is after until ({last})", "since")
@@ -81,10 +82,14 @@ def _add(into: dict[str, int], row: dict[str, Any]) -> None:
 
 
 def _finish(sums: dict[str, int]) -> dict[str, Any]:
-    return {"requests": sums["requests"], "errors": sums["errors"], "prompt_tokens": sums["prompt_tokens"],
-            "completion_tokens": sums["completion_tokens"],
-            "total_tokens": sums["prompt_tokens"] + sums["completion_tokens"],
-            "avg_latency_ms": round(sums["latency_sum"] / sums["latency_count"]) if sums["latency_count"] else None}
+    return {
+        "requests": sums["requests"],
+        "errors": sums["errors"],
+        "prompt_tokens": sums["prompt_tokens"],
+        "completion_tokens": sums["completion_tokens"],
+        "total_tokens": sums["prompt_tokens"] + sums["completion_tokens"],
+        "avg_latency_ms": round(sums["latency_sum"] / sums["latency_count"]) if sums["latency_count"] else None,
+    }
 
 
 def report(db: Database, span: Range, by: str, aliases: dict[str, str]) -> dict[str, Any]:
@@ -103,15 +108,25 @@ def report(db: Database, span: Range, by: str, aliases: dict[str, str]) -> dict[
         _add(totals, row)
     days = span.days
     return {
-        "since": days[0], "until": days[-1], "by": by, "days": days, "columns": list(COLUMNS),
+        "since": days[0],
+        "until": days[-1],
+        "by": by,
+        "days": days,
+        "columns": list(COLUMNS),
         "rows": [{"group": group, **_finish(sums)} for group, sums in sorted(table.items())],
         "series": {
             "stacked_by": stack,
-            "groups": [{"name": name, **{m: [per_day[d][m] if d in per_day else 0 for d in days]
-                                         for m in ("requests", "errors")},
-                        "tokens": [per_day[d]["prompt_tokens"] + per_day[d]["completion_tokens"] if d in per_day
-                                   else 0 for d in days]}
-                       for name, per_day in sorted(series.items())],
+            "groups": [
+                {
+                    "name": name,
+                    **{m: [per_day[d][m] if d in per_day else 0 for d in days] for m in ("requests", "errors")},
+                    "tokens": [
+                        per_day[d]["prompt_tokens"] + per_day[d]["completion_tokens"] if d in per_day else 0
+                        for d in days
+                    ],
+                }
+                for name, per_day in sorted(series.items())
+            ],
         },
         "totals": _finish(totals),
     }

@@ -11,23 +11,25 @@ reaches every object. The router's lifespan purges what is older than the retent
 (HXP_CONVERSATION_RETENTION_DAYS) at start and every hour; ``hxp conversations purge`` does it
 at once.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import httpx
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from hxp.core.context import runtime
-from hxp.gateway.request_context import context_of
 from hxp.conversations import items, model_calls, store, stream, turns
 from hxp.conversations.checks import MAX_NEW_ITEMS, check_items, check_metadata
 from hxp.conversations.turns import not_found, stored
+from hxp.core.context import runtime
 from hxp.core.errors import GatewayError, bad_request
+from hxp.gateway.request_context import context_of
 
 log = logging.getLogger("hxp.gateway")
 PURGE_INTERVAL_S = 3600.0
@@ -89,14 +91,19 @@ def _page(found: list[dict[str, Any]], request: Request) -> dict[str, Any]:
         ids = [item["id"] for item in ordered]
         if after not in ids:
             raise bad_request("after", f"'after' must be the id of one of these items, got {after!r}")
-        ordered = ordered[ids.index(after) + 1:]
-    data = ordered[:int(limit)]
+        ordered = ordered[ids.index(after) + 1 :]
+    data = ordered[: int(limit)]
     return _list(data, has_more=len(ordered) > len(data))
 
 
 def _list(data: list[dict[str, Any]], has_more: bool = False) -> dict[str, Any]:
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
 
 
 # --- responses -------------------------------------------------------------------------------------------
@@ -107,8 +114,9 @@ async def create_response(request: Request) -> Response:
     try:
         if plan.chat.get("stream"):
             upstream = await gateway.stream(plan.chat, plan.session)
-            return StreamingResponse(_relay(plan, upstream), media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache"})
+            return StreamingResponse(
+                _relay(plan, upstream), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+            )
         answer = await gateway.complete(plan.chat, plan.session)
     except model_calls.Refused as refused:
         return Response(refused.body, refused.status, headers=refused.headers, media_type="application/json")
@@ -116,8 +124,11 @@ async def create_response(request: Request) -> Response:
         raise GatewayError(503, f"the model call failed: {exc!r}", code="backend_unavailable") from None
     choice = (answer.get("choices") or [{}])[0]
     reason = choice.get("finish_reason")
-    response = plan.response(items.status_of(reason), items.output_items(choice.get("message") or {}, reason),
-                             items.usage(answer.get("usage")))
+    response = plan.response(
+        items.status_of(reason),
+        items.output_items(choice.get("message") or {}, reason),
+        items.usage(answer.get("usage")),
+    )
     await plan.save(response)
     return JSONResponse(response)
 
@@ -167,8 +178,13 @@ async def create_conversation(request: Request) -> dict[str, Any]:
     new = _new_items(body, required=False)
     caller = context_of(request.scope).caller
     assert caller is not None
-    return await stored(store.current().create_conversation, items.new_id("conv"), store.owner_of(caller),
-                        body.get("metadata") or {}, new)
+    return await stored(
+        store.current().create_conversation,
+        items.new_id("conv"),
+        store.owner_of(caller),
+        body.get("metadata") or {},
+        new,
+    )
 
 
 @router.get("/v1/conversations/{conversation_id}")
@@ -182,8 +198,9 @@ async def update_conversation(conversation_id: str, request: Request) -> dict[st
     if "metadata" not in body:
         raise bad_request("metadata", "'metadata' is required")
     check_metadata(body["metadata"])
-    return await _owned(request, "conversation", conversation_id, store.current().update_conversation,
-                        body["metadata"] or {})
+    return await _owned(
+        request, "conversation", conversation_id, store.current().update_conversation, body["metadata"] or {}
+    )
 
 
 @router.delete("/v1/conversations/{conversation_id}")

@@ -1,11 +1,13 @@
 """Bodies of the Responses and Conversations APIs, checked before anything runs: a 400 naming the field.
 
 :func:`check_create` is the boundary's check for a ``responses`` body (POST /v1/responses,
-plugged into :mod:`hxp.gateway.validation` through :data:`hxp.gateway.extensions.BODY_CHECKS`); :func:`check_items` and :func:`check_metadata`
+plugged into :mod:`hxp.gateway.validation` through :data:`hxp.gateway.extensions.BODY_CHECKS`);
+:func:`check_items` and :func:`check_metadata`
 also check the conversation routes' bodies. What is accepted follows OpenAI's API reference,
 limited to what a chat engine can do: message, function call and function call output items,
 text and image content, function tools.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,8 +42,7 @@ def _check_content(content: Any, where: str) -> None:
         at = f"{where}[{i}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if not is_one_of(kind, PART_TYPES):
-            raise bad_request(f"{at}.type", f"'{at}.type' must be one of {', '.join(sorted(PART_TYPES))}, "
-                                            f"got {kind!r}")
+            raise bad_request(f"{at}.type", f"'{at}.type' must be one of {', '.join(sorted(PART_TYPES))}, got {kind!r}")
         field = {"input_image": "image_url", "refusal": "refusal"}.get(kind, "text")
         _string(part, field, at)
 
@@ -52,12 +53,14 @@ def check_item(item: Any, where: str) -> None:
         raise bad_request(where, f"'{where}' must be an object (a message or an item with a 'type')")
     kind = item.get("type", "message")
     if not is_one_of(kind, ITEM_TYPES):
-        raise bad_request(f"{where}.type", f"'{where}.type' must be one of {', '.join(sorted(ITEM_TYPES))}, "
-                                           f"got {kind!r}")
+        raise bad_request(
+            f"{where}.type", f"'{where}.type' must be one of {', '.join(sorted(ITEM_TYPES))}, got {kind!r}"
+        )
     if kind == "message":
         if not is_one_of(item.get("role"), ROLES):
-            raise bad_request(f"{where}.role", f"'{where}.role' must be one of {', '.join(sorted(ROLES))}, "
-                                               f"got {item.get('role')!r}")
+            raise bad_request(
+                f"{where}.role", f"'{where}.role' must be one of {', '.join(sorted(ROLES))}, got {item.get('role')!r}"
+            )
         _check_content(item.get("content"), f"{where}.content")
     elif kind == "function_call":
         for name in ("call_id", "name", "arguments"):
@@ -83,11 +86,19 @@ def check_metadata(value: Any, param: str = "metadata") -> None:
     """Up to 16 string pairs: keys up to 64 characters, values up to 512."""
     if value is None:
         return
-    if not isinstance(value, dict) or len(value) > MAX_METADATA_KEYS or not all(
+    if (
+        not isinstance(value, dict)
+        or len(value) > MAX_METADATA_KEYS
+        or not all(
             isinstance(k, str) and len(k) <= MAX_METADATA_KEY and isinstance(v, str) and len(v) <= MAX_METADATA_VALUE
-            for k, v in value.items()):
-        raise bad_request(param, f"'{param}' must be an object of at most {MAX_METADATA_KEYS} string values "
-                                 f"(keys up to {MAX_METADATA_KEY} characters, values up to {MAX_METADATA_VALUE})")
+            for k, v in value.items()
+        )
+    ):
+        raise bad_request(
+            param,
+            f"'{param}' must be an object of at most {MAX_METADATA_KEYS} string values "
+            f"(keys up to {MAX_METADATA_KEY} characters, values up to {MAX_METADATA_VALUE})",
+        )
 
 
 def conversation_id(body: dict[str, Any]) -> str | None:
@@ -101,17 +112,26 @@ def _check_tools(body: dict[str, Any]) -> None:
     if tools is not None and not isinstance(tools, list):
         raise bad_request("tools", "'tools' must be a list of tools")
     for i, tool in enumerate(tools or []):
-        if not (isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("name"), str)
-                and tool["name"] and isinstance(tool.get("parameters") or {}, dict)):
-            raise bad_request(f"tools[{i}]", f"'tools[{i}]' must be a function tool: {{\"type\": \"function\", "
-                                             "\"name\": ..., \"parameters\": {JSON Schema}} (only function tools "
-                                             "run on this gateway)")
+        if not (
+            isinstance(tool, dict)
+            and tool.get("type") == "function"
+            and isinstance(tool.get("name"), str)
+            and tool["name"]
+            and isinstance(tool.get("parameters") or {}, dict)
+        ):
+            raise bad_request(
+                f"tools[{i}]",
+                f'\'tools[{i}]\' must be a function tool: {{"type": "function", '
+                '"name": ..., "parameters": {JSON Schema}} (only function tools '
+                "run on this gateway)",
+            )
     choice = body.get("tool_choice")
     if choice is None or is_one_of(choice, TOOL_CHOICES):
         return
     if not (isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str)):
-        raise bad_request("tool_choice", "'tool_choice' must be none, auto, required or "
-                                         '{"type": "function", "name": ...}')
+        raise bad_request(
+            "tool_choice", '\'tool_choice\' must be none, auto, required or {"type": "function", "name": ...}'
+        )
 
 
 def _check_text(body: dict[str, Any]) -> None:
@@ -119,12 +139,17 @@ def _check_text(body: dict[str, Any]) -> None:
     if text is None:
         return
     form = text.get("format") if isinstance(text, dict) else None
-    if not isinstance(text, dict) or (form is not None and not (
-            isinstance(form, dict) and is_one_of(form.get("type"), TEXT_FORMATS))):
-        raise bad_request("text.format", "'text.format' must be an object whose 'type' is one of "
-                                         f"{', '.join(sorted(TEXT_FORMATS))}")
-    if form and form["type"] == "json_schema" and not (isinstance(form.get("name"), str)
-                                                       and isinstance(form.get("schema"), dict)):
+    if not isinstance(text, dict) or (
+        form is not None and not (isinstance(form, dict) and is_one_of(form.get("type"), TEXT_FORMATS))
+    ):
+        raise bad_request(
+            "text.format", f"'text.format' must be an object whose 'type' is one of {', '.join(sorted(TEXT_FORMATS))}"
+        )
+    if (
+        form
+        and form["type"] == "json_schema"
+        and not (isinstance(form.get("name"), str) and isinstance(form.get("schema"), dict))
+    ):
         raise bad_request("text.format", "'text.format' of type json_schema needs a 'name' and a 'schema' object")
 
 
@@ -152,8 +177,11 @@ def check_create(body: dict[str, Any], model: Model, max_inputs: int) -> None:
         raise bad_request("instructions", "'instructions' must be a string")
     limit = body.get("max_output_tokens")
     if limit is not None and (not is_integer(limit) or not 1 <= limit <= model.max_model_len):
-        raise bad_request("max_output_tokens", f"'max_output_tokens' must be an integer between 1 and the context "
-                                               f"window of model '{model.name}' ({model.max_model_len}), got {limit!r}")
+        raise bad_request(
+            "max_output_tokens",
+            f"'max_output_tokens' must be an integer between 1 and the context "
+            f"window of model '{model.name}' ({model.max_model_len}), got {limit!r}",
+        )
     if body.get("truncation") is not None and not is_one_of(body["truncation"], TRUNCATION):
         raise bad_request("truncation", f"'truncation' must be auto or disabled, got {body['truncation']!r}")
     if body.get("user") is not None and not isinstance(body["user"], str):

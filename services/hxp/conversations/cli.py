@@ -1,4 +1,5 @@
 """`hxp conversations purge`: delete stored responses and conversations past the retention, now (audited)."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,10 @@ def _purge(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     conversations = sub.add_parser("conversations", help="the Responses and Conversations APIs' stored state")
     actions = conversations.add_subparsers(dest="action", required=True)
-    purge = actions.add_parser("purge", help="delete responses created and conversations last used before the "
-                                             "retention (HXP_CONVERSATION_RETENTION_DAYS, default 30 days)")
+    purge = actions.add_parser(
+        "purge",
+        help="delete responses created and conversations last used before the "
+        "retention (HXP_CONVERSATION_RETENTION_DAYS, default 30 days)",
+    )
     purge.add_argument("--days", type=float, help="purge what is older than this many days instead (0: everything)")
     purge.set_defaults(func=_purge)

@@ -7,6 +7,7 @@
 - :func:`chat_request`: a /v1/responses body as a /v1/chat/completions body;
 - :func:`output_items` and :func:`response_object`: a chat answer as a Response.
 """
+
 from __future__ import annotations
 
 import time
@@ -70,8 +71,12 @@ def _chat_content(parts: str | list[dict[str, Any]]) -> str | list[dict[str, Any
         return parts
     if all(p["type"] != "input_image" for p in parts):
         return "\n".join(_text(p) or "" for p in parts)
-    return [{"type": "image_url", "image_url": {"url": p["image_url"]}} if p["type"] == "input_image"
-            else {"type": "text", "text": _text(p) or ""} for p in parts]
+    return [
+        {"type": "image_url", "image_url": {"url": p["image_url"]}}
+        if p["type"] == "input_image"
+        else {"type": "text", "text": _text(p) or ""}
+        for p in parts
+    ]
 
 
 def chat_messages(items: list[dict[str, Any]], instructions: str | None = None) -> list[dict[str, Any]]:
@@ -80,18 +85,21 @@ def chat_messages(items: list[dict[str, Any]], instructions: str | None = None) 
     for item in items:
         kind = item["type"]
         if kind == "message":
-            messages.append({"role": CHAT_ROLES.get(item["role"], item["role"]),
-                             "content": _chat_content(item["content"])})
+            messages.append(
+                {"role": CHAT_ROLES.get(item["role"], item["role"]), "content": _chat_content(item["content"])}
+            )
         elif kind == "function_call":
-            call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]}}
+            call = {
+                "id": item["call_id"],
+                "type": "function",
+                "function": {"name": item["name"], "arguments": item["arguments"]},
+            }
             if messages and messages[-1]["role"] == "assistant":  # one assistant turn: its text and its calls
                 messages[-1].setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         else:
-            messages.append({"role": "tool", "tool_call_id": item["call_id"],
-                             "content": _chat_content(item["output"])})
+            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": _chat_content(item["output"])})
     return messages
 
 
@@ -100,8 +108,13 @@ def chat_tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     tools = body.get("tools")
     if not tools:
         return None
-    return [{"type": "function", "function": {k: t[k] for k in ("name", "description", "parameters", "strict")
-                                              if t.get(k) is not None}} for t in tools]
+    return [
+        {
+            "type": "function",
+            "function": {k: t[k] for k in ("name", "description", "parameters", "strict") if t.get(k) is not None},
+        }
+        for t in tools
+    ]
 
 
 def chat_request(body: dict[str, Any], messages: list[dict[str, Any]], stream: bool) -> dict[str, Any]:
@@ -120,8 +133,10 @@ def chat_request(body: dict[str, Any], messages: list[dict[str, Any]], stream: b
             request["tool_choice"] = choice
     form = (body.get("text") or {}).get("format")
     if form and form["type"] == "json_schema":
-        request["response_format"] = {"type": "json_schema", "json_schema": {
-            k: form[k] for k in ("name", "schema", "strict", "description") if form.get(k) is not None}}
+        request["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {k: form[k] for k in ("name", "schema", "strict", "description") if form.get(k) is not None},
+        }
     elif form and form["type"] == "json_object":
         request["response_format"] = {"type": "json_object"}
     if stream:
@@ -131,15 +146,26 @@ def chat_request(body: dict[str, Any], messages: list[dict[str, Any]], stream: b
 
 def message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
     """The assistant's answer as an output message."""
-    return {"id": item_id, "type": "message", "role": "assistant", "status": status,
-            "content": [{"type": "output_text", "text": text, "annotations": []}]}
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
 
 
 def function_call_item(call: dict[str, Any]) -> dict[str, Any]:
     """A chat tool call as a function_call output item."""
     function = call.get("function") or {}
-    return {"id": new_id("fc"), "type": "function_call", "call_id": call.get("id") or new_id("call"),
-            "name": function.get("name") or "", "arguments": function.get("arguments") or "", "status": "completed"}
+    return {
+        "id": new_id("fc"),
+        "type": "function_call",
+        "call_id": call.get("id") or new_id("call"),
+        "name": function.get("name") or "",
+        "arguments": function.get("arguments") or "",
+        "status": "completed",
+    }
 
 
 def status_of(finish_reason: str | None) -> str:
@@ -150,8 +176,11 @@ def status_of(finish_reason: str | None) -> str:
 def output_items(message: dict[str, Any], finish_reason: str | None) -> list[dict[str, Any]]:
     """A chat answer's message as output items: its text (when any, or when it calls nothing), then its calls."""
     calls = message.get("tool_calls") or []
-    items = [message_item(new_id("msg"), message.get("content") or "", status_of(finish_reason))] \
-        if message.get("content") or not calls else []
+    items = (
+        [message_item(new_id("msg"), message.get("content") or "", status_of(finish_reason))]
+        if message.get("content") or not calls
+        else []
+    )
     return items + [function_call_item(call) for call in calls]
 
 
@@ -161,24 +190,50 @@ def usage(chat: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     prompt, completion = int(chat.get("prompt_tokens") or 0), int(chat.get("completion_tokens") or 0)
     cached = int((chat.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached}, "output_tokens": completion,
-            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + completion}
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
 
 
-def response_object(response_id: str, body: dict[str, Any], created_at: int, status: str,
-                    output: list[dict[str, Any]], usage_: dict[str, Any] | None = None,
-                    error: dict[str, Any] | None = None, conversation: str | None = None) -> dict[str, Any]:
+def response_object(
+    response_id: str,
+    body: dict[str, Any],
+    created_at: int,
+    status: str,
+    output: list[dict[str, Any]],
+    usage_: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    conversation: str | None = None,
+) -> dict[str, Any]:
     """A Response as OpenAI's API answers it, with the request's settings."""
     return {
-        "id": response_id, "object": "response", "created_at": created_at, "status": status,
-        "completed_at": int(time.time()) if status == "completed" else None, "error": error,
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "completed_at": int(time.time()) if status == "completed" else None,
+        "error": error,
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-        "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
-        "model": body["model"], "output": output, "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": body["model"],
+        "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
         "previous_response_id": body.get("previous_response_id"),
         "conversation": {"id": conversation} if conversation else None,
-        "store": stores(body), "temperature": body.get("temperature"), "top_p": body.get("top_p"),
-        "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
-        "truncation": body.get("truncation") or "disabled", "text": body.get("text") or {"format": {"type": "text"}},
-        "metadata": body.get("metadata") or {}, "user": body.get("user"), "background": False, "usage": usage_,
+        "store": stores(body),
+        "temperature": body.get("temperature"),
+        "top_p": body.get("top_p"),
+        "tool_choice": body.get("tool_choice") or "auto",
+        "tools": body.get("tools") or [],
+        "truncation": body.get("truncation") or "disabled",
+        "text": body.get("text") or {"format": {"type": "text"}},
+        "metadata": body.get("metadata") or {},
+        "user": body.get("user"),
+        "background": False,
+        "usage": usage_,
     }

@@ -9,6 +9,7 @@ same backend. A refusal or failure of that call (400, 403, 429, 503...) is answe
 Token counts come from the engine's own tokenizer (vLLM's ``POST /tokenize``, with the chat
 template applied), asked of the backends in the session's order; None when no backend can count.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,11 +19,11 @@ from typing import Any
 import httpx
 from fastapi import Request
 
+from hxp.conversations.routing import SESSION_HEADER, rank
 from hxp.core.catalogue import Model
 from hxp.core.context import Runtime, runtime
-from hxp.gateway import deployments, loopback
-from hxp.conversations.routing import SESSION_HEADER, rank
 from hxp.core.errors import GatewayError
+from hxp.gateway import deployments, loopback
 
 log = logging.getLogger("hxp.gateway")
 TOKENIZE_TIMEOUT_S = 60.0
@@ -30,8 +31,10 @@ PASSED_HEADERS = ("retry-after", "x-ratelimit-remaining-requests", "x-ratelimit-
 
 
 def _client(rt: Runtime) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
-                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(None, connect=10.0),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+    )
 
 
 def client() -> httpx.AsyncClient:
@@ -53,22 +56,27 @@ class Refused(Exception):
         self.status, self.body, self.headers = status, body, headers
 
 
-async def count_tokens(model: Model, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                       session: str) -> int | None:
+async def count_tokens(
+    model: Model, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, session: str
+) -> int | None:
     """The prompt's length in the model's tokens, chat template included; None when no backend could count."""
     payload: dict[str, Any] = {"model": model.name, "messages": messages, "add_generation_prompt": True}
     if tools:
         payload["tools"] = tools
     for url in rank(session, deployments.served()[model.name]):
         try:
-            response = await client().post(deployments.engine_root(url) + "/tokenize", json=payload,
-                                           timeout=TOKENIZE_TIMEOUT_S)
+            response = await client().post(
+                deployments.engine_root(url) + "/tokenize", json=payload, timeout=TOKENIZE_TIMEOUT_S
+            )
         except httpx.HTTPError:
             continue  # the next backend of the session's order
         if response.status_code == 200:
             return int(response.json()["count"])
-        log.warning("cannot count the tokens of a %s prompt: its engine answered %d to /tokenize", model.name,
-                    response.status_code)
+        log.warning(
+            "cannot count the tokens of a %s prompt: its engine answered %d to /tokenize",
+            model.name,
+            response.status_code,
+        )
         return None
     return None
 
@@ -81,7 +89,7 @@ class Gateway:
     headers: dict[str, str]
 
     @classmethod
-    def of(cls, request: Request) -> "Gateway":
+    def of(cls, request: Request) -> Gateway:
         url = loopback.base_url(request.scope)
         if url is None:
             raise GatewayError(503, "/v1/responses is served on a TCP socket only", code="backend_unavailable")

@@ -23,6 +23,7 @@ failure), in this order:
    ``MAX_EXTRA_QUEUE`` longer than the shortest one serves it. A request with a single message has no
    prefix to share and keeps LiteLLM's own choice.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -61,8 +62,11 @@ def prefix_key(messages: Any) -> str | None:
     PREFIX_CHARS characters; None for a request with one message or none."""
     if not isinstance(messages, list) or len(messages) < 2:
         return None
-    leading = json.dumps([[m.get("role"), m.get("content")] if isinstance(m, dict) else m for m in messages[:-1]],
-                         sort_keys=True, default=str)
+    leading = json.dumps(
+        [[m.get("role"), m.get("content")] if isinstance(m, dict) else m for m in messages[:-1]],
+        sort_keys=True,
+        default=str,
+    )
     return "prefix\x00" + leading[:PREFIX_CHARS]
 
 
@@ -79,8 +83,6 @@ def _session(request_kwargs: dict[str, Any] | None) -> str | None:
 
 def _backend(deployment: dict[str, Any]) -> str:
     return str((deployment.get("litellm_params") or {}).get("api_base") or deployment.get("model_info", {}).get("id"))
-
-
 
 
 @dataclass
@@ -136,13 +138,20 @@ def _engine_states(rt: Runtime) -> EngineStates:
 class EngineRouting(CustomLogger):
     """Narrows a model's deployments to the healthy engines, then to the session's or the prefix's one."""
 
-    async def async_filter_deployments(self, model: str, healthy_deployments: list, messages: Any,
-                                       request_kwargs: dict | None = None, parent_otel_span: Any = None) -> list:
+    async def async_filter_deployments(
+        self,
+        model: str,
+        healthy_deployments: list,
+        messages: Any,
+        request_kwargs: dict | None = None,
+        parent_otel_span: Any = None,
+    ) -> list:
         states = runtime().get(_engine_states).current()
         if len(healthy_deployments) < 2:
             return healthy_deployments
-        candidates = [d for d in healthy_deployments
-                      if states.get(engine_root(_backend(d)), EngineState(True, None)).up] or healthy_deployments
+        candidates = [
+            d for d in healthy_deployments if states.get(engine_root(_backend(d)), EngineState(True, None)).up
+        ] or healthy_deployments
         session = _session(request_kwargs)
         if session is not None:
             return [max(candidates, key=lambda d: _score(session, _backend(d)))]

@@ -7,10 +7,12 @@ once the response is stored, ``response.completed`` (or ``response.incomplete`` 
 was cut at max_output_tokens) carrying the whole Response with its id. A failure of the model
 call after the stream began ends it with ``response.failed``; nothing is stored then.
 """
+
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 import orjson
@@ -78,8 +80,9 @@ async def _chunks(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
         yield {"error": {"message": f"the model call broke off: {exc!r}"}}
 
 
-async def events(plan: Plan, lines: AsyncIterator[str],
-                 finish: Callable[[dict[str, Any]], Awaitable[None]]) -> AsyncIterator[bytes]:
+async def events(
+    plan: Plan, lines: AsyncIterator[str], finish: Callable[[dict[str, Any]], Awaitable[None]]
+) -> AsyncIterator[bytes]:
     """The Responses events for the chat chunks in ``lines``; ``finish`` stores the response before the last."""
     event, answer = Events(), Answer()
     yield event("response.created", response=plan.response("in_progress", []))
@@ -88,10 +91,14 @@ async def events(plan: Plan, lines: AsyncIterator[str],
     where = {"item_id": message_id, "output_index": 0, "content_index": 0}
 
     def opening() -> list[bytes]:
-        return [event("response.output_item.added", output_index=0,
-                      item=items.message_item(message_id, "", "in_progress") | {"content": []}),
-                event("response.content_part.added", **where, part={"type": "output_text", "text": "",
-                                                                    "annotations": []})]
+        return [
+            event(
+                "response.output_item.added",
+                output_index=0,
+                item=items.message_item(message_id, "", "in_progress") | {"content": []},
+            ),
+            event("response.content_part.added", **where, part={"type": "output_text", "text": "", "annotations": []}),
+        ]
 
     started = False
     async for chunk in _chunks(lines):
@@ -110,7 +117,7 @@ async def events(plan: Plan, lines: AsyncIterator[str],
     text, status = "".join(answer.text), items.status_of(answer.finish_reason)
     if started or not answer.calls:
         message = items.message_item(message_id, text, status)
-        for opened in ([] if started else opening()):
+        for opened in [] if started else opening():
             yield opened
         yield event("response.output_text.done", **where, text=text, logprobs=[])
         yield event("response.content_part.done", **where, part=message["content"][0])
@@ -120,8 +127,13 @@ async def events(plan: Plan, lines: AsyncIterator[str],
         call = items.function_call_item(answer.calls[index])
         at = len(output)
         yield event("response.output_item.added", output_index=at, item=call | {"status": "in_progress"})
-        yield event("response.function_call_arguments.done", item_id=call["id"], output_index=at,
-                    name=call["name"], arguments=call["arguments"])
+        yield event(
+            "response.function_call_arguments.done",
+            item_id=call["id"],
+            output_index=at,
+            name=call["name"],
+            arguments=call["arguments"],
+        )
         yield event("response.output_item.done", output_index=at, item=call)
         output.append(call)
     response = plan.response(status, output, items.usage(answer.usage))

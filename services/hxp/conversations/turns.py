@@ -11,19 +11,21 @@ room for the answer, counted with the engine's tokenizer:
   instructions and the newest item always kept; the room kept is ``max_output_tokens`` (or a
   quarter of the window, at most :data:`AUTO_OUTPUT_ROOM` tokens).
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from hxp.core.catalogue import Model
-from hxp.gateway.request_context import RequestContext
 from hxp.conversations import items, model_calls, store
 from hxp.conversations.checks import conversation_id
+from hxp.core.catalogue import Model
 from hxp.core.errors import GatewayError
 from hxp.core.redaction import redact
+from hxp.gateway.request_context import RequestContext
 
 AUTO_OUTPUT_ROOM = 512
 
@@ -39,8 +41,12 @@ async def stored(function: Callable[..., Any], *args: Any) -> Any:
     except LookupError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the client may retry
-        raise GatewayError(503, f"the conversation store cannot answer: {redact(str(exc))[:300]}",
-                           code="store_unavailable", headers={"retry-after": "1"}) from None
+        raise GatewayError(
+            503,
+            f"the conversation store cannot answer: {redact(str(exc))[:300]}",
+            code="store_unavailable",
+            headers={"retry-after": "1"},
+        ) from None
 
 
 @dataclass
@@ -57,19 +63,32 @@ class Plan:
     conversation_id: str | None = None
     history_end: int | None = None
 
-    def response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
-                 error: dict[str, Any] | None = None) -> dict[str, Any]:
+    def response(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         conversation = self.conversation_id if items.stores(self.body) else None
-        return items.response_object(self.response_id, self.body, self.created_at, status, output, usage, error,
-                                     conversation)
+        return items.response_object(
+            self.response_id, self.body, self.created_at, status, output, usage, error, conversation
+        )
 
     async def save(self, response: dict[str, Any]) -> None:
         """Store the response and its items (``store: false``: nothing)."""
         if not items.stores(self.body):
             return
-        turn = store.Turn(response=response, owner=self.owner, session_id=self.session, inputs=self.inputs,
-                          outputs=response["output"], previous_response_id=self.body.get("previous_response_id"),
-                          conversation_id=self.conversation_id, history_end=self.history_end)
+        turn = store.Turn(
+            response=response,
+            owner=self.owner,
+            session_id=self.session,
+            inputs=self.inputs,
+            outputs=response["output"],
+            previous_response_id=self.body.get("previous_response_id"),
+            conversation_id=self.conversation_id,
+            history_end=self.history_end,
+        )
         try:
             await stored(store.current().save_turn, turn)
         except LookupError:
@@ -101,22 +120,25 @@ def _from(history: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
 def _too_long(model: Model, tokens: int, room: int, dropped: bool) -> GatewayError:
     what = "Even the newest input alone" if dropped else "The input"
     return GatewayError(
-        400, f"{what} ({tokens} tokens) with {room} tokens of room for the answer exceeds the context window of "
-             f"model '{model.name}' ({model.max_model_len} tokens)"
-             + ("" if dropped else "; shorten it, lower max_output_tokens or set truncation to 'auto'"),
-        param="input", code="context_length_exceeded")
+        400,
+        f"{what} ({tokens} tokens) with {room} tokens of room for the answer exceeds the context window of "
+        f"model '{model.name}' ({model.max_model_len} tokens)"
+        + ("" if dropped else "; shorten it, lower max_output_tokens or set truncation to 'auto'"),
+        param="input",
+        code="context_length_exceeded",
+    )
 
 
-async def fit(model: Model, body: dict[str, Any], history: list[dict[str, Any]],
-              session: str) -> list[dict[str, Any]]:
+async def fit(model: Model, body: dict[str, Any], history: list[dict[str, Any]], session: str) -> list[dict[str, Any]]:
     """The chat messages for the history that fits the model's window (see the module's rules)."""
     limit, instructions, tools = model.max_model_len, body.get("instructions"), items.chat_tools(body)
     auto = body.get("truncation") == "auto"
     room = body.get("max_output_tokens") or (min(AUTO_OUTPUT_ROOM, limit // 4) if auto else 1)
 
     async def count(start: int) -> int | None:
-        return await model_calls.count_tokens(model, items.chat_messages(_from(history, start), instructions),
-                                              tools, session)
+        return await model_calls.count_tokens(
+            model, items.chat_messages(_from(history, start), instructions), tools, session
+        )
 
     tokens = await count(0)
     if tokens is None or tokens + room <= limit:
@@ -145,6 +167,14 @@ async def plan(ctx: RequestContext) -> Plan:
     response_id, inputs = items.new_id("resp"), items.stored_items(body.get("input"))
     session = context.session_id or response_id
     messages = await fit(model, body, context.items + inputs, session)
-    return Plan(response_id=response_id, created_at=int(time.time()), body=body, owner=store.owner_of(caller),
-                session=session, inputs=inputs, chat=items.chat_request(body, messages, body.get("stream") is True),
-                conversation_id=conversation_id(body), history_end=context.history_end)
+    return Plan(
+        response_id=response_id,
+        created_at=int(time.time()),
+        body=body,
+        owner=store.owner_of(caller),
+        session=session,
+        inputs=inputs,
+        chat=items.chat_request(body, messages, body.get("stream") is True),
+        conversation_id=conversation_id(body),
+        history_end=context.history_end,
+    )

@@ -4,6 +4,7 @@ Everything that needs to know which models exist reads them from here:
 the engine command builder, the gateway routes, compose and systemd
 generators, Prometheus targets and load-test targets.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt,
-                      ValidationError, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hxp.core.paths import PROJECT_ROOT
 
@@ -269,7 +280,7 @@ class Model:
     def package(self) -> str | None:
         """Name of the packaged weights this model is served from, if any."""
         src = self.deployment.source
-        return src[len(PACKAGE_PREFIX):] if src.startswith(PACKAGE_PREFIX) else None
+        return src[len(PACKAGE_PREFIX) :] if src.startswith(PACKAGE_PREFIX) else None
 
     @property
     def targets(self) -> Targets:
@@ -360,12 +371,13 @@ def _check_consistency(data: _CatalogueFile) -> None:
         for prof, dep in m.profiles.items():
             if prof not in data.profiles:
                 raise CatalogueError(f"model '{m.name}' field profiles.{prof}: unknown profile '{prof}'")
-            pkg = dep.source[len(PACKAGE_PREFIX):] if dep.source.startswith(PACKAGE_PREFIX) else None
+            pkg = dep.source[len(PACKAGE_PREFIX) :] if dep.source.startswith(PACKAGE_PREFIX) else None
             if pkg is not None and pkg not in data.packages:
                 raise CatalogueError(f"model '{m.name}' field profiles.{prof}.source: unknown package '{pkg}'")
             if dep.quantization is not None and dep.quantization not in data.quantizations:
-                raise CatalogueError(f"model '{m.name}' field profiles.{prof}.quantization: "
-                                     f"unknown quantization '{dep.quantization}'")
+                raise CatalogueError(
+                    f"model '{m.name}' field profiles.{prof}.quantization: unknown quantization '{dep.quantization}'"
+                )
             if dep.tools is not None:
                 _check_tools(m, prof, dep.tools)
             if data.profiles[prof].device == "cuda":
@@ -416,8 +428,9 @@ def _check_gpu_memory(prof_name: str, prof: Profile, models: list[ModelEntry]) -
             )
 
 
-def _check_plan(prof_name: str, prof: Profile, machine: Machine, models: list[ModelEntry],
-                quantizations: dict[str, Quantization]) -> None:
+def _check_plan(
+    prof_name: str, prof: Profile, machine: Machine, models: list[ModelEntry], quantizations: dict[str, Quantization]
+) -> None:
     """A planned CPU profile: every engine has its own cores within one NUMA node and a KV cache that holds one
     sequence of its context; weights, KV caches and runtimes fit the allocation, the allocation the machine."""
     engines = [(m, m.profiles[prof_name]) for m in models if prof_name in m.profiles]
@@ -425,8 +438,9 @@ def _check_plan(prof_name: str, prof: Profile, machine: Machine, models: list[Mo
     if prof.gateway_cpus is not None:
         owner = dict.fromkeys(cpu_list(prof.gateway_cpus), "the gateway")
         if max(owner) >= machine.cores:
-            raise CatalogueError(f"profiles.{prof_name}.gateway_cpus: {prof.gateway_cpus} is beyond the machine's "
-                                 f"{machine.cores} cores")
+            raise CatalogueError(
+                f"profiles.{prof_name}.gateway_cpus: {prof.gateway_cpus} is beyond the machine's {machine.cores} cores"
+            )
     node_gb: dict[int, float] = defaultdict(float)
     for m, dep in engines:
         where = f"model '{m.name}' field profiles.{prof_name}"
@@ -447,41 +461,56 @@ def _check_plan(prof_name: str, prof: Profile, machine: Machine, models: list[Mo
         needs_avx512 = dep.weights_format in AVX512_ONLY_FORMATS or (recipe is not None and recipe.scheme == "W4A16")
         if needs_avx512 and "avx512f" not in machine.instruction_sets:
             field_name = "weights_format" if dep.weights_format else "quantization"
-            raise CatalogueError(f"{where}.{field_name}: {dep.weights_format or dep.quantization} weights need AVX-512 "
-                                 "(vLLM's CPU kernel cpu_gemm_wna16), which the machine lacks")
+            raise CatalogueError(
+                f"{where}.{field_name}: {dep.weights_format or dep.quantization} weights need AVX-512 "
+                "(vLLM's CPU kernel cpu_gemm_wna16), which the machine lacks"
+            )
         kv_gib = dep.vllm.max_model_len * dep.shape.kv_bytes_per_token(dep.vllm.dtype) / GIB
         if m.task == "chat" and kv_gib > dep.kv_cache_gib:
             raise CatalogueError(
                 f"{where}.vllm.max_model_len: {dep.vllm.max_model_len} tokens need {kv_gib:.1f} GiB of KV cache, "
-                f"kv_cache_gib is {dep.kv_cache_gib} (it holds {dep.context_fits(dep.kv_cache_gib)} tokens)")
+                f"kv_cache_gib is {dep.kv_cache_gib} (it holds {dep.context_fits(dep.kv_cache_gib)} tokens)"
+            )
         memory = dep.memory_gb(prof.engine_runtime_gb)
         if dep.targets.memory_gb < memory:
-            raise CatalogueError(f"{where}.targets.memory_gb: {dep.targets.memory_gb:g} GB (the engine's memory "
-                                 f"limit) is below its planned {memory:.1f} GB")
+            raise CatalogueError(
+                f"{where}.targets.memory_gb: {dep.targets.memory_gb:g} GB (the engine's memory "
+                f"limit) is below its planned {memory:.1f} GB"
+            )
         node_gb[nodes.pop()] += memory
     _check_memory(prof_name, prof, machine, engines, node_gb)
 
 
-def _check_memory(prof_name: str, prof: Profile, machine: Machine, engines: list[tuple[ModelEntry, Deployment]],
-                  node_gb: dict[int, float]) -> None:
+def _check_memory(
+    prof_name: str,
+    prof: Profile,
+    machine: Machine,
+    engines: list[tuple[ModelEntry, Deployment]],
+    node_gb: dict[int, float],
+) -> None:
     where = f"profiles.{prof_name}"
     alloc = prof.allocation
     if alloc.total_gb > machine.memory_gb:
-        raise CatalogueError(f"{where}.allocation: {alloc.total_gb:g} GB is more than the machine's "
-                             f"{machine.memory_gb:g} GB")
+        raise CatalogueError(
+            f"{where}.allocation: {alloc.total_gb:g} GB is more than the machine's {machine.memory_gb:g} GB"
+        )
     loaded = sum((dep.weights_gb or 0) + prof.engine_runtime_gb for _, dep in engines)
     if loaded > alloc.models_gb:
-        raise CatalogueError(f"{where}: the engines' weights and runtimes take {loaded:.1f} GB, allocation.models_gb "
-                             f"is {alloc.models_gb:g} GB")
+        raise CatalogueError(
+            f"{where}: the engines' weights and runtimes take {loaded:.1f} GB, allocation.models_gb "
+            f"is {alloc.models_gb:g} GB"
+        )
     kv = sum((dep.kv_cache_gib or 0) * GIB / 1e9 for _, dep in engines)
     if kv > alloc.inference_gb:
-        raise CatalogueError(f"{where}: the engines' KV caches take {kv:.1f} GB, allocation.inference_gb is "
-                             f"{alloc.inference_gb:g} GB")
+        raise CatalogueError(
+            f"{where}: the engines' KV caches take {kv:.1f} GB, allocation.inference_gb is {alloc.inference_gb:g} GB"
+        )
     per_node = machine.memory_gb / machine.numa_nodes
     for node, gb in sorted(node_gb.items()):
         if gb > per_node:
-            raise CatalogueError(f"{where}: the engines on NUMA node {node} take {gb:.1f} GB, the node has "
-                                 f"{per_node:g} GB")
+            raise CatalogueError(
+                f"{where}: the engines on NUMA node {node} take {gb:.1f} GB, the node has {per_node:g} GB"
+            )
 
 
 def _api_under(entry: ModelEntry, profile: str) -> Api:
@@ -502,8 +531,16 @@ def parse(raw: Any, profile: str, path: Path = DEFAULT_PATH) -> Catalogue:
     if profile not in data.profiles:
         raise CatalogueError(f"unknown profile '{profile}' (known: {', '.join(sorted(data.profiles))})")
     models = [
-        Model(m.name, m.description, m.port, m.task, _api_under(m, profile), m.profiles[profile], profile,
-              data.quantizations.get(m.profiles[profile].quantization or ""))
+        Model(
+            m.name,
+            m.description,
+            m.port,
+            m.task,
+            _api_under(m, profile),
+            m.profiles[profile],
+            profile,
+            data.quantizations.get(m.profiles[profile].quantization or ""),
+        )
         for m in data.models
         if profile in m.profiles
     ]

@@ -1,4 +1,5 @@
 """`hxp catalogue`: check and show the model catalogue."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,14 @@ from hxp.core import catalogue
 def _show(args: argparse.Namespace) -> int:
     cat = catalogue.load(args.catalogue, args.profile)
     rows = [
-        {"name": m.name, "port": m.port, "task": m.task, "source": m.source,
-         "tools": m.tools.model_dump() if m.tools else None, **m.targets.model_dump()}
+        {
+            "name": m.name,
+            "port": m.port,
+            "task": m.task,
+            "source": m.source,
+            "tools": m.tools.model_dump() if m.tools else None,
+            **m.targets.model_dump(),
+        }
         for m in cat.models
     ]
     print(json.dumps({"profile": cat.profile, "models": rows}, indent=2))

@@ -9,10 +9,12 @@ instead of resetting private globals, and a closed component is taken out with `
 Factories are keyed by identity; a factory may get other components from the runtime it is
 given, never from :func:`runtime`, so that a runtime built for a test stays whole.
 """
+
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from hxp.core.catalogue import Catalogue
 from hxp.core.catalogue import load as load_catalogue

@@ -5,15 +5,17 @@ translates placeholders for PostgreSQL and applies the versioned migrations in
 ``migrations/`` (``NNNN_name.sql``) at start, under a lock so that several
 gateway workers can start together.
 """
+
 from __future__ import annotations
 
 import queue
 import re
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from hxp.core.paths import state_dir
 from hxp.core.redaction import redact_url as redact
@@ -42,11 +44,12 @@ class Database:
         if self.dialect == "postgresql":
             from psycopg_pool import ConnectionPool
 
-            self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=False, timeout=5.0,
-                                        kwargs={"connect_timeout": 3})
+            self._pool = ConnectionPool(
+                url, min_size=1, max_size=pool_size, open=False, timeout=5.0, kwargs={"connect_timeout": 3}
+            )
             self._pool.open(wait=False)
         elif url.startswith("sqlite:///"):
-            self._path = url[len("sqlite:///"):]
+            self._path = url[len("sqlite:///") :]
             self._lock = threading.Lock()  # the one write connection
             self._writer: sqlite3.Connection | None = None
             self._readers: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()

@@ -4,6 +4,7 @@
 auth hook or a pre-call hook is rendered by LiteLLM's own exception handler
 (with the status code and headers), and our own routers render it the same way.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,16 +28,32 @@ ERROR_TYPES = {
 class GatewayError(ProxyException):
     """An error the gateway answers itself, before or instead of a backend call."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message=message, type=ERROR_TYPES.get(status, "api_error"), param=param,
-                         code=status, headers=headers, openai_code=code)
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            message=message,
+            type=ERROR_TYPES.get(status, "api_error"),
+            param=param,
+            code=status,
+            headers=headers,
+            openai_code=code,
+        )
         self.status_code = status
 
     def to_dict(self) -> dict[str, Any]:
         # OpenAI's `code` is a machine-readable reason (model_not_found, invalid_api_key...), not the status.
-        return {"message": self.message, "type": self.type, "param": self.param,
-                "code": self.openai_code if self.openai_code != self.status_code else None}
+        return {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.openai_code if self.openai_code != self.status_code else None,
+        }
 
     def response(self) -> JSONResponse:
         return JSONResponse({"error": self.to_dict()}, status_code=self.status_code, headers=self.headers)
@@ -69,8 +86,12 @@ class ReplacementError(GatewayError, HTTPException):
 
 
 def backend_unavailable(model: str, reason: str, retry_after_s: float = 1) -> ReplacementError:
-    return ReplacementError(503, f"Model '{model}' is unavailable: {reason}", code="backend_unavailable",
-                        headers={"retry-after": str(max(1, round(retry_after_s)))})
+    return ReplacementError(
+        503,
+        f"Model '{model}' is unavailable: {reason}",
+        code="backend_unavailable",
+        headers={"retry-after": str(max(1, round(retry_after_s)))},
+    )
 
 
 def rate_limited(message: str, headers: dict[str, str]) -> ReplacementError:

@@ -1,5 +1,6 @@
 """Files generated from the catalogue and checked in (compose files, the Helm chart's values): write them, or
 check that they are current."""
+
 from __future__ import annotations
 
 import sys
@@ -7,8 +8,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
-def generate(out: Path, check: bool, stale: Callable[[], Iterable[str]], write: Callable[[], Iterable[Path]],
-             command: str) -> int:
+def generate(
+    out: Path, check: bool, stale: Callable[[], Iterable[str]], write: Callable[[], Iterable[Path]], command: str
+) -> int:
     """With ``check``: name each stale file (exit status 1 if any); else write them all and name them."""
     if check:
         names = list(stale())

@@ -1,4 +1,5 @@
 """Where the project lives and where it keeps its state (weights, caches, databases, logs)."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ query parameters), API keys (``sk-…``) and bearer tokens. Secrets the process 
 (the master key, the passwords inside DATABASE_URL, REDIS_URL, QDRANT_API_KEY) are replaced
 wherever they appear, whatever the text around them: register them with :func:`register_secret`.
 """
+
 from __future__ import annotations
 
 import io
@@ -122,6 +123,8 @@ def install_output_redaction() -> None:
 
 
 def _stream_handlers() -> list[logging.StreamHandler]:
-    loggers = [logging.getLogger(), *(lg for lg in list(logging.Logger.manager.loggerDict.values())
-                                       if isinstance(lg, logging.Logger))]
+    loggers = [
+        logging.getLogger(),
+        *(lg for lg in list(logging.Logger.manager.loggerDict.values()) if isinstance(lg, logging.Logger)),
+    ]
     return [h for lg in loggers for h in getattr(lg, "handlers", []) if isinstance(h, logging.StreamHandler)]

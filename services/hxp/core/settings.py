@@ -13,7 +13,8 @@
 | HXP_UNKNOWN_KEY_CACHE_SIZE | unknown secrets remembered, apart from the keys (misses never    | 10000             |
 |                            | evict a valid key)                                               |                   |
 | HXP_BACKENDS               | JSON {model name: [base URL, ...]} overriding the template       | none              |
-| HXP_BACKEND_URL_TEMPLATE   | base URL of each model's engine, with {name} and {port}          | http://127.0.0.1:{port}/v1 |
+| HXP_BACKEND_URL_TEMPLATE   | base URL of each model's engine, with {name} and {port}          | http://127.0.0.1:  |
+|                            |                                                                  | {port}/v1         |
 | HXP_PREFIX_ROUTING         | send chat requests sharing their leading messages to the same    | true              |
 |                            | engine of a model (hxp.conversations.routing); off: LiteLLM's    |                   |
 |                            | own choice                                                       |                   |
@@ -46,6 +47,7 @@
 
 The usage pipeline (:mod:`hxp.gateway.usage.pipeline`) reads the HXP_USAGE_* settings.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -129,8 +131,10 @@ class Settings(BaseSettings):
         if not secret:
             return "HXP_MASTER_KEY is not set: the gateway needs a master key (e.g. sk-$(openssl rand -hex 24))"
         if len(secret) < MIN_MASTER_KEY_CHARS:
-            return (f"HXP_MASTER_KEY is {len(secret)} characters long; use at least {MIN_MASTER_KEY_CHARS} "
-                    "(e.g. sk-$(openssl rand -hex 24))")
+            return (
+                f"HXP_MASTER_KEY is {len(secret)} characters long; use at least {MIN_MASTER_KEY_CHARS} "
+                "(e.g. sk-$(openssl rand -hex 24))"
+            )
         return None
 
 
@@ -148,4 +152,3 @@ def register_secrets(cfg: Settings) -> None:
         redaction.register_secret(secret)
     for url in (cfg.database_url, cfg.redis_url, qdrant.get("url")):
         redaction.register_url_secrets(url)
-

@@ -1,4 +1,5 @@
 """Where the stores live: each by URL, with an embedded default (the SQL database's is in :mod:`.database`)."""
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ produce (the load tests send them; `hxp plan` sizes its estimates by them).
 A chat model's workload is chosen from its catalogue description, so no model
 is named in the traffic data or in the locustfile.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,7 +57,7 @@ class Workload(_Strict):
     long: list[LongPrompt] = []
 
     @model_validator(mode="after")
-    def _check(self) -> "Workload":
+    def _check(self) -> Workload:
         if self.long_share and not self.long:
             raise ValueError(f"workload '{self.name}': long_share > 0 needs long prompts")
         for turns in self.short:
@@ -85,7 +86,7 @@ class Traffic(_Strict):
     documents: dict[str, str] = {}
 
     @model_validator(mode="after")
-    def _check(self) -> "Traffic":
+    def _check(self) -> Traffic:
         defaults = [w.name for w in self.workloads if not w.match]
         if len(defaults) != 1:
             raise ValueError(f"exactly one workload must have no `match` (the default), found {defaults}")
@@ -124,8 +125,12 @@ def chat_request(traffic: Traffic, workload: Workload, model: Model, rng: random
     scale = traffic.profiles.get(model.profile, ProfileTraffic()).max_tokens_scale
     low, high = (max(1, round(n * scale)) for n in workload.max_tokens)
     max_tokens = min(rng.randint(low, high), max(1, model.max_model_len - prompt_tokens))
-    body: dict[str, Any] = {"model": model.name, "messages": messages, "max_tokens": max_tokens,
-                            "temperature": workload.temperature}
+    body: dict[str, Any] = {
+        "model": model.name,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": workload.temperature,
+    }
     if rng.random() < workload.stream_share:
         body["stream"] = True
     return body

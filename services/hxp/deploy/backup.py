@@ -20,6 +20,7 @@ changes anything: each must stay inside the backup folder (and the project, for 
 configuration). A local Qdrant folder is copied next to the live one and swapped in,
 so a copy that fails leaves the live data as it was.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, cast
 from urllib.parse import quote
@@ -69,8 +70,12 @@ class Stores:
         from hxp.core.stores import qdrant_location
 
         where = qdrant_location()
-        return cls(settings.load().database_url, where.get("url"), Path(where["path"]) if "path" in where else None,
-                   where.get("api_key"))
+        return cls(
+            settings.load().database_url,
+            where.get("url"),
+            Path(where["path"]) if "path" in where else None,
+            where.get("api_key"),
+        )
 
     @classmethod
     def from_compose(cls, project: Path = PROJECT_ROOT) -> Stores:
@@ -86,6 +91,7 @@ class Stores:
 
 # --- the SQL store ------------------------------------------------------------------
 
+
 def _is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
@@ -93,7 +99,7 @@ def _is_postgres(url: str) -> bool:
 def _sqlite_path(url: str) -> Path:
     if not url.startswith("sqlite:///"):
         raise BackupError(f"unsupported DATABASE_URL scheme (use postgresql:// or sqlite:///): {url.split(':')[0]}")
-    return Path(url[len("sqlite:///"):])
+    return Path(url[len("sqlite:///") :])
 
 
 def _passfile_field(value: str) -> str:
@@ -132,8 +138,9 @@ def _run_libpq(program: str, args: list[str], url: str) -> None:
     if binary is None:
         raise BackupError(f"{program}: not found (install the PostgreSQL client)")
     with _libpq(url) as (conninfo, env):
-        done = subprocess.run([binary, "--no-password", *args, f"--dbname={conninfo}"], env=env,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [binary, "--no-password", *args, f"--dbname={conninfo}"], env=env, capture_output=True, text=True
+        )
     if done.returncode != 0:
         raise BackupError(f"{program} failed: {done.stderr.strip()}")
 
@@ -145,8 +152,11 @@ def _sqlite_copy(src: Path, dst: Path) -> None:
 
 def backup_database(url: str, dest: Path) -> dict[str, str]:
     if _is_postgres(url):
-        _run_libpq("pg_dump", ["--format=custom", "--no-owner", "--no-privileges",
-                               f"--file={dest / DIALECT_FILES['postgresql']}"], url)
+        _run_libpq(
+            "pg_dump",
+            ["--format=custom", "--no-owner", "--no-privileges", f"--file={dest / DIALECT_FILES['postgresql']}"],
+            url,
+        )
         return {"dialect": "postgresql", "file": DIALECT_FILES["postgresql"]}
     path = _sqlite_path(url)
     if not path.exists():
@@ -159,8 +169,11 @@ def restore_database(url: str, file: Path, dialect: str) -> None:
     if dialect == "postgresql":
         if not _is_postgres(url):
             raise BackupError("the backup holds a PostgreSQL dump but DATABASE_URL is not postgresql://")
-        _run_libpq("pg_restore", ["--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction",
-                                  str(file)], url)
+        _run_libpq(
+            "pg_restore",
+            ["--clean", "--if-exists", "--no-owner", "--no-privileges", "--single-transaction", str(file)],
+            url,
+        )
         return
     path = _sqlite_path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +181,7 @@ def restore_database(url: str, file: Path, dialect: str) -> None:
 
 
 # --- Qdrant ---------------------------------------------------------------------------
+
 
 def _qdrant(stores: Stores) -> httpx.Client:
     headers = {"api-key": stores.qdrant_api_key} if stores.qdrant_api_key else {}
@@ -185,11 +199,14 @@ def backup_qdrant(stores: Stores, dest: Path) -> dict[str, object]:
     if stores.qdrant_url:
         folder.mkdir()
         with _qdrant(stores) as client:
-            names = [c["name"] for c in _check(client.get("/collections"), "list collections").json()
-                     ["result"]["collections"]]
+            names = [
+                c["name"]
+                for c in _check(client.get("/collections"), "list collections").json()["result"]["collections"]
+            ]
             for name in names:
-                snap = _check(client.post(f"/collections/{name}/snapshots", params={"wait": "true"}),
-                              f"snapshot of {name}").json()["result"]["name"]
+                snap = _check(
+                    client.post(f"/collections/{name}/snapshots", params={"wait": "true"}), f"snapshot of {name}"
+                ).json()["result"]["name"]
                 with client.stream("GET", f"/collections/{name}/snapshots/{snap}") as response:
                     _check(response, f"download of {name}/{snap}")
                     with (folder / f"{name}{SNAPSHOT_SUFFIX}").open("wb") as f:
@@ -235,9 +252,14 @@ def restore_qdrant(stores: Stores, folder: Path, entry: dict[str, object]) -> No
         with _qdrant(stores) as client:
             for name in cast("list[object]", entry["collections"]):  # a list: plan() checked it
                 with (folder / f"{name}{SNAPSHOT_SUFFIX}").open("rb") as f:
-                    _check(client.post(f"/collections/{quote(str(name), safe='')}/snapshots/upload",
-                                       params={"priority": "snapshot", "wait": "true"},
-                                       files={"snapshot": (f"{name}{SNAPSHOT_SUFFIX}", f)}), f"restore of {name}")
+                    _check(
+                        client.post(
+                            f"/collections/{quote(str(name), safe='')}/snapshots/upload",
+                            params={"priority": "snapshot", "wait": "true"},
+                            files={"snapshot": (f"{name}{SNAPSHOT_SUFFIX}", f)},
+                        ),
+                        f"restore of {name}",
+                    )
     elif entry["mode"] == "local":
         if stores.qdrant_path is None:
             raise BackupError("the backup holds a local Qdrant folder but QDRANT_PATH is not set")
@@ -245,6 +267,7 @@ def restore_qdrant(stores: Stores, folder: Path, entry: dict[str, object]) -> No
 
 
 # --- configuration ----------------------------------------------------------------------
+
 
 def backup_config(project: Path, dest: Path) -> list[str]:
     saved = []
@@ -273,14 +296,17 @@ def restore_config(files: list[tuple[Path, Path]]) -> None:
 
 # --- checking a manifest before anything is restored ---------------------------------------
 
+
 def _inside(base: Path, rel: object, what: str) -> Path:
     """``base / rel``, when ``rel`` is a relative path that stays inside ``base`` (symbolic links resolved)."""
     if not isinstance(rel, str) or not rel:
         raise BackupError(f"the manifest's {what} is not a path: {rel!r}")
     path = PurePosixPath(rel)
     if path.is_absolute() or ".." in path.parts:
-        raise BackupError(f"the manifest's {what} {rel!r} points outside {base}: only relative paths without '..' "
-                          "are restored (was the manifest edited?)")
+        raise BackupError(
+            f"the manifest's {what} {rel!r} points outside {base}: only relative paths without '..' "
+            "are restored (was the manifest edited?)"
+        )
     if not (base / path).resolve().is_relative_to(base.resolve()):
         raise BackupError(f"the manifest's {what} {rel!r} leads outside {base} through a symbolic link")
     return base / path
@@ -319,23 +345,24 @@ def plan(manifest: dict[str, object], src: Path, project: Path) -> RestorePlan:
         source = _inside(src / "config", rel, "configuration path")
         target = _inside(project, rel, "configuration path")
         if rel not in CONFIG_PATHS:
-            raise BackupError(f"the manifest's configuration path {rel!r} is not one that backups hold "
-                              f"({', '.join(CONFIG_PATHS)})")
+            raise BackupError(
+                f"the manifest's configuration path {rel!r} is not one that backups hold ({', '.join(CONFIG_PATHS)})"
+            )
         config.append((source, target))
-    return RestorePlan(database["dialect"], _inside(src, database.get("file"), "database file"), qdrant, folder,
-                       config)
+    return RestorePlan(database["dialect"], _inside(src, database.get("file"), "database file"), qdrant, folder, config)
 
 
 # --- the two commands ------------------------------------------------------------------
 
+
 def create(stores: Stores, out: Path) -> Path:
     """Back everything up into a new folder under ``out``; returns it."""
-    dest = out / f"hxp-backup-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}"
+    dest = out / f"hxp-backup-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
     dest.mkdir(parents=True)
     os.chmod(dest, 0o700)
     try:
         manifest = {
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
             "database": backup_database(stores.database_url, dest),
             "qdrant": backup_qdrant(stores, dest),
             "config": backup_config(stores.project, dest),

@@ -1,4 +1,5 @@
 """`hxp compose`, `hxp systemd` and `hxp backup`: the deployment commands."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,14 +11,19 @@ from pathlib import Path
 from hxp.audit import operator
 from hxp.audit.trail import AuditUnavailable
 from hxp.core import catalogue, generated
-from hxp.deploy import backup, compose, envfiles, systemd
 from hxp.core.paths import PROJECT_ROOT, state_path
+from hxp.deploy import backup, compose, envfiles, systemd
 
 
 def _compose_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    return generated.generate(out, args.check, lambda: compose.stale(out, args.catalogue),
-                              lambda: compose.write(out, args.catalogue), "hxp compose generate")
+    return generated.generate(
+        out,
+        args.check,
+        lambda: compose.stale(out, args.catalogue),
+        lambda: compose.write(out, args.catalogue),
+        "hxp compose generate",
+    )
 
 
 def _compose_env(args: argparse.Namespace) -> int:
@@ -37,9 +43,13 @@ def _compose_cpus(args: argparse.Namespace) -> int:
 
 def _systemd_generate(args: argparse.Namespace) -> int:
     cat = catalogue.load(args.catalogue, args.profile)
-    install = systemd.Install.at(Path(args.prefix), args.user, args.group,
-                                 Path(args.hxp) if args.hxp else None,
-                                 Path(args.state_dir) if args.state_dir else None)
+    install = systemd.Install.at(
+        Path(args.prefix),
+        args.user,
+        args.group,
+        Path(args.hxp) if args.hxp else None,
+        Path(args.state_dir) if args.state_dir else None,
+    )
     for path in systemd.write(Path(args.out), cat, install):
         print(f"wrote {path}")
     return 0
@@ -66,16 +76,24 @@ def _backup_restore(args: argparse.Namespace) -> int:
     backup.read_manifest(src)  # not a backup: said before anything else
     stores = _stores(args)
     replaced = operator.head(stores.database_url)  # the restored chain goes back to the backup's: from where
-    with operator.recorded(stores.database_url, "backup.restore", str(src), config=args.config,
-                           replaced_head=f"{replaced.seq}:{replaced.hash}"):
+    with operator.recorded(
+        stores.database_url,
+        "backup.restore",
+        str(src),
+        config=args.config,
+        replaced_head=f"{replaced.seq}:{replaced.hash}",
+    ):
         manifest = backup.restore(stores, src, config=args.config)
-    print(f"restored {src} (database: {manifest['database']['dialect']}, qdrant: {manifest['qdrant']['mode']}"
-          f"{', configuration' if args.config else ''})")
+    print(
+        f"restored {src} (database: {manifest['database']['dialect']}, qdrant: {manifest['qdrant']['mode']}"
+        f"{', configuration' if args.config else ''})"
+    )
     return 0
 
 
 def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Report a backup error (or an audit trail that cannot be written) as one line and exit status 1."""
+
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
@@ -85,6 +103,7 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
         except AuditUnavailable as err:
             print(f"error: refused: the audit trail cannot be written ({err})", file=sys.stderr)
             return 1
+
     return run
 
 
@@ -99,8 +118,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = csub.add_parser("env", help="create env/*.env from the examples with fresh secrets (never overwrites)")
     e.add_argument("--env-dir", default=str(PROJECT_ROOT / "env"))
     e.set_defaults(func=_compose_env)
-    c = csub.add_parser("cpus", help="the development engines' CPU sets on this machine, as VAR=cpus lines "
-                                     "for compose.dev.yaml (make dev uses them)")
+    c = csub.add_parser(
+        "cpus",
+        help="the development engines' CPU sets on this machine, as VAR=cpus lines "
+        "for compose.dev.yaml (make dev uses them)",
+    )
     c.set_defaults(func=_compose_cpus)
 
     p = sub.add_parser("systemd", help="systemd units for hosts without Docker")
@@ -118,12 +140,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("backup", help="back up and restore the database, Qdrant and the configuration")
     bsub = p.add_subparsers(dest="backup_command", required=True)
-    for name, func, helptext in (("create", _backup_create, "write a new backup folder"),
-                                 ("restore", _backup_restore, "restore a backup (default: the newest)")):
+    for name, func, helptext in (
+        ("create", _backup_create, "write a new backup folder"),
+        ("restore", _backup_restore, "restore a backup (default: the newest)"),
+    ):
         b = bsub.add_parser(name, help=helptext)
         b.add_argument("--out", help="folder of the backups (default: .state/backups)")
-        b.add_argument("--compose", action="store_true",
-                       help="the compose stack's stores (credentials from env/postgres.env, published ports)")
+        b.add_argument(
+            "--compose",
+            action="store_true",
+            help="the compose stack's stores (credentials from env/postgres.env, published ports)",
+        )
         b.set_defaults(func=_guard(func))
         if name == "restore":
             b.add_argument("path", nargs="?", help="the backup folder")

@@ -21,25 +21,45 @@ module) plus one service per catalogue model, made from the stack's ``x-model-se
 ``generate`` returns the files' text; ``hxp compose generate`` writes them and
 ``--check`` fails when the checked-in files differ from what the catalogue gives.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 
 from hxp.core import catalogue
 from hxp.core.catalogue import Catalogue, Model
-from hxp.model.placement import place
 from hxp.core.paths import PROJECT_ROOT
+from hxp.model.placement import place
 
 HERE = Path(__file__).parent
 TEMPLATE_KEY = "x-model-service"
 # Key order of a generated service, for reading; other keys follow in the stack's order.
-KEY_ORDER = ("build", "image", "profiles", "scale", "entrypoint", "command", "ports", "networks", "env_file",
-             "environment", "volumes", "ipc", "shm_size", "cpuset", "depends_on", "deploy", "healthcheck", "restart")
+KEY_ORDER = (
+    "build",
+    "image",
+    "profiles",
+    "scale",
+    "entrypoint",
+    "command",
+    "ports",
+    "networks",
+    "env_file",
+    "environment",
+    "volumes",
+    "ipc",
+    "shm_size",
+    "cpuset",
+    "depends_on",
+    "deploy",
+    "healthcheck",
+    "restart",
+)
 PUBLISH = "${HXP_PUBLISH_ADDRESS:-127.0.0.1}"
 CONTAINER_HOST = "0.0.0.0"
 CONTAINER_CHAT_TEMPLATES = Path("/opt/hxp/templates")  # services/hxp/model/templates, mounted there by stack.yaml
@@ -51,6 +71,7 @@ REFERENCE_CPUS = (0, 1)  # the smallest development machine; the CPU sets' defau
 
 
 # --- YAML with Compose's merge tags (!override, !reset) ----------------------------
+
 
 class Override(dict):
     """A mapping tagged ``!override``: replaces the key of the file below instead of merging."""
@@ -92,8 +113,7 @@ def _construct_override(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
     if isinstance(node, yaml.SequenceNode):
         return OverrideList(loader.construct_sequence(node, deep=True))
     found = node.id if isinstance(node, yaml.ScalarNode) else type(node).__name__  # (no other kind of node)
-    raise yaml.constructor.ConstructorError(None, None, f"expected a sequence node, but found {found}",
-                                            node.start_mark)
+    raise yaml.constructor.ConstructorError(None, None, f"expected a sequence node, but found {found}", node.start_mark)
 
 
 _Loader.add_constructor("!override", _construct_override)
@@ -143,14 +163,16 @@ def overlaid(base: Any, overlay: Any) -> Any:
 
 # --- the model services ---------------------------------------------------------------
 
+
 def engine_invocation(model: Model, cat: Catalogue, python: str) -> tuple[list[str], list[str], dict[str, str]]:
     """(entrypoint, command, environment) of ``model``'s engine in an image whose interpreter is ``python``:
     the native runner's argv (``hxp.model.command``); of its environment only vLLM's CPU settings (KV cache,
     thread binding), as compose maps GPUs itself and the images have their own caches."""
     from hxp.model import command
 
-    built = command.engine_command([model], cat.profile_settings, host=CONTAINER_HOST, python=python,
-                                   chat_templates=CONTAINER_CHAT_TEMPLATES)
+    built = command.engine_command(
+        [model], cat.profile_settings, host=CONTAINER_HOST, python=python, chat_templates=CONTAINER_CHAT_TEMPLATES
+    )
     split = built.argv.index(command.ENTRYPOINT) + 1
     env = {k: v for k, v in sorted(built.env.items()) if k.startswith("VLLM_CPU_")}
     return built.argv[:split], built.argv[split:], env
@@ -183,9 +205,21 @@ def gpu_service(model: Model, cat: Catalogue) -> dict[str, Any]:
         "entrypoint": OverrideList(entrypoint),
         "command": OverrideList(args),
         "healthcheck": {"test": OverrideList(_health_test(model.port, "python3"))},
-        "deploy": Override({"resources": {"reservations": {"devices": [
-            {"driver": "nvidia", "device_ids": [str(d) for d in model.deployment.devices], "capabilities": ["gpu"]},
-        ]}}}),
+        "deploy": Override(
+            {
+                "resources": {
+                    "reservations": {
+                        "devices": [
+                            {
+                                "driver": "nvidia",
+                                "device_ids": [str(d) for d in model.deployment.devices],
+                                "capabilities": ["gpu"],
+                            },
+                        ]
+                    }
+                }
+            }
+        ),
     }
 
 
@@ -226,8 +260,9 @@ def _dev_engine(names: list[str], model: Model) -> dict[str, Any]:
         "command": dev_engine_args(names),
         "ports": OverrideList([f"127.0.0.1:{model.port}:{DEV_ENGINE_PORT}"]),
         "cpuset": f"${{{cpus_variable(model.task)}:-{default_cpus}}}",
-        "healthcheck": {"test": ["CMD", "python", "-m", "hxp.deploy.probe",
-                                 f"http://127.0.0.1:{DEV_ENGINE_PORT}/health"]},
+        "healthcheck": {
+            "test": ["CMD", "python", "-m", "hxp.deploy.probe", f"http://127.0.0.1:{DEV_ENGINE_PORT}/health"]
+        },
         "deploy": {"resources": {"limits": {"memory": f"{model.targets.memory_gb:g}g"}}},
     }
 
@@ -269,8 +304,11 @@ def shared_services(cat: Catalogue) -> dict[str, dict[str, Any]]:
     for name, group in engines(cat).items():
         if len(group) > 1:
             names = [m.name for m in group]
-            services[name] = {**_dev_engine(names, group[0]), "scale": SHARED_SCALE,
-                              "networks": {"default": {"aliases": names}}}
+            services[name] = {
+                **_dev_engine(names, group[0]),
+                "scale": SHARED_SCALE,
+                "networks": {"default": {"aliases": names}},
+            }
     return services
 
 
@@ -302,16 +340,33 @@ class Target:
 
 
 TARGETS = (
-    Target("compose.yaml", "server", "stack.yaml", server_service,
-           "The requirements' CPU server stack: `make up` (docker compose up -d; README: Deploying on the\n"
-           "# requirements' server).", _server_cpus),
-    Target("compose.gpu.yaml", "gpu", "stack.gpu.yaml", gpu_service,
-           "The GPU server stack, on top of compose.yaml: `make up-gpu`\n"
-           "# (docker compose -f compose.yaml -f compose.gpu.yaml up -d; README: Deploying on a GPU server)."),
-    Target("compose.dev.yaml", "cpu", "stack.dev.yaml", cpu_service,
-           "The CPU development stack, on top of compose.yaml: `make dev`\n"
-           "# (docker compose -f compose.yaml -f compose.dev.yaml up -d).",
-           shared=shared_services, gateway_env=(("HXP_BACKEND_URL_TEMPLATE", DEV_BACKEND_URL_TEMPLATE),)),
+    Target(
+        "compose.yaml",
+        "server",
+        "stack.yaml",
+        server_service,
+        "The requirements' CPU server stack: `make up` (docker compose up -d; README: Deploying on the\n"
+        "# requirements' server).",
+        _server_cpus,
+    ),
+    Target(
+        "compose.gpu.yaml",
+        "gpu",
+        "stack.gpu.yaml",
+        gpu_service,
+        "The GPU server stack, on top of compose.yaml: `make up-gpu`\n"
+        "# (docker compose -f compose.yaml -f compose.gpu.yaml up -d; README: Deploying on a GPU server).",
+    ),
+    Target(
+        "compose.dev.yaml",
+        "cpu",
+        "stack.dev.yaml",
+        cpu_service,
+        "The CPU development stack, on top of compose.yaml: `make dev`\n"
+        "# (docker compose -f compose.yaml -f compose.dev.yaml up -d).",
+        shared=shared_services,
+        gateway_env=(("HXP_BACKEND_URL_TEMPLATE", DEV_BACKEND_URL_TEMPLATE),),
+    ),
 )
 BASE_STACK = "stack.yaml"  # compose.yaml's stack; the other files are applied on top of it
 
@@ -325,8 +380,9 @@ def render(target: Target, cat: Catalogue, stack_text: str) -> str:
     services = stack.get("services") or {}
     clash = sorted(set(models) & set(services))
     if clash:
-        raise ValueError(f"{target.stack}: services {', '.join(clash)} are generated (catalogue models, shared "
-                         "engines); remove them")
+        raise ValueError(
+            f"{target.stack}: services {', '.join(clash)} are generated (catalogue models, shared engines); remove them"
+        )
     if target.gateway_env:
         services["gateway"] = merge(services.get("gateway") or {}, {"environment": dict(target.gateway_env)})
     cpus = target.system_cpus(cat)
@@ -344,10 +400,7 @@ def render(target: Target, cat: Catalogue, stack_text: str) -> str:
 
 def generate(catalogue_path: str | Path | None = None) -> dict[str, str]:
     """{file name: text} for every generated compose file."""
-    return {
-        t.file: render(t, catalogue.load(catalogue_path, t.profile), (HERE / t.stack).read_text())
-        for t in TARGETS
-    }
+    return {t.file: render(t, catalogue.load(catalogue_path, t.profile), (HERE / t.stack).read_text()) for t in TARGETS}
 
 
 def write(out_dir: Path = PROJECT_ROOT, catalogue_path: str | Path | None = None) -> list[Path]:
@@ -364,6 +417,7 @@ def write(out_dir: Path = PROJECT_ROOT, catalogue_path: str | Path | None = None
 def stale(out_dir: Path = PROJECT_ROOT, catalogue_path: str | Path | None = None) -> list[str]:
     """Names of the compose files in ``out_dir`` that differ from what the catalogue gives."""
     return [
-        name for name, text in generate(catalogue_path).items()
+        name
+        for name, text in generate(catalogue_path).items()
         if not (out_dir / name).exists() or (out_dir / name).read_text() != text
     ]

@@ -10,6 +10,7 @@ The compose files find the env files through ``HXP_ENV_DIR``, which this step ad
 the project's ``.env`` (read by Compose; its other lines are kept): until then
 ``docker compose`` stops with a message that names ``make env``.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,6 +28,7 @@ ENV_DIR_VARIABLE = "HXP_ENV_DIR"
 
 def fill(text: str, values: dict[str, str]) -> str:
     """Substitute placeholders outside comments; new secrets are added to ``values`` for later files."""
+
     def secret(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in values:
@@ -75,7 +77,8 @@ def env_dir(project: Path = PROJECT_ROOT) -> Path:
     """The env folder Compose uses: HXP_ENV_DIR from the environment, else from the project's .env, else env/."""
     dotenv = project / ".env"
     configured = os.environ.get(ENV_DIR_VARIABLE) or (
-        assignments(dotenv.read_text()).get(ENV_DIR_VARIABLE) if dotenv.is_file() else None)
+        assignments(dotenv.read_text()).get(ENV_DIR_VARIABLE) if dotenv.is_file() else None
+    )
     return project / (configured or "env")
 
 
@@ -86,8 +89,10 @@ def register_env_dir(env_dir: Path) -> Path | None:
     if ENV_DIR_VARIABLE in assignments(text):
         return None
     separator = "" if not text or text.endswith("\n") else "\n"
-    dotenv.write_text(f"{text}{separator}# Where Compose reads the env files (written by `make env`).\n"
-                      f"{ENV_DIR_VARIABLE}=./{env_dir.name}\n")
+    dotenv.write_text(
+        f"{text}{separator}# Where Compose reads the env files (written by `make env`).\n"
+        f"{ENV_DIR_VARIABLE}=./{env_dir.name}\n"
+    )
     return dotenv
 
 

@@ -6,6 +6,7 @@ Without a URL it probes the engine this container serves: ``/health`` on the
 port in PID 1's command line (``--port N``, or the catalogue port of
 ``hxp model serve NAME``), so one image-level HEALTHCHECK fits every model.
 """
+
 from __future__ import annotations
 
 import sys

@@ -6,15 +6,16 @@ backups, ``hxp status``, ``hxp validate``, ``hxp doctor``) find its parts here, 
 Redis is not published (the gateway reports on it); Prometheus, Alertmanager and Grafana exist
 in the development stack only, Qdrant when the stack has it.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from urllib.parse import quote
 
+from hxp.core.paths import PROJECT_ROOT
 from hxp.deploy import running
 from hxp.deploy.envfiles import assignments, env_dir
-from hxp.core.paths import PROJECT_ROOT
 
 GATEWAY_PORT = 8000
 POSTGRES_PORT = 5432
@@ -53,8 +54,10 @@ def has(service: str, project: Path = PROJECT_ROOT) -> bool:
 def database_url(project: Path = PROJECT_ROOT) -> str:
     """The compose stack's PostgreSQL, with the credentials of its postgres.env."""
     pg = env_file("postgres", project)
-    return (f"postgresql://{quote(pg['POSTGRES_USER'], safe='')}:{quote(pg['POSTGRES_PASSWORD'], safe='')}"
-            f"@{address('postgres', POSTGRES_PORT, project)}/{quote(pg['POSTGRES_DB'], safe='')}")
+    return (
+        f"postgresql://{quote(pg['POSTGRES_USER'], safe='')}:{quote(pg['POSTGRES_PASSWORD'], safe='')}"
+        f"@{address('postgres', POSTGRES_PORT, project)}/{quote(pg['POSTGRES_DB'], safe='')}"
+    )
 
 
 def qdrant_url(project: Path = PROJECT_ROOT) -> str | None:

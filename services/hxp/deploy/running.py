@@ -3,6 +3,7 @@
 Compose's own environment selects the stack (COMPOSE_FILE, COMPOSE_PROJECT_NAME, COMPOSE_PROFILES,
 HXP_ENV_DIR), as for every `make … STACK=compose` target; the commands run in the project folder.
 """
+
 from __future__ import annotations
 
 import subprocess

@@ -7,6 +7,7 @@ CPU profile its memory is capped at the model's target, and on a planned CPU pro
 (``server``) each engine runs on its own cores with its memory on their NUMA node, the
 gateway on the profile's gateway cores.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,15 +25,21 @@ TARGET = "hxp.target"
 class Install:
     """Where and as whom the stack is installed on the host."""
 
-    prefix: Path              # the project checkout (models.yaml, env/, .venv)
-    hxp: Path                 # the `hxp` console script
-    state_dir: Path           # weights, caches, SQLite, Qdrant local storage
+    prefix: Path  # the project checkout (models.yaml, env/, .venv)
+    hxp: Path  # the `hxp` console script
+    state_dir: Path  # weights, caches, SQLite, Qdrant local storage
     user: str = "hxp"
     group: str = "hxp"
 
     @classmethod
-    def at(cls, prefix: Path, user: str = "hxp", group: str | None = None,
-           hxp: Path | None = None, state_dir: Path | None = None) -> Install:
+    def at(
+        cls,
+        prefix: Path,
+        user: str = "hxp",
+        group: str | None = None,
+        hxp: Path | None = None,
+        state_dir: Path | None = None,
+    ) -> Install:
         prefix = prefix.resolve()
         return cls(prefix, hxp or prefix / ".venv" / "bin" / "hxp", state_dir or prefix / ".state", user, group or user)
 
@@ -48,10 +55,16 @@ def _render(sections: dict[str, list[tuple[str, object]]]) -> str:
     return "\n".join(blocks)
 
 
-def _service(install: Install, profile: str, command: str, env_file: str,
-             environment: dict[str, str], extra: dict[str, object]) -> list[tuple[str, object]]:
-    env = {"HXP_HOME": str(install.prefix), "HXP_PROFILE": profile, "HXP_STATE_DIR": str(install.state_dir),
-           "HF_HOME": str(install.state_dir / "huggingface"), **environment}
+def _service(
+    install: Install, profile: str, command: str, env_file: str, environment: dict[str, str], extra: dict[str, object]
+) -> list[tuple[str, object]]:
+    env = {
+        "HXP_HOME": str(install.prefix),
+        "HXP_PROFILE": profile,
+        "HXP_STATE_DIR": str(install.state_dir),
+        "HF_HOME": str(install.state_dir / "huggingface"),
+        **environment,
+    }
     return [
         ("User", install.user),
         ("Group", install.group),
@@ -81,12 +94,18 @@ def model_unit(model: Model, cat: Catalogue, install: Install) -> str:
             extra["CPUAffinity"] = cpus
             extra["NUMAPolicy"] = "bind"
             extra["NUMAMask"] = machine.numa_node(cpu_list(cpus)[0])
-    return _render({
-        "Unit": [("Description", f"HXP model service {model.name} (port {model.port}): {model.description}"),
-                 ("After", "network-online.target"), ("Wants", "network-online.target"), ("PartOf", TARGET)],
-        "Service": _service(install, cat.profile, f"model serve {model.name}", "models.env", environment, extra),
-        "Install": [("WantedBy", TARGET)],
-    })
+    return _render(
+        {
+            "Unit": [
+                ("Description", f"HXP model service {model.name} (port {model.port}): {model.description}"),
+                ("After", "network-online.target"),
+                ("Wants", "network-online.target"),
+                ("PartOf", TARGET),
+            ],
+            "Service": _service(install, cat.profile, f"model serve {model.name}", "models.env", environment, extra),
+            "Install": [("WantedBy", TARGET)],
+        }
+    )
 
 
 def gateway_unit(cat: Catalogue, install: Install) -> str:
@@ -94,22 +113,32 @@ def gateway_unit(cat: Catalogue, install: Install) -> str:
     gateway = dict(POLICY["gateway"])
     if cat.profile_settings.gateway_cpus is not None:
         gateway["CPUAffinity"] = cat.profile_settings.gateway_cpus
-    return _render({
-        "Unit": [("Description", "HXP gateway: OpenAI-compatible API on :8000 in front of the model services"),
-                 ("After", f"network-online.target postgresql.service redis-server.service {engines}"),
-                 ("Wants", "network-online.target"), ("PartOf", TARGET)],
-        "Service": _service(install, cat.profile, "gateway serve", "gateway.env", {}, gateway),
-        "Install": [("WantedBy", TARGET)],
-    })
+    return _render(
+        {
+            "Unit": [
+                ("Description", "HXP gateway: OpenAI-compatible API on :8000 in front of the model services"),
+                ("After", f"network-online.target postgresql.service redis-server.service {engines}"),
+                ("Wants", "network-online.target"),
+                ("PartOf", TARGET),
+            ],
+            "Service": _service(install, cat.profile, "gateway serve", "gateway.env", {}, gateway),
+            "Install": [("WantedBy", TARGET)],
+        }
+    )
 
 
 def target_unit(cat: Catalogue) -> str:
     units = " ".join([*(unit_name(m) for m in cat.models), "hxp-gateway.service"])
-    return _render({
-        "Unit": [("Description", "HXP-Enterprise LLM Server: all model services and the gateway"),
-                 ("Wants", units), ("After", units)],
-        "Install": [("WantedBy", "multi-user.target")],
-    })
+    return _render(
+        {
+            "Unit": [
+                ("Description", "HXP-Enterprise LLM Server: all model services and the gateway"),
+                ("Wants", units),
+                ("After", units),
+            ],
+            "Install": [("WantedBy", "multi-user.target")],
+        }
+    )
 
 
 def generate(cat: Catalogue, install: Install) -> dict[str, str]:

@@ -10,6 +10,7 @@
 Create and rotate answer the secret once, in ``key``. Each change is audited (:mod:`hxp.gateway.audited`):
 refused with 503, changing nothing, when the audit trail cannot be written.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,10 +20,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from hxp.gateway import audited, auth
 from hxp.core import errors
+from hxp.gateway import audited, auth
 from hxp.gateway.keys import KeyNotFound, KeyStoreError, expiry
-
 
 router = APIRouter(prefix="/admin/keys", tags=["admin"])
 
@@ -62,8 +62,9 @@ async def _call(fn: Any, *args: Any, status: int = 200, **kwargs: Any) -> JSONRe
 
 @router.post("")
 async def create_key(body: NewKey) -> Response:
-    return await audited.admin_action("key.create", body.alias, lambda: _create(body),
-                                      **body.model_dump(exclude_none=True))
+    return await audited.admin_action(
+        "key.create", body.alias, lambda: _create(body), **body.model_dump(exclude_none=True)
+    )
 
 
 async def _create(body: NewKey) -> JSONResponse:
@@ -71,9 +72,18 @@ async def _create(body: NewKey) -> JSONResponse:
         expires_at = expiry(body.expires, body.days)
     except KeyStoreError as exc:
         return errors.bad_request(exc.field or "expires", str(exc)).response()
-    return await _call(auth.key_store().create, body.alias, owner=body.owner, models=body.models, rpm=body.rpm,
-                       tpm=body.tpm, expires_at=expires_at, read_collections=body.read_collections,
-                       write_collections=body.write_collections, status=201)
+    return await _call(
+        auth.key_store().create,
+        body.alias,
+        owner=body.owner,
+        models=body.models,
+        rpm=body.rpm,
+        tpm=body.tpm,
+        expires_at=expires_at,
+        read_collections=body.read_collections,
+        write_collections=body.write_collections,
+        status=201,
+    )
 
 
 @router.get("")
@@ -95,8 +105,14 @@ async def _changed(action: str, ref: str, fn: Any, *args: Any, **details: Any) -
 
 @router.post("/{ref}/grants")
 async def set_grants(ref: str, body: Grants) -> Response:
-    return await _changed("key.grants", ref, auth.key_store().set_grants, body.read_collections,
-                          body.write_collections, **body.model_dump(exclude_none=True))
+    return await _changed(
+        "key.grants",
+        ref,
+        auth.key_store().set_grants,
+        body.read_collections,
+        body.write_collections,
+        **body.model_dump(exclude_none=True),
+    )
 
 
 @router.post("/{ref}/revoke")

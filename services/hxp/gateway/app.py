@@ -7,6 +7,7 @@ around that proxy app: only what the route table lists reaches it. Everything th
 writes to stdout and stderr is redacted. The launcher has already hidden DATABASE_URL from
 LiteLLM and written the proxy config (CONFIG_FILE_PATH).
 """
+
 from __future__ import annotations
 
 from hxp.core import redaction, settings

@@ -116,7 +116,7 @@ async def record(event: Event) -> None:
     """Append one event now; spilled (replayed later) when the database is away."""
     try:
         await asyncio.to_thread(trail().append, [event])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any database failure (two drivers): the event is spilled
         log.error("audit: database unavailable (%s); event %s spilled", exc, event.action)
         await asyncio.to_thread(runtime().get(_recorder).spill, [event])
 
@@ -174,7 +174,7 @@ class Recorder:
             self._spill.open()
             try:
                 self.trail.publish_head()
-            except Exception as exc:  # the database may be away at start: published at the first append
+            except Exception as exc:  # noqa: BLE001 - the database may be away at start: published at the first append
                 log.warning("audit: chain head not published at start (%s)", exc)
             self._thread = threading.Thread(target=self._run, name="audit-recorder", daemon=True)
             self._thread.start()
@@ -208,7 +208,7 @@ class Recorder:
             return
         try:
             self.trail.append(events)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any database failure (two drivers): the events are spilled
             log.warning("audit: database unavailable (%s); %d events spilled", exc, len(events))
             self._spill.append(events)
 
@@ -218,7 +218,7 @@ class Recorder:
             if self._spill.pending():
                 replayed = self._spill.replay(self.trail.append, 500)
                 log.warning("audit: replayed %d spilled events", replayed)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the database still away: the files stay for the next try
             log.debug("audit: replay deferred (%s)", exc)
 
     def _purge(self) -> None:
@@ -227,7 +227,7 @@ class Recorder:
         self._purge_at = time.monotonic() + PURGE_INTERVAL_S
         try:
             self.trail.purge(datetime.now(UTC) - self.retention, "hxp:retention")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - retried at the next interval; never stops the recorder
             log.warning("audit: retention purge failed (%s)", exc)
 
     def _run(self) -> None:

@@ -3,7 +3,8 @@
 :func:`identify` turns a request's secret into a :class:`Caller` (the master key, a live
 key, or a 401); the boundary (:mod:`hxp.gateway.boundary`) calls it once per request and
 keeps the result in the request's context. LiteLLM's ``custom_auth`` hook
-(:func:`hxp.gateway.request_context.user_api_key_auth`) hands LiteLLM that same caller: LiteLLM never checks a key itself.
+(:func:`hxp.gateway.request_context.user_api_key_auth`) hands LiteLLM that same caller: LiteLLM never
+checks a key itself.
 
 Key lookups are cached per worker: found keys in a bounded LRU trusted for
 HXP_KEY_CACHE_TTL_S, unknown secrets in a separate bounded LRU, so a flood of random
@@ -15,6 +16,7 @@ The master key never reaches LiteLLM in clear: LiteLLM is given a hash of it
 (:func:`litellm_master_key`), and the identity handed to LiteLLM for master calls carries
 that hash too.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,8 +29,8 @@ from typing import Generic, TypeVar
 
 from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 
-from hxp.core.context import Runtime, runtime
 from hxp.core import errors
+from hxp.core.context import Runtime, runtime
 from hxp.core.database import Database
 from hxp.gateway.keys import ApiKey, KeyStore, hash_secret
 
@@ -71,8 +73,9 @@ class LruCache(Generic[T]):
 class KeyCache:
     """Key lookups by secret hash: found keys and unknown secrets in separate LRUs."""
 
-    def __init__(self, store: KeyStore, ttl: float, size: int, unknown_size: int,
-                 unknown_ttl: float = UNKNOWN_KEY_TTL_S) -> None:
+    def __init__(
+        self, store: KeyStore, ttl: float, size: int, unknown_size: int, unknown_ttl: float = UNKNOWN_KEY_TTL_S
+    ) -> None:
         self.store = store
         self.found: LruCache[ApiKey] = LruCache(size, ttl)
         self.unknown: LruCache[bool] = LruCache(unknown_size, min(ttl, unknown_ttl))
@@ -175,13 +178,22 @@ class Caller:
         """The identity LiteLLM works with: the key's hash, alias, owner, limits and models."""
         if self.key is None:
             master = runtime().settings.master_secret or ""
-            return UserAPIKeyAuth(api_key=hash_secret(litellm_master_key(master)),
-                                  user_role=LitellmUserRoles.PROXY_ADMIN, key_alias="master")
+            return UserAPIKeyAuth(
+                api_key=hash_secret(litellm_master_key(master)),
+                user_role=LitellmUserRoles.PROXY_ADMIN,
+                key_alias="master",
+            )
         key = self.key
         return UserAPIKeyAuth(
-            api_key=key.key_hash, key_alias=key.alias, key_name=key.key_prefix, user_id=key.owner,
-            models=list(key.models), rpm_limit=key.rpm_limit, tpm_limit=key.tpm_limit,
-            user_role=LitellmUserRoles.INTERNAL_USER, metadata={"hxp_key_id": key.key_id},
+            api_key=key.key_hash,
+            key_alias=key.alias,
+            key_name=key.key_prefix,
+            user_id=key.owner,
+            models=list(key.models),
+            rpm_limit=key.rpm_limit,
+            tpm_limit=key.tpm_limit,
+            user_role=LitellmUserRoles.INTERNAL_USER,
+            metadata={"hxp_key_id": key.key_id},
         )
 
 

@@ -23,18 +23,20 @@ usage row's id, also given to LiteLLM as its call id) and loses the headers that
 the backends (``llm_provider-*``, ``x-litellm-model-api-base``...). Every 401, 403 and 429
 answered is counted for the audit trail (:func:`hxp.gateway.audited.refused`).
 """
+
 from __future__ import annotations
 
 import uuid
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hxp.core.context import runtime
-from hxp.core.catalogue import Model
-from hxp.gateway import audited, auth, deployments, extensions, relay, request_log, validation
 from hxp.core import errors
+from hxp.core.catalogue import Model
+from hxp.core.context import runtime
+from hxp.gateway import audited, auth, deployments, extensions, relay, request_log, validation
 from hxp.gateway.auth import Caller
 from hxp.gateway.observer import Observation
 from hxp.gateway.request_context import CURRENT, SCOPE_KEY, RequestContext
@@ -65,7 +67,8 @@ class Boundary:
         ctx = RequestContext(request_id=str(uuid.uuid4()), client=client[0] if client else "")
         scope[SCOPE_KEY] = ctx
         scope["headers"] = [(n, v) for n, v in scope["headers"] if n != CALL_ID_HEADER] + [
-            (CALL_ID_HEADER, ctx.request_id.encode())]
+            (CALL_ID_HEADER, ctx.request_id.encode())
+        ]
         answer_headers = _answer_headers(ctx, scope["path"])
         outgoing = _outgoing(send, answer_headers)
         match = table().match(scope["method"], scope["path"])
@@ -98,8 +101,9 @@ class Boundary:
             if observation is not None:
                 observation.finish()
 
-    async def _admit(self, scope: Scope, receive: Receive, ctx: RequestContext,
-                     observation: Observation | None) -> Receive:
+    async def _admit(
+        self, scope: Scope, receive: Receive, ctx: RequestContext, observation: Observation | None
+    ) -> Receive:
         """Check the request against its route; return the ``receive`` that replays the body read here."""
         route, cfg = ctx.route, runtime().settings
         assert route is not None
@@ -171,8 +175,12 @@ def _check_collections(route: Route, ctx: RequestContext) -> None:
         assert ctx.caller is not None
         allowed = ctx.caller.may_read(name) if action == "read" else ctx.caller.may_write(name)
         if not allowed:
-            raise errors.GatewayError(403, f"API key '{ctx.caller.alias}' may not {action} collection '{name}'",
-                                      param=param, code="collection_not_allowed")
+            raise errors.GatewayError(
+                403,
+                f"API key '{ctx.caller.alias}' may not {action} collection '{name}'",
+                param=param,
+                code="collection_not_allowed",
+            )
 
 
 def _observe_body(observation: Observation, body: dict[str, Any]) -> bytes | None:
@@ -214,8 +222,12 @@ async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> b
 
 
 def _too_large(limit: int) -> errors.GatewayError:
-    return errors.GatewayError(413, f"The request body is larger than {limit} bytes (HXP_MAX_BODY_BYTES)",
-                               param="body", code="request_too_large")
+    return errors.GatewayError(
+        413,
+        f"The request body is larger than {limit} bytes (HXP_MAX_BODY_BYTES)",
+        param="body",
+        code="request_too_large",
+    )
 
 
 def _parse(raw: bytes) -> Any:
@@ -224,8 +236,9 @@ def _parse(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         problem = "the body is empty" if not raw.strip() else f"{exc}"
-        raise errors.GatewayError(400, f"The request body is not valid JSON: {problem}", param="body",
-                                  code="invalid_json") from None
+        raise errors.GatewayError(
+            400, f"The request body is not valid JSON: {problem}", param="body", code="invalid_json"
+        ) from None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

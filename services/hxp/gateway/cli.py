@@ -1,5 +1,6 @@
 """`hxp gateway serve|routes` and `hxp keys create|list|grant|revoke|rotate` (keys work on the database directly;
 each change is audited as the operator's, or refused when the audit trail cannot be written)."""
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,16 @@ def _print(payload: Any) -> None:
 def _change(store: KeyStore, args: argparse.Namespace) -> Any:
     """The change a keys command makes; what it prints."""
     if args.action == "create":
-        key, secret = store.create(args.alias, owner=args.owner, models=_names(args.models), rpm=args.rpm,
-                                   tpm=args.tpm, expires_at=expiry(args.expires, args.days),
-                                   read_collections=_names(args.read), write_collections=_names(args.write))
+        key, secret = store.create(
+            args.alias,
+            owner=args.owner,
+            models=_names(args.models),
+            rpm=args.rpm,
+            tpm=args.tpm,
+            expires_at=expiry(args.expires, args.days),
+            read_collections=_names(args.read),
+            write_collections=_names(args.write),
+        )
         return key.issued(secret)
     if args.action == "grant":
         return store.set_grants(args.ref, _names(args.read), _names(args.write)).public()
@@ -75,8 +83,9 @@ def _keys(args: argparse.Namespace) -> int:
             return 0
         target = args.alias if args.action == "create" else args.ref
         details = {k: v for k, v in vars(args).items() if k not in ("func", "action", "command") and v is not None}
-        with operator.recorded(store.db.url, f"key.{'grants' if args.action == 'grant' else args.action}", target,
-                               **details) as recorded:
+        with operator.recorded(
+            store.db.url, f"key.{'grants' if args.action == 'grant' else args.action}", target, **details
+        ) as recorded:
             result = _change(store, args)
             recorded["key_id"] = result["key_id"]
         _print(result)
@@ -92,19 +101,27 @@ def _keys(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    gateway = sub.add_parser("gateway", help="the OpenAI-compatible gateway").add_subparsers(dest="action",
-                                                                                             required=True)
+    gateway = sub.add_parser("gateway", help="the OpenAI-compatible gateway").add_subparsers(
+        dest="action", required=True
+    )
     serve = gateway.add_parser("serve", help="serve the gateway (LiteLLM proxy with the project's hooks)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (use the number of cores)")
-    serve.add_argument("--http-stack", choices=sorted(HTTP_STACKS), default="fast",
-                       help="uvicorn's HTTP parser and event loop: fast = httptools + uvloop; "
-                            "plain = h11 + asyncio (the benchmark's comparison)")
+    serve.add_argument(
+        "--http-stack",
+        choices=sorted(HTTP_STACKS),
+        default="fast",
+        help="uvicorn's HTTP parser and event loop: fast = httptools + uvloop; "
+        "plain = h11 + asyncio (the benchmark's comparison)",
+    )
     serve.set_defaults(func=_serve)
     routes = gateway.add_parser("routes", help="the route table: every path served and who may call it")
-    routes.add_argument("--unclassified", action="store_true",
-                        help="list the app's routes neither served nor classified outside (exit 1 if any)")
+    routes.add_argument(
+        "--unclassified",
+        action="store_true",
+        help="list the app's routes neither served nor classified outside (exit 1 if any)",
+    )
     routes.set_defaults(func=_routes)
 
     keys = sub.add_parser("keys", help="manage the gateway's API keys").add_subparsers(dest="action", required=True)
@@ -120,10 +137,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     grant = keys.add_parser("grant", help="set a key's vector collection grants")
     grant.add_argument("ref", metavar="ALIAS_OR_ID")
     for parser in (create, grant):
-        parser.add_argument("--read", metavar="C1,C2", help="collections it may search and retrieve from "
-                            "(* for all; default on create: all)")
-        parser.add_argument("--write", metavar="C1,C2", help="collections it may upsert to and delete from "
-                            "(* for all; default on create: none)")
+        parser.add_argument(
+            "--read",
+            metavar="C1,C2",
+            help="collections it may search and retrieve from (* for all; default on create: all)",
+        )
+        parser.add_argument(
+            "--write",
+            metavar="C1,C2",
+            help="collections it may upsert to and delete from (* for all; default on create: none)",
+        )
     keys.add_parser("list", help="list keys (never their secrets)")
     for action, text in (("revoke", "revoke a key"), ("rotate", "give a key a new secret (printed once)")):
         keys.add_parser(action, help=text).add_argument("ref", metavar="ALIAS_OR_ID")

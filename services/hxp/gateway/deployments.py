@@ -6,12 +6,13 @@ Replicas of a model share its name, so LiteLLM's router balances between them.
 :func:`served` is the catalogue this gateway process serves (read once) with each
 model's backend base URLs (HXP_BACKENDS, else the URL template).
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from hxp.core.context import runtime
 from hxp.core.catalogue import Catalogue, Model
+from hxp.core.context import runtime
 
 
 def catalogue() -> Catalogue:
@@ -58,27 +59,29 @@ def model_list(catalogue: Catalogue, backends: dict[str, list[str]], template: s
     deployments = []
     for model in catalogue.models:
         for index, url in enumerate(backend_urls(model, backends, template)):
-            deployments.append({
-                "model_name": model.name,
-                "litellm_params": {
-                    "model": f"openai/{model.name}",
-                    "api_base": url,
-                    "api_key": "unused",  # vLLM engines run without keys behind the gateway
-                    "timeout": model.api.timeout_s,
-                    "stream_timeout": model.api.timeout_s,
-                    "max_retries": 0,  # the HTTP client's own retries; the router's are num_retries
-                    "num_retries": model.api.retries,
-                    "max_parallel_requests": model.api.max_concurrent_requests,
-                },
-                "model_info": {
-                    "id": f"{model.name}-{index}",
-                    "mode": "embedding" if model.task == "embedding" else "chat",
-                    "max_input_tokens": model.max_model_len,
-                    "max_tokens": model.max_model_len,
-                    "input_cost_per_token": prices(model)[0],
-                    "output_cost_per_token": prices(model)[1],
-                },
-            })
+            deployments.append(
+                {
+                    "model_name": model.name,
+                    "litellm_params": {
+                        "model": f"openai/{model.name}",
+                        "api_base": url,
+                        "api_key": "unused",  # vLLM engines run without keys behind the gateway
+                        "timeout": model.api.timeout_s,
+                        "stream_timeout": model.api.timeout_s,
+                        "max_retries": 0,  # the HTTP client's own retries; the router's are num_retries
+                        "num_retries": model.api.retries,
+                        "max_parallel_requests": model.api.max_concurrent_requests,
+                    },
+                    "model_info": {
+                        "id": f"{model.name}-{index}",
+                        "mode": "embedding" if model.task == "embedding" else "chat",
+                        "max_input_tokens": model.max_model_len,
+                        "max_tokens": model.max_model_len,
+                        "input_cost_per_token": prices(model)[0],
+                        "output_cost_per_token": prices(model)[1],
+                    },
+                }
+            )
     return deployments
 
 

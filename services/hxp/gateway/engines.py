@@ -4,10 +4,11 @@ memory and CPU, for the usage rollup and the metrics.
 A backend on this machine (loopback URL) is found as the process listening on its
 port, with its children (vLLM's engine core and workers); a remote one is unknown.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import httpx

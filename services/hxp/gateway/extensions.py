@@ -11,35 +11,36 @@ are the body kinds a feature defines, each ``check(body, model, max_inputs)`` (4
 list the names of the collections a key may be granted. Each concern adds its own line here; the
 core imports no feature, it resolves these names.
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
 CALLBACKS = [
-    "hxp.gateway.hooks:gateway_hooks",          # the admitted model, cache opt-in, error shapes
-    "hxp.vector.rag:rag_hook",                  # retrieval-augmented prompts
+    "hxp.gateway.hooks:gateway_hooks",  # the admitted model, cache opt-in, error shapes
+    "hxp.vector.rag:rag_hook",  # retrieval-augmented prompts
     "hxp.conversations.routing:engine_routing",  # healthy engines; a session or a prompt prefix to one
 ]
 
 ROUTERS = [
-    "hxp.gateway.health:router",                # liveness, readiness, per-model status
-    "hxp.gateway.openapi:router",               # our API description (HXP_OPENAPI)
-    "hxp.gateway.admin:router",                 # key management (master key only)
-    "hxp.gateway.model_info:router",            # /v1/models: the key's models and their capabilities
-    "hxp.gateway.usage:router",                 # usage pipeline lifespan: replay at start, flush at stop
-    "hxp.gateway.audited:router",               # audit recorder lifespan: refusal windows, spill replay, retention
-    "hxp.gateway.metrics:router",               # /metrics
-    "hxp.gateway.relay:router",                 # the relay's connection pool, closed at stop
-    "hxp.vector.api:router",                    # Qdrant collections and search
-    "hxp.console.routes:router",                # the operator's web console (/console)
-    "hxp.conversations.api:router",     # Responses and Conversations APIs, stored state, retention
+    "hxp.gateway.health:router",  # liveness, readiness, per-model status
+    "hxp.gateway.openapi:router",  # our API description (HXP_OPENAPI)
+    "hxp.gateway.admin:router",  # key management (master key only)
+    "hxp.gateway.model_info:router",  # /v1/models: the key's models and their capabilities
+    "hxp.gateway.usage:router",  # usage pipeline lifespan: replay at start, flush at stop
+    "hxp.gateway.audited:router",  # audit recorder lifespan: refusal windows, spill replay, retention
+    "hxp.gateway.metrics:router",  # /metrics
+    "hxp.gateway.relay:router",  # the relay's connection pool, closed at stop
+    "hxp.vector.api:router",  # Qdrant collections and search
+    "hxp.console.routes:router",  # the operator's web console (/console)
+    "hxp.conversations.api:router",  # Responses and Conversations APIs, stored state, retention
 ]
 
 WORKER_STARTUP_HOOKS = [
-    "hxp.gateway.health:start_redis_watch",     # log + gauge when Redis goes away or comes back
-    "hxp.gateway.tuning:freeze_startup_heap",   # keep the collector off LiteLLM's long-lived objects
-    "hxp.gateway.request_log:configure",        # the request log stream (audit events go there from the start)
+    "hxp.gateway.health:start_redis_watch",  # log + gauge when Redis goes away or comes back
+    "hxp.gateway.tuning:freeze_startup_heap",  # keep the collector off LiteLLM's long-lived objects
+    "hxp.gateway.request_log:configure",  # the request log stream (audit events go there from the start)
 ]
 
 BEFORE_WORKERS = [
@@ -49,7 +50,7 @@ BEFORE_WORKERS = [
 
 
 ACCESS_CHECKS = {
-    "console": "hxp.console.sessions:authorize",        # a live console session (+ CSRF token on POST)
+    "console": "hxp.console.sessions:authorize",  # a live console session (+ CSRF token on POST)
 }
 
 BODY_CHECKS = {
@@ -57,7 +58,7 @@ BODY_CHECKS = {
 }
 
 COLLECTIONS = [
-    "hxp.vector.config:collection_names",       # collections.yaml
+    "hxp.vector.config:collection_names",  # collections.yaml
 ]
 
 
@@ -69,8 +70,15 @@ def resolve(path: str) -> Any:
 
 def check() -> None:
     """Resolve every extension now, so that a missing one stops the gateway at start with its name."""
-    for path in [*CALLBACKS, *ROUTERS, *WORKER_STARTUP_HOOKS, *BEFORE_WORKERS, *ACCESS_CHECKS.values(),
-                 *BODY_CHECKS.values(), *COLLECTIONS]:
+    for path in [
+        *CALLBACKS,
+        *ROUTERS,
+        *WORKER_STARTUP_HOOKS,
+        *BEFORE_WORKERS,
+        *ACCESS_CHECKS.values(),
+        *BODY_CHECKS.values(),
+        *COLLECTIONS,
+    ]:
         try:
             resolve(path)
         except (ImportError, AttributeError) as exc:

@@ -11,6 +11,7 @@ The Redis watch (a LiteLLM worker startup hook) pings Redis every few seconds an
 when it goes away or comes back, says so in the log and in the
 ``hxp_gateway_redis_up`` gauge; rate limits then fail open or closed as configured.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,16 +25,19 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Gauge
 
 from hxp.core.context import Runtime, runtime
-from hxp.gateway import deployments
-from hxp.gateway.request_context import context_of
 from hxp.core.database import Database
 from hxp.core.redaction import redact, redact_url
+from hxp.gateway import deployments
+from hxp.gateway.request_context import context_of
 
 log = logging.getLogger("hxp.gateway")
 router = APIRouter(tags=["health"])
 
-REDIS_UP = Gauge("hxp_gateway_redis_up", "1 when the gateway's Redis answers, 0 when not (-1: no Redis configured)",
-                 multiprocess_mode="min")
+REDIS_UP = Gauge(
+    "hxp_gateway_redis_up",
+    "1 when the gateway's Redis answers, 0 when not (-1: no Redis configured)",
+    multiprocess_mode="min",
+)
 REDIS_OUTAGES = Counter("hxp_gateway_redis_outages_total", "Times the gateway found its Redis unreachable")
 REDIS_WATCH_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 2.0
@@ -49,8 +53,7 @@ def _redis(rt: Runtime) -> Any:
 
     url = rt.settings.redis_url
     assert url is not None  # built only when REDIS_URL is set (_check_redis)
-    return aioredis.from_url(url, socket_timeout=PROBE_TIMEOUT_S,
-                             socket_connect_timeout=PROBE_TIMEOUT_S)
+    return aioredis.from_url(url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S)
 
 
 async def _timed(probe: Any) -> dict[str, Any]:
@@ -84,11 +87,18 @@ async def model_status() -> list[dict[str, Any]]:
         models = []
         for model in cat.models:
             urls = backends[model.name]
-            probes = await asyncio.gather(*(_timed(_get_ok(client, deployments.engine_root(u) + "/health"))
-                                            for u in urls))
+            probes = await asyncio.gather(
+                *(_timed(_get_ok(client, deployments.engine_root(u) + "/health")) for u in urls)
+            )
             replicas = [{"url": redact_url(u), **p} for u, p in zip(urls, probes)]
-            models.append({"model": model.name, "task": model.task, "healthy": any(r["healthy"] for r in replicas),
-                           "replicas": replicas})
+            models.append(
+                {
+                    "model": model.name,
+                    "task": model.task,
+                    "healthy": any(r["healthy"] for r in replicas),
+                    "replicas": replicas,
+                }
+            )
     return models
 
 
@@ -145,12 +155,14 @@ async def liveness() -> dict[str, str]:
 async def readiness(request: Request, strict: bool = False) -> JSONResponse:
     details = await readiness_details()
     backends_ok = all(m["healthy"] for m in details["models"].values())
-    ready = (details["database"]["healthy"] and details["redis"].get("healthy", True)
-             and (backends_ok or not strict))
+    ready = details["database"]["healthy"] and details["redis"].get("healthy", True) and (backends_ok or not strict)
     body: dict[str, Any] = {
         "status": ("ready" if backends_ok else "degraded") if ready else "not ready",
-        "components": {"database": _state(details["database"]), "redis": _state(details["redis"]),
-                       "models": {name: _state(m) for name, m in details["models"].items()}},
+        "components": {
+            "database": _state(details["database"]),
+            "redis": _state(details["redis"]),
+            "models": {name: _state(m) for name, m in details["models"].items()},
+        },
     }
     caller = context_of(request.scope).caller
     if caller is not None and caller.master:
@@ -173,9 +185,12 @@ async def _watch_redis(url: str, fail_closed: bool) -> None:
                 log.warning("Redis at %s is reachable again: shared rate limits and cache resumed", redact_url(url))
             elif not healthy:
                 REDIS_OUTAGES.inc()
-                log.error("Redis at %s is unreachable: rate limits fail %s (%s) and the cache is bypassed",
-                          redact_url(url), "closed" if fail_closed else "open",
-                          "requests with limits are rejected with 503" if fail_closed else "requests are admitted")
+                log.error(
+                    "Redis at %s is unreachable: rate limits fail %s (%s) and the cache is bypassed",
+                    redact_url(url),
+                    "closed" if fail_closed else "open",
+                    "requests with limits are rejected with 503" if fail_closed else "requests are admitted",
+                )
             up = healthy
         await asyncio.sleep(REDIS_WATCH_INTERVAL_S)
 

@@ -4,6 +4,7 @@ A secret is ``sk-hxp-`` followed by 43 URL-safe random characters (256 bits), so
 plain SHA-256 is enough: there is nothing to brute-force. The secret is returned
 once, by :meth:`KeyStore.create` and :meth:`KeyStore.rotate`, and never stored.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -11,7 +12,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hxp.core import catalogue
@@ -22,10 +23,10 @@ SECRET_PREFIX = "sk-hxp-"
 ALL = "*"  # every model, or every collection
 
 
-
 def _collections() -> list[str]:
     """The collections a key may be granted (:data:`hxp.gateway.extensions.COLLECTIONS`)."""
     return [name for source in extensions.COLLECTIONS for name in extensions.resolve(source)()]
+
 
 class KeyStoreError(ValueError):
     """The request to create or change a key is invalid; ``field`` names the culprit."""
@@ -54,19 +55,20 @@ def expiry(expires: str | None = None, days: float | None = None) -> datetime | 
     if days is not None:
         if days <= 0:
             raise KeyStoreError("days must be positive", "days")
-        return datetime.now(timezone.utc) + timedelta(days=days)
+        return datetime.now(UTC) + timedelta(days=days)
     try:
         return _as_datetime(expires) if expires else None
     except ValueError:
-        raise KeyStoreError(f"invalid expiry time {expires!r}: use ISO 8601, e.g. 2030-01-31T00:00:00Z",
-                            "expires") from None
+        raise KeyStoreError(
+            f"invalid expiry time {expires!r}: use ISO 8601, e.g. 2030-01-31T00:00:00Z", "expires"
+        ) from None
 
 
 def _as_datetime(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
-        return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
     parsed = datetime.fromisoformat(str(value))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class ApiKey:
 
     def refusal(self, now: datetime | None = None) -> str | None:
         """Why this key may not be used now, or None."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         if self.revoked_at is not None:
             return f"API key '{self.alias}' was revoked"
         if self.expires_at is not None and self.expires_at <= now:
@@ -120,15 +122,21 @@ class ApiKey:
         return out
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "ApiKey":
+    def from_row(cls, row: dict[str, Any]) -> ApiKey:
         allowed = row["allowed_models"] or ALL
         return cls(
-            key_id=row["key_id"], key_hash=row["key_hash"], key_prefix=row["key_prefix"], alias=row["alias"],
+            key_id=row["key_id"],
+            key_hash=row["key_hash"],
+            key_prefix=row["key_prefix"],
+            alias=row["alias"],
             owner=row["owner"],
             models=() if allowed == ALL else _names(allowed),
-            read_collections=_names(row["read_collections"]), write_collections=_names(row["write_collections"]),
-            rpm_limit=row["rpm_limit"], tpm_limit=row["tpm_limit"],
-            expires_at=_as_datetime(row["expires_at"]), created_at=_as_datetime(row["created_at"]),
+            read_collections=_names(row["read_collections"]),
+            write_collections=_names(row["write_collections"]),
+            rpm_limit=row["rpm_limit"],
+            tpm_limit=row["tpm_limit"],
+            expires_at=_as_datetime(row["expires_at"]),
+            created_at=_as_datetime(row["created_at"]),
             revoked_at=_as_datetime(row["revoked_at"]),
         )
 
@@ -136,16 +144,19 @@ class ApiKey:
 def _check_known(field: str, names: list[str], known: list[str]) -> None:
     unknown = [n for n in names if n not in known and n != ALL]
     if unknown:
-        raise KeyStoreError(f"unknown {field.replace('_', ' ')}: {', '.join(unknown)} (known: {', '.join(known)})",
-                            field)
+        raise KeyStoreError(
+            f"unknown {field.replace('_', ' ')}: {', '.join(unknown)} (known: {', '.join(known)})", field
+        )
 
 
 def _names(text: str | None) -> tuple[str, ...]:
     return tuple(n for n in (text or "").split(",") if n)
 
 
-_COLUMNS = ("key_id, key_hash, key_prefix, alias, owner, allowed_models, read_collections, write_collections, "
-            "rpm_limit, tpm_limit, expires_at, created_at, revoked_at")
+_COLUMNS = (
+    "key_id, key_hash, key_prefix, alias, owner, allowed_models, read_collections, write_collections, "
+    "rpm_limit, tpm_limit, expires_at, created_at, revoked_at"
+)
 
 
 class KeyStore:
@@ -154,10 +165,17 @@ class KeyStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def create(self, alias: str, owner: str | None = None, models: list[str] | None = None,
-               rpm: int | None = None, tpm: int | None = None, expires_at: datetime | None = None,
-               read_collections: list[str] | None = None,
-               write_collections: list[str] | None = None) -> tuple[ApiKey, str]:
+    def create(
+        self,
+        alias: str,
+        owner: str | None = None,
+        models: list[str] | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        expires_at: datetime | None = None,
+        read_collections: list[str] | None = None,
+        write_collections: list[str] | None = None,
+    ) -> tuple[ApiKey, str]:
         """A new key and its secret (shown this once). Collections: read every one and write none by default."""
         if not alias:
             raise KeyStoreError("alias is required", "alias")
@@ -173,12 +191,24 @@ class KeyStore:
         _check_known("read_collections", reads, collections)
         _check_known("write_collections", writes, collections)
         secret = _new_secret()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         self.db.execute(
             f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (str(uuid.uuid4()), hash_secret(secret), secret[: len(SECRET_PREFIX) + 4], alias, owner,
-             ",".join(models) if models else ALL, ",".join(reads), ",".join(writes), rpm, tpm,
-             _as_datetime(expires_at), now, None),
+            (
+                str(uuid.uuid4()),
+                hash_secret(secret),
+                secret[: len(SECRET_PREFIX) + 4],
+                alias,
+                owner,
+                ",".join(models) if models else ALL,
+                ",".join(reads),
+                ",".join(writes),
+                rpm,
+                tpm,
+                _as_datetime(expires_at),
+                now,
+                None,
+            ),
         )
         return self.get(alias), secret
 
@@ -200,12 +230,15 @@ class KeyStore:
     def revoke(self, ref: str) -> ApiKey:
         key = self.get(ref)
         if key.revoked_at is None:
-            self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?",
-                            (datetime.now(timezone.utc), key.key_id))
+            self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?", (datetime.now(UTC), key.key_id))
         return self.get(key.key_id)
 
-    def set_grants(self, ref: str, read_collections: builtins.list[str] | None = None,  # list: the method above
-                   write_collections: builtins.list[str] | None = None) -> ApiKey:
+    def set_grants(
+        self,
+        ref: str,
+        read_collections: builtins.list[str] | None = None,  # list: the method above
+        write_collections: builtins.list[str] | None = None,
+    ) -> ApiKey:
         """Replace a key's collection grants (each left as it is when None)."""
         key = self.get(ref)
         collections = _collections()
@@ -213,8 +246,10 @@ class KeyStore:
         writes = list(key.write_collections) if write_collections is None else write_collections
         _check_known("read_collections", reads, collections)
         _check_known("write_collections", writes, collections)
-        self.db.execute("UPDATE api_keys SET read_collections = ?, write_collections = ? WHERE key_id = ?",
-                        (",".join(reads), ",".join(writes), key.key_id))
+        self.db.execute(
+            "UPDATE api_keys SET read_collections = ?, write_collections = ? WHERE key_id = ?",
+            (",".join(reads), ",".join(writes), key.key_id),
+        )
         return self.get(key.key_id)
 
     def rotate(self, ref: str) -> tuple[ApiKey, str]:
@@ -223,6 +258,8 @@ class KeyStore:
         if key.refusal() is not None:
             raise KeyStoreError(f"cannot rotate: {key.refusal()}", "key")
         secret = _new_secret()
-        self.db.execute("UPDATE api_keys SET key_hash = ?, key_prefix = ? WHERE key_id = ?",
-                        (hash_secret(secret), secret[: len(SECRET_PREFIX) + 4], key.key_id))
+        self.db.execute(
+            "UPDATE api_keys SET key_hash = ?, key_prefix = ? WHERE key_id = ?",
+            (hash_secret(secret), secret[: len(SECRET_PREFIX) + 4], key.key_id),
+        )
         return self.get(key.key_id), secret

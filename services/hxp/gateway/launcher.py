@@ -8,6 +8,7 @@ DATABASE_URL names *our* database; LiteLLM would read it too and try to start
 its Prisma client, so the launcher moves it to HXP_DATABASE_URL before any
 worker imports LiteLLM.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,13 +16,13 @@ import os
 
 import yaml
 
+from hxp.core import catalogue as catalogue_module
+from hxp.core import redaction, settings
 from hxp.core.context import runtime
-from hxp.core import catalogue as catalogue_module, redaction
-from hxp.gateway import auth, extensions, proxy_config, tuning
-from hxp.core import settings
 from hxp.core.database import Database
 from hxp.core.paths import state_path
 from hxp.core.redaction import redact_url
+from hxp.gateway import auth, extensions, proxy_config, tuning
 
 log = logging.getLogger("hxp.gateway")
 
@@ -31,8 +32,12 @@ RETRY_BACKOFF = {"INITIAL_RETRY_DELAY": "0.05", "MAX_RETRY_DELAY": "1.0", "JITTE
 # TCP keep-alive on the connections to the engines: a request waiting on an engine whose host went away
 # (no reset ever comes) fails after about KEEPIDLE + KEEPINTVL * KEEPCNT seconds instead of the model's
 # timeout, and the router retries it on another engine (it had no first byte yet).
-UPSTREAM_KEEPALIVE = {"AIOHTTP_SO_KEEPALIVE": "true", "AIOHTTP_TCP_KEEPIDLE": "2", "AIOHTTP_TCP_KEEPINTVL": "1",
-                      "AIOHTTP_TCP_KEEPCNT": "3"}
+UPSTREAM_KEEPALIVE = {
+    "AIOHTTP_SO_KEEPALIVE": "true",
+    "AIOHTTP_TCP_KEEPIDLE": "2",
+    "AIOHTTP_TCP_KEEPINTVL": "1",
+    "AIOHTTP_TCP_KEEPCNT": "3",
+}
 
 
 # How long uvicorn waits for a worker's answer before it kills it as hung. Its default (5 s) is shorter
@@ -81,17 +86,30 @@ def serve(host: str, port: int, workers: int = 1, http_stack: str = "fast") -> N
     db.close()
     log.info("database %s (migrations applied: %s)", redact_url(cfg.database_url), ", ".join(applied) or "none")
     if cfg.redis_url:
-        log.info("redis %s: shared rate limits and response cache; rate limits fail %s when it is unreachable",
-                 redact_url(cfg.redis_url), "closed" if cfg.rate_limit_fail_closed else "open")
+        log.info(
+            "redis %s: shared rate limits and response cache; rate limits fail %s when it is unreachable",
+            redact_url(cfg.redis_url),
+            "closed" if cfg.rate_limit_fail_closed else "open",
+        )
     else:
-        log.warning("REDIS_URL is not set: rate limits and the response cache are in-process, "
-                    "so run ONE gateway replica (workers share nothing)")
+        log.warning(
+            "REDIS_URL is not set: rate limits and the response cache are in-process, "
+            "so run ONE gateway replica (workers share nothing)"
+        )
     if workers > 1:
         for path in extensions.BEFORE_WORKERS:
             extensions.resolve(path)()
-    log.info("LiteLLM config written to %s; serving on %s:%d with %d worker(s)", write_config(cfg), host, port,
-             workers)
+    log.info("LiteLLM config written to %s; serving on %s:%d with %d worker(s)", write_config(cfg), host, port, workers)
     http, loop = tuning.HTTP_STACKS[http_stack]
-    uvicorn.run("hxp.gateway.app:app", host=host, port=port, workers=workers, log_level="warning",
-                access_log=False, http=http, loop=loop, timeout_graceful_shutdown=30,
-                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
+    uvicorn.run(
+        "hxp.gateway.app:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+        http=http,
+        loop=loop,
+        timeout_graceful_shutdown=30,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+    )

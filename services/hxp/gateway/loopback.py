@@ -4,9 +4,10 @@ Work a handler does on a model (the vector API's embeddings, the Responses API's
 completions) goes through the gateway's own OpenAI routes, so that the caller's model
 access, rate limits, usage rows and metrics apply to it exactly as to a direct request.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from starlette.types import Scope
 

@@ -38,15 +38,17 @@ mode); without it the process's own registry is served.
 route table's ``metrics`` access asks for that bearer token (Prometheus's ``authorization``
 scrape setting); restrict it by network as well.
 """
+
 from __future__ import annotations
 
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable
+from typing import Any
 
 import httpx
 import litellm
@@ -56,9 +58,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 
+from hxp.core.paths import state_path
 from hxp.gateway import deployments
 from hxp.gateway.engines import EngineProcesses, local_port
-from hxp.core.paths import state_path
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PROBE_TIMEOUT_S = 2.0
@@ -66,10 +68,18 @@ SCRAPE_CACHE_S = 5.0
 BACKLOG_INTERVAL_S = 2.0
 
 REQUESTS = Counter("llm_requests", "Requests answered by the gateway", ["model", "status", "user_id"])
-DURATION = Histogram("llm_request_duration_seconds", "Time from request to complete answer", ["model", "status"],
-                     buckets=(0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0))
-TTFT = Histogram("llm_time_to_first_token_seconds", "Time from request to the first streamed chunk", ["model"],
-                 buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0))
+DURATION = Histogram(
+    "llm_request_duration_seconds",
+    "Time from request to complete answer",
+    ["model", "status"],
+    buckets=(0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+)
+TTFT = Histogram(
+    "llm_time_to_first_token_seconds",
+    "Time from request to the first streamed chunk",
+    ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+)
 ACTIVE = Gauge("llm_active_requests", "Requests in progress", ["model"], multiprocess_mode="livesum")
 TOKENS = Counter("llm_tokens_processed", "Tokens processed by the engines", ["model", "type"])
 CACHE_HITS = Counter("llm_cache_hits", "Requests answered from the response cache", ["model"])
@@ -77,8 +87,16 @@ RATE_LIMITED = Counter("llm_rate_limit_rejections", "Requests rejected by a rate
 BACKLOG = Gauge("llm_usage_log_backlog", "Usage rows not yet written to the database", multiprocess_mode="livesum")
 
 
-def observe(model: str, status: int, user: str, latency_s: float, ttft_s: float | None, prompt_tokens: int | None,
-            completion_tokens: int | None, cache_hit: bool) -> None:
+def observe(
+    model: str,
+    status: int,
+    user: str,
+    latency_s: float,
+    ttft_s: float | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    cache_hit: bool,
+) -> None:
     """Count one answered request (called once per request by :mod:`hxp.gateway.observer`)."""
     REQUESTS.labels(model, str(status), user).inc()
     DURATION.labels(model, str(status)).observe(latency_s)
@@ -111,8 +129,12 @@ def engine_memory_from_metrics(client: httpx.Client, base_url: str) -> float | N
         text = client.get(deployments.engine_root(base_url) + "/metrics").text
     except httpx.HTTPError:
         return None
-    values = [s.value for f in text_string_to_metric_families(text) if f.name == "process_resident_memory_bytes"
-              for s in f.samples]
+    values = [
+        s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "process_resident_memory_bytes"
+        for s in f.samples
+    ]
     return float(sum(values)) if values else None
 
 
@@ -132,15 +154,19 @@ class EngineCollector:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hxp-metrics-probe")
 
     def _probe(self) -> list[GaugeMetricFamily]:
-        memory = GaugeMetricFamily("llm_model_memory_usage_bytes", "Resident memory of the model's engines",
-                                   labels=["model"])
-        up = GaugeMetricFamily("llm_backend_up", "1 when every replica of the model answers /health",
-                               labels=["model"])
+        memory = GaugeMetricFamily(
+            "llm_model_memory_usage_bytes", "Resident memory of the model's engines", labels=["model"]
+        )
+        up = GaugeMetricFamily("llm_backend_up", "1 when every replica of the model answers /health", labels=["model"])
         models = list(deployments.served().items())
         with httpx.Client(timeout=PROBE_TIMEOUT_S) as client:
             health = {(n, u): self._pool.submit(_engine_health, client, u) for n, urls in models for u in urls}
-            remote = {(n, u): self._pool.submit(engine_memory_from_metrics, client, u)
-                      for n, urls in models for u in urls if local_port(u) is None}
+            remote = {
+                (n, u): self._pool.submit(engine_memory_from_metrics, client, u)
+                for n, urls in models
+                for u in urls
+                if local_port(u) is None
+            }
             for name, urls in models:
                 up.add_metric([name], float(all(health[(name, u)].result() for u in urls)))
                 local_gb, _ = self._local.sample(name, urls)

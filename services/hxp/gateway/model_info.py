@@ -7,6 +7,7 @@ embeddings, ``tools`` (declared in the catalogue, :attr:`hxp.core.catalogue.Mode
 or an agent framework can pick a model before calling it. The list holds only the catalogue models the
 caller's key may use; for one model the boundary has already answered 404 (unknown) or 403 (not granted).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,8 +27,13 @@ OWNER = "hxp"
 def capabilities(model: Model) -> dict[str, bool]:
     """What a model can be asked for."""
     chat = model.task == "chat"
-    return {"chat_completions": chat, "embeddings": not chat, "tools": chat and model.tools is not None,
-            "json_mode": chat, "json_schema": chat}
+    return {
+        "chat_completions": chat,
+        "embeddings": not chat,
+        "tools": chat and model.tools is not None,
+        "json_mode": chat,
+        "json_schema": chat,
+    }
 
 
 def _created(rt: Runtime) -> int:
@@ -37,8 +43,14 @@ def _created(rt: Runtime) -> int:
 
 def describe(model: Model, name: str | None = None) -> dict[str, Any]:
     """One model as listed, under ``name`` (a client's alias) or its catalogue name."""
-    return {"id": name or model.name, "object": "model", "created": runtime().get(_created), "owned_by": OWNER,
-            "max_model_len": model.max_model_len, "capabilities": capabilities(model)}
+    return {
+        "id": name or model.name,
+        "object": "model",
+        "created": runtime().get(_created),
+        "owned_by": OWNER,
+        "max_model_len": model.max_model_len,
+        "capabilities": capabilities(model),
+    }
 
 
 @router.get("/v1/models")

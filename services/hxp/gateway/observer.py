@@ -17,20 +17,22 @@ is parsed until the end, and the boundary's header edit rides on the same ``send
 added by the boundary); when the client did not ask for it, the usage chunk is read here and not
 passed on.
 """
+
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from starlette.types import Message, Send
 
+from hxp.core.redaction import redact
 from hxp.gateway import deployments, metrics, request_log
 from hxp.gateway.usage import pipeline
 from hxp.gateway.usage.record import UsageRecord, iso_at, status_name
-from hxp.core.redaction import redact
 
 UNKNOWN = "unknown"
 CACHE_HEADER = b"x-hxp-cache"
@@ -137,7 +139,7 @@ class Observation:
 
     def _stream_failed(self, body: bytes) -> None:
         """A stream that failed after its status line went out: recorded with the error's own code (5xx)."""
-        error = _error(body[len(b"data: "):].strip())
+        error = _error(body[len(b"data: ") :].strip())
         reported = error.get("code")  # an int, a digit string, or anything else (then 0)
         code = int(reported) if reported is not None and str(reported).isdigit() else 0
         self.status = code if 500 <= code < 600 else 502
@@ -170,24 +172,54 @@ class Observation:
         total = self.usage.get("total_tokens")
         if total is None and prompt_tokens is not None and completion_tokens is not None:
             total = prompt_tokens + completion_tokens
-        metrics.observe(self.label, status, self.key_alias or UNKNOWN, latency, ttft,
-                        None if self.cache_hit else prompt_tokens, None if self.cache_hit else completion_tokens,
-                        self.cache_hit)
-        pipeline.submit(UsageRecord(
-            request_id=self.request_id, model_name=self.model or self.requested or UNKNOWN,
-            timestamp=iso_at(self.started), user_id=self.key_alias, key_id=self.key_id,
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=total,
-            latency_ms=round(latency * 1000), time_to_first_token_ms=None if ttft is None else round(ttft * 1000),
-            stream=self.stream, cache_hit=self.cache_hit, status=status_name(status),
-            cost=None if self.model is None else deployments.cost(deployments.catalogue().get(self.model),
-                                                                  prompt_tokens, completion_tokens),
-            error_message=error,
-        ))
-        request_log.emit(request_log.entry(
-            request_id=self.request_id, model=self.label, key_alias=self.key_alias or UNKNOWN, status=status,
-            latency_s=latency, ttft_s=ttft, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            cache_hit=self.cache_hit, stream=self.stream, error=error, prompt=self.prompt,
-            completion="".join(self._text) if self._text else None))
+        metrics.observe(
+            self.label,
+            status,
+            self.key_alias or UNKNOWN,
+            latency,
+            ttft,
+            None if self.cache_hit else prompt_tokens,
+            None if self.cache_hit else completion_tokens,
+            self.cache_hit,
+        )
+        pipeline.submit(
+            UsageRecord(
+                request_id=self.request_id,
+                model_name=self.model or self.requested or UNKNOWN,
+                timestamp=iso_at(self.started),
+                user_id=self.key_alias,
+                key_id=self.key_id,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=total,
+                latency_ms=round(latency * 1000),
+                time_to_first_token_ms=None if ttft is None else round(ttft * 1000),
+                stream=self.stream,
+                cache_hit=self.cache_hit,
+                status=status_name(status),
+                cost=None
+                if self.model is None
+                else deployments.cost(deployments.catalogue().get(self.model), prompt_tokens, completion_tokens),
+                error_message=error,
+            )
+        )
+        request_log.emit(
+            request_log.entry(
+                request_id=self.request_id,
+                model=self.label,
+                key_alias=self.key_alias or UNKNOWN,
+                status=status,
+                latency_s=latency,
+                ttft_s=ttft,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cache_hit=self.cache_hit,
+                stream=self.stream,
+                error=error,
+                prompt=self.prompt,
+                completion="".join(self._text) if self._text else None,
+            )
+        )
 
     def _read_answer(self, status: int) -> None:
         """Usage (and the text, when logged) from a non-streamed answer; the message of an error."""
@@ -197,7 +229,7 @@ class Observation:
             return
         usage_at = self._tail.rfind(b'"usage":')
         if usage_at >= 0:
-            self.usage.update(usage_tokens(self._tail[usage_at:usage_at + 1024]))
+            self.usage.update(usage_tokens(self._tail[usage_at : usage_at + 1024]))
         if request_log.content_enabled():
             try:
                 answer = orjson.loads(self._tail)
@@ -234,7 +266,7 @@ def _error_text(error: dict[str, Any]) -> str:
 def _has_text(body: bytes) -> bool:
     """Whether a streamed chunk carries text (as _DELTA_TEXT says; the usual compact chunk without the regex)."""
     at = body.find(_CONTENT_MARK)
-    if at >= 0 and body[at + _CONTENT_LEN:at + _CONTENT_LEN + 1] not in (b'"', b""):
+    if at >= 0 and body[at + _CONTENT_LEN : at + _CONTENT_LEN + 1] not in (b'"', b""):
         return True
     return _DELTA_TEXT.search(body) is not None
 

@@ -3,6 +3,7 @@
 LiteLLM's own description lists its whole surface; this one is built from the same handlers,
 keeping only the paths and methods the table lists, each with who may call it.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,14 +13,18 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from hxp.core.context import runtime
 from hxp.core import errors
+from hxp.core.context import runtime
 from hxp.gateway.route_table import table
 
 router = APIRouter()
 TITLE = "HXP-Enterprise LLM Server"
-ACCESS = {"public": "anyone", "client": "an API key", "master": "the master key",
-          "metrics": "anyone, or the HXP_METRICS_TOKEN bearer token when set"}
+ACCESS = {
+    "public": "anyone",
+    "client": "an API key",
+    "master": "the master key",
+    "metrics": "anyone, or the HXP_METRICS_TOKEN bearer token when set",
+}
 
 
 def describe(app: FastAPI) -> dict[str, Any]:
@@ -33,8 +38,9 @@ def describe(app: FastAPI) -> dict[str, Any]:
         methods = {m for m in route.methods if served.match(m, route.path).route is not None}
         if methods:
             routes.append(route if methods == route.methods else _with_methods(route, methods))
-    document = get_openapi(title=TITLE, version="1", routes=routes,
-                           description="OpenAI-compatible API, vector search and administration.")
+    document = get_openapi(
+        title=TITLE, version="1", routes=routes, description="OpenAI-compatible API, vector search and administration."
+    )
     document.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     for path, operations in document.get("paths", {}).items():
         for method, operation in operations.items():
@@ -48,15 +54,23 @@ def describe(app: FastAPI) -> dict[str, Any]:
 
 
 def _with_methods(route: APIRoute, methods: set[str]) -> APIRoute:
-    return APIRoute(route.path, route.endpoint, methods=sorted(methods), response_model=route.response_model,
-                    summary=route.summary, name=route.name, include_in_schema=route.include_in_schema)
+    return APIRoute(
+        route.path,
+        route.endpoint,
+        methods=sorted(methods),
+        response_model=route.response_model,
+        summary=route.summary,
+        name=route.name,
+        include_in_schema=route.include_in_schema,
+    )
 
 
 @router.get("/openapi.json", include_in_schema=False)
 async def openapi(request: Request) -> JSONResponse:
     if not runtime().settings.openapi:
-        return errors.GatewayError(404, "The API description is off (HXP_OPENAPI=true serves it)",
-                                   code="unknown_route").response()
+        return errors.GatewayError(
+            404, "The API description is off (HXP_OPENAPI=true serves it)", code="unknown_route"
+        ).response()
     state = request.app.state
     if getattr(state, "hxp_openapi", None) is None:  # built once per app: its routes are fixed at start
         state.hxp_openapi = describe(request.app)

@@ -4,14 +4,14 @@ Nothing in it is secret: the master key reaches LiteLLM through its
 environment (LITELLM_MASTER_KEY), Redis through an ``os.environ/REDIS_URL``
 reference (its URL may hold a password), and the SQL database is ours, not LiteLLM's.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from hxp.core.catalogue import Catalogue
-from hxp.gateway import deployments, extensions
 from hxp.core.settings import Settings
-
+from hxp.gateway import deployments, extensions
 
 CACHED_CALL_TYPES = ["acompletion", "atext_completion", "aembedding"]
 REDIS_URL_REF = "os.environ/REDIS_URL"
@@ -29,8 +29,11 @@ def callbacks() -> list[str]:
 
 def build(cfg: Settings, catalogue: Catalogue) -> dict[str, Any]:
     """The whole proxy config as a dict (written as YAML by the launcher)."""
-    cache_params: dict[str, Any] = {"mode": "default_off", "ttl": cfg.cache_ttl_s,
-                                    "supported_call_types": CACHED_CALL_TYPES}
+    cache_params: dict[str, Any] = {
+        "mode": "default_off",
+        "ttl": cfg.cache_ttl_s,
+        "supported_call_types": CACHED_CALL_TYPES,
+    }
     general: dict[str, Any] = {
         "custom_auth": "hxp.gateway.request_context.user_api_key_auth",
         "fail_closed_rate_limit_enforcement": cfg.rate_limit_fail_closed,

@@ -25,6 +25,7 @@ after its first byte ends with LiteLLM's error event, which the observer records
 Requests that need LiteLLM's transformation keep its path: a backend of another provider, the
 response cache (a cacheable request) and retrieval-augmented chat (its answer carries sources).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,20 +43,19 @@ from litellm.proxy.common_request_processing import ProxyBaseLLMRequestProcessin
 from litellm.router_utils.cooldown_handlers import set_cooldown_deployments
 from litellm.types.utils import Usage
 from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
 
 from hxp.core.catalogue import Model
 from hxp.core.context import Runtime, runtime
 from hxp.gateway import hooks
 from hxp.gateway.observer import CACHE_HEADER, usage_tokens
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 CallType = Literal["acompletion", "atext_completion", "aembedding"]
-ROUTES: dict[str, CallType] = {"/v1/chat/completions": "acompletion", "/v1/completions": "atext_completion",
-                               "/v1/embeddings": "aembedding"}  # path -> LiteLLM's call type
+ROUTES: dict[str, CallType] = {
+    "/v1/chat/completions": "acompletion",
+    "/v1/completions": "atext_completion",
+    "/v1/embeddings": "aembedding",
+}  # path -> LiteLLM's call type
 OPENAI_WIRE = ("openai/", "hosted_vllm/")  # LiteLLM providers whose backends speak the OpenAI wire format
 _EVENT_END = b"\n\n"
 _USAGE_MARK = b'"prompt_tokens":'
@@ -115,8 +115,11 @@ def _session() -> aiohttp.ClientSession:
     sessions = runtime().get(_sessions)
     session = sessions.get(loop)
     if session is None or session.closed:
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-                                        auto_decompress=False, skip_auto_headers=("User-Agent",))
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
         sessions[loop] = session
     return session
 
@@ -131,13 +134,19 @@ async def relay(scope: Scope, receive: Receive, send: Send, identity: UserAPIKey
     started = time.time()
     try:
         data, _ = await processor.common_processing_pre_call_logic(
-            request=request, general_settings=proxy.general_settings, user_api_key_dict=identity,
-            proxy_logging_obj=proxy.proxy_logging_obj, proxy_config=proxy.proxy_config, route_type=route_type,
-            llm_router=proxy.llm_router)
+            request=request,
+            general_settings=proxy.general_settings,
+            user_api_key_dict=identity,
+            proxy_logging_obj=proxy.proxy_logging_obj,
+            proxy_config=proxy.proxy_config,
+            route_type=route_type,
+            llm_router=proxy.llm_router,
+        )
         payload = {name: data[name] for name in forwarded if name in data}
         call = dict(data)
         response: aiohttp.ClientResponse = await proxy.llm_router._ageneric_api_call_with_fallbacks(
-            model=call.pop("model"), original_function=_opener(scope["path"], payload), **call)
+            model=call.pop("model"), original_function=_opener(scope["path"], payload), **call
+        )
     except Exception as exc:  # noqa: BLE001 - every failure is answered as LiteLLM answers it
         await _answer_failure(processor, exc, identity, request, scope, receive, send)
         return
@@ -156,8 +165,14 @@ def _opener(path: str, payload: dict[str, Any]) -> Callable[..., Awaitable[aioht
         url = f"{str(kwargs['api_base']).rstrip('/')}{path.removeprefix('/v1')}"
         headers = {"content-type": "application/json", "authorization": f"Bearer {kwargs.get('api_key') or ''}"}
         try:
-            response = await _session().post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(
-                total=None if stream else timeout, sock_connect=timeout, sock_read=timeout))
+            response = await _session().post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(
+                    total=None if stream else timeout, sock_connect=timeout, sock_read=timeout
+                ),
+            )
             if response.status >= 400:
                 raise UpstreamError(response.status, await _read_closing(response))
             if not _streamed(response):
@@ -194,8 +209,14 @@ def _failed(exc: Exception, kwargs: dict[str, Any]) -> Exception:
         status, failure = 500, litellm.InternalServerError(message, provider, model)
     metadata = kwargs.get("litellm_metadata") or {}
     deployment_id = (metadata.get("model_info") or {}).get("id")
-    set_cooldown_deployments(_proxy().llm_router, failure, status, deployment_id,
-                             requested_model_group=metadata.get("model_group"), request_kwargs=kwargs)
+    set_cooldown_deployments(
+        _proxy().llm_router,
+        failure,
+        status,
+        deployment_id,
+        requested_model_group=metadata.get("model_group"),
+        request_kwargs=kwargs,
+    )
     return failure
 
 
@@ -204,9 +225,14 @@ def _status_exception(status: int, message: str, model: str, provider: str) -> E
     if status == 408:
         return litellm.Timeout(message, model, provider)
     kinds: dict[int, Callable[..., Exception]] = {
-        400: litellm.BadRequestError, 401: litellm.AuthenticationError, 403: litellm.PermissionDeniedError,
-        404: litellm.NotFoundError, 422: litellm.UnprocessableEntityError, 429: litellm.RateLimitError,
-        503: litellm.ServiceUnavailableError}
+        400: litellm.BadRequestError,
+        401: litellm.AuthenticationError,
+        403: litellm.PermissionDeniedError,
+        404: litellm.NotFoundError,
+        422: litellm.UnprocessableEntityError,
+        429: litellm.RateLimitError,
+        503: litellm.ServiceUnavailableError,
+    }
     kind = kinds.get(status)
     if kind is not None:
         return kind(message, model=model, llm_provider=provider)
@@ -215,12 +241,20 @@ def _status_exception(status: int, message: str, model: str, provider: str) -> E
     return litellm.BadRequestError(message, model=model, llm_provider=provider)
 
 
-async def _answer_failure(processor: ProxyBaseLLMRequestProcessing, exc: Exception, identity: UserAPIKeyAuth,
-                          request: Request, scope: Scope, receive: Receive, send: Send) -> None:
+async def _answer_failure(
+    processor: ProxyBaseLLMRequestProcessing,
+    exc: Exception,
+    identity: UserAPIKeyAuth,
+    request: Request,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> None:
     """The failure hooks, then LiteLLM's own error answer."""
     try:
-        await processor.handle_llm_api_exception(e=exc, user_api_key_dict=identity,
-                                                 proxy_logging_obj=_proxy().proxy_logging_obj)
+        await processor.handle_llm_api_exception(
+            e=exc, user_api_key_dict=identity, proxy_logging_obj=_proxy().proxy_logging_obj
+        )
     except ProxyException as error:
         response = await _proxy().openai_exception_handler(request, error)
         await response(scope, receive, send)
@@ -259,11 +293,12 @@ class _Answer:
     async def _copy(self) -> dict[str, int] | None:
         response = self.response
         headers = [(n.lower(), v) for n, v in response.raw_headers if n.lower() in _KEPT_HEADERS]
-        await self.send({"type": "http.response.start", "status": response.status,
-                         "headers": headers + [(CACHE_HEADER, b"miss")]})
+        await self.send(
+            {"type": "http.response.start", "status": response.status, "headers": headers + [(CACHE_HEADER, b"miss")]}
+        )
         if not _streamed(response):
             body = await response.read()  # already read by the upstream call
-            self.usage = usage_tokens(body[body.rfind(b'"usage":'):])
+            self.usage = usage_tokens(body[body.rfind(b'"usage":') :])
             await self.send({"type": "http.response.body", "body": body, "more_body": False})
             return self.usage
         return await self._copy_events()
@@ -277,7 +312,7 @@ class _Answer:
                 if end < 0:
                     held += data
                     continue
-                events, held = held + data[:end + 2], data[end + 2:]
+                events, held = held + data[: end + 2], data[end + 2 :]
                 if _USAGE_MARK in events:
                     await self._events(events)
                 else:
@@ -298,8 +333,12 @@ class _Answer:
 
 def _stream_error(exc: BaseException) -> bytes:
     """LiteLLM's event for a stream that failed after it started."""
-    error = {"message": f"the backend's stream broke off: {exc or type(exc).__name__}", "type": "api_error",
-             "param": None, "code": "502"}
+    error = {
+        "message": f"the backend's stream broke off: {exc or type(exc).__name__}",
+        "type": "api_error",
+        "param": None,
+        "code": "502",
+    }
     return b"data: " + orjson.dumps({"error": error}) + _EVENT_END
 
 
@@ -311,15 +350,19 @@ def _error_of(body: bytes) -> dict[str, Any]:
     return error if isinstance(error, dict) else {"message": str(error)}
 
 
-async def _settle(data: dict[str, Any], usage: dict[str, int] | None, started: float,
-                  identity: UserAPIKeyAuth) -> None:
+async def _settle(data: dict[str, Any], usage: dict[str, int] | None, started: float, identity: UserAPIKeyAuth) -> None:
     """The limiter's success event with the engine's usage (its failure event when the answer broke off)."""
     limiter = _proxy().proxy_logging_obj.get_proxy_hook("parallel_request_limiter")
-    kwargs = {"litellm_call_id": data.get("litellm_call_id"), "litellm_params": {"metadata": data.get("metadata")},
-              "standard_logging_object": {"metadata": _logging_metadata(data, identity)},
-              "combined_usage_object": Usage(prompt_tokens=(usage or {}).get("prompt_tokens", 0),
-                                             completion_tokens=(usage or {}).get("completion_tokens", 0),
-                                             total_tokens=(usage or {}).get("total_tokens", 0))}
+    kwargs = {
+        "litellm_call_id": data.get("litellm_call_id"),
+        "litellm_params": {"metadata": data.get("metadata")},
+        "standard_logging_object": {"metadata": _logging_metadata(data, identity)},
+        "combined_usage_object": Usage(
+            prompt_tokens=(usage or {}).get("prompt_tokens", 0),
+            completion_tokens=(usage or {}).get("completion_tokens", 0),
+            total_tokens=(usage or {}).get("total_tokens", 0),
+        ),
+    }
     ended = time.time()
     if usage is None:
         await limiter.async_log_failure_event(kwargs, None, started, ended)
@@ -329,10 +372,12 @@ async def _settle(data: dict[str, Any], usage: dict[str, int] | None, started: f
 
 def _logging_metadata(data: dict[str, Any], identity: UserAPIKeyAuth) -> dict[str, Any]:
     metadata = data.get("metadata") or {}
-    return {"user_api_key_hash": metadata.get("user_api_key_hash") or identity.api_key,
-            "user_api_key_user_id": metadata.get("user_api_key_user_id"),
-            "user_api_key_team_id": metadata.get("user_api_key_team_id"),
-            "user_api_key_org_id": metadata.get("user_api_key_org_id")}
+    return {
+        "user_api_key_hash": metadata.get("user_api_key_hash") or identity.api_key,
+        "user_api_key_user_id": metadata.get("user_api_key_user_id"),
+        "user_api_key_team_id": metadata.get("user_api_key_team_id"),
+        "user_api_key_org_id": metadata.get("user_api_key_org_id"),
+    }
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@ The gateway's ground floor: it imports only the core and the identity (:mod:`hxp
 any handler, hook or feature can read it without importing the boundary. It is also LiteLLM's
 ``custom_auth`` entry point (:func:`user_api_key_auth`): LiteLLM gets the caller the boundary found.
 """
+
 from __future__ import annotations
 
 import contextvars

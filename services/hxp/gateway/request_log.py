@@ -8,12 +8,13 @@ Where the lines go: HXP_REQUEST_LOG (``stdout``, ``off`` or a file path); see
 :mod:`hxp.core.settings`. The audit trail's events (the ``hxp.audit`` logger, :mod:`hxp.audit.trail`) go to the
 same stream, one JSON line each with ``"event": "audit"``.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from hxp.core.context import Runtime, runtime
@@ -46,13 +47,25 @@ def configure() -> None:
     runtime().get(_configure)
 
 
-def entry(*, request_id: str | None, model: str, key_alias: str | None, status: int, latency_s: float | None,
-          ttft_s: float | None = None, prompt_tokens: int | None = None, completion_tokens: int | None = None,
-          cache_hit: bool = False, stream: bool = False, error: str | None = None,
-          prompt: Any = None, completion: str | None = None) -> dict[str, Any]:
+def entry(
+    *,
+    request_id: str | None,
+    model: str,
+    key_alias: str | None,
+    status: int,
+    latency_s: float | None,
+    ttft_s: float | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    cache_hit: bool = False,
+    stream: bool = False,
+    error: str | None = None,
+    prompt: Any = None,
+    completion: str | None = None,
+) -> dict[str, Any]:
     """The log record of one request (content only when HXP_REQUEST_LOG_CONTENT is on)."""
     record: dict[str, Any] = {
-        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "event": "request",
         "request_id": request_id,
         "model": model,

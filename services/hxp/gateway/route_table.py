@@ -6,6 +6,7 @@ method and path (or tells a known path with another method apart from an unknown
 (litellm_routes_outside.txt); the route inventory test checks that together they cover
 every route the composed app has.
 """
+
 from __future__ import annotations
 
 import re
@@ -116,15 +117,25 @@ def inventory(app: Any) -> set[tuple[str, str]]:
 def unclassified(app: Any) -> set[tuple[str, str]]:
     """The app's routes that neither the table serves nor litellm_routes_outside.txt lists."""
     served, outside_routes = table(), outside()
-    return {(kind, path) for kind, path in inventory(app) if (kind, path) not in outside_routes
-            and not (kind not in ("MOUNT", "WS") and all(served.match(m, path).route is not None
-                                                        for m in kind.split(",") if m != "HEAD"))}
+    return {
+        (kind, path)
+        for kind, path in inventory(app)
+        if (kind, path) not in outside_routes
+        and not (
+            kind not in ("MOUNT", "WS")
+            and all(served.match(m, path).route is not None for m in kind.split(",") if m != "HEAD")
+        )
+    }
 
 
 def undeclared(routes: list[Any]) -> list[str]:
     """``METHOD path`` of each of these routes (our routers') that the table does not declare."""
-    return [f"{method} {route.path}" for route in routes for method in sorted(getattr(route, "methods", None) or ())
-            if method != "HEAD" and table().match(method, route.path).route is None]
+    return [
+        f"{method} {route.path}"
+        for route in routes
+        for method in sorted(getattr(route, "methods", None) or ())
+        if method != "HEAD" and table().match(method, route.path).route is None
+    ]
 
 
 def outside() -> set[tuple[str, str]]:

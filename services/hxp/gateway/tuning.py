@@ -9,6 +9,7 @@ long as the worker, so after start-up they are moved to the permanent generation
 (``gc.freeze``), and the young-generation threshold is raised: a request allocates thousands of
 short-lived objects, which reference counting frees without the collector's help.
 """
+
 from __future__ import annotations
 
 import gc

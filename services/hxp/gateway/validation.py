@@ -6,10 +6,12 @@ type, a value out of range or too many inputs is refused here, never passed on t
 backend's 500. So are tools sent to a model the catalogue declares without tool support, and
 JSON schemas (``response_format``, tool parameters) that the JSON Schema metaschema rejects.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from numbers import Real
-from typing import Any, Callable, TypeGuard
+from typing import Any, TypeGuard
 
 import jsonschema
 
@@ -57,8 +59,9 @@ def check_object(body: Any) -> dict[str, Any]:
     """The body as a JSON object, or a 400 saying what it is instead."""
     if not isinstance(body, dict):
         kind = "null" if body is None else type(body).__name__.replace("str", "string").replace("dict", "object")
-        raise GatewayError(400, f"The request body must be a JSON object, not {kind}", param="body",
-                           code="invalid_json")
+        raise GatewayError(
+            400, f"The request body must be a JSON object, not {kind}", param="body", code="invalid_json"
+        )
     return body
 
 
@@ -97,8 +100,10 @@ def _check_max_tokens(body: dict[str, Any], model: Model) -> None:
         if not is_integer(value) or value < 1:
             raise bad_request(name, f"'{name}' must be a positive integer, got {value!r}")
         if value > model.max_model_len:
-            raise bad_request(name, f"'{name}' is {value}, above the context window of model "
-                                    f"'{model.name}' ({model.max_model_len} tokens)")
+            raise bad_request(
+                name,
+                f"'{name}' is {value}, above the context window of model '{model.name}' ({model.max_model_len} tokens)",
+            )
 
 
 def _check_generation(body: dict[str, Any], model: Model) -> None:
@@ -136,15 +141,17 @@ def _check_messages(body: dict[str, Any]) -> None:
             raise bad_request(where, f"'{where}' must be an object with 'role' and 'content'")
         role = message.get("role")
         if not is_one_of(role, ROLES):
-            raise bad_request(f"{where}.role", f"'{where}.role' must be one of {', '.join(sorted(ROLES))}, "
-                                               f"got {role!r}")
+            raise bad_request(
+                f"{where}.role", f"'{where}.role' must be one of {', '.join(sorted(ROLES))}, got {role!r}"
+            )
         content = message.get("content")
         if content is None and not (role == "assistant" and message.get("tool_calls")):
             raise bad_request(f"{where}.content", f"'{where}.content' is required")
         if content is not None and not isinstance(content, (str, list)):
             raise bad_request(f"{where}.content", f"'{where}.content' must be a string or a list of parts")
-        if isinstance(content, list) and not all(isinstance(p, dict) and isinstance(p.get("type"), str)
-                                                 for p in content):
+        if isinstance(content, list) and not all(
+            isinstance(p, dict) and isinstance(p.get("type"), str) for p in content
+        ):
             raise bad_request(f"{where}.content", f"'{where}.content' parts must be objects with a 'type'")
 
 
@@ -156,8 +163,9 @@ def _check_schema(schema: dict[str, Any], param: str, where: str) -> None:
         jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator).check_schema(schema)
     except jsonschema.SchemaError as exc:
         at = "/".join(str(p) for p in exc.path)
-        raise bad_request(param, f"'{where}' is not a valid JSON Schema: {exc.message}"
-                                 + (f" (at '{at}')" if at else "")) from None
+        raise bad_request(
+            param, f"'{where}' is not a valid JSON Schema: {exc.message}" + (f" (at '{at}')" if at else "")
+        ) from None
     except RecursionError:
         raise bad_request(param, f"'{where}' is nested too deeply") from None
 
@@ -168,9 +176,13 @@ def check_tool_support(body: dict[str, Any], model: Model) -> None:
         return
     param = "tools" if body.get("tools") else "tool_choice" if body.get("tool_choice") not in (None, "none") else None
     if param is not None:
-        raise GatewayError(400, f"Model '{model.name}' has no tool support: '{param}' cannot be used with it "
-                                "(GET /v1/models tells which models support tools)",
-                           param=param, code="unsupported_parameter")
+        raise GatewayError(
+            400,
+            f"Model '{model.name}' has no tool support: '{param}' cannot be used with it "
+            "(GET /v1/models tells which models support tools)",
+            param=param,
+            code="unsupported_parameter",
+        )
 
 
 def _check_tools(body: dict[str, Any]) -> None:
@@ -187,8 +199,9 @@ def _check_tools(body: dict[str, Any]) -> None:
                 raise bad_request(f"{where}.function.name", f"'{where}.function.name' must be a non-empty string")
             parameters = function.get("parameters")
             if parameters is not None and not isinstance(parameters, dict):
-                raise bad_request(f"{where}.function.parameters",
-                                  f"'{where}.function.parameters' must be a JSON Schema object")
+                raise bad_request(
+                    f"{where}.function.parameters", f"'{where}.function.parameters' must be a JSON Schema object"
+                )
             if parameters is not None:
                 _check_schema(parameters, f"{where}.function.parameters", f"{where}.function.parameters")
     choice = body.get("tool_choice")
@@ -196,12 +209,19 @@ def _check_tools(body: dict[str, Any]) -> None:
         return
     if isinstance(choice, str):
         if not is_one_of(choice, TOOL_CHOICES):
-            raise bad_request("tool_choice", f"'tool_choice' must be one of {', '.join(sorted(TOOL_CHOICES))} "
-                                             f"or a named function, got {choice!r}")
-    elif not (isinstance(choice, dict) and choice.get("type") == "function"
-              and isinstance(choice.get("function"), dict) and isinstance(choice["function"].get("name"), str)):
-        raise bad_request("tool_choice", "'tool_choice' must be a string or "
-                                         '{"type": "function", "function": {"name": ...}}')
+            raise bad_request(
+                "tool_choice",
+                f"'tool_choice' must be one of {', '.join(sorted(TOOL_CHOICES))} or a named function, got {choice!r}",
+            )
+    elif not (
+        isinstance(choice, dict)
+        and choice.get("type") == "function"
+        and isinstance(choice.get("function"), dict)
+        and isinstance(choice["function"].get("name"), str)
+    ):
+        raise bad_request(
+            "tool_choice", '\'tool_choice\' must be a string or {"type": "function", "function": {"name": ...}}'
+        )
     if choice not in ("none", "auto") and not tools:
         raise bad_request("tool_choice", "'tool_choice' names a tool but 'tools' is empty")
 
@@ -211,14 +231,20 @@ def _check_response_format(body: dict[str, Any]) -> None:
     if value is None:
         return
     if not isinstance(value, dict) or not is_one_of(value.get("type"), RESPONSE_FORMATS):
-        raise bad_request("response_format", "'response_format' must be an object whose 'type' is one of "
-                                             f"{', '.join(sorted(RESPONSE_FORMATS))}")
+        raise bad_request(
+            "response_format",
+            f"'response_format' must be an object whose 'type' is one of {', '.join(sorted(RESPONSE_FORMATS))}",
+        )
     if value["type"] == "json_schema":
         spec = value.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(
-                spec.get("schema", {}), dict):
-            raise bad_request("response_format", "'response_format.json_schema' must be an object with a 'name' "
-                                                 "and a 'schema' object")
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("name"), str)
+            or not isinstance(spec.get("schema", {}), dict)
+        ):
+            raise bad_request(
+                "response_format", "'response_format.json_schema' must be an object with a 'name' and a 'schema' object"
+            )
         _check_schema(spec.get("schema", {}), "response_format", "response_format.json_schema.schema")
 
 
@@ -230,13 +256,15 @@ def _check_inputs(body: dict[str, Any], name: str, max_inputs: int) -> None:
     if isinstance(value, str):
         return
     if not isinstance(value, list):
-        raise bad_request(name, f"'{name}' must be a string, a list of strings or a list of token ids, "
-                                f"got {type(value).__name__}")
+        raise bad_request(
+            name, f"'{name}' must be a string, a list of strings or a list of token ids, got {type(value).__name__}"
+        )
     if len(value) > max_inputs:
         raise bad_request(name, f"'{name}' has {len(value)} items; at most {max_inputs} are accepted per request")
     if not (_strings(value) or _tokens(value) or all(_tokens(v) and v for v in value)):
-        raise bad_request(name, f"'{name}' must be a string, a list of strings or a list of token ids, "
-                                "not a list mixing types")
+        raise bad_request(
+            name, f"'{name}' must be a string, a list of strings or a list of token ids, not a list mixing types"
+        )
     if any(v == "" or v == [] for v in value):
         raise bad_request(name, f"'{name}' must not contain empty items")
 
@@ -286,8 +314,9 @@ def check_destination(body: dict[str, Any], path: str) -> None:
     from litellm.proxy.auth.auth_utils import is_request_body_safe
 
     try:
-        is_request_body_safe(body, proxy_server.general_settings, proxy_server.llm_router, str(body.get("model", "")),
-                             route=path)
+        is_request_body_safe(
+            body, proxy_server.general_settings, proxy_server.llm_router, str(body.get("model", "")), route=path
+        )
     except ValueError as exc:
         raise GatewayError(400, str(exc), param="body", code="invalid_value") from None
 

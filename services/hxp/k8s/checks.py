@@ -5,6 +5,7 @@ naming the object. Schema validity is not checked here (kubernetes-validate and 
 these are the relations between objects and with the catalogue that no schema expresses.
 ``hxp k8s check`` runs them on a rendering with your values.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,24 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 PORT_NAME = re.compile(r"^(?=.*[a-z])(?!.*--)[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))((?:[KMGTPE]i)|[numkMGTPE]|[eE][+-]?\d+)?$")
-SUFFIX: dict[str, Decimal | int] = {"": 1, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": 10**3, "M": 10**6,
-          "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-          "Pi": 2**50, "Ei": 2**60}
+SUFFIX: dict[str, Decimal | int] = {
+    "": 1,
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
 GPU = "nvidia.com/gpu"
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 ONE_NAME_LABEL = ("Service", "Deployment", "StatefulSet", "DaemonSet")  # names that become DNS labels
@@ -74,13 +90,19 @@ def quantity(text: Any) -> Decimal:
 
 # --- the checks ------------------------------------------------------------------------
 
+
 def names(docs: list[Doc]) -> list[str]:
     """Object, container, volume and port names, and label keys and values, as the API server accepts them."""
     problems = []
     for doc in docs:
         meta = doc["metadata"]
-        rule = DNS_1035_LABEL if doc["kind"] == "Service" else DNS_LABEL if doc["kind"] in ONE_NAME_LABEL \
+        rule = (
+            DNS_1035_LABEL
+            if doc["kind"] == "Service"
+            else DNS_LABEL
+            if doc["kind"] in ONE_NAME_LABEL
             else DNS_SUBDOMAIN
+        )
         limit = 63 if rule is not DNS_SUBDOMAIN else 253
         if not rule.match(meta["name"]) or len(meta["name"]) > limit:
             problems.append(f"{where(doc)}: the name is not a DNS-1123 {'label' if limit == 63 else 'subdomain'}")
@@ -131,17 +153,24 @@ def selectors(docs: list[Doc]) -> list[str]:
         elif kind == "HorizontalPodAutoscaler" and spec["scaleTargetRef"]["name"] not in named(docs, "Deployment"):
             problems.append(f"{where(doc)}: scaleTargetRef {spec['scaleTargetRef']['name']!r} is no Deployment")
         elif kind == "ServiceMonitor":
-            services = [s for s in named(docs, "Service").values()
-                        if selects(spec["selector"].get("matchLabels"), s["metadata"].get("labels"))]
+            services = [
+                s
+                for s in named(docs, "Service").values()
+                if selects(spec["selector"].get("matchLabels"), s["metadata"].get("labels"))
+            ]
             if not services:
                 problems.append(f"{where(doc)}: spec.selector selects no Service of the chart")
             for endpoint in spec.get("endpoints", []):
                 for service in services:
                     if endpoint.get("port") not in {p.get("name") for p in service["spec"]["ports"]}:
-                        problems.append(f"{where(doc)}: endpoint port {endpoint.get('port')!r} is not a port of "
-                                        f"{where(service)}")
-    problems += [f"{where(doc)}: {field} selects no pods of the chart"
-                 for doc, field, selector in pod_selectors if not selected(docs, selector)]
+                        problems.append(
+                            f"{where(doc)}: endpoint port {endpoint.get('port')!r} is not a port of {where(service)}"
+                        )
+    problems += [
+        f"{where(doc)}: {field} selects no pods of the chart"
+        for doc, field, selector in pod_selectors
+        if not selected(docs, selector)
+    ]
     return problems
 
 
@@ -160,15 +189,21 @@ def ports(docs: list[Doc]) -> list[str]:
                 probe = container.get(probe_name) or {}
                 for action in ("httpGet", "tcpSocket", "grpc"):
                     if action in probe and not _declares(pod, probe[action]["port"], container):
-                        problems.append(f"{where(workload)}: {container['name']} {probe_name} targets port "
-                                        f"{probe[action]['port']!r}, which the container does not declare")
+                        problems.append(
+                            f"{where(workload)}: {container['name']} {probe_name} targets port "
+                            f"{probe[action]['port']!r}, which the container does not declare"
+                        )
     for doc in docs:
         spec = doc.get("spec", {})
         if doc["kind"] == "Service":
             targets = [(p.get("targetPort", p["port"]), spec.get("selector")) for p in spec["ports"]]
         elif doc["kind"] == "NetworkPolicy":
-            targets = [(p["port"], spec["podSelector"].get("matchLabels"))
-                       for rule in spec.get("ingress", []) for p in rule.get("ports", []) if "port" in p]
+            targets = [
+                (p["port"], spec["podSelector"].get("matchLabels"))
+                for rule in spec.get("ingress", [])
+                for p in rule.get("ports", [])
+                if "port" in p
+            ]
         elif doc["kind"] == "InferencePool":
             targets = [(p["number"], spec["selector"].get("matchLabels")) for p in spec["targetPorts"]]
         else:
@@ -265,14 +300,17 @@ def quantities(docs: list[Doc]) -> list[str]:
             for resource in set(requests) & set(limits):
                 try:
                     if quantity(requests[resource]) > quantity(limits[resource]):
-                        problems.append(f"{where(workload)}: {container['name']} requests more {resource} than "
-                                        "its limit")
+                        problems.append(
+                            f"{where(workload)}: {container['name']} requests more {resource} than its limit"
+                        )
                 except ValueError:
                     continue  # reported above
-            if GPU in limits and (str(requests.get(GPU, limits[GPU])) != str(limits[GPU])
-                                  or not str(limits[GPU]).isdigit()):
-                problems.append(f"{where(workload)}: {container['name']} {GPU} must be a whole number, requested "
-                                "as limited")
+            if GPU in limits and (
+                str(requests.get(GPU, limits[GPU])) != str(limits[GPU]) or not str(limits[GPU]).isdigit()
+            ):
+                problems.append(
+                    f"{where(workload)}: {container['name']} {GPU} must be a whole number, requested as limited"
+                )
     return problems
 
 
@@ -296,9 +334,12 @@ def gpus(docs: list[Doc], cat: Catalogue) -> list[str]:
             served.add(name)
             want = cat.get(name).deployment.tensor_parallel_size if cat.profile_settings.device == "cuda" else 0
             if have is not None and have != want:
-                problems.append(f"{where(workload)}: {have:g} GPUs for {name}, the catalogue ({cat.profile}) "
-                                f"gives it {want}")
-    problems += [f"no engine serves {name} (catalogue profile {cat.profile})" for name in cat.names if name not in served]
+                problems.append(
+                    f"{where(workload)}: {have:g} GPUs for {name}, the catalogue ({cat.profile}) gives it {want}"
+                )
+    problems += [
+        f"no engine serves {name} (catalogue profile {cat.profile})" for name in cat.names if name not in served
+    ]
     return problems
 
 
@@ -315,8 +356,11 @@ def _route_target(url: str, docs: list[Doc]) -> Doc | None:
     path = urlsplit(url).path
     for route in named(docs, "HTTPRoute").values():
         for rule in route["spec"].get("rules", []):
-            prefixes = [m["path"]["value"].rstrip("/") for m in rule.get("matches", [])
-                        if m.get("path", {}).get("type") == "PathPrefix"]
+            prefixes = [
+                m["path"]["value"].rstrip("/")
+                for m in rule.get("matches", [])
+                if m.get("path", {}).get("type") == "PathPrefix"
+            ]
             if any(path == p or path.startswith(p + "/") for p in prefixes):
                 for ref in rule.get("backendRefs", []):
                     if ref.get("kind") == "InferencePool":
@@ -347,8 +391,9 @@ def backends(docs: list[Doc], cat: Catalogue) -> list[str]:
                 problems.append(f"{where(configs[0])}: {model} -> {url} reaches no Service or HTTPRoute of the chart")
                 continue
             if not port_ok:
-                problems.append(f"{where(configs[0])}: {model} -> {url}: port {parts.port} is not a port of "
-                                f"{where(service or {})}")
+                problems.append(
+                    f"{where(configs[0])}: {model} -> {url}: port {parts.port} is not a port of {where(service or {})}"
+                )
             if not pods or any(model not in _served(pod) for pod in pods):
                 problems.append(f"{where(configs[0])}: {model} -> {url} reaches pods that do not serve {model}")
     return problems
@@ -365,8 +410,10 @@ def scaling(docs: list[Doc]) -> list[str]:
         for volume in pod["spec"].get("volumes", []):
             claim = claims.get(volume.get("persistentVolumeClaim", {}).get("claimName", ""))
             if claim is not None and set(claim["spec"]["accessModes"]) <= {"ReadWriteOnce", "ReadWriteOncePod"}:
-                problems.append(f"{where(workload)}: {workload['spec']['replicas']} replicas share {where(claim)}, "
-                                "which only one node can mount (use ReadWriteMany)")
+                problems.append(
+                    f"{where(workload)}: {workload['spec']['replicas']} replicas share {where(claim)}, "
+                    "which only one node can mount (use ReadWriteMany)"
+                )
     deployments = named(docs, "Deployment")
     for hpa in named(docs, "HorizontalPodAutoscaler").values():
         target = deployments.get(hpa["spec"]["scaleTargetRef"]["name"])
@@ -374,10 +421,13 @@ def scaling(docs: list[Doc]) -> list[str]:
             resource = metric.get("resource", {}).get("name")
             if target is None or metric["type"] != "Resource":
                 continue
-            if any(resource not in c.get("resources", {}).get("requests", {})
-                   for c in target["spec"]["template"]["spec"]["containers"]):
-                problems.append(f"{where(hpa)}: scales on {resource}, which a container of {where(target)} does "
-                                "not request")
+            if any(
+                resource not in c.get("resources", {}).get("requests", {})
+                for c in target["spec"]["template"]["spec"]["containers"]
+            ):
+                problems.append(
+                    f"{where(hpa)}: scales on {resource}, which a container of {where(target)} does not request"
+                )
     return problems
 
 
@@ -386,8 +436,12 @@ CHECKS: tuple[Callable[..., list[str]], ...] = (names, selectors, ports, quantit
 
 def run(docs: list[Doc], cat: Catalogue, external: External) -> list[str]:
     """Every check's problems."""
-    return [*(p for check in CHECKS for p in check(docs)), *references(docs, external), *gpus(docs, cat),
-            *backends(docs, cat)]
+    return [
+        *(p for check in CHECKS for p in check(docs)),
+        *references(docs, external),
+        *gpus(docs, cat),
+        *backends(docs, cat),
+    ]
 
 
 def external_names(values: Iterable[Any]) -> dict[str, set[str]]:

@@ -1,4 +1,5 @@
 """`hxp k8s generate|check`: the Helm chart from the catalogue, and the checks an API server would make."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,13 +14,19 @@ from hxp.k8s import chart, checks
 
 def _generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    return generated.generate(out, args.check, lambda: chart.stale(out, args.catalogue),
-                              lambda: chart.write(out, args.catalogue), "hxp k8s generate")
+    return generated.generate(
+        out,
+        args.check,
+        lambda: chart.stale(out, args.catalogue),
+        lambda: chart.write(out, args.catalogue),
+        "hxp k8s generate",
+    )
 
 
 def _check(args: argparse.Namespace) -> int:
-    docs = [d for d in yaml.safe_load_all(Path(args.manifests).read_text() if args.manifests != "-" else sys.stdin)
-            if d]
+    docs = [
+        d for d in yaml.safe_load_all(Path(args.manifests).read_text() if args.manifests != "-" else sys.stdin) if d
+    ]
     values = [yaml.safe_load(Path(v).read_text()) for v in args.values]
     problems = checks.run(docs, catalogue.load(args.catalogue, args.profile), checks.external_names(values))
     for problem in problems:
@@ -36,11 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", default=str(chart.CHART_DIR), help="the chart's folder (default: deploy/helm/hxp)")
     g.add_argument("--catalogue", help="catalogue file (default: HXP_CATALOGUE or models.yaml)")
     g.set_defaults(func=_generate)
-    c = ksub.add_parser("check", help="check a rendering (helm template ... | hxp k8s check -) for what only an API "
-                                      "server or a controller would otherwise find")
+    c = ksub.add_parser(
+        "check",
+        help="check a rendering (helm template ... | hxp k8s check -) for what only an API "
+        "server or a controller would otherwise find",
+    )
     c.add_argument("manifests", help="the rendered objects (a YAML stream), - for standard input")
     c.add_argument("--profile", required=True, help="the catalogue profile the rendering serves (gpu | cpu)")
-    c.add_argument("--values", action="append", default=[], metavar="FILE",
-                   help="a values file of the rendering (the Secrets and claims it names exist outside the chart)")
+    c.add_argument(
+        "--values",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a values file of the rendering (the Secrets and claims it names exist outside the chart)",
+    )
     c.add_argument("--catalogue", help="catalogue file (default: HXP_CATALOGUE or models.yaml)")
     c.set_defaults(func=_check)

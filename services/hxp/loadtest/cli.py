@@ -1,4 +1,5 @@
 """`hxp loadtest plan|propose`: what a load test covers, and targets proposed from measured runs."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from hxp.core import catalogue
-from hxp.core import traffic
+from hxp.core import catalogue, traffic
 from hxp.loadtest.plan import concurrency, models_under_test, users_needed
 
 MAX_MARGIN = 2.0  # a target looser than twice what was measured checks little (issue 11)
@@ -30,8 +30,10 @@ def _plan(args: argparse.Namespace) -> int:
     for m in models:
         workload = data.workload_for(m).name if m.task == "chat" else "embeddings"
         t = m.targets
-        print(f"{m.name:<20} {workload:<11} {concurrency(m):>5}  {t.avg_latency_ms:g}/{t.p95_latency_ms:g} @ "
-              f"{t.throughput_rps:g}")
+        print(
+            f"{m.name:<20} {workload:<11} {concurrency(m):>5}  {t.avg_latency_ms:g}/{t.p95_latency_ms:g} @ "
+            f"{t.throughput_rps:g}"
+        )
     return 0
 
 
@@ -67,14 +69,18 @@ def _propose(args: argparse.Namespace) -> int:
         avg, p95 = max(r["avg_ms"] for r in rows), max(r["p95_ms"] for r in rows)
         rps = min(r["rps"] for r in rows)
         users = "/".join(sorted({str(r["users"]) for r in rows}))
-        targets = (f"avg_latency_ms: {_round_down(avg * args.margin):g}, "
-                   f"p95_latency_ms: {_round_down(p95 * args.margin):g}, "
-                   f"throughput_rps: {_round_down(rps / args.margin):g}")
+        targets = (
+            f"avg_latency_ms: {_round_down(avg * args.margin):g}, "
+            f"p95_latency_ms: {_round_down(p95 * args.margin):g}, "
+            f"throughput_rps: {_round_down(rps / args.margin):g}"
+        )
         dates = ", ".join(sorted({run["started_at"][:10] for run, _ in measured}))
         seconds = "/".join(f"{run['duration_s']:.0f}" for run, _ in measured)
-        note = (f"{dates}, {len(rows)} run(s) of {seconds} s through the gateway, {users} user(s): "
-                f"worst avg {avg:.0f} ms, p95 {p95:.0f} ms, lowest {rps:.2f} req/s; margin {args.margin:g}")
-        print(f"{model.name}:\n  {targets}, measured: \"{note}\"")
+        note = (
+            f"{dates}, {len(rows)} run(s) of {seconds} s through the gateway, {users} user(s): "
+            f"worst avg {avg:.0f} ms, p95 {p95:.0f} ms, lowest {rps:.2f} req/s; margin {args.margin:g}"
+        )
+        print(f'{model.name}:\n  {targets}, measured: "{note}"')
     return 0
 
 
@@ -86,6 +92,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan.set_defaults(func=_plan)
     propose = loadtest.add_parser("propose", help="targets measured runs support, per model (worst run, with margin)")
     propose.add_argument("results", nargs="+", help="results folders of runs (loadtests/results/<timestamp>)")
-    propose.add_argument("--margin", type=float, default=1.5,
-                         help=f"latency x margin, req/s / margin (default 1.5, at most {MAX_MARGIN:g})")
+    propose.add_argument(
+        "--margin",
+        type=float,
+        default=1.5,
+        help=f"latency x margin, req/s / margin (default 1.5, at most {MAX_MARGIN:g})",
+    )
     propose.set_defaults(func=_propose)

@@ -8,6 +8,7 @@ is told apart in the request log, expires after a day, and is revoked when the t
 Without a usable key (none given, none found, or one the gateway refuses) the run stops
 before it sends a request, saying how to give one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,9 +23,11 @@ from hxp.runner import master_key_file
 
 log = logging.getLogger(__name__)
 
-HOW = ("give the load test a key: HXP_LOADTEST_KEY=<an API key of the gateway> (`make run` prints one), or "
-       "HXP_MASTER_KEY=<the gateway's master key> to let the run create one (`make run` keeps its master key in "
-       ".state/master.key, which is used when present)")
+HOW = (
+    "give the load test a key: HXP_LOADTEST_KEY=<an API key of the gateway> (`make run` prints one), or "
+    "HXP_MASTER_KEY=<the gateway's master key> to let the run create one (`make run` keeps its master key in "
+    ".state/master.key, which is used when present)"
+)
 
 
 @dataclass(frozen=True)
@@ -60,19 +63,26 @@ def provision(host: str) -> TestKey:
         return TestKey(secret)
     found = master_key()
     if found is None:
-        raise SystemExit(f"no API key for the load test (neither HXP_LOADTEST_KEY nor HXP_MASTER_KEY is set and "
-                         f"there is no {master_key_file()}): {HOW}")
+        raise SystemExit(
+            f"no API key for the load test (neither HXP_LOADTEST_KEY nor HXP_MASTER_KEY is set and "
+            f"there is no {master_key_file()}): {HOW}"
+        )
     master, origin = found
     alias = f"loadtest-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     try:
-        resp = httpx.post(f"{root}/admin/keys", headers={"Authorization": f"Bearer {master}"},
-                          json={"alias": alias, "owner": "loadtest", "days": 1}, timeout=30)
+        resp = httpx.post(
+            f"{root}/admin/keys",
+            headers={"Authorization": f"Bearer {master}"},
+            json={"alias": alias, "owner": "loadtest", "days": 1},
+            timeout=30,
+        )
     except httpx.HTTPError as err:
-        raise SystemExit(f"could not reach the gateway at {root} to create a load-test key ({err}); "
-                         "is the stack running (`make run`)?") from None
+        raise SystemExit(
+            f"could not reach the gateway at {root} to create a load-test key ({err}); "
+            "is the stack running (`make run`)?"
+        ) from None
     if resp.status_code in (401, 403):
-        raise SystemExit(f"the gateway at {root} refused the master key from {origin} (HTTP {resp.status_code}): "
-                         f"{HOW}")
+        raise SystemExit(f"the gateway at {root} refused the master key from {origin} (HTTP {resp.status_code}): {HOW}")
     if resp.status_code != 201:
         raise SystemExit(f"could not create a load-test key at {root}: HTTP {resp.status_code} {resp.text}")
     return TestKey(resp.json()["key"], alias, master)
@@ -94,7 +104,10 @@ def revoke(host: str, key: TestKey) -> None:
     if key.alias is None:
         return
     try:
-        httpx.post(f"{gateway_root(host)}/admin/keys/{key.alias}/revoke",
-                   headers={"Authorization": f"Bearer {key.master}"}, timeout=30)
+        httpx.post(
+            f"{gateway_root(host)}/admin/keys/{key.alias}/revoke",
+            headers={"Authorization": f"Bearer {key.master}"},
+            timeout=30,
+        )
     except httpx.HTTPError as err:
         log.warning("could not revoke load-test key %s: %s", key.alias, err)

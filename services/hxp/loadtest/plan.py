@@ -6,6 +6,7 @@ throughput target at its average-latency target with
 the engine reached directly (:data:`COMPARED_PROFILES`), each model has as many users again
 sending the same requests to its engine directly, in the same run.
 """
+
 from __future__ import annotations
 
 import json

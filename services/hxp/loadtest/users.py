@@ -10,6 +10,7 @@ Every request reports ``context["model"]``; streamed ones also
 also has a twin class sending the same requests to its engine directly (``direct``), reported
 as ``<model> (direct)``.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,10 @@ from locust import HttpUser, constant, task
 from requests import RequestException
 
 from hxp.core.catalogue import Model
+from hxp.core.traffic import Traffic, Workload, chat_request, embedding_request
 from hxp.loadtest.keys import gateway_root
 from hxp.loadtest.plan import concurrency
 from hxp.loadtest.verdict import direct_name
-from hxp.core.traffic import Traffic, Workload, chat_request, embedding_request
 
 
 class ModelUser(HttpUser):
@@ -54,8 +55,15 @@ class ModelUser(HttpUser):
 
     def _post(self, path: str, body: dict[str, Any], kind: str, **kwargs: Any) -> Any:
         """POST to the gateway, reported to Locust as ``kind`` under the model's name."""
-        resp = self.client.post(f"{self.api}{path}", json=body, name=self.label, catch_response=True,
-                                timeout=self.model.api.timeout_s, context={}, **kwargs)
+        resp = self.client.post(
+            f"{self.api}{path}",
+            json=body,
+            name=self.label,
+            catch_response=True,
+            timeout=self.model.api.timeout_s,
+            context={},
+            **kwargs,
+        )
         # locust annotates request_meta as a Mapping, but it is the dict it builds and itself writes to
         resp.request_meta["request_type"] = kind  # type: ignore[index]
         return resp
@@ -95,8 +103,9 @@ class ChatUser(ModelUser):
                         if "error" in event:
                             problem = f"stream error: {str(event['error'])[:200]}"
                             break
-                        if ttft_ms is None and any((c.get("delta") or {}).get("content")
-                                                   for c in event.get("choices") or []):
+                        if ttft_ms is None and any(
+                            (c.get("delta") or {}).get("content") for c in event.get("choices") or []
+                        ):
                             ttft_ms = (time.perf_counter() - start) * 1000
                 except (RequestException, ValueError) as err:
                     problem = f"stream broken: {err}"
@@ -159,15 +168,21 @@ def class_name(model: Model) -> str:
     return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", model.name) if part) + "User"
 
 
-def user_classes(models: list[Model], traffic: Traffic, host: str,
-                 engines: dict[str, str] | None = None) -> list[type[ModelUser]]:
+def user_classes(
+    models: list[Model], traffic: Traffic, host: str, engines: dict[str, str] | None = None
+) -> list[type[ModelUser]]:
     """One concrete Locust user class per model (chat or embedding), and for each model in ``engines`` (its
     engine's base URL) a twin sending the same requests there directly; set ``api_key`` on the gateway's
     classes before a run."""
     classes: list[type[ModelUser]] = []
     for model in models:
-        attrs: dict[str, Any] = {"model": model, "traffic": traffic, "host": host,
-                                 "weight": concurrency(model), "__module__": __name__}
+        attrs: dict[str, Any] = {
+            "model": model,
+            "traffic": traffic,
+            "host": host,
+            "weight": concurrency(model),
+            "__module__": __name__,
+        }
         if model.task == "chat":
             attrs["workload"] = traffic.workload_for(model)
             base: type[ModelUser] = ChatUser

@@ -12,6 +12,7 @@ the same run: the gateway's avg and p95 at most LATENCY_RATIO times the direct o
 LATENCY_SLACK_MS, its req/s at least THROUGHPUT_RATIO times the direct one. A slower CPU slows both
 paths alike; a slow gateway fails.
 """
+
 from __future__ import annotations
 
 import csv
@@ -124,13 +125,25 @@ class _Stats:
     @classmethod
     def of(cls, samples: list[Sample], window_s: float) -> _Stats:
         good = [s.latency_ms for s in samples if s.ok]
-        return cls(good, [s.ttft_ms for s in samples if s.ok and s.ttft_ms is not None], len(samples) - len(good),
-                   fmean(good) if good else None, percentile(good, 95), len(good) / window_s if window_s > 0 else 0.0)
+        return cls(
+            good,
+            [s.ttft_ms for s in samples if s.ok and s.ttft_ms is not None],
+            len(samples) - len(good),
+            fmean(good) if good else None,
+            percentile(good, 95),
+            len(good) / window_s if window_s > 0 else 0.0,
+        )
 
 
-def evaluate(model: str, samples: list[Sample], window_s: float, targets: Targets,
-             max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO, users: int = 0,
-             direct: list[Sample] | None = None) -> ModelResult:
+def evaluate(
+    model: str,
+    samples: list[Sample],
+    window_s: float,
+    targets: Targets,
+    max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO,
+    users: int = 0,
+    direct: list[Sample] | None = None,
+) -> ModelResult:
     """Check one model's samples against its targets, or, given the ``direct`` samples of its engine reached
     directly in the same run, against those."""
     stats = _Stats.of(samples, window_s)
@@ -157,13 +170,26 @@ def evaluate(model: str, samples: list[Sample], window_s: float, targets: Target
         problems.append(f"throughput {stats.rps:.2f} req/s < {target_rps:g} req/s")
     errors = Counter(s.error or "unknown" for s in samples if not s.ok).most_common(TOP_ERRORS)
     return ModelResult(
-        model=model, users=users, requests=len(samples), failures=stats.failures,
-        avg_ms=stats.avg, p50_ms=percentile(stats.good, 50), p95_ms=stats.p95,
-        streamed=len(stats.ttft), ttft_avg_ms=fmean(stats.ttft) if stats.ttft else None,
-        ttft_p95_ms=percentile(stats.ttft, 95), rps=stats.rps, target_avg_ms=target_avg,
-        target_p95_ms=target_p95, target_rps=target_rps, problems=tuple(problems),
-        errors=tuple(errors), direct_avg_ms=None if base is None else base.avg,
-        direct_p95_ms=None if base is None else base.p95, direct_rps=None if base is None else base.rps)
+        model=model,
+        users=users,
+        requests=len(samples),
+        failures=stats.failures,
+        avg_ms=stats.avg,
+        p50_ms=percentile(stats.good, 50),
+        p95_ms=stats.p95,
+        streamed=len(stats.ttft),
+        ttft_avg_ms=fmean(stats.ttft) if stats.ttft else None,
+        ttft_p95_ms=percentile(stats.ttft, 95),
+        rps=stats.rps,
+        target_avg_ms=target_avg,
+        target_p95_ms=target_p95,
+        target_rps=target_rps,
+        problems=tuple(problems),
+        errors=tuple(errors),
+        direct_avg_ms=None if base is None else base.avg,
+        direct_p95_ms=None if base is None else base.p95,
+        direct_rps=None if base is None else base.rps,
+    )
 
 
 @dataclass(frozen=True)
@@ -195,22 +221,51 @@ class Verdict:
     def table(self) -> str:
         """The verdict as a fixed-width text table, with the reasons of every failure below it."""
         compared = any(r.direct_rps is not None for r in self.results)
-        head = ["model", "users", "reqs", "fail", "avg ms", "p50 ms", "p95 ms", "TTFT avg/p95 ms", "req/s",
-                "target avg/p95 ms @ req/s", *(["direct avg/p95 ms @ req/s"] if compared else []), "verdict"]
-        rows = [[r.model, str(r.users), str(r.requests), str(r.failures), _ms(r.avg_ms), _ms(r.p50_ms), _ms(r.p95_ms),
-                 f"{_ms(r.ttft_avg_ms)}/{_ms(r.ttft_p95_ms)}" if r.streamed else "-", f"{r.rps:.2f}",
-                 f"{r.target_avg_ms:g}/{r.target_p95_ms:g} @ {r.target_rps:g}",
-                 *([f"{_ms(r.direct_avg_ms)}/{_ms(r.direct_p95_ms)} @ {r.direct_rps or 0:.2f}"] if compared else []),
-                 "PASS" if r.passed else "FAIL"]
-                for r in self.results]
+        head = [
+            "model",
+            "users",
+            "reqs",
+            "fail",
+            "avg ms",
+            "p50 ms",
+            "p95 ms",
+            "TTFT avg/p95 ms",
+            "req/s",
+            "target avg/p95 ms @ req/s",
+            *(["direct avg/p95 ms @ req/s"] if compared else []),
+            "verdict",
+        ]
+        rows = [
+            [
+                r.model,
+                str(r.users),
+                str(r.requests),
+                str(r.failures),
+                _ms(r.avg_ms),
+                _ms(r.p50_ms),
+                _ms(r.p95_ms),
+                f"{_ms(r.ttft_avg_ms)}/{_ms(r.ttft_p95_ms)}" if r.streamed else "-",
+                f"{r.rps:.2f}",
+                f"{r.target_avg_ms:g}/{r.target_p95_ms:g} @ {r.target_rps:g}",
+                *([f"{_ms(r.direct_avg_ms)}/{_ms(r.direct_p95_ms)} @ {r.direct_rps or 0:.2f}"] if compared else []),
+                "PASS" if r.passed else "FAIL",
+            ]
+            for r in self.results
+        ]
         widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-        lines = [f"Load-test verdict: profile {self.profile}, {self.duration_s:.1f} s, {self.users} users, "
-                 f"max failure ratio {self.max_failure_ratio:.1%}"]
+        lines = [
+            f"Load-test verdict: profile {self.profile}, {self.duration_s:.1f} s, {self.users} users, "
+            f"max failure ratio {self.max_failure_ratio:.1%}"
+        ]
         if compared:
-            lines.append(f"targets: the engine reached directly in the same run, avg and p95 x {LATENCY_RATIO:g} "
-                         f"+ {LATENCY_SLACK_MS:g} ms, req/s x {THROUGHPUT_RATIO:g}")
-        lines += ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-                  for row in [head, *rows]]
+            lines.append(
+                f"targets: the engine reached directly in the same run, avg and p95 x {LATENCY_RATIO:g} "
+                f"+ {LATENCY_SLACK_MS:g} ms, req/s x {THROUGHPUT_RATIO:g}"
+            )
+        lines += [
+            "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+            for row in [head, *rows]
+        ]
         for r in self.results:
             if not r.passed:
                 lines.append(f"FAIL {r.model}: {'; '.join(r.problems)}")
@@ -227,9 +282,14 @@ class Verdict:
         with csv_path.open("w", newline="") as out:
             writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["model"])
             writer.writeheader()
-            writer.writerows({**row, "problems": "; ".join(row["problems"]),
-                              "errors": "; ".join(f"{count} x {error}" for error, count in row["errors"])}
-                             for row in rows)
+            writer.writerows(
+                {
+                    **row,
+                    "problems": "; ".join(row["problems"]),
+                    "errors": "; ".join(f"{count} x {error}" for error, count in row["errors"]),
+                }
+                for row in rows
+            )
         return [json_path, csv_path]
 
 
@@ -237,14 +297,28 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def judge(recorder: Recorder, models: list[Model], *, profile: str, users: dict[str, int],
-          max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO) -> Verdict:
+def judge(
+    recorder: Recorder,
+    models: list[Model],
+    *,
+    profile: str,
+    users: dict[str, int],
+    max_failure_ratio: float = DEFAULT_MAX_FAILURE_RATIO,
+) -> Verdict:
     """The verdict of a recorded run for ``models`` (those under test, with their ``users``) against their targets
     (on a compared profile, against their engines reached directly)."""
     window = recorder.window_s
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(recorder.started or time.time()))
-    results = tuple(evaluate(m.name, recorder.samples.get(m.name, []), window, m.targets, max_failure_ratio,
-                             users.get(m.name, 0),
-                             recorder.samples.get(direct_name(m.name), []) if compared(profile) else None)
-                    for m in models)
+    results = tuple(
+        evaluate(
+            m.name,
+            recorder.samples.get(m.name, []),
+            window,
+            m.targets,
+            max_failure_ratio,
+            users.get(m.name, 0),
+            recorder.samples.get(direct_name(m.name), []) if compared(profile) else None,
+        )
+        for m in models
+    )
     return Verdict(profile, started, round(window, 3), sum(users.values()), max_failure_ratio, results)

@@ -11,6 +11,7 @@ nonsense. ``--compiled`` adds the chat engine with the catalogue's dtype, compil
 Numbers depend on the machine and on what else runs on it: the table says which CPU
 and load it saw.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,10 +28,10 @@ import httpx
 
 from hxp.core import catalogue
 from hxp.core.catalogue import Model
+from hxp.core.paths import state_path
 from hxp.model import quantize
 from hxp.model.command import EngineCommand, engine_command, engine_groups
 from hxp.model.service import start_engine
-from hxp.core.paths import state_path
 from hxp.process import ServiceError, group_pids
 
 CONCURRENCY = 8
@@ -57,8 +58,7 @@ def group_rss_gib(pgid: int) -> float:
 
 
 def generate(base_url: str, model: str, tokens: int) -> int:
-    body = {"model": model, "prompt": "Once upon a time", "max_tokens": tokens, "temperature": 0,
-            "ignore_eos": True}
+    body = {"model": model, "prompt": "Once upon a time", "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
     response = httpx.post(f"{base_url}/v1/completions", json=body, timeout=600)
     response.raise_for_status()
     return response.json()["usage"]["completion_tokens"]
@@ -89,10 +89,15 @@ def embeddings_per_s(base_url: str, model: str, requests: int = 64) -> float:
 
 def measure(command: EngineCommand, quantization: str, tokens: int, timeout: float) -> dict[str, str]:
     eager = "--enforce-eager" in command.argv
-    log = state_path("logs", "bench") / (f"engine-{command.log_name}-{quantization}-{command.dtype}-"
-                                         f"{'eager' if eager else 'compiled'}.log")
-    row = {"engine": "/".join(command.names), "quantization": quantization, "dtype": command.dtype,
-           "eager": str(eager).lower()}
+    log = state_path("logs", "bench") / (
+        f"engine-{command.log_name}-{quantization}-{command.dtype}-{'eager' if eager else 'compiled'}.log"
+    )
+    row = {
+        "engine": "/".join(command.names),
+        "quantization": quantization,
+        "dtype": command.dtype,
+        "eager": str(eager).lower(),
+    }
     started = time.monotonic()
     try:
         engine = start_engine(command, log=log, timeout=timeout)
@@ -118,21 +123,33 @@ def measure(command: EngineCommand, quantization: str, tokens: int, timeout: flo
 
 def with_dtype(models: Sequence[Model], dtype: str) -> list[Model]:
     """The models with their vLLM dtype replaced."""
-    return [replace(m, deployment=m.deployment.model_copy(
-        update={"vllm": m.deployment.vllm.model_copy(update={"dtype": dtype})})) for m in models]
+    return [
+        replace(
+            m,
+            deployment=m.deployment.model_copy(update={"vllm": m.deployment.vllm.model_copy(update={"dtype": dtype})}),
+        )
+        for m in models
+    ]
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
     return f"{cpu}, {os.cpu_count()} cores"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hxp.model.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", default=",".join(DTYPES), help="chat engine dtypes to compare (comma-separated)")
-    parser.add_argument("--quantizations", help="catalogue quantizations of the chat engine (comma-separated; "
-                                                  "default: all)")
+    parser.add_argument(
+        "--quantizations", help="catalogue quantizations of the chat engine (comma-separated; default: all)"
+    )
     parser.add_argument("--compiled", action="store_true", help="also measure the chat engine without --enforce-eager")
     parser.add_argument("--tokens", type=int, default=128, help="tokens generated per request")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds an engine may take to start")
@@ -158,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             rows[-1]["dtype"] += " (catalogue)"
         print(f"[bench] {rows[-1]}", file=sys.stderr, flush=True)
     columns = list(dict.fromkeys(c for row in rows for c in row))
-    print(f"\nvLLM CPU engines ({machine()}, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after; "
-          f"{args.tokens} tokens per request)\n")
+    print(
+        f"\nvLLM CPU engines ({machine()}, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after; "
+        f"{args.tokens} tokens per request)\n"
+    )
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for row in rows:
         print("| " + " | ".join(row.get(c, "-") for c in columns) + " |")

@@ -1,4 +1,5 @@
 """`hxp prepare`, `hxp quantize`, `hxp model serve|command` and `hxp plan`."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ def _command(args: argparse.Namespace) -> EngineCommand:
     except KeyError as err:
         raise SystemExit(f"unknown model {err} (known: {', '.join(cat.names)})") from None
     try:
-        return engine_command(models, cat.profile_settings, host=args.host, port=args.port,
-                              enforce_eager=args.enforce_eager)
+        return engine_command(
+            models, cat.profile_settings, host=args.host, port=args.port, enforce_eager=args.enforce_eager
+        )
     except ValueError as err:
         raise SystemExit(str(err)) from None
 
@@ -110,17 +112,21 @@ def _plan(args: argparse.Namespace) -> int:
         for est in estimates:
             t = plan.propose(est)
             for name in est.names:
-                print(f"{name}:\n  targets: {{avg_latency_ms: {t.avg_latency_ms:.0f}, p95_latency_ms: "
-                      f"{t.p95_latency_ms:.0f}, throughput_rps: {t.throughput_rps:g}, memory_gb: {t.memory_gb:g}, "
-                      f"measured: \"{PROPOSED_NOTE}, {est.loaded.concurrency} at once, allowing "
-                      f"{plan.ROOFLINE_FACTOR:g}x\"}}")
+                print(
+                    f"{name}:\n  targets: {{avg_latency_ms: {t.avg_latency_ms:.0f}, p95_latency_ms: "
+                    f"{t.p95_latency_ms:.0f}, throughput_rps: {t.throughput_rps:g}, memory_gb: {t.memory_gb:g}, "
+                    f'measured: "{PROPOSED_NOTE}, {est.loaded.concurrency} at once, allowing '
+                    f'{plan.ROOFLINE_FACTOR:g}x"}}'
+                )
         return 0
     print(render(cat, machine, estimates, against))
     return 0
 
 
-PROPOSED_NOTE = ("hxp plan --propose: the roofline on the profile's machine at the fewest requests at once that "
-                 f"reach {plan.NEAR_BEST:.0%} of the throughput within the timeout")
+PROPOSED_NOTE = (
+    "hxp plan --propose: the roofline on the profile's machine at the fewest requests at once that "
+    f"reach {plan.NEAR_BEST:.0%} of the throughput within the timeout"
+)
 
 
 def _load(load: plan.Load) -> str:
@@ -131,13 +137,17 @@ def render(cat: Catalogue, machine: Machine, estimates: list[plan.Estimate], aga
     """The plan as text: the machine, one row per engine, the memory totals and the targets it misses."""
     alloc = cat.profile_settings.allocation
     lines = [
-        (f"profile {cat.profile} on {machine.cores} cores / {machine.threads} threads, {machine.numa_nodes} NUMA "
-         f"node(s), {machine.memory_gb:.0f} GB, {machine.memory_bandwidth_gbs:.0f} GB/s, "
-         f"{machine.frequency_ghz:.1f} GHz, {','.join(machine.instruction_sets) or 'no vector extensions'}"),
+        (
+            f"profile {cat.profile} on {machine.cores} cores / {machine.threads} threads, {machine.numa_nodes} NUMA "
+            f"node(s), {machine.memory_gb:.0f} GB, {machine.memory_bandwidth_gbs:.0f} GB/s, "
+            f"{machine.frequency_ghz:.1f} GHz, {','.join(machine.instruction_sets) or 'no vector extensions'}"
+        ),
         "",
-        ("| engine | cores | weights GB | KV GB | runtime GB | memory GB | context (fits) | request in/out tokens "
-         "| decode tok/s | latency alone ms | load test: seqs, latency ms, req/s | saturated: seqs, latency ms, "
-         "req/s |"),
+        (
+            "| engine | cores | weights GB | KV GB | runtime GB | memory GB | context (fits) | request in/out tokens "
+            "| decode tok/s | latency alone ms | load test: seqs, latency ms, req/s | saturated: seqs, latency ms, "
+            "req/s |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in estimates:
@@ -146,16 +156,25 @@ def render(cat: Catalogue, machine: Machine, estimates: list[plan.Estimate], aga
             f"| {'/'.join(e.names)} | {cores} | {e.weights_gb:.2f} | {e.kv_cache_gb:.1f} | {e.runtime_gb:.1f} "
             f"| {e.memory_gb:.1f} | {e.max_model_len} ({e.context_fits}) | {e.request.prompt_tokens:.0f}/"
             f"{e.request.output_tokens:.0f} | {e.decode_tok_s or '-':.3} | {e.latency_ms:.0f} | {_load(e.loaded)} "
-            f"| {_load(e.saturated)} |")
+            f"| {_load(e.saturated)} |"
+        )
     lines.append("")
     if cat.profile_settings.machine is not None:
         loaded = sum(e.weights_gb + e.runtime_gb for e in estimates)
         kv = sum(e.kv_cache_gb for e in estimates)
-        lines.append(f"weights and runtimes {loaded:.1f} GB of {alloc.models_gb:g} GB (allocation.models_gb); KV "
-                     f"caches {kv:.1f} GB of {alloc.inference_gb:g} GB (allocation.inference_gb); machine "
-                     f"{machine.memory_gb:.0f} GB, allocated {alloc.total_gb:g} GB")
-    lines += [(f"estimates are rooflines: measured engines reached 1/{plan.ROOFLINE_FACTOR:g} of them or more; "
-               "decode - for an embedding engine"), "", f"against the targets of profile {against.profile}:"]
+        lines.append(
+            f"weights and runtimes {loaded:.1f} GB of {alloc.models_gb:g} GB (allocation.models_gb); KV "
+            f"caches {kv:.1f} GB of {alloc.inference_gb:g} GB (allocation.inference_gb); machine "
+            f"{machine.memory_gb:.0f} GB, allocated {alloc.total_gb:g} GB"
+        )
+    lines += [
+        (
+            f"estimates are rooflines: measured engines reached 1/{plan.ROOFLINE_FACTOR:g} of them or more; "
+            "decode - for an embedding engine"
+        ),
+        "",
+        f"against the targets of profile {against.profile}:",
+    ]
     for e in estimates:
         for name in e.names:
             if name not in against.names:
@@ -186,15 +205,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         parser.add_argument("--host", default=os.environ.get("HXP_ENGINE_HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, help="default: the first model's catalogue port")
         parser.add_argument("--enforce-eager", action="store_true", help="skip graph compilation (faster start)")
-    planner = sub.add_parser("plan", help="a profile's memory and core plan on a machine, with decode speed, "
-                                          "latency and throughput estimated from bandwidth and compute (roofline)")
+    planner = sub.add_parser(
+        "plan",
+        help="a profile's memory and core plan on a machine, with decode speed, "
+        "latency and throughput estimated from bandwidth and compute (roofline)",
+    )
     planner.set_defaults(func=_plan)
-    planner.add_argument("--here", action="store_true", help="plan for this machine (measured) even for a profile "
-                                                              "planned for its own")
+    planner.add_argument(
+        "--here", action="store_true", help="plan for this machine (measured) even for a profile planned for its own"
+    )
     for flag, (field, kind, text) in MACHINE_FLAGS.items():
         planner.add_argument(flag, dest=field, type=kind, help=f"the machine's {text}")
-    planner.add_argument("--against", default="gpu", help="the profile whose targets to compare with (default: "
-                                                          "gpu, the requirements' targets)")
+    planner.add_argument(
+        "--against",
+        default="gpu",
+        help="the profile whose targets to compare with (default: gpu, the requirements' targets)",
+    )
     planner.add_argument("--propose", action="store_true", help="print load-test targets from the plan instead")
     for parser in (prepare, quant, serve, show, planner):
         parser.add_argument("--catalogue", help="catalogue file (default: HXP_CATALOGUE or models.yaml)")

@@ -6,6 +6,7 @@ under several ``--served-model-name`` aliases. On CPU an engine may be given its
 cores (hxp.model.placement): its process is pinned to them and its OpenMP threads
 bound to them (``VLLM_CPU_OMP_THREADS_BIND``).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hxp.core.catalogue import CHAT_TEMPLATES, Catalogue, Model, Profile, Tools, cpu_list
+from hxp.core.paths import state_path
 from hxp.model.placement import Placement, omp_threads_bind
 from hxp.model.weights import engine_python, resolve_source
-from hxp.core.paths import state_path
 
 # `vllm serve` is the vllm CLI's main module: run with the engine's python, it needs no console script
 # (whose shebang names the venv it was installed into).
@@ -78,8 +79,13 @@ def engine_groups(models: Sequence[Model], separate: bool = False) -> list[list[
     return list(groups.values())
 
 
-def engine_env(profile: Profile, devices: Sequence[int], local_weights: bool,
-               cpus: Sequence[int] = (), kv_cache_gib: int | None = None) -> dict[str, str]:
+def engine_env(
+    profile: Profile,
+    devices: Sequence[int],
+    local_weights: bool,
+    cpus: Sequence[int] = (),
+    kv_cache_gib: int | None = None,
+) -> dict[str, str]:
     """Caches under the state directory; GPU selection; CPU KV cache (a planned profile's ``kv_cache_gib``,
     else VLLM_CPU_KVCACHE_SPACE or CPU_KV_CACHE_GIB) and thread binding; no hub calls for local weights."""
     env = {
@@ -132,21 +138,32 @@ def engine_command(
     first = models[0]
     for other in models[1:]:
         if _shared_key(other) != _shared_key(first):
-            raise ValueError(f"models '{first.name}' and '{other.name}' have different deployments; "
-                             "they cannot share an engine")
+            raise ValueError(
+                f"models '{first.name}' and '{other.name}' have different deployments; they cannot share an engine"
+            )
     dep, settings = first.deployment, first.deployment.vllm
     source = resolve_source(first)
     dtype = first.quantization.dtype if first.quantization else settings.dtype
     port = port or first.port
     names = [m.name for m in models]
     argv = [
-        python or engine_python(), "-m", ENTRYPOINT, "serve", source,
-        "--served-model-name", *names,
-        "--host", host,
-        "--port", str(port),
-        "--max-model-len", str(settings.max_model_len),
-        "--dtype", dtype,
-        "--tensor-parallel-size", str(dep.tensor_parallel_size),
+        python or engine_python(),
+        "-m",
+        ENTRYPOINT,
+        "serve",
+        source,
+        "--served-model-name",
+        *names,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(settings.max_model_len),
+        "--dtype",
+        dtype,
+        "--tensor-parallel-size",
+        str(dep.tensor_parallel_size),
     ]
     if profile.device == "cuda" and settings.gpu_memory_utilization is not None:
         argv += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization)]
@@ -166,13 +183,18 @@ def engine_command(
     elif not cpus and dep.cpus is not None:
         cpus = cpu_list(dep.cpus)
     cpus = tuple(sorted(cpus))
-    env = engine_env(profile, dep.devices, local_weights=Path(source).is_absolute(), cpus=cpus,
-                     kv_cache_gib=dep.kv_cache_gib)
+    env = engine_env(
+        profile, dep.devices, local_weights=Path(source).is_absolute(), cpus=cpus, kv_cache_gib=dep.kv_cache_gib
+    )
     return EngineCommand(argv, env, host, port, names, first.task, source, cpus, profile.device, dtype)
 
 
 def catalogue_commands(
-    cat: Catalogue, *, separate: bool = False, enforce_eager: bool = False, host: str = "127.0.0.1",
+    cat: Catalogue,
+    *,
+    separate: bool = False,
+    enforce_eager: bool = False,
+    host: str = "127.0.0.1",
     placement: Placement | None = None,
 ) -> list[EngineCommand]:
     """One command per engine needed to serve every model of the catalogue.
@@ -195,5 +217,6 @@ def planned_placement(cat: Catalogue) -> Placement:
     missing = [g[0].name for g in groups if g[0].deployment.cpus is None]
     if missing or cat.profile_settings.gateway_cpus is None:
         raise ValueError(f"profile '{cat.profile}' gives no cores to {', '.join(missing) or 'the gateway'}")
-    return Placement(tuple(cpu_list(g[0].deployment.cpus or "") for g in groups),
-                     cpu_list(cat.profile_settings.gateway_cpus))
+    return Placement(
+        tuple(cpu_list(g[0].deployment.cpus or "") for g in groups), cpu_list(cat.profile_settings.gateway_cpus)
+    )

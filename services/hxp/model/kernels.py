@@ -10,6 +10,7 @@ same way. :func:`missing` says so before the engine starts. Which ops a checkpoi
 comes from its ``config.json`` (``quantization_config``), or from the catalogue's recipe before it is made;
 whether a library has an op, from the op's schema registered in the library file.
 """
+
 from __future__ import annotations
 
 import functools
@@ -103,14 +104,18 @@ def missing(needed: set[str], python: str, dtype: str, flags: frozenset[str] | N
     lacking = sorted(needed - library_ops(library, needed))
     if lacking:
         isa = "AVX-512" if AVX512 <= flags else "AVX2 without AVX-512"
-        return (f"the weights need vLLM's {', '.join(lacking)} kernel, which its {name} library (the one this "
-                f"{isa} CPU loads) lacks: serve them on a CPU with AVX-512, or choose weights this CPU runs "
-                f"(e.g. the catalogue's w8a8 quantization)")
+        return (
+            f"the weights need vLLM's {', '.join(lacking)} kernel, which its {name} library (the one this "
+            f"{isa} CPU loads) lacks: serve them on a CPU with AVX-512, or choose weights this CPU runs "
+            f"(e.g. the catalogue's w8a8 quantization)"
+        )
     amx = "amx_tile" in flags and AMX_INT8 in library_ops(library, [AMX_INT8])
     sixteen_bit = needed & {WNA16, *([INT8_SCALED_MM] if amx else [])}
     if dtype == "float32" and sixteen_bit:
-        return (f"vLLM's {', '.join(sorted(sixteen_bit))} kernel on this CPU takes bfloat16 or float16 "
-                f"activations, not float32: serve these weights with dtype bfloat16")
+        return (
+            f"vLLM's {', '.join(sorted(sixteen_bit))} kernel on this CPU takes bfloat16 or float16 "
+            f"activations, not float32: serve these weights with dtype bfloat16"
+        )
     return None
 
 

@@ -27,6 +27,7 @@ The rules, on the cores available sorted by id:
 On 2 cores with the chat and the embedding engine: embeddings and the gateway on core 0,
 the chat engine on core 1. On 8 cores: gateway 0, embeddings 1-2, chat 3-7.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -84,7 +85,7 @@ def _blocks(free: list[int], weights: list[int]) -> list[tuple[int, ...]]:
     blocks: list[tuple[int, ...]] = [()] * len(weights)
     start = 0
     for i in order:
-        blocks[i] = tuple(free[start:start + counts[i]])
+        blocks[i] = tuple(free[start : start + counts[i]])
         start += counts[i]
     return blocks
 

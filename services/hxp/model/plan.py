@@ -13,6 +13,7 @@ on small models. ``ROOFLINE_FACTOR`` covers how far measured engines on this pro
 fell short of it (tests/model/test_plan_engines.py measures it); the load-test targets a planned profile gets
 from :func:`propose` allow that factor.
 """
+
 from __future__ import annotations
 
 import math
@@ -78,10 +79,10 @@ class Estimate:
     context_fits: int
     request: Request
     decode_tok_s: float  # one sequence alone
-    latency_ms: float    # one request alone
-    saturated: Load      # max_num_seqs requests at once, or as many as the KV cache holds
-    loaded: Load         # the fewest requests at once that reach NEAR_BEST of the throughput any load whose p95
-                         # latency (ROOFLINE_FACTOR and P95_OVER_AVG times the roofline's) fits the timeout reaches
+    latency_ms: float  # one request alone
+    saturated: Load  # max_num_seqs requests at once, or as many as the KV cache holds
+    loaded: Load  # the fewest requests at once that reach NEAR_BEST of the throughput any load whose p95
+    # latency (ROOFLINE_FACTOR and P95_OVER_AVG times the roofline's) fits the timeout reaches
 
     @property
     def memory_gb(self) -> float:
@@ -127,15 +128,17 @@ def _load(roof: Roofline, task: str, request: Request, concurrency: int) -> Load
     return Load(concurrency, seconds * 1000, concurrency / seconds)
 
 
-def estimate(group: Sequence[Model], machine: Machine, cpus: Sequence[int], request: Request,
-             runtime_gb: float) -> Estimate:
+def estimate(
+    group: Sequence[Model], machine: Machine, cpus: Sequence[int], request: Request, runtime_gb: float
+) -> Estimate:
     """The plan and roofline of one engine serving ``group`` on ``cpus`` of ``machine``."""
     model, dep = group[0], group[0].deployment
     roof = Roofline(model, machine, len(cpus))
     kv_gib = dep.kv_cache_gib or 1  # vLLM's CPU KV cache (hxp.model.command.CPU_KV_CACHE_GIB when unset)
     fits = dep.context_fits(kv_gib)
-    most = max(1, min(dep.vllm.max_num_seqs or 256, int(fits // max(1.0, request.prompt_tokens +
-                                                                      request.output_tokens))))
+    most = max(
+        1, min(dep.vllm.max_num_seqs or 256, int(fits // max(1.0, request.prompt_tokens + request.output_tokens)))
+    )
     alone = _load(roof, model.task, request, 1)
     within = [alone]  # the loads whose p95 latency, allowing the factor, fits the timeout
     for concurrency in range(2, most + 1):
@@ -146,11 +149,19 @@ def estimate(group: Sequence[Model], machine: Machine, cpus: Sequence[int], requ
     best = max(load.throughput_rps for load in within)
     loaded = next(load for load in within if load.throughput_rps >= NEAR_BEST * best)
     return Estimate(
-        names=tuple(m.name for m in group), task=model.task, cpus=tuple(cpus), weights_gb=dep.weights_gb or 0,
-        kv_cache_gb=kv_gib * GIB / 1e9, runtime_gb=runtime_gb, max_model_len=dep.vllm.max_model_len,
-        context_fits=fits, request=request,
+        names=tuple(m.name for m in group),
+        task=model.task,
+        cpus=tuple(cpus),
+        weights_gb=dep.weights_gb or 0,
+        kv_cache_gb=kv_gib * GIB / 1e9,
+        runtime_gb=runtime_gb,
+        max_model_len=dep.vllm.max_model_len,
+        context_fits=fits,
+        request=request,
         decode_tok_s=1 / roof.step_s(1, request.prompt_tokens) if request.output_tokens else 0.0,
-        latency_ms=alone.latency_ms, saturated=_load(roof, model.task, request, most), loaded=loaded,
+        latency_ms=alone.latency_ms,
+        saturated=_load(roof, model.task, request, most),
+        loaded=loaded,
     )
 
 
@@ -167,6 +178,7 @@ def plan(cat: Catalogue, machine: Machine, requests: dict[str, Request], cpus: S
 
 
 # --- the machine this runs on --------------------------------------------------------------
+
 
 def _copy_rate(cpu: int, seconds: float, out: multiprocessing.Queue[float]) -> None:
     os.sched_setaffinity(0, {cpu})
@@ -207,12 +219,16 @@ def measure_machine(bandwidth_gbs: float | None = None) -> Machine:
     cpus = sorted(os.sched_getaffinity(0))
     info = _cpuinfo()
     per_core = max(1, int(info.get("siblings", "1")) // max(1, int(info.get("cpu cores", "1"))))
-    memory_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal:"))
+    memory_kib = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:")
+    )
     nodes = len(list(Path("/sys/devices/system/node").glob("node[0-9]*"))) or 1
     flags = set(info.get("flags", "").split())
     return Machine(
-        cores=max(1, len(cpus) // per_core), threads=len(cpus), numa_nodes=nodes, memory_gb=memory_kib * 1024 / 1e9,
+        cores=max(1, len(cpus) // per_core),
+        threads=len(cpus),
+        numa_nodes=nodes,
+        memory_gb=memory_kib * 1024 / 1e9,
         memory_bandwidth_gbs=bandwidth_gbs or measure_bandwidth(cpus),
         frequency_ghz=float(info.get("cpu MHz", "2400")) / 1000,
         instruction_sets=[s for s in INSTRUCTION_SETS if s in flags],
@@ -221,16 +237,21 @@ def measure_machine(bandwidth_gbs: float | None = None) -> Machine:
 
 # --- against targets --------------------------------------------------------------------------
 
+
 def shortfalls(est: Estimate, targets: Targets) -> list[str]:
     """The targets the engine cannot reach even at its roofline, and by how much."""
     problems = []
     if est.latency_ms > targets.avg_latency_ms:
-        problems.append(f"avg latency {targets.avg_latency_ms:g} ms: one request alone takes {est.latency_ms:.0f} ms "
-                        f"({est.latency_ms / targets.avg_latency_ms:.1f}x)")
+        problems.append(
+            f"avg latency {targets.avg_latency_ms:g} ms: one request alone takes {est.latency_ms:.0f} ms "
+            f"({est.latency_ms / targets.avg_latency_ms:.1f}x)"
+        )
     most = est.saturated.throughput_rps
     if most < targets.throughput_rps:
-        problems.append(f"throughput {targets.throughput_rps:g} req/s: at most {most:.3g} req/s "
-                        f"({targets.throughput_rps / most:.1f}x short)")
+        problems.append(
+            f"throughput {targets.throughput_rps:g} req/s: at most {most:.3g} req/s "
+            f"({targets.throughput_rps / most:.1f}x short)"
+        )
     return problems
 
 
@@ -244,6 +265,9 @@ def _two_digits(value: float, up: bool) -> float:
 def propose(est: Estimate) -> Targets:
     """Load-test targets for an engine: its roofline at ``Estimate.loaded``, allowing ``ROOFLINE_FACTOR``."""
     avg = _two_digits(est.loaded.latency_ms * ROOFLINE_FACTOR, up=True)
-    return Targets(avg_latency_ms=avg, p95_latency_ms=_two_digits(avg * P95_OVER_AVG, up=True),
-                   throughput_rps=_two_digits(est.loaded.throughput_rps / ROOFLINE_FACTOR, up=False),
-                   memory_gb=math.ceil(est.memory_gb))
+    return Targets(
+        avg_latency_ms=avg,
+        p95_latency_ms=_two_digits(avg * P95_OVER_AVG, up=True),
+        throughput_rps=_two_digits(est.loaded.throughput_rps / ROOFLINE_FACTOR, up=False),
+        memory_gb=math.ceil(est.memory_gb),
+    )

@@ -14,6 +14,7 @@ llm-compressor has its own venv (.venv-quant, requirements/quant.lock, torch the
 runs there as ``$HXP_QUANT_PYTHON -m hxp.model.quantize``; where the weights are is
 :func:`hxp.model.weights.quantized_dir`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,12 +48,18 @@ def is_made(model: Model) -> bool:
 def with_quantization(models: Sequence[Model], name: str, cat: Catalogue) -> list[Model]:
     """The models served from weights made by the catalogue's quantization ``name`` instead."""
     recipe = cat.quantizations[name]
-    return [replace(m, quantization=recipe, deployment=m.deployment.model_copy(update={"quantization": name}))
-            for m in models]
+    return [
+        replace(m, quantization=recipe, deployment=m.deployment.model_copy(update={"quantization": name}))
+        for m in models
+    ]
 
 
-def run(names: Sequence[str] = (), quantization: str | None = None, catalogue_path: str | None = None,
-        profile: str | None = None) -> int:
+def run(
+    names: Sequence[str] = (),
+    quantization: str | None = None,
+    catalogue_path: str | None = None,
+    profile: str | None = None,
+) -> int:
     """``python -m hxp.model.quantize`` in the quantization venv (what `hxp quantize` does); its exit status."""
     argv = [quant_python(), "-m", "hxp.model.quantize", *names]
     for flag, value in (("--quantization", quantization), ("--catalogue", catalogue_path), ("--profile", profile)):
@@ -71,6 +78,7 @@ def ensure(models: Sequence[Model], profile: str) -> None:
 
 
 # --- running inside the quantization venv ------------------------------------------------------
+
 
 def calibration_samples() -> list[str]:
     return [s.strip() for s in CALIBRATION.read_text().split("\n\n") if s.strip()]
@@ -98,22 +106,32 @@ def make(model: Model) -> Path:
         return out
     source = weights.base_source(model)
     if not Path(source).is_dir():
-        raise SystemExit(f"{source} is not a local folder: `hxp prepare` makes packaged weights; "
-                         "quantize a hub model from a local copy")
+        raise SystemExit(
+            f"{source} is not a local folder: `hxp prepare` makes packaged weights; "
+            "quantize a hub model from a local copy"
+        )
     import torch
     from datasets import Dataset
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert model.quantization is not None
-    print(f"[quantize] {model.name}: {model.deployment.quantization} {model.quantization.model_dump()} "
-          f"from {source} into {out}", flush=True)
+    print(
+        f"[quantize] {model.name}: {model.deployment.quantization} {model.quantization.model_dump()} "
+        f"from {source} into {out}",
+        flush=True,
+    )
     tokenizer = AutoTokenizer.from_pretrained(source)
     network = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     samples = calibration_samples()
     data = Dataset.from_list([dict(tokenizer(s, truncation=True, max_length=MAX_SEQ_LEN)) for s in samples])
-    oneshot(model=network, dataset=data, recipe=modifiers(model.quantization), max_seq_length=MAX_SEQ_LEN,
-            num_calibration_samples=len(samples))
+    oneshot(
+        model=network,
+        dataset=data,
+        recipe=modifiers(model.quantization),
+        max_seq_length=MAX_SEQ_LEN,
+        num_calibration_samples=len(samples),
+    )
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     network.save_pretrained(str(tmp), save_compressed=True)

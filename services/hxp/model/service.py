@@ -3,6 +3,7 @@
 `hxp model serve` uses :func:`serve`; the native runner and the test fixtures use
 :func:`start_engine`. Ready means GET /health answers 200.
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,8 +20,9 @@ class Engine(Service):
     """A vLLM OpenAI server process serving ``command.names``."""
 
     def __init__(self, command: EngineCommand, log: Path | None = None) -> None:
-        super().__init__(f"engine {'/'.join(command.names)} :{command.port}", command.argv, command.env, log,
-                         command.cpus)
+        super().__init__(
+            f"engine {'/'.join(command.names)} :{command.port}", command.argv, command.env, log, command.cpus
+        )
         self.command = command
 
     def start(self) -> Engine:

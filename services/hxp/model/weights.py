@@ -14,6 +14,7 @@ active profile this step
 The conversion runs inside the engine venv (``$HXP_ENGINE_PYTHON -m hxp.model.weights``);
 ``resolve_source`` is light and used by everyone to find a model's weights.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,6 +70,7 @@ def engine_python() -> str:
 
 # --- running inside the engine venv ------------------------------------------------
 
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -105,8 +107,10 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name,
-        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True), dtype=torch.bfloat16,
+        str(gguf.parent),
+        gguf_file=gguf.name,
+        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+        dtype=torch.bfloat16,
     )
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
@@ -154,8 +158,10 @@ def prepare_package(name: str, pkg: Package) -> None:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     files = checksums(out)
-    manifest.write_text(json.dumps(
-        {"package": name, "distribution": pkg.distribution, "kind": pkg.kind, "files": files}, indent=2) + "\n")
+    manifest.write_text(
+        json.dumps({"package": name, "distribution": pkg.distribution, "kind": pkg.kind, "files": files}, indent=2)
+        + "\n"
+    )
     print(f"[prepare] {name}: wrote {len(files)} files and {manifest.name}", flush=True)
 
 
@@ -204,8 +210,12 @@ def quantized_dir(model: Model) -> Path:
     if recipe is None:
         raise ValueError(f"model '{model.name}' names no quantization")
     digest = hashlib.sha256()
-    for part in (recipe.model_dump_json(exclude={"dtype"}), _base_identity(model), CALIBRATION.read_text(),
-                 QUANT_LOCK.read_text() if QUANT_LOCK.is_file() else ""):
+    for part in (
+        recipe.model_dump_json(exclude={"dtype"}),
+        _base_identity(model),
+        CALIBRATION.read_text(),
+        QUANT_LOCK.read_text() if QUANT_LOCK.is_file() else "",
+    ):
         digest.update(part.encode() + b"\0")
     base = model.package or Path(model.source).name
     return state_path("quantized") / f"{base}-{model.deployment.quantization}-{digest.hexdigest()[:12]}"

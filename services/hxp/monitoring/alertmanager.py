@@ -10,10 +10,12 @@ Receivers come from the environment, never from the repository:
 
 Without either, alerts are only shown in Alertmanager's own UI and API.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def _receiver(name: str, url: str | None) -> dict[str, Any]:
@@ -35,17 +37,27 @@ def config(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
             "group_interval": "5m",
             "repeat_interval": "4h",
             "routes": [
-                {"receiver": "critical", "matchers": ['severity="critical"'],
-                 "group_wait": "10s", "repeat_interval": "1h"},
+                {
+                    "receiver": "critical",
+                    "matchers": ['severity="critical"'],
+                    "group_wait": "10s",
+                    "repeat_interval": "1h",
+                },
                 {"receiver": "warning", "matchers": ['severity="warning"']},
             ],
         },
         "inhibit_rules": [
             # A model that is down does not also warn about its latency, errors or throughput.
-            {"source_matchers": ['severity="critical"', 'model=~".+"'], "target_matchers": ['severity="warning"'],
-             "equal": ["model"]},
+            {
+                "source_matchers": ['severity="critical"', 'model=~".+"'],
+                "target_matchers": ['severity="warning"'],
+                "equal": ["model"],
+            },
             # A store that is down explains the gateway's symptoms.
-            {"source_matchers": ['alertname="PostgreSQLDown"'], "target_matchers": ['alertname="UsageLogBacklogGrowing"']},
+            {
+                "source_matchers": ['alertname="PostgreSQLDown"'],
+                "target_matchers": ['alertname="UsageLogBacklogGrowing"'],
+            },
             {"source_matchers": ['alertname="RedisDown"'], "target_matchers": ['alertname="GatewayRedisUnavailable"']},
         ],
         "receivers": [

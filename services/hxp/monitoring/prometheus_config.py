@@ -7,14 +7,17 @@ Two forms:
   each target labelled with its job, read by one scrape job that the operator
   adds once (``remote_scrape_config``); new models then need no edit there.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
 from hxp.core.catalogue import Catalogue
+from hxp.core.paths import PROJECT_ROOT
 from hxp.monitoring import alertmanager
 from hxp.monitoring.targets import (
     JOB_ALERTMANAGER,
@@ -25,7 +28,6 @@ from hxp.monitoring.targets import (
     Endpoints,
     TargetGroup,
 )
-from hxp.core.paths import PROJECT_ROOT
 
 RULES_DIR = PROJECT_ROOT / "prometheus" / "rules"
 TOKEN_FILE_VAR = "HXP_METRICS_TOKEN_FILE"  # where the scraping Prometheus reads the gateway's HXP_METRICS_TOKEN
@@ -47,9 +49,15 @@ def bearer(token_file: str) -> dict[str, Any]:
     return {"authorization": {"type": "Bearer", "credentials_file": token_file}}
 
 
-def development_config(catalogue: Catalogue, endpoints: Endpoints, *, rule_files: list[str],
-                       scrape_interval: str = "15s", job_intervals: bool = True,
-                       gateway_token_file: str | None = None) -> dict[str, Any]:
+def development_config(
+    catalogue: Catalogue,
+    endpoints: Endpoints,
+    *,
+    rule_files: list[str],
+    scrape_interval: str = "15s",
+    job_intervals: bool = True,
+    gateway_token_file: str | None = None,
+) -> dict[str, Any]:
     """A complete prometheus.yml scraping ``endpoints`` with the alert rules in ``rule_files``.
 
     ``job_intervals`` keeps the per-job intervals (INTERVALS); without it every job uses ``scrape_interval``.
@@ -68,8 +76,11 @@ def development_config(catalogue: Catalogue, endpoints: Endpoints, *, rule_files
         ]
         scrape_configs.append(entry)
     config: dict[str, Any] = {
-        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval,
-                   "external_labels": {"stack": "hxp-llm-server"}},
+        "global": {
+            "scrape_interval": scrape_interval,
+            "evaluation_interval": scrape_interval,
+            "external_labels": {"stack": "hxp-llm-server"},
+        },
         "rule_files": rule_files,
         "scrape_configs": scrape_configs,
     }
@@ -109,15 +120,23 @@ def dump(data: Any) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
-def write_development(out: Path, catalogue: Catalogue, endpoints: Endpoints, *, rule_files: list[str],
-                      env: Mapping[str, str], header: str = "") -> list[Path]:
+def write_development(
+    out: Path,
+    catalogue: Catalogue,
+    endpoints: Endpoints,
+    *,
+    rule_files: list[str],
+    env: Mapping[str, str],
+    header: str = "",
+) -> list[Path]:
     """Write prometheus.yml and alertmanager.yml (receivers from ``env``) for a development Prometheus; the gateway
     job sends the metrics token from HXP_METRICS_TOKEN_FILE when ``env`` names one."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     documents = {
-        "prometheus.yml": development_config(catalogue, endpoints, rule_files=rule_files,
-                                             gateway_token_file=env.get(TOKEN_FILE_VAR) or None),
+        "prometheus.yml": development_config(
+            catalogue, endpoints, rule_files=rule_files, gateway_token_file=env.get(TOKEN_FILE_VAR) or None
+        ),
         "alertmanager.yml": alertmanager.config(env),
     }
     for name, document in documents.items():

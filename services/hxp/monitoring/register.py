@@ -6,6 +6,7 @@ written with the command in HXP_SSH (default: ssh in batch mode). Every file
 is replaced atomically (written beside, then renamed) so Prometheus never
 reads half a file.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,8 @@ import re
 import shlex
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import httpx
 
@@ -37,8 +38,10 @@ def publish(files: Mapping[str, str], destination: str, env: Mapping[str, str] =
     written = []
     for name, text in files.items():
         target = f"{directory}/{name}"
-        script = (f"mkdir -p {shlex.quote(directory)} && cat > {shlex.quote(target + '.tmp')}"
-                  f" && mv {shlex.quote(target + '.tmp')} {shlex.quote(target)}")
+        script = (
+            f"mkdir -p {shlex.quote(directory)} && cat > {shlex.quote(target + '.tmp')}"
+            f" && mv {shlex.quote(target + '.tmp')} {shlex.quote(target)}"
+        )
         result = subprocess.run([*ssh, host, script], input=text, text=True, capture_output=True, timeout=60)
         if result.returncode != 0:
             raise RuntimeError(f"writing {target} on {host} failed: {result.stderr.strip() or result.returncode}")
@@ -61,12 +64,16 @@ def reload(prometheus_url: str, timeout: float = 5.0) -> tuple[bool, str]:
     try:
         response = httpx.post(url, timeout=timeout)
     except httpx.HTTPError as err:
-        return False, (f"Prometheus at {prometheus_url} is not reachable ({err.__class__.__name__}: {err}); "
-                       "the files are in place and the target files are read on its next file_sd refresh")
+        return False, (
+            f"Prometheus at {prometheus_url} is not reachable ({err.__class__.__name__}: {err}); "
+            "the files are in place and the target files are read on its next file_sd refresh"
+        )
     if response.status_code == 200:
         return True, f"Prometheus at {prometheus_url} reloaded its configuration"
     if response.status_code in (403, 404, 405):
-        return False, (f"Prometheus at {prometheus_url} refused the reload ({response.status_code}): start it with "
-                       "--web.enable-lifecycle; target files are still read on its next file_sd refresh, "
-                       "rule files need a reload")
+        return False, (
+            f"Prometheus at {prometheus_url} refused the reload ({response.status_code}): start it with "
+            "--web.enable-lifecycle; target files are still read on its next file_sd refresh, "
+            "rule files need a reload"
+        )
     return False, f"Prometheus at {prometheus_url} failed to reload ({response.status_code}): {response.text.strip()}"

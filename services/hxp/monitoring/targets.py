@@ -19,18 +19,19 @@ remote Prometheus uses HXP_PUBLIC_HOST. Engines are found where the gateway
 finds them (HXP_BACKENDS / HXP_BACKEND_URL_TEMPLATE), so replicas are scraped
 too; a loopback engine address is replaced by the scraping host.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from hxp.core.catalogue import Catalogue
+from hxp.core.settings import DEFAULT_BACKEND_URL_TEMPLATE
 from hxp.deploy.compose import DEV_BACKEND_URL_TEMPLATE
 from hxp.gateway.deployments import backend_urls
-from hxp.core.settings import DEFAULT_BACKEND_URL_TEMPLATE
 
 JOB_GATEWAY = "llm-gateway"
 JOB_MODELS = "llm-server-models"
@@ -77,7 +78,7 @@ class Endpoints:
 
     gateway: list[str]
     engines: dict[str, list[str]]
-    exporters: dict[str, list[str]]            # node / postgres / redis
+    exporters: dict[str, list[str]]  # node / postgres / redis
     own: dict[str, list[str]] = field(default_factory=dict)  # alertmanager / prometheus (development only)
 
     def groups(self, catalogue: Catalogue) -> list[TargetGroup]:
@@ -98,8 +99,9 @@ def _port(job: str, env: Mapping[str, str]) -> int:
     return int(env.get(var) or default)
 
 
-def _engine_addresses(catalogue: Catalogue, env: Mapping[str, str], template: str | None,
-                      host: str | None) -> dict[str, list[str]]:
+def _engine_addresses(
+    catalogue: Catalogue, env: Mapping[str, str], template: str | None, host: str | None
+) -> dict[str, list[str]]:
     backends = {} if template else json.loads(env.get("HXP_BACKENDS") or "{}")
     template = template or env.get("HXP_BACKEND_URL_TEMPLATE") or DEFAULT_BACKEND_URL_TEMPLATE
     engines: dict[str, list[str]] = {}
@@ -113,8 +115,9 @@ def _engine_addresses(catalogue: Catalogue, env: Mapping[str, str], template: st
     return engines
 
 
-def for_host(catalogue: Catalogue, host: str, env: Mapping[str, str] = os.environ,
-             development: bool = False) -> Endpoints:
+def for_host(
+    catalogue: Catalogue, host: str, env: Mapping[str, str] = os.environ, development: bool = False
+) -> Endpoints:
     """Every component on one host (native development, or the operators' remote Prometheus)."""
     jobs = (JOB_NODE, JOB_POSTGRES, JOB_REDIS)
     own = (JOB_ALERTMANAGER, JOB_PROMETHEUS) if development else ()
@@ -128,6 +131,7 @@ def for_host(catalogue: Catalogue, host: str, env: Mapping[str, str] = os.enviro
 
 def for_compose(catalogue: Catalogue) -> Endpoints:
     """The compose stack: components reached by their service names on their default ports."""
+
     def address(job: str) -> list[str]:
         return [f"{COMPOSE_SERVICES[job]}:{PORTS[job][1]}"]
 

@@ -3,6 +3,7 @@
 Printed one line each (the fix indented below a failure or a warning), or as JSON for scripts;
 the exit status is 1 when any check failed.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,15 @@ def summary(findings: list[Finding]) -> dict[str, int]:
 
 
 def to_json(findings: list[Finding], **extra: Any) -> str:
-    return json.dumps({"ok": exit_code(findings) == 0, **extra, "summary": summary(findings),
-                       "checks": [asdict(f) for f in findings]}, indent=2)
+    return json.dumps(
+        {
+            "ok": exit_code(findings) == 0,
+            **extra,
+            "summary": summary(findings),
+            "checks": [asdict(f) for f in findings],
+        },
+        indent=2,
+    )
 
 
 def render(title: str, findings: list[Finding]) -> str:
@@ -58,8 +66,10 @@ def render(title: str, findings: list[Finding]) -> str:
             lines.append(f"{' ' * 6}{' ' * width}  fix: {f.fix}")
     counts = summary(findings)
     verdict = "FAILED" if counts["fail"] else "ok"
-    lines.append(f"{title}: {verdict} ({counts['pass']} passed, {counts['fail']} failed, {counts['warn']} warnings, "
-                 f"{counts['skip']} skipped)")
+    lines.append(
+        f"{title}: {verdict} ({counts['pass']} passed, {counts['fail']} failed, {counts['warn']} warnings, "
+        f"{counts['skip']} skipped)"
+    )
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@ answers, how fast, what it reports, and why not (a refused password told apart f
 
 Every text that leaves here has its credentials masked (:func:`hxp.core.redaction.redact`).
 """
+
 from __future__ import annotations
 
 import secrets
@@ -15,22 +16,47 @@ from typing import Any
 
 import httpx
 
-from hxp.gateway.deployments import engine_root
 from hxp.core.redaction import redact
 from hxp.core.stores import QdrantLocation
+from hxp.gateway.deployments import engine_root
 
 TIMEOUT_S = 5.0
 NETWORK, AUTHENTICATION, OTHER = "network", "authentication", "other"
-_AUTH_WORDS = ("password authentication failed", "no password supplied", "authentication", "noauth", "wrongpass",
-               "invalid password", "unauthorized", "forbidden", "permission denied", "401", "403")
-_NETWORK_WORDS = ("connection refused", "timed out", "timeout", "could not translate host name",
-                  "name or service not known", "no route to host", "network is unreachable", "connection reset",
-                  "connecterror", "server closed the connection", "temporary failure in name resolution")
+_AUTH_WORDS = (
+    "password authentication failed",
+    "no password supplied",
+    "authentication",
+    "noauth",
+    "wrongpass",
+    "invalid password",
+    "unauthorized",
+    "forbidden",
+    "permission denied",
+    "401",
+    "403",
+)
+_NETWORK_WORDS = (
+    "connection refused",
+    "timed out",
+    "timeout",
+    "could not translate host name",
+    "name or service not known",
+    "no route to host",
+    "network is unreachable",
+    "connection reset",
+    "connecterror",
+    "server closed the connection",
+    "temporary failure in name resolution",
+)
+
 
 def describe(error: BaseException | str) -> str:
     """An error as one short line, credentials masked."""
-    text = error if isinstance(error, str) else (f"{type(error).__name__}: {error}" if str(error) else
-                                                 type(error).__name__)
+    text = (
+        error
+        if isinstance(error, str)
+        else (f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
+    )
     return redact(" ".join(text.split()))[:300]
 
 
@@ -48,12 +74,12 @@ def classify(error: BaseException | str) -> str:
 @dataclass(frozen=True)
 class Probe:
     ok: bool
-    detail: str = ""                # what answered, or why not
+    detail: str = ""  # what answered, or why not
     latency_ms: float | None = None
-    cause: str | None = None        # a failure's: network | authentication | other
+    cause: str | None = None  # a failure's: network | authentication | other
 
     @classmethod
-    def failure(cls, error: BaseException | str) -> "Probe":
+    def failure(cls, error: BaseException | str) -> Probe:
         return cls(False, describe(error), cause=classify(error))
 
 
@@ -63,15 +89,17 @@ def _ms(start: float) -> float:
 
 # --- stores ---------------------------------------------------------------------------------
 
+
 def database(url: str) -> Probe:
     """Connect and run ``SELECT 1``."""
     start = time.perf_counter()
     try:
         if url.startswith("sqlite:///"):
-            path = Path(url[len("sqlite:///"):])
+            path = Path(url[len("sqlite:///") :])
             if not path.exists():
-                return Probe(False, f"SQLite file {path} does not exist (the gateway creates it when it starts)",
-                             cause=OTHER)
+                return Probe(
+                    False, f"SQLite file {path} does not exist (the gateway creates it when it starts)", cause=OTHER
+                )
             with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=3)) as conn:
                 conn.execute("SELECT 1")
         else:
@@ -146,12 +174,17 @@ def qdrant(location: QdrantLocation, client: httpx.Client) -> Probe:
     path = Path(location["path"])
     folder = path / "collection"
     names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    return Probe(path.is_dir(), f"local folder {path}: {len(names)} collections ({', '.join(names) or 'none'})"
-                 if path.is_dir() else f"local folder {path} does not exist (the gateway creates it)",
-                 cause=None if path.is_dir() else OTHER)
+    return Probe(
+        path.is_dir(),
+        f"local folder {path}: {len(names)} collections ({', '.join(names) or 'none'})"
+        if path.is_dir()
+        else f"local folder {path} does not exist (the gateway creates it)",
+        cause=None if path.is_dir() else OTHER,
+    )
 
 
 # --- engines --------------------------------------------------------------------------------
+
 
 @dataclass
 class EngineState:
@@ -164,9 +197,9 @@ class EngineState:
     version: str | None = None
     running: float | None = None
     waiting: float | None = None
-    kv_cache_used: float | None = None       # 0..1
+    kv_cache_used: float | None = None  # 0..1
     memory_gb: float | None = None
-    memory_source: str | None = None          # "processes" (this host) | "api server" (its /metrics)
+    memory_source: str | None = None  # "processes" (this host) | "api server" (its /metrics)
     error: str | None = None
 
 
@@ -199,9 +232,15 @@ def engine(client: httpx.Client, base_url: str, local: bool) -> EngineState:
     try:
         state.served = [m["id"] for m in client.get(f"{root}/v1/models", timeout=TIMEOUT_S).json()["data"]]
         state.version = client.get(f"{root}/version", timeout=TIMEOUT_S).json().get("version")
-        sums = metric_sums(client.get(f"{root}/metrics", timeout=TIMEOUT_S).text,
-                           ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-                            "process_resident_memory_bytes"))
+        sums = metric_sums(
+            client.get(f"{root}/metrics", timeout=TIMEOUT_S).text,
+            (
+                "vllm:num_requests_running",
+                "vllm:num_requests_waiting",
+                "vllm:kv_cache_usage_perc",
+                "process_resident_memory_bytes",
+            ),
+        )
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         sums = {}
     state.running = sums.get("vllm:num_requests_running")
@@ -219,16 +258,17 @@ def engine(client: httpx.Client, base_url: str, local: bool) -> EngineState:
 
 # --- the gateway ----------------------------------------------------------------------------
 
+
 @dataclass
 class GatewayState:
     url: str
     alive: bool = False
     latency_ms: float | None = None
-    readiness: str | None = None              # ready | degraded | not ready (as the gateway says)
+    readiness: str | None = None  # ready | degraded | not ready (as the gateway says)
     ready_code: int | None = None
-    components: dict[str, Any] = field(default_factory=dict)   # database / redis: their readiness states
-    backlog: float | None = None              # usage rows not yet in the database
-    errors: dict[str, str] = field(default_factory=dict)      # component -> its error (master key details)
+    components: dict[str, Any] = field(default_factory=dict)  # database / redis: their readiness states
+    backlog: float | None = None  # usage rows not yet in the database
+    errors: dict[str, str] = field(default_factory=dict)  # component -> its error (master key details)
     error: str | None = None
 
 
@@ -258,8 +298,11 @@ def gateway(client: httpx.Client, url: str, headers: dict[str, str], metrics_hea
     components = body.get("components") or {}
     state.components = {name: components[name] for name in ("database", "redis") if name in components}
     details = body.get("details") or {}  # the master key's view: why a component is down
-    state.errors = {name: redact(str(details[name]["error"])) for name in state.components
-                    if isinstance(details.get(name), dict) and details[name].get("error")}
+    state.errors = {
+        name: redact(str(details[name]["error"]))
+        for name in state.components
+        if isinstance(details.get(name), dict) and details[name].get("error")
+    }
     try:
         metrics = client.get(f"{url}/metrics", headers=metrics_headers, timeout=TIMEOUT_S)
         if metrics.status_code == 200:

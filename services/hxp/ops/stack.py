@@ -16,13 +16,16 @@ else the ones a running gateway routes to (its /health/models), else the layout 
 (one engine per deployment, on the first model's catalogue port); on the compose stack each
 published port of a running compose service that serves catalogue names (``docker compose ps``).
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -39,21 +42,21 @@ TIMEOUT_S = 5.0
 
 @dataclass(frozen=True)
 class Stack:
-    kind: str                                  # "native" | "compose"
+    kind: str  # "native" | "compose"
     catalogue: Catalogue
     gateways: list[str]
     master_key: str | None
     metrics_token: str | None
     database_url: str | None
-    database_problem: str | None               # why the database cannot be addressed (compose: no env file)
+    database_problem: str | None  # why the database cannot be addressed (compose: no env file)
     redis_url: str | None
-    qdrant: QdrantLocation                     # {"url", "api_key"?}, {"path"}, or {}: inside the gateway (compose)
+    qdrant: QdrantLocation  # {"url", "api_key"?}, {"path"}, or {}: inside the gateway (compose)
     prometheus_url: str | None = None
     alertmanager_url: str | None = None
     grafana_url: str | None = None
     grafana_auth: tuple[str, str] | None = None
     backends: dict[str, list[str]] = field(default_factory=dict)  # HXP_BACKENDS (explicit engines)
-    backend_template: str | None = None        # HXP_BACKEND_URL_TEMPLATE
+    backend_template: str | None = None  # HXP_BACKEND_URL_TEMPLATE
     project: Path = PROJECT_ROOT
 
     @property
@@ -71,12 +74,14 @@ class Stack:
         """Each catalogue model's engine base URLs (…/v1), and where they were found."""
         names = self.catalogue.names
         if self.backends or self.backend_template:
-            from hxp.gateway.deployments import backend_urls
             from hxp.core.settings import DEFAULT_BACKEND_URL_TEMPLATE
+            from hxp.gateway.deployments import backend_urls
 
             template = self.backend_template or DEFAULT_BACKEND_URL_TEMPLATE
-            return ({m.name: backend_urls(m, self.backends, template) for m in self.catalogue.models},
-                    "HXP_BACKENDS / HXP_BACKEND_URL_TEMPLATE")
+            return (
+                {m.name: backend_urls(m, self.backends, template) for m in self.catalogue.models},
+                "HXP_BACKENDS / HXP_BACKEND_URL_TEMPLATE",
+            )
         if self.compose:
             return self._published(client)
         routed = self._routed(client)
@@ -153,21 +158,33 @@ def _hide_secrets(found: Stack) -> Stack:
 
     for url in (found.database_url, found.redis_url, found.qdrant.get("url")):
         redaction.register_url_secrets(url)
-    for secret in (found.master_key, found.metrics_token, found.qdrant.get("api_key"),
-                   found.grafana_auth[1] if found.grafana_auth else None):
+    for secret in (
+        found.master_key,
+        found.metrics_token,
+        found.qdrant.get("api_key"),
+        found.grafana_auth[1] if found.grafana_auth else None,
+    ):
         redaction.register_secret(secret)
     return found
 
 
-def load(compose: bool = False, gateways: list[str] | None = None, prometheus: str | None = None,
-         alertmanager: str | None = None, grafana: str | None = None, catalogue_path: str | None = None,
-         profile: str | None = None, project: Path = PROJECT_ROOT) -> Stack:
+def load(
+    compose: bool = False,
+    gateways: list[str] | None = None,
+    prometheus: str | None = None,
+    alertmanager: str | None = None,
+    grafana: str | None = None,
+    catalogue_path: str | None = None,
+    profile: str | None = None,
+    project: Path = PROJECT_ROOT,
+) -> Stack:
     """The stack from the environment (native) or from compose's published ports and env files."""
     env = os.environ.get
     cat = catalogue.load(catalogue_path, profile)
     user, password = env("GRAFANA_USER"), env("GRAFANA_PASSWORD")
     common: dict[str, Any] = {
-        "catalogue": cat, "metrics_token": env("HXP_METRICS_TOKEN") or None,
+        "catalogue": cat,
+        "metrics_token": env("HXP_METRICS_TOKEN") or None,
         "grafana_auth": (user, password) if user and password else None,
     }
     if compose:
@@ -182,30 +199,50 @@ def load(compose: bool = False, gateways: list[str] | None = None, prometheus: s
 
         database, problem = asked(lambda: published.database_url(project), None)
         qdrant, _ = asked(lambda: published.qdrant_url(project), None)
-        given = {"prometheus": prometheus or env("HXP_PROMETHEUS_URL"),
-                 "alertmanager": alertmanager or env("HXP_ALERTMANAGER_URL"),
-                 "grafana": grafana or env("HXP_GRAFANA_URL")}
-        monitoring = {name: url or asked(lambda: published.development_url(name, project), None)[0]
-                      for name, url in given.items()}
+        given = {
+            "prometheus": prometheus or env("HXP_PROMETHEUS_URL"),
+            "alertmanager": alertmanager or env("HXP_ALERTMANAGER_URL"),
+            "grafana": grafana or env("HXP_GRAFANA_URL"),
+        }
+        monitoring = {
+            name: url or asked(partial(published.development_url, name, project), None)[0]
+            for name, url in given.items()
+        }
         gateway, _ = asked(lambda: published.gateway_url(project), f"http://127.0.0.1:{published.GATEWAY_PORT}")
-        return _hide_secrets(Stack(
-            "compose", gateways=gateways or _urls(env("HXP_GATEWAY_URL")) or [gateway],
-            master_key=env("HXP_MASTER_KEY") or published.master_key(project), database_url=database,
-            database_problem=problem, redis_url=None, qdrant={"url": qdrant} if qdrant else {},
-            project=project, prometheus_url=monitoring["prometheus"],
-            alertmanager_url=monitoring["alertmanager"], grafana_url=monitoring["grafana"],
-            **{**common, "grafana_auth": common["grafana_auth"] or published.grafana_credentials(project)},
-        ))
+        return _hide_secrets(
+            Stack(
+                "compose",
+                gateways=gateways or _urls(env("HXP_GATEWAY_URL")) or [gateway],
+                master_key=env("HXP_MASTER_KEY") or published.master_key(project),
+                database_url=database,
+                database_problem=problem,
+                redis_url=None,
+                qdrant={"url": qdrant} if qdrant else {},
+                project=project,
+                prometheus_url=monitoring["prometheus"],
+                alertmanager_url=monitoring["alertmanager"],
+                grafana_url=monitoring["grafana"],
+                **{**common, "grafana_auth": common["grafana_auth"] or published.grafana_credentials(project)},
+            )
+        )
     from hxp.core import settings
     from hxp.core.stores import qdrant_location
 
-    return _hide_secrets(Stack(
-        "native", gateways=gateways or _urls(env("HXP_GATEWAY_URL")) or [DEFAULT_GATEWAY],
-        master_key=stored_master_key(), database_url=settings.load().database_url,
-        database_problem=None,
-        redis_url=env("REDIS_URL") or None, qdrant=qdrant_location(),
-        prometheus_url=prometheus or env("HXP_PROMETHEUS_URL") or None,
-        alertmanager_url=alertmanager or env("HXP_ALERTMANAGER_URL") or None,
-        grafana_url=grafana or env("HXP_GRAFANA_URL") or None, backends=_backends(),
-        backend_template=env("HXP_BACKEND_URL_TEMPLATE") or None, project=project, **common,
-    ))
+    return _hide_secrets(
+        Stack(
+            "native",
+            gateways=gateways or _urls(env("HXP_GATEWAY_URL")) or [DEFAULT_GATEWAY],
+            master_key=stored_master_key(),
+            database_url=settings.load().database_url,
+            database_problem=None,
+            redis_url=env("REDIS_URL") or None,
+            qdrant=qdrant_location(),
+            prometheus_url=prometheus or env("HXP_PROMETHEUS_URL") or None,
+            alertmanager_url=alertmanager or env("HXP_ALERTMANAGER_URL") or None,
+            grafana_url=grafana or env("HXP_GRAFANA_URL") or None,
+            backends=_backends(),
+            backend_template=env("HXP_BACKEND_URL_TEMPLATE") or None,
+            project=project,
+            **common,
+        )
+    )

@@ -8,13 +8,14 @@ latency); Prometheus' targets when a Prometheus URL is known. The exit status is
 every model has every replica up, every gateway is ready and every configured store answers;
 Prometheus is reported, not required. ``--watch`` redraws in place.
 """
+
 from __future__ import annotations
 
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,13 +48,21 @@ def _traffic(stack: Stack, database: probes.Probe) -> tuple[dict[str, dict[str, 
             db.close()
     except Exception as exc:  # noqa: BLE001 - e.g. no usage table before the gateway's first start
         return {}, f"usage log unreadable: {probes.describe(exc)}"
-    return {row["model"]: {"requests": row["requests"], "error_rate": row["errors"] / row["requests"],
-                           "p50_ms": row["p50_ms"], "p95_ms": row["p95_ms"]}
-            for row in found.rows if row["requests"]}, None
+    return {
+        row["model"]: {
+            "requests": row["requests"],
+            "error_rate": row["errors"] / row["requests"],
+            "p50_ms": row["p50_ms"],
+            "p95_ms": row["p95_ms"],
+        }
+        for row in found.rows
+        if row["requests"]
+    }, None
 
 
-def _model(model: Any, urls: list[str], engines: dict[str, probes.EngineState],
-           traffic: dict[str, Any]) -> dict[str, Any]:
+def _model(
+    model: Any, urls: list[str], engines: dict[str, probes.EngineState], traffic: dict[str, Any]
+) -> dict[str, Any]:
     replicas = []
     for url in urls:
         state = engines[url]
@@ -62,8 +71,13 @@ def _model(model: Any, urls: list[str], engines: dict[str, probes.EngineState],
         replicas.append({**asdict(state), "serves_model": serves, "healthy": state.up and serves, "problem": problem})
     healthy = sum(r["healthy"] for r in replicas)
     overall = UP if replicas and healthy == len(replicas) else DEGRADED if healthy else DOWN
-    return {"model": model.name, "task": model.task, "state": overall, "replicas": replicas,
-            "traffic": traffic.get(model.name)}
+    return {
+        "model": model.name,
+        "task": model.task,
+        "state": overall,
+        "replicas": replicas,
+        "traffic": traffic.get(model.name),
+    }
 
 
 def _service(name: str, state: str, detail: str, required: bool) -> dict[str, Any]:
@@ -80,8 +94,12 @@ def _gateway_service(g: probes.GatewayState) -> dict[str, Any]:
     if g.error or not g.alive:
         return _service(f"gateway {_address(g.url)}", DOWN, g.error or "liveness failed", True)
     backlog = f" · usage backlog {g.backlog:.0f}" if g.backlog is not None else ""
-    return _service(f"gateway {_address(g.url)}", UP if g.ready_code == 200 else DOWN,
-                    f"{g.readiness} (HTTP {g.ready_code}) · {g.latency_ms} ms{backlog}", True)
+    return _service(
+        f"gateway {_address(g.url)}",
+        UP if g.ready_code == 200 else DOWN,
+        f"{g.readiness} (HTTP {g.ready_code}) · {g.latency_ms} ms{backlog}",
+        True,
+    )
 
 
 def _redis_service(stack: Stack, gateways: list[probes.GatewayState]) -> dict[str, Any]:
@@ -103,10 +121,18 @@ def _qdrant_service(stack: Stack, client: httpx.Client) -> dict[str, Any]:
             continue
         if response.status_code == 200:
             names = [c["name"] for c in response.json()["data"]]
-            return _service("qdrant", UP, f"local mode, through {_address(gateway)}: {len(names)} collections "
-                                          f"({', '.join(names)})", True)
-        return _service("qdrant", DOWN, f"the gateway's vector API answered HTTP {response.status_code}: "
-                                        f"{probes.describe(response.text)}", True)
+            return _service(
+                "qdrant",
+                UP,
+                f"local mode, through {_address(gateway)}: {len(names)} collections ({', '.join(names)})",
+                True,
+            )
+        return _service(
+            "qdrant",
+            DOWN,
+            f"the gateway's vector API answered HTTP {response.status_code}: {probes.describe(response.text)}",
+            True,
+        )
     if "path" not in stack.qdrant:
         return _service("qdrant", DOWN, "local mode inside the gateway, which does not answer", True)
     return _probe_service("qdrant", probes.qdrant(stack.qdrant, client), "no gateway answers")
@@ -116,8 +142,9 @@ def _prometheus_service(stack: Stack, client: httpx.Client) -> dict[str, Any]:
     if not stack.prometheus_url:
         return _service("prometheus", SKIP, "no URL (--prometheus or HXP_PROMETHEUS_URL)", False)
     try:
-        targets = client.get(f"{stack.prometheus_url}/api/v1/targets", params={"state": "active"},
-                             timeout=probes.TIMEOUT_S).json()["data"]["activeTargets"]
+        targets = client.get(
+            f"{stack.prometheus_url}/api/v1/targets", params={"state": "active"}, timeout=probes.TIMEOUT_S
+        ).json()["data"]["activeTargets"]
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         return _service("prometheus", DOWN, f"{stack.prometheus_url}: {probes.describe(exc)}", False)
     down = [f"{t['labels'].get('job')} {t['labels'].get('instance')}" for t in targets if t.get("health") != "up"]
@@ -131,22 +158,43 @@ def collect(stack: Stack) -> dict[str, Any]:
         engines_of, source = stack.engines(client)
         urls = sorted({u for urls in engines_of.values() for u in urls})
         with ThreadPoolExecutor(max_workers=8) as pool:
-            engine_states = dict(zip(urls, pool.map(
-                lambda u: probes.engine(client, u, local=not stack.compose and probes.local_url(u)), urls)))
-            gateways = list(pool.map(lambda g: probes.gateway(client, g, stack.headers(), stack.metrics_headers()),
-                                     stack.gateways))
-        db_probe = (probes.database(stack.database_url) if stack.database_url
-                    else probes.Probe(False, stack.database_problem or "no database URL"))
+            engine_states = dict(
+                zip(
+                    urls,
+                    pool.map(lambda u: probes.engine(client, u, local=not stack.compose and probes.local_url(u)), urls),
+                )
+            )
+            gateways = list(
+                pool.map(lambda g: probes.gateway(client, g, stack.headers(), stack.metrics_headers()), stack.gateways)
+            )
+        db_probe = (
+            probes.database(stack.database_url)
+            if stack.database_url
+            else probes.Probe(False, stack.database_problem or "no database URL")
+        )
         traffic, traffic_problem = _traffic(stack, db_probe)
         models = [_model(m, engines_of.get(m.name, []), engine_states, traffic) for m in stack.catalogue.models]
         database = _probe_service("database", db_probe, probes.redact(stack.database_url or "database"))
-        services = [*(_gateway_service(g) for g in gateways), database, _redis_service(stack, gateways),
-                    _qdrant_service(stack, client), _prometheus_service(stack, client)]
+        services = [
+            *(_gateway_service(g) for g in gateways),
+            database,
+            _redis_service(stack, gateways),
+            _qdrant_service(stack, client),
+            _prometheus_service(stack, client),
+        ]
     problems = _problems(models, services)
-    return {"healthy": not problems, "stack": stack.kind, "profile": stack.catalogue.profile,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "engines_from": source,
-            "traffic_window": TRAFFIC_WINDOW, "traffic_problem": traffic_problem,
-            "models": models, "services": services, "problems": problems}
+    return {
+        "healthy": not problems,
+        "stack": stack.kind,
+        "profile": stack.catalogue.profile,
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "engines_from": source,
+        "traffic_window": TRAFFIC_WINDOW,
+        "traffic_problem": traffic_problem,
+        "models": models,
+        "services": services,
+        "problems": problems,
+    }
 
 
 def _problems(models: list[dict[str, Any]], services: list[dict[str, Any]]) -> list[str]:
@@ -169,24 +217,53 @@ def _count(value: float | None) -> int | None:
 
 
 def render(status: dict[str, Any]) -> str:
-    head = (f"hxp status · {status['stack']} stack · profile {status['profile']} · {status['time']} · "
-            f"engines from {status['engines_from']}")
+    head = (
+        f"hxp status · {status['stack']} stack · profile {status['profile']} · {status['time']} · "
+        f"engines from {status['engines_from']}"
+    )
     rows = []
     for m in status["models"]:
         t = m["traffic"] or {}
         replicas = m["replicas"] or [{"url": "-", "up": False}]
         for i, r in enumerate(replicas):
-            rows.append([m["model"] if i == 0 else "", m["state"] if i == 0 else "", _address(r["url"]),
-                         "up" if r.get("healthy") else "DOWN", r.get("version"), _count(r.get("running")),
-                         _count(r.get("waiting")),
-                         _percent(r.get("kv_cache_used")),
-                         None if r.get("memory_gb") is None else round(r["memory_gb"], 2),
-                         t.get("requests") if i == 0 else None, _percent(t.get("error_rate")) if i == 0 else None,
-                         t.get("p50_ms") if i == 0 else None, t.get("p95_ms") if i == 0 else None])
-    models = table.render(["MODEL", "STATE", "ENGINE", "ENGINE STATE", "VLLM", "RUNNING", "WAITING", "KV CACHE",
-                           "MEMORY GB", f"REQ {status['traffic_window']}", "ERRORS", "P50 MS", "P95 MS"], rows)
-    services = table.render(["SERVICE", "STATE", "DETAIL"],
-                            [[s["name"], s["state"], s["detail"]] for s in status["services"]])
+            rows.append(
+                [
+                    m["model"] if i == 0 else "",
+                    m["state"] if i == 0 else "",
+                    _address(r["url"]),
+                    "up" if r.get("healthy") else "DOWN",
+                    r.get("version"),
+                    _count(r.get("running")),
+                    _count(r.get("waiting")),
+                    _percent(r.get("kv_cache_used")),
+                    None if r.get("memory_gb") is None else round(r["memory_gb"], 2),
+                    t.get("requests") if i == 0 else None,
+                    _percent(t.get("error_rate")) if i == 0 else None,
+                    t.get("p50_ms") if i == 0 else None,
+                    t.get("p95_ms") if i == 0 else None,
+                ]
+            )
+    models = table.render(
+        [
+            "MODEL",
+            "STATE",
+            "ENGINE",
+            "ENGINE STATE",
+            "VLLM",
+            "RUNNING",
+            "WAITING",
+            "KV CACHE",
+            "MEMORY GB",
+            f"REQ {status['traffic_window']}",
+            "ERRORS",
+            "P50 MS",
+            "P95 MS",
+        ],
+        rows,
+    )
+    services = table.render(
+        ["SERVICE", "STATE", "DETAIL"], [[s["name"], s["state"], s["detail"]] for s in status["services"]]
+    )
     lines = [head, "", models]
     if status["traffic_problem"]:
         lines.append(f"traffic: {status['traffic_problem']}")

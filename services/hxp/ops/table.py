@@ -1,4 +1,5 @@
 """Plain-text tables for the terminal: columns padded to their widest cell, numbers aligned right."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,8 +20,10 @@ def _cell(value: object) -> str:
 def render(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """The table as lines; a column whose cells are all numbers (or empty) is aligned right."""
     cells = [[_cell(v) for v in row] for row in rows]
-    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) and bool(rows)
-               for i in range(len(headers))]
+    numeric = [
+        all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) and bool(rows)
+        for i in range(len(headers))
+    ]
     widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:

@@ -13,11 +13,12 @@ each local engine's memory is within the catalogue's ``memory_gb``.
 Two short-lived keys (expiring in a day) are created through the admin API with the master
 key and revoked at the end. One PASS/FAIL/WARN/SKIP line per check with its reason.
 """
+
 from __future__ import annotations
 
 import secrets
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -31,7 +32,7 @@ from hxp.ops import probes
 from hxp.ops.findings import Finding, failed, passed, skipped
 from hxp.ops.stack import Stack
 
-USAGE_WAIT_S = 30.0          # the usage writer flushes every second; a busy database may take longer
+USAGE_WAIT_S = 30.0  # the usage writer flushes every second; a busy database may take longer
 CHAT_PROMPT = "Reply with one short word."
 KEY_PREFIX = "hxp-validate-"
 
@@ -57,10 +58,10 @@ class Validation:
         self.client = client
         self.gateway = stack.gateways[0]
         self.findings: list[Finding] = []
-        self.keys: dict[str, dict[str, Any]] = {}      # purpose -> the admin API's answer (secret in "key")
-        self.dimensions: dict[str, int] = {}           # embedding model -> vector size answered
+        self.keys: dict[str, dict[str, Any]] = {}  # purpose -> the admin API's answer (secret in "key")
+        self.dimensions: dict[str, int] = {}  # embedding model -> vector size answered
         self.answered = 0
-        self.started = datetime.now(timezone.utc)
+        self.started = datetime.now(UTC)
 
     def add(self, finding: Finding) -> None:
         self.findings.append(finding)
@@ -71,14 +72,27 @@ class Validation:
             g = probes.gateway(self.client, url, self.stack.headers(), self.stack.metrics_headers())
             check = f"gateway {url} ready"
             if g.error:
-                self.add(failed(check, f"unreachable: {g.error}", "is it running? `hxp status`; native: `make run`, "
-                                                                  "compose: `docker compose logs gateway`"))
+                self.add(
+                    failed(
+                        check,
+                        f"unreachable: {g.error}",
+                        "is it running? `hxp status`; native: `make run`, compose: `docker compose logs gateway`",
+                    )
+                )
             elif g.ready_code != 200:
-                down = [f"{n} down" + (f" ({g.errors[n]})" if n in g.errors else "")
-                        for n, v in g.components.items() if probes.component_ok(v) is False]
-                self.add(failed(check, f"readiness answered HTTP {g.ready_code} ({g.readiness})"
-                                       + (f": {'; '.join(down)}" if down else ""),
-                                "the component named is down: `hxp status`, then `hxp doctor`"))
+                down = [
+                    f"{n} down" + (f" ({g.errors[n]})" if n in g.errors else "")
+                    for n, v in g.components.items()
+                    if probes.component_ok(v) is False
+                ]
+                self.add(
+                    failed(
+                        check,
+                        f"readiness answered HTTP {g.ready_code} ({g.readiness})"
+                        + (f": {'; '.join(down)}" if down else ""),
+                        "the component named is down: `hxp status`, then `hxp doctor`",
+                    )
+                )
             else:
                 degraded = " (a backend is down: see the engine checks)" if g.readiness == "degraded" else ""
                 self.add(passed(check, f"{g.readiness} in {g.latency_ms} ms{degraded}"))
@@ -103,8 +117,13 @@ class Validation:
         listed = {m["id"] for m in body.get("data", [])}
         missing = [n for n in self.stack.catalogue.names if n not in listed]
         if missing:
-            self.add(failed(check, f"missing: {', '.join(missing)}",
-                            "the gateway runs another catalogue: restart it after editing models.yaml"))
+            self.add(
+                failed(
+                    check,
+                    f"missing: {', '.join(missing)}",
+                    "the gateway runs another catalogue: restart it after editing models.yaml",
+                )
+            )
         else:
             self.add(passed(check, f"{len(self.stack.catalogue.names)} models"))
 
@@ -132,15 +151,21 @@ class Validation:
     def create_key(self, purpose: str, **fields: Any) -> dict[str, Any] | None:
         body = {"alias": f"{KEY_PREFIX}{purpose}-{secrets.token_hex(4)}", "days": 1, **fields}
         try:
-            response = self.client.post(f"{self.gateway}/admin/keys", json=body, headers=self.stack.headers(),
-                                        timeout=30)
+            response = self.client.post(
+                f"{self.gateway}/admin/keys", json=body, headers=self.stack.headers(), timeout=30
+            )
         except httpx.HTTPError as exc:
             self.add(failed(f"admin API creates a key ({purpose})", probes.describe(exc), "`hxp status`"))
             return None
         if response.status_code not in (200, 201):
-            self.add(failed(f"admin API creates a key ({purpose})", f"HTTP {response.status_code}: "
-                            f"{_error_text(response)}", "the master key is wrong or unset: HXP_MASTER_KEY "
-                            "(native: .state/master.key; compose: env/gateway.env)"))
+            self.add(
+                failed(
+                    f"admin API creates a key ({purpose})",
+                    f"HTTP {response.status_code}: {_error_text(response)}",
+                    "the master key is wrong or unset: HXP_MASTER_KEY "
+                    "(native: .state/master.key; compose: env/gateway.env)",
+                )
+            )
             return None
         self.keys[purpose] = response.json()
         return self.keys[purpose]
@@ -148,21 +173,32 @@ class Validation:
     def revoke_keys(self) -> None:
         for key in self.keys.values():
             try:
-                self.client.post(f"{self.gateway}/admin/keys/{key['key_id']}/revoke", headers=self.stack.headers(),
-                                 timeout=30)
+                self.client.post(
+                    f"{self.gateway}/admin/keys/{key['key_id']}/revoke", headers=self.stack.headers(), timeout=30
+                )
             except httpx.HTTPError:
                 pass  # it expires within a day anyway
 
     def _call(self, model: Model, secret: str, gateway: str | None = None, tokens: int = 4) -> httpx.Response:
         headers = {"Authorization": f"Bearer {secret}"}
         if model.task == "embedding":
-            return self.client.post(f"{gateway or self.gateway}/v1/embeddings", headers=headers,
-                                    json={"model": model.name, "input": f"hxp validate {secrets.token_hex(4)}"},
-                                    timeout=model.api.timeout_s + 30)
-        body = {"model": model.name, "max_tokens": tokens,
-                "messages": [{"role": "user", "content": f"{CHAT_PROMPT} ({secrets.token_hex(4)})"}]}
-        return self.client.post(f"{gateway or self.gateway}/v1/chat/completions", headers=headers, json=body,
-                                timeout=model.api.timeout_s + 30)
+            return self.client.post(
+                f"{gateway or self.gateway}/v1/embeddings",
+                headers=headers,
+                json={"model": model.name, "input": f"hxp validate {secrets.token_hex(4)}"},
+                timeout=model.api.timeout_s + 30,
+            )
+        body = {
+            "model": model.name,
+            "max_tokens": tokens,
+            "messages": [{"role": "user", "content": f"{CHAT_PROMPT} ({secrets.token_hex(4)})"}],
+        }
+        return self.client.post(
+            f"{gateway or self.gateway}/v1/chat/completions",
+            headers=headers,
+            json=body,
+            timeout=model.api.timeout_s + 30,
+        )
 
     # --- answers, refusals, usage ----------------------------------------------------------------
     def answers(self, secret: str) -> None:
@@ -174,8 +210,13 @@ class Validation:
                 self.add(failed(check, probes.describe(exc), _engine_fix(self.stack, model.name)))
                 continue
             if response.status_code != 200:
-                self.add(failed(check, f"HTTP {response.status_code}: {_error_text(response)}",
-                                _engine_fix(self.stack, model.name)))
+                self.add(
+                    failed(
+                        check,
+                        f"HTTP {response.status_code}: {_error_text(response)}",
+                        _engine_fix(self.stack, model.name),
+                    )
+                )
                 continue
             body = response.json()
             if model.task == "embedding":
@@ -190,11 +231,21 @@ class Validation:
             content = ((body.get("choices") or [{}])[0].get("message") or {}).get("content")
             if isinstance(content, str) and content:
                 self.answered += 1
-                self.add(passed(check, f"{len(content)} characters of text "
-                                       f"({(body.get('usage') or {}).get('completion_tokens', '?')} tokens)"))
+                self.add(
+                    passed(
+                        check,
+                        f"{len(content)} characters of text "
+                        f"({(body.get('usage') or {}).get('completion_tokens', '?')} tokens)",
+                    )
+                )
             else:
-                self.add(failed(check, f"an empty answer: {probes.describe(str(body)[:200])}",
-                                "the engine runs but answers nothing: its log, its dtype (models.yaml)"))
+                self.add(
+                    failed(
+                        check,
+                        f"an empty answer: {probes.describe(str(body)[:200])}",
+                        "the engine runs but answers nothing: its log, its dtype (models.yaml)",
+                    )
+                )
 
     def refuses_missing_key(self) -> None:
         model = self.stack.catalogue.models[0]
@@ -203,14 +254,25 @@ class Validation:
         wrong = {"Authorization": f"Bearer sk-{secrets.token_hex(16)}"}
         for label, headers in (("no key", {}), ("a wrong key", wrong)):
             try:
-                got.append((label, self.client.post(f"{self.gateway}/v1/chat/completions", json=body, headers=headers,
-                                                    timeout=30).status_code))
+                got.append(
+                    (
+                        label,
+                        self.client.post(
+                            f"{self.gateway}/v1/chat/completions", json=body, headers=headers, timeout=30
+                        ).status_code,
+                    )
+                )
             except httpx.HTTPError as exc:
                 got.append((label, probes.describe(exc)))
         accepted = [f"{label}: {code}" for label, code in got if code != 401]
         if accepted:
-            self.add(failed("gateway refuses requests without a valid key", f"expected 401, got {', '.join(accepted)}",
-                            "the key check is off: the gateway must run with hxp's custom_auth (hxp gateway serve)"))
+            self.add(
+                failed(
+                    "gateway refuses requests without a valid key",
+                    f"expected 401, got {', '.join(accepted)}",
+                    "the key check is off: the gateway must run with hxp's custom_auth (hxp gateway serve)",
+                )
+            )
         else:
             self.add(passed("gateway refuses requests without a valid key", "401 for no key and for a wrong key"))
 
@@ -231,8 +293,11 @@ class Validation:
         try:
             while time.monotonic() < deadline:
                 try:
-                    row = db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests WHERE timestamp >= ? AND key_id = ?"
-                                      " AND status = 'success'", (iso(self.started), key_id))
+                    row = db.fetchone(
+                        "SELECT COUNT(*) AS n FROM llm_model_requests WHERE timestamp >= ? AND key_id = ?"
+                        " AND status = 'success'",
+                        (iso(self.started), key_id),
+                    )
                     count, error = int(row["n"]) if row else 0, None
                 except Exception as exc:  # noqa: BLE001 - reported below
                     error = probes.describe(exc)
@@ -244,9 +309,13 @@ class Validation:
         if error:
             self.add(failed(check, f"cannot read the usage table: {error}", "`hxp doctor` (database reachability)"))
         elif count < self.answered:
-            self.add(failed(check, f"{count} of {self.answered} answered requests have a row after "
-                                   f"{USAGE_WAIT_S:.0f} s",
-                            "the gateway cannot write: its log ('usage'), `hxp status` (usage backlog)"))
+            self.add(
+                failed(
+                    check,
+                    f"{count} of {self.answered} answered requests have a row after {USAGE_WAIT_S:.0f} s",
+                    "the gateway cannot write: its log ('usage'), `hxp status` (usage backlog)",
+                )
+            )
         else:
             self.add(passed(check, f"{count} rows for the {self.answered} answered requests"))
 
@@ -260,10 +329,18 @@ class Validation:
                 self.add(passed(check, f"{where}: {probe.detail} in {probe.latency_ms} ms"))
             else:
                 refused = probe.cause == probes.AUTHENTICATION
-                fix = ("the password in REDIS_URL is not Redis' (env/gateway.env vs env/redis.env)" if refused
-                       else "start Redis, or fix the host/port in REDIS_URL")
-                self.add(failed(check, f"Redis at {where} {'refused the password' if refused else 'is unreachable'}: "
-                                       f"{probe.detail}", fix))
+                fix = (
+                    "the password in REDIS_URL is not Redis' (env/gateway.env vs env/redis.env)"
+                    if refused
+                    else "start Redis, or fix the host/port in REDIS_URL"
+                )
+                self.add(
+                    failed(
+                        check,
+                        f"Redis at {where} {'refused the password' if refused else 'is unreachable'}: {probe.detail}",
+                        fix,
+                    )
+                )
             return
         seen = probes.gateway(self.client, self.gateway, self.stack.headers(), {})
         healthy = probes.component_ok(seen.components.get("redis"))
@@ -272,8 +349,13 @@ class Validation:
         elif healthy:
             self.add(passed(check, "the gateway reaches Redis (not published to this host)"))
         else:
-            self.add(failed(check, f"the gateway cannot reach Redis: {seen.errors.get('redis', 'down')}",
-                            "`docker compose ps redis`; the password in env/gateway.env REDIS_URL vs env/redis.env"))
+            self.add(
+                failed(
+                    check,
+                    f"the gateway cannot reach Redis: {seen.errors.get('redis', 'down')}",
+                    "`docker compose ps redis`; the password in env/gateway.env REDIS_URL vs env/redis.env",
+                )
+            )
 
     def shared_limit(self) -> None:
         check = "rate limit (rpm=1) " + ("shared by the replicas" if len(self.stack.gateways) > 1 else "enforced")
@@ -288,13 +370,22 @@ class Validation:
             except httpx.HTTPError as exc:
                 codes.append(probes.describe(exc))
         if codes[0] != 200:
-            self.add(failed(check, f"the first request on {model.name} got {codes[0]}, not 200: cannot test the limit",
-                            _engine_fix(self.stack, model.name)))
+            self.add(
+                failed(
+                    check,
+                    f"the first request on {model.name} got {codes[0]}, not 200: cannot test the limit",
+                    _engine_fix(self.stack, model.name),
+                )
+            )
         elif codes[1] != 429:
             redis = " (Redis unreachable and limits fail open?)" if self.stack.redis_url else ""
-            self.add(failed(check, f"the second request within the minute got {codes[1]}, not 429: the limit is not "
-                                   f"enforced{redis}",
-                            "check Redis (`hxp status`); several replicas need one REDIS_URL"))
+            self.add(
+                failed(
+                    check,
+                    f"the second request within the minute got {codes[1]}, not 429: the limit is not enforced{redis}",
+                    "check Redis (`hxp status`); several replicas need one REDIS_URL",
+                )
+            )
         else:
             self.add(passed(check, "200, then 429 for the second request within the minute"))
 
@@ -304,8 +395,11 @@ class Validation:
 
         declared = vector_config.load(models=self.stack.catalogue).collections
         check = "qdrant collections present"
-        body = self._gateway_json(check, "/v1/vector/collections",
-                                  "Qdrant is down or its local folder is held by another process: the gateway's log")
+        body = self._gateway_json(
+            check,
+            "/v1/vector/collections",
+            "Qdrant is down or its local folder is held by another process: the gateway's log",
+        )
         if body is None:
             return
         present = {c["name"]: c for c in body["data"]}
@@ -319,25 +413,38 @@ class Validation:
                 continue
             check = f"qdrant search in {collection.name}"
             try:
-                found = self.client.post(f"{self.gateway}/v1/vector/collections/{collection.name}/search",
-                                         json={"query": "post-deployment validation", "limit": 1,
-                                               "score_threshold": -1}, headers=self.stack.headers(), timeout=60)
+                found = self.client.post(
+                    f"{self.gateway}/v1/vector/collections/{collection.name}/search",
+                    json={"query": "post-deployment validation", "limit": 1, "score_threshold": -1},
+                    headers=self.stack.headers(),
+                    timeout=60,
+                )
             except httpx.HTTPError as exc:
                 self.add(failed(check, probes.describe(exc), "`hxp status`"))
                 continue
             if found.status_code == 200:
                 self.add(passed(check, f"{len(found.json()['data'])} hit(s)"))
             else:
-                self.add(failed(check, f"HTTP {found.status_code}: {_error_text(found)}",
-                                f"the embedding model {collection.embedding_model} or Qdrant: `hxp status`"))
+                self.add(
+                    failed(
+                        check,
+                        f"HTTP {found.status_code}: {_error_text(found)}",
+                        f"the embedding model {collection.embedding_model} or Qdrant: `hxp status`",
+                    )
+                )
             check = f"embedding size fits {collection.name}"
             size = self.dimensions.get(collection.embedding_model)
             if size is None:
                 self.add(skipped(check, f"no vector was answered by {collection.embedding_model}"))
             elif size != collection.vector_size:
-                self.add(failed(check, f"{collection.embedding_model} answers {size} dimensions, the collection "
-                                       f"holds {collection.vector_size}",
-                                "serve the model the collection was made with, or recreate the collection"))
+                self.add(
+                    failed(
+                        check,
+                        f"{collection.embedding_model} answers {size} dimensions, the collection "
+                        f"holds {collection.vector_size}",
+                        "serve the model the collection was made with, or recreate the collection",
+                    )
+                )
             else:
                 self.add(passed(check, f"{size} dimensions from {collection.embedding_model}"))
 
@@ -354,36 +461,62 @@ class Validation:
             self.add(failed(check, f"{url}: {probes.describe(exc)}", f"is {component} running at that URL?"))
             return None
         if response.status_code in (401, 403):
-            self.add(failed(check, f"{url} refused the credentials (HTTP {response.status_code})",
-                            f"the {component} credentials (GRAFANA_USER / GRAFANA_PASSWORD; compose: env/grafana.env)"))
+            self.add(
+                failed(
+                    check,
+                    f"{url} refused the credentials (HTTP {response.status_code})",
+                    f"the {component} credentials (GRAFANA_USER / GRAFANA_PASSWORD; compose: env/grafana.env)",
+                )
+            )
             return None
         return response
 
     def prometheus(self) -> None:
-        response = self._get("prometheus targets", "prometheus", self.stack.prometheus_url, "/api/v1/targets",
-                             params={"state": "active"})
+        response = self._get(
+            "prometheus targets", "prometheus", self.stack.prometheus_url, "/api/v1/targets", params={"state": "active"}
+        )
         if response is not None:
             targets = response.json()["data"]["activeTargets"]
             jobs = {t["labels"].get("job") for t in targets}
-            down = [f"down: {t['labels'].get('job')} {t['labels'].get('instance')} "
-                    f"({t.get('lastError') or t.get('health')})" for t in targets if t.get("health") != "up"]
+            down = [
+                f"down: {t['labels'].get('job')} {t['labels'].get('instance')} "
+                f"({t.get('lastError') or t.get('health')})"
+                for t in targets
+                if t.get("health") != "up"
+            ]
             unscraped = [f"no job {j}" for j in (JOB_GATEWAY, JOB_MODELS) if j not in jobs]
             if down or unscraped:
-                self.add(failed("prometheus targets", "; ".join([*down, *unscraped]),
-                                "the target is down (`hxp status`), or Prometheus' configuration misses it "
-                                "(`make prometheus-register`, `hxp prometheus generate`)"))
+                self.add(
+                    failed(
+                        "prometheus targets",
+                        "; ".join([*down, *unscraped]),
+                        "the target is down (`hxp status`), or Prometheus' configuration misses it "
+                        "(`make prometheus-register`, `hxp prometheus generate`)",
+                    )
+                )
             else:
                 self.add(passed("prometheus targets", f"{len(targets)} targets up (jobs {', '.join(sorted(jobs))})"))
         response = self._get("prometheus alert rules", "prometheus", self.stack.prometheus_url, "/api/v1/rules")
         if response is not None:
-            expected = {r["alert"] for f in sorted(RULES_DIR.glob("*.yml"))
-                        for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"] if "alert" in r}
-            loaded = {r["name"] for g in response.json()["data"]["groups"] for r in g["rules"]
-                      if r.get("type") == "alerting"}
+            expected = {
+                r["alert"]
+                for f in sorted(RULES_DIR.glob("*.yml"))
+                for g in yaml.safe_load(f.read_text())["groups"]
+                for r in g["rules"]
+                if "alert" in r
+            }
+            loaded = {
+                r["name"] for g in response.json()["data"]["groups"] for r in g["rules"] if r.get("type") == "alerting"
+            }
             missing = sorted(expected - loaded)
             if missing:
-                self.add(failed("prometheus alert rules", f"not loaded: {', '.join(missing)}",
-                                "add prometheus/rules/*.yml to its rule_files (`make prometheus-register`), reload"))
+                self.add(
+                    failed(
+                        "prometheus alert rules",
+                        f"not loaded: {', '.join(missing)}",
+                        "add prometheus/rules/*.yml to its rule_files (`make prometheus-register`), reload",
+                    )
+                )
             else:
                 self.add(passed("prometheus alert rules", f"all {len(expected)} alerts of prometheus/rules loaded"))
 
@@ -394,21 +527,36 @@ class Validation:
         if response.status_code == 200:
             self.add(passed("alertmanager", f"{self.stack.alertmanager_url} is ready"))
         else:
-            self.add(failed("alertmanager", f"/-/ready answered HTTP {response.status_code}",
-                            "its log; `amtool check-config prometheus/alertmanager.yml`"))
+            self.add(
+                failed(
+                    "alertmanager",
+                    f"/-/ready answered HTTP {response.status_code}",
+                    "its log; `amtool check-config prometheus/alertmanager.yml`",
+                )
+            )
 
     def grafana(self) -> None:
         missing = []
         for dashboard in DASHBOARDS:
-            response = self._get("grafana dashboards", "grafana", self.stack.grafana_url,
-                                 f"/api/dashboards/uid/{dashboard.uid}", auth=self.stack.grafana_auth)
+            response = self._get(
+                "grafana dashboards",
+                "grafana",
+                self.stack.grafana_url,
+                f"/api/dashboards/uid/{dashboard.uid}",
+                auth=self.stack.grafana_auth,
+            )
             if response is None:
                 return
             if response.status_code != 200:
                 missing.append(f"{dashboard.title} (HTTP {response.status_code})")
         if missing:
-            self.add(failed("grafana dashboards", f"missing: {', '.join(missing)}",
-                            "provision grafana/dashboards/*.json (compose.dev.yaml does; `make grafana-dashboards`)"))
+            self.add(
+                failed(
+                    "grafana dashboards",
+                    f"missing: {', '.join(missing)}",
+                    "provision grafana/dashboards/*.json (compose.dev.yaml does; `make grafana-dashboards`)",
+                )
+            )
         else:
             self.add(passed("grafana dashboards", ", ".join(d.title for d in DASHBOARDS)))
 
@@ -430,9 +578,14 @@ class Validation:
             worst = max(s for s in sizes if s is not None)
             limit = model.targets.memory_gb
             if worst > limit:
-                self.add(failed(check, f"{worst:.2f} GiB, above the catalogue's {limit} GiB",
-                                "fewer sequences (vllm.max_num_seqs), a smaller KV cache (VLLM_CPU_KVCACHE_SPACE) "
-                                "or a new memory_gb in models.yaml"))
+                self.add(
+                    failed(
+                        check,
+                        f"{worst:.2f} GiB, above the catalogue's {limit} GiB",
+                        "fewer sequences (vllm.max_num_seqs), a smaller KV cache (VLLM_CPU_KVCACHE_SPACE) "
+                        "or a new memory_gb in models.yaml",
+                    )
+                )
             else:
                 self.add(passed(check, f"{worst:.2f} GiB of {limit} GiB"))
 
@@ -440,8 +593,13 @@ class Validation:
     def run(self) -> list[Finding]:
         self.gateways_ready()
         if not self.stack.master_key:
-            self.add(failed("master key", "none found", "set HXP_MASTER_KEY (native: `hxp run` writes "
-                                                         ".state/master.key; compose: env/gateway.env)"))
+            self.add(
+                failed(
+                    "master key",
+                    "none found",
+                    "set HXP_MASTER_KEY (native: `hxp run` writes .state/master.key; compose: env/gateway.env)",
+                )
+            )
             return self.findings
         self.models_listed()
         engines, source = self.stack.engines(self.client)

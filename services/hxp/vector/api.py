@@ -7,6 +7,7 @@ with the caller's key, so its model access, rate limits and usage log apply. Err
 400, an unknown collection or document 404. The declared collections are opened, and
 created when missing, when the gateway starts.
 """
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -18,9 +19,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
+from hxp.core.errors import GatewayError
 from hxp.gateway import loopback
 from hxp.gateway.request_context import context_of
-from hxp.core.errors import GatewayError
 from hxp.vector.embedder import Embedder, GatewayEmbedder
 from hxp.vector.errors import NotFound, VectorError
 from hxp.vector.service import Document, close_service, get_service
@@ -31,7 +32,7 @@ Filter = dict[str, Any]
 
 FILTER_DOC = (
     "Metadata conditions, all of which must hold: a string, integer or boolean matches equal values, "
-    'a list matches any of its values, an object with gt/gte/lt/lte is a numeric range. '
+    "a list matches any of its values, an object with gt/gte/lt/lte is a numeric range. "
     'Example: {"lang": "en", "tags": ["faq", "howto"], "year": {"gte": 2024}}'
 )
 
@@ -42,7 +43,9 @@ class _Request(BaseModel):
 
 class DocumentIn(_Request):
     id: DocumentId = Field(description="Your id for the document (compared as text); upserting an id again replaces it")
-    text: str = Field("", description="The text; embedded with the collection's embedding model unless `vector` is given")
+    text: str = Field(
+        "", description="The text; embedded with the collection's embedding model unless `vector` is given"
+    )
     metadata: dict[str, Any] = Field(default_factory=dict, description="Any JSON object; searchable with `filter`")
     vector: list[float] | None = Field(
         None, description="A precomputed embedding of the collection's vector size, stored instead of embedding `text`"
@@ -84,7 +87,9 @@ class SearchResponse(BaseModel):
 
 class DeleteRequest(_Request):
     ids: list[DocumentId] = Field(default_factory=list, description="Ids of the documents to delete")
-    filter: Filter | None = Field(None, description="Also delete every document matching these conditions. " + FILTER_DOC)
+    filter: Filter | None = Field(
+        None, description="Also delete every document matching these conditions. " + FILTER_DOC
+    )
 
 
 class DeleteResponse(BaseModel):

@@ -6,6 +6,7 @@ Random unit vectors stand in for embeddings (the store's cost does not depend on
 vectors come from); searches ask for the top 10 with no threshold, plain and with a
 metadata filter. Prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,18 +35,21 @@ def _percentile(samples: list[float], q: int) -> float:
 
 
 async def _run(args: argparse.Namespace, location: QdrantLocation) -> list[tuple[str, str]]:
-    config = VectorConfig(collections=[
-        Collection(name=COLLECTION, embedding_model=args.embedding_model, vector_size=args.dim)
-    ])
+    config = VectorConfig(
+        collections=[Collection(name=COLLECTION, embedding_model=args.embedding_model, vector_size=args.dim)]
+    )
     store = await VectorStore.open(config, **location)
     rng = np.random.default_rng(7)
     vectors = _unit_vectors(rng, args.vectors, args.dim)
     started = time.perf_counter()
     for start in range(0, args.vectors, args.batch):
-        await store.upsert(COLLECTION, [
-            Record(f"doc-{i}", vectors[i].tolist(), f"document {i}", {"topic": TOPICS[i % len(TOPICS)], "n": i})
-            for i in range(start, min(start + args.batch, args.vectors))
-        ])
+        await store.upsert(
+            COLLECTION,
+            [
+                Record(f"doc-{i}", vectors[i].tolist(), f"document {i}", {"topic": TOPICS[i % len(TOPICS)], "n": i})
+                for i in range(start, min(start + args.batch, args.vectors))
+            ],
+        )
     upsert_s = time.perf_counter() - started
     stored = await store.count(COLLECTION)
 
@@ -61,8 +65,12 @@ async def _run(args: argparse.Namespace, location: QdrantLocation) -> list[tuple
             hits = await store.search(COLLECTION, q, limit=10, where=where)
             latencies.append((time.perf_counter() - t0) * 1000)
             assert len(hits) == 10
-        rows.append((f"{label} p50 / p95 (top 10)",
-                     f"{_percentile(latencies, 50):.2f} / {_percentile(latencies, 95):.2f} ms ({len(queries)} queries)"))
+        rows.append(
+            (
+                f"{label} p50 / p95 (top 10)",
+                f"{_percentile(latencies, 50):.2f} / {_percentile(latencies, 95):.2f} ms ({len(queries)} queries)",
+            )
+        )
     await store.client.delete_collection(COLLECTION)
     await store.close()
     return rows

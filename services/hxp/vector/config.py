@@ -3,6 +3,7 @@
 Collections are data: adding one is an entry in collections.yaml. Each names the
 catalogue's embedding model that fills it, so its vectors and queries agree.
 """
+
 from __future__ import annotations
 
 import logging

@@ -9,6 +9,7 @@ Two ways in, one batching loop:
   vector API's embedding work goes through the same key checks, rate limits and usage
   log as any embeddings request.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -64,8 +65,9 @@ class Embedder:
 class GatewayEmbedder(Embedder):
     """Embeds through the gateway's /v1/embeddings at ``base_url`` with the caller's key headers."""
 
-    def __init__(self, base_url: str, key_headers: dict[str, str], batch_size: int = 64,
-                 timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, base_url: str, key_headers: dict[str, str], batch_size: int = 64, timeout_s: float = 300.0
+    ) -> None:
         super().__init__(batch_size=batch_size)
         self.base_url = base_url.rstrip("/")
         self.key_headers = key_headers
@@ -74,8 +76,9 @@ class GatewayEmbedder(Embedder):
     async def _embed_batch(self, model: str, batch: list[str]) -> list[list[float]]:
         try:
             async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-                response = await client.post(f"{self.base_url}/embeddings", json={"model": model, "input": batch},
-                                             headers=self.key_headers)
+                response = await client.post(
+                    f"{self.base_url}/embeddings", json={"model": model, "input": batch}, headers=self.key_headers
+                )
         except httpx.HTTPError as err:
             raise EmbeddingFailed(f"embedding model '{model}' failed: {err!r}") from None
         if response.status_code != 200:

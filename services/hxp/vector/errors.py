@@ -1,4 +1,5 @@
 """Errors of the vector layer, each carrying the HTTP status the API answers with."""
+
 from __future__ import annotations
 
 

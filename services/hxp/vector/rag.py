@@ -9,6 +9,7 @@ the field. The answer comes back with the passages used: a ``sources`` list on t
 response body and an ``x-hxp-rag-sources`` header (URL-encoded ids, comma-separated; streams too).
 Registered in the gateway's LiteLLM callbacks as ``hxp.vector.rag.rag_hook``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
@@ -131,7 +132,7 @@ class RagHook(CustomLogger):
         sources = sources_of(data)
         if sources is None:
             return None
-        setattr(response, "sources", sources)
+        response.sources = sources
         return response
 
     async def async_post_call_response_headers_hook(

@@ -3,6 +3,7 @@
 The API and the retrieval-augmented chat hook both go through ``VectorService``; inside
 the gateway there is one per process (``get_service``), opened at start.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,7 +66,9 @@ class VectorService:
         if not documents:
             raise VectorError("documents: at least one document is required", "documents")
         if len(documents) > cap:
-            raise VectorError(f"documents: {len(documents)} documents exceed the limit of {cap} per request", "documents")
+            raise VectorError(
+                f"documents: {len(documents)} documents exceed the limit of {cap} per request", "documents"
+            )
         seen: set[str] = set()
         for i, d in enumerate(documents):
             if str(d.id) in seen:

@@ -4,10 +4,10 @@ A document id (string or integer, compared as text) becomes a deterministic UUID
 id, so upserting the same id replaces the document. The payload keeps the original id,
 the text and the metadata; metadata filters address ``metadata.<key>``.
 """
+
 from __future__ import annotations
 
 import re
-
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,8 +62,10 @@ def _is_number(value: object) -> bool:
 
 def _condition(key: str, value: Any) -> models.FieldCondition:
     if not FIELD_NAME.fullmatch(key):
-        raise VectorError(f"filter: {key!r} is not a metadata field name (letters, digits, '_', '-', "
-                          "'.' between nested names)", "filter")
+        raise VectorError(
+            f"filter: {key!r} is not a metadata field name (letters, digits, '_', '-', '.' between nested names)",
+            "filter",
+        )
     target = f"metadata.{key}"
     if _is_scalar(value) or isinstance(value, bool):
         return models.FieldCondition(key=target, match=models.MatchValue(value=value))
@@ -125,7 +127,9 @@ class VectorStore:
                 continue
             params = (await self.client.get_collection(c.name)).config.params.vectors
             if not isinstance(params, models.VectorParams):
-                raise CollectionMismatch(f"collection '{c.name}' exists with named vectors; expected one unnamed vector")
+                raise CollectionMismatch(
+                    f"collection '{c.name}' exists with named vectors; expected one unnamed vector"
+                )
             if params.size != c.vector_size or params.distance.value != c.distance:
                 raise CollectionMismatch(
                     f"collection '{c.name}' exists with vector size {params.size} ({params.distance.value}) but is "
@@ -145,7 +149,9 @@ class VectorStore:
             self._check_vector(c, r.vector, f"documents[{i}].vector")
         points = [
             models.PointStruct(
-                id=point_id(r.id), vector=list(r.vector), payload={"id": r.id, "text": r.text, "metadata": dict(r.metadata)}
+                id=point_id(r.id),
+                vector=list(r.vector),
+                payload={"id": r.id, "text": r.text, "metadata": dict(r.metadata)},
             )
             for r in records
         ]

@@ -7,11 +7,13 @@ Rows come from each request's observation (:mod:`hxp.gateway.observer`) through
   (migrations, replay of spilled rows) and flushes it at shutdown;
 - ``backlog()``: rows not yet in the database (for the metrics).
 """
+
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter
 

@@ -12,6 +12,7 @@ Metrics (``hxp.gateway.usage.spill``, ``.refusals``): ``llm_usage_spill_bytes``,
 ``llm_usage_rows_dropped_total``, ``llm_usage_refusals_aggregated_total``; ``backlog()`` feeds
 ``llm_usage_log_backlog`` (each row counted by one worker).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -20,13 +21,13 @@ import threading
 from pathlib import Path
 
 from hxp.core.context import Runtime, runtime
+from hxp.core.database import Database, redact
+from hxp.core.paths import state_path
 from hxp.core.settings import Settings
 from hxp.gateway import deployments
-from hxp.core.database import Database, redact
 from hxp.gateway.usage.record import UsageRecord
 from hxp.gateway.usage.rollup import PerformanceRollup
 from hxp.gateway.usage.writer import UsageWriter, WriterSettings
-from hxp.core.paths import state_path
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ class UsagePipeline:
     def __init__(self, database_url: str, spill_dir: Path, settings: WriterSettings, rollup_interval_s: float) -> None:
         """Connects to nothing yet: ``start()`` does."""
         self.db = Database(database_url)
-        self.rollup = PerformanceRollup(self.db, deployments.served, rollup_interval_s,
-                                        grace_s=2 * settings.flush_interval_s + 1.0)
+        self.rollup = PerformanceRollup(
+            self.db, deployments.served, rollup_interval_s, grace_s=2 * settings.flush_interval_s + 1.0
+        )
         self.writer = UsageWriter(self.db, spill_dir, settings, on_written=self.rollup.mark)
         self._lock = threading.Lock()
         self._started = False
@@ -87,8 +89,9 @@ class ProcessUsage:
             if self._pipeline is None or self._pipeline.closed:
                 cfg = self._cfg
                 spill_dir = Path(cfg.usage_spill_dir or state_path("usage-spill"))
-                self._pipeline = UsagePipeline(cfg.database_url, spill_dir, WriterSettings.from_settings(cfg),
-                                               cfg.usage_rollup_interval_s)
+                self._pipeline = UsagePipeline(
+                    cfg.database_url, spill_dir, WriterSettings.from_settings(cfg), cfg.usage_rollup_interval_s
+                )
                 for record in self._early:
                     self._pipeline.writer.submit(record)
                 self._early.clear()

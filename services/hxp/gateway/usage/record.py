@@ -1,15 +1,29 @@
 """One usage row: what the gateway records about each request it answered."""
+
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 COLUMNS: tuple[str, ...] = (
-    "request_id", "model_name", "timestamp", "user_id", "key_id", "prompt_tokens", "completion_tokens",
-    "total_tokens", "latency_ms", "time_to_first_token_ms", "stream", "cache_hit", "cost", "status",
-    "error_message", "request_count",
+    "request_id",
+    "model_name",
+    "timestamp",
+    "user_id",
+    "key_id",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "latency_ms",
+    "time_to_first_token_ms",
+    "stream",
+    "cache_hit",
+    "cost",
+    "status",
+    "error_message",
+    "request_count",
 )
 INSERT_SQL = (
     f"INSERT INTO llm_model_requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -17,9 +31,19 @@ INSERT_SQL = (
 )
 _WIDTHS = {"model_name": 100, "user_id": 100, "key_id": 36, "status": 20}
 # The ``status`` column: "success", or what the client's HTTP status says went wrong.
-_STATUS_NAMES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 408: "timeout",
-                 413: "invalid_request", 422: "invalid_request", 429: "rate_limited", 499: "cancelled",
-                 503: "unavailable", 504: "timeout"}
+_STATUS_NAMES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    408: "timeout",
+    413: "invalid_request",
+    422: "invalid_request",
+    429: "rate_limited",
+    499: "cancelled",
+    503: "unavailable",
+    504: "timeout",
+}
 # The statuses of a request refused without an answer from a model (4xx).
 REFUSALS = frozenset({"invalid_request", "unauthorized", "forbidden", "not_found", "rate_limited", "client_error"})
 _MAX_ERROR_CHARS = 2000
@@ -35,22 +59,22 @@ def status_name(code: int) -> str:
 
 def utc_now() -> str:
     """The current time as an ISO-8601 UTC string (sorts lexically, parses on PostgreSQL and SQLite)."""
-    return iso(datetime.now(timezone.utc))
+    return iso(datetime.now(UTC))
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def iso_at(epoch: float) -> str:
     """``iso`` of epoch seconds."""
-    return iso(datetime.fromtimestamp(epoch, timezone.utc))
+    return iso(datetime.fromtimestamp(epoch, UTC))
 
 
 def epoch_of(timestamp: str) -> float:
     """Epoch seconds of an ISO-8601 timestamp (UTC when it names no zone)."""
     moment = datetime.fromisoformat(timestamp)
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def request_uuid(candidate: object = None) -> str:
@@ -103,6 +127,6 @@ class UsageRecord:
         return dict(vars(self))  # the fields, all scalars (asdict's deep copy costs twice the JSON encoding)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "UsageRecord":
+    def from_json(cls, data: dict[str, Any]) -> UsageRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -7,6 +7,7 @@ row per (minute, model, status, key, stream), written once its minute has ended 
 ``request_count`` is the number of requests it stands for, ``latency_ms`` their mean, ``error_message``
 says so and quotes the first one. Whatever counts requests sums ``request_count``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from hxp.gateway.usage.record import REFUSALS, UsageRecord, epoch_of, iso_at
+
 MAX_GROUPS = 1000  # aggregates open at once; beyond, new (model, key) pairs are folded under model "unknown"
 MINUTE_S = 60
 
@@ -50,8 +52,14 @@ class RefusalAggregator:
         if self._used < self.rows_per_minute:
             self._used += 1
             return record
-        key: _Key = (int(epoch_of(record.timestamp) // MINUTE_S), record.model_name, record.status, record.key_id,
-                     record.user_id, record.stream)
+        key: _Key = (
+            int(epoch_of(record.timestamp) // MINUTE_S),
+            record.model_name,
+            record.status,
+            record.key_id,
+            record.user_id,
+            record.stream,
+        )
         if key not in self._open and len(self._open) >= MAX_GROUPS:
             key = (key[0], "unknown", record.status, None, None, record.stream)
         group = self._open.setdefault(key, _Aggregate())
@@ -82,10 +90,15 @@ class RefusalAggregator:
     def _row(self, key: _Key, group: _Aggregate) -> UsageRecord:
         minute, model, status, key_id, alias, stream = key
         return UsageRecord(
-            model_name=model, status=status, timestamp=iso_at(minute * MINUTE_S), key_id=key_id, user_id=alias,
-            stream=stream, request_count=group.count,
+            model_name=model,
+            status=status,
+            timestamp=iso_at(minute * MINUTE_S),
+            key_id=key_id,
+            user_id=alias,
+            stream=stream,
+            request_count=group.count,
             latency_ms=round(group.latency_total / group.timed) if group.timed else None,
             error_message=f"{group.count} refused requests of this minute in one row (beyond "
-                          f"{self.rows_per_minute} refusal rows a minute per gateway process); the first: "
-                          f"{group.first_error}",
+            f"{self.rows_per_minute} refusal rows a minute per gateway process); the first: "
+            f"{group.first_error}",
         )

@@ -12,6 +12,7 @@ computed (the writer marks the intervals of every batch it writes, replays of sp
 counting more requests (a concurrent worker's computation from an older snapshot loses), and keeps the
 memory and CPU sampled when the interval ended.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,7 +20,7 @@ import math
 import threading
 import time
 import uuid
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from hxp.core.database import Database
 from hxp.gateway.engines import EngineProcesses
@@ -49,8 +50,14 @@ SUMMARY_SQL = (
 class PerformanceRollup:
     """Writes one ``llm_model_performance`` row per model for each completed interval, again when it changes."""
 
-    def __init__(self, db: Database, models: Callable[[], dict[str, list[str]]], interval_s: float = 60.0,
-                 grace_s: float = 3.0, since: float | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        models: Callable[[], dict[str, list[str]]],
+        interval_s: float = 60.0,
+        grace_s: float = 3.0,
+        since: float | None = None,
+    ) -> None:
         """``models`` gives each model's backend base URLs; ``grace_s`` lets buffered request rows land first;
         ``since`` (epoch seconds) is the start of the first interval (default: the current one)."""
         self._db = db
@@ -121,13 +128,18 @@ class PerformanceRollup:
             requests = int(stats["requests"]) if stats else 0
             timed = int(stats["timed"]) if stats else 0
             memory_gb, cpu = self._engines.sample(model, backends.get(model, [])) if sample else (None, None)
-            rows.append((
-                str(uuid.uuid5(_NAMESPACE, f"{model}|{begin}|{self.interval_s}")), model, begin,
-                float(stats["latency_total"]) / timed if stats and timed else None,
-                requests / self.interval_s,
-                memory_gb, cpu,
-                int(stats["errors"]) / requests if stats and requests else None,
-            ))
+            rows.append(
+                (
+                    str(uuid.uuid5(_NAMESPACE, f"{model}|{begin}|{self.interval_s}")),
+                    model,
+                    begin,
+                    float(stats["latency_total"]) / timed if stats and timed else None,
+                    requests / self.interval_s,
+                    memory_gb,
+                    cpu,
+                    int(stats["errors"]) / requests if stats and requests else None,
+                )
+            )
         if rows:
             self._db.executemany(UPSERT_SQL, rows)
         return len(rows)

@@ -21,6 +21,7 @@ Several gateway workers share the folder:
   ``llm_usage_rows_dropped_total``; ``llm_usage_spill_bytes`` is the folder's size. Writers measure the folder
   and append under one ``flock`` (``append.lock``), so that workers spilling together stay within the bound.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,10 +49,12 @@ _ROLE = "replay.lock"
 _APPEND_LOCK = "append.lock"
 
 # The folder is shared: every worker measures all of it, the latest measurement stands (also once a worker ended).
-SPILL_BYTES = Gauge("llm_usage_spill_bytes", "Bytes of usage rows waiting in the spill folder",
-                    multiprocess_mode="mostrecent")
-SPILL_LIMIT = Gauge("llm_usage_spill_limit_bytes", "Bound on the spill folder (HXP_USAGE_SPILL_MAX_MB)",
-                    multiprocess_mode="mostrecent")
+SPILL_BYTES = Gauge(
+    "llm_usage_spill_bytes", "Bytes of usage rows waiting in the spill folder", multiprocess_mode="mostrecent"
+)
+SPILL_LIMIT = Gauge(
+    "llm_usage_spill_limit_bytes", "Bound on the spill folder (HXP_USAGE_SPILL_MAX_MB)", multiprocess_mode="mostrecent"
+)
 DROPPED = Counter("llm_usage_rows_dropped", "Usage rows lost: the spill folder was full (or failed)")
 
 
@@ -117,8 +120,12 @@ class SpillFolder:
                 return 0
         if kept < len(lines):
             DROPPED.inc(len(lines) - kept)
-            log.error("usage spill folder %s is full (%d bytes): %d rows dropped", self.folder, self.max_bytes,
-                      len(lines) - kept)
+            log.error(
+                "usage spill folder %s is full (%d bytes): %d rows dropped",
+                self.folder,
+                self.max_bytes,
+                len(lines) - kept,
+            )
         return kept
 
     def _write(self, data: bytes, rows: int) -> None:
@@ -130,7 +137,7 @@ class SpillFolder:
             end = os.fstat(file.fd).st_size
             view = memoryview(data)
             while view:
-                view = view[os.write(file.fd, view):]
+                view = view[os.write(file.fd, view) :]
             os.fsync(file.fd)
         except OSError:
             if end >= 0:
@@ -268,8 +275,11 @@ def _spill_files(folder: Path) -> list[Path]:
         names = os.listdir(folder)
     except FileNotFoundError:
         return []
-    return [folder / n for n in sorted(names)
-            if n.endswith(SUFFIX) and (n.startswith(PREFIX) or n.startswith(_TMP + PREFIX))]
+    return [
+        folder / n
+        for n in sorted(names)
+        if n.endswith(SUFFIX) and (n.startswith(PREFIX) or n.startswith(_TMP + PREFIX))
+    ]
 
 
 def _same_file(path: Path, stat: os.stat_result) -> bool:

@@ -7,6 +7,7 @@ replays spilled rows once it answers again; the *spill* thread moves the buffer 
 never holds more than that in memory. Refusals beyond a rate are aggregated (see ``refusals``). ``close()``
 writes what is left, or spills it when the database is away.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from hxp.core.database import Database
 from hxp.core.settings import Settings
@@ -31,29 +32,38 @@ _MB = 2**20
 
 @dataclass(frozen=True)
 class WriterSettings:
-    batch_size: int = 200           # rows per INSERT batch; a full batch is written at once
-    flush_interval_s: float = 1.0   # a partial batch waits at most this long
-    max_buffer: int = 10_000        # rows kept in memory before spilling to disk
-    retry_initial_s: float = 0.25   # first retry delay after a failed write, doubled up to retry_max_s
+    batch_size: int = 200  # rows per INSERT batch; a full batch is written at once
+    flush_interval_s: float = 1.0  # a partial batch waits at most this long
+    max_buffer: int = 10_000  # rows kept in memory before spilling to disk
+    retry_initial_s: float = 0.25  # first retry delay after a failed write, doubled up to retry_max_s
     retry_max_s: float = 5.0
-    close_timeout_s: float = 10.0   # how long close() waits for the threads before spilling the rest
+    close_timeout_s: float = 10.0  # how long close() waits for the threads before spilling the rest
     max_spill_bytes: int = 256 * _MB  # bound on the spill folder; rows beyond are dropped (and counted)
     refusal_rows_per_minute: int = 3000  # refusal rows a minute kept one by one; beyond, aggregated
 
     @classmethod
-    def from_settings(cls, cfg: Settings) -> "WriterSettings":
+    def from_settings(cls, cfg: Settings) -> WriterSettings:
         """The writer's part of the gateway settings (HXP_USAGE_*: see :mod:`hxp.core.settings`)."""
-        return cls(batch_size=cfg.usage_batch_size, flush_interval_s=cfg.usage_flush_interval_s,
-                   max_buffer=cfg.usage_max_buffer, retry_max_s=cfg.usage_retry_max_s,
-                   max_spill_bytes=round(cfg.usage_spill_max_mb * _MB),
-                   refusal_rows_per_minute=cfg.usage_refusal_rows_per_min)
+        return cls(
+            batch_size=cfg.usage_batch_size,
+            flush_interval_s=cfg.usage_flush_interval_s,
+            max_buffer=cfg.usage_max_buffer,
+            retry_max_s=cfg.usage_retry_max_s,
+            max_spill_bytes=round(cfg.usage_spill_max_mb * _MB),
+            refusal_rows_per_minute=cfg.usage_refusal_rows_per_min,
+        )
 
 
 class UsageWriter:
     """Buffers ``UsageRecord``s and writes them in batches, surviving outages and shutdowns."""
 
-    def __init__(self, db: Database, spill_dir: Path, settings: WriterSettings = WriterSettings(),
-                 on_written: Callable[[Sequence[UsageRecord]], None] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        spill_dir: Path,
+        settings: WriterSettings = WriterSettings(),
+        on_written: Callable[[Sequence[UsageRecord]], None] | None = None,
+    ) -> None:
         """``on_written`` is called (in the writer thread) with each batch once it is in the database."""
         self._db = db
         self.settings = settings
@@ -67,7 +77,7 @@ class UsageWriter:
         self._late_thread: threading.Thread | None = None
         self._spilling = 0  # rows taken from memory, on their way to disk
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)      # the writer thread waits for rows
+        self._work = threading.Condition(self._lock)  # the writer thread waits for rows
         self._overflow = threading.Condition(self._lock)  # the spill thread waits for a full buffer
         self._progress = threading.Condition(self._lock)  # flush() waits for the backlog to shrink
         self._wake_at = min(settings.batch_size, settings.max_buffer)
@@ -77,8 +87,10 @@ class UsageWriter:
         self._retry_at = 0.0
         self._refresh_at = 0.0
         self.written = 0
-        self._threads = [threading.Thread(target=self._run, name="usage-writer", daemon=True),
-                         threading.Thread(target=self._spill_overflow, name="usage-spill", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._run, name="usage-writer", daemon=True),
+            threading.Thread(target=self._spill_overflow, name="usage-spill", daemon=True),
+        ]
 
     # --- producer side -------------------------------------------------------
     def start(self) -> None:
@@ -163,7 +175,7 @@ class UsageWriter:
         if rest and self._healthy:
             try:
                 for i in range(0, len(rest), self.settings.batch_size):
-                    self.written += self._insert_checked(rest[i:i + self.settings.batch_size])
+                    self.written += self._insert_checked(rest[i : i + self.settings.batch_size])
                 rest = []
             except Exception as exc:  # noqa: BLE001 - any failure means: keep them on disk
                 log.warning("usage database unavailable at shutdown (%s); spilling rows", exc)
@@ -242,7 +254,8 @@ class UsageWriter:
         if time.monotonic() < self._retry_at:
             return False
         return len(self._buffer) >= self.settings.batch_size or (
-            self._flush_now and bool(self._buffer or self._refusals.pending()))
+            self._flush_now and bool(self._buffer or self._refusals.pending())
+        )
 
     def _wait_time(self) -> float:
         if self._retry_at > time.monotonic():
@@ -302,8 +315,9 @@ class UsageWriter:
             except Exception as exc:  # noqa: BLE001
                 if not _is_bad_row(exc):
                     raise
-                log.error("usage row %s refused by the database (%s); kept in %s", record.request_id, exc,
-                          self._rejected)
+                log.error(
+                    "usage row %s refused by the database (%s); kept in %s", record.request_id, exc, self._rejected
+                )
                 with self._rejected.open("a") as f:
                     f.write(json.dumps(record.to_json()) + "\n")
         return written
