@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "hxp.k8s.cli",
     "hxp.monitoring.cli",
     "hxp.ops.cli",
+    "hxp.lifecycle.cli",
 ]
 
 

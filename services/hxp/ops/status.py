@@ -127,8 +127,10 @@ def _prometheus_service(stack: Stack, client: httpx.Client) -> dict[str, Any]:
 
 def collect(stack: Stack) -> dict[str, Any]:
     """Everything `hxp status` shows, as data."""
+    config = _config(stack)
     with httpx.Client() as client:
         engines_of, source = stack.engines(client)
+        engines_of.update(config["backends"] if config else {})  # engines replaced by `hxp model update`
         urls = sorted({u for urls in engines_of.values() for u in urls})
         with ThreadPoolExecutor(max_workers=8) as pool:
             engine_states = dict(zip(urls, pool.map(
@@ -146,7 +148,17 @@ def collect(stack: Stack) -> dict[str, Any]:
     return {"healthy": not problems, "stack": stack.kind, "profile": stack.catalogue.profile,
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "engines_from": source,
             "traffic_window": TRAFFIC_WINDOW, "traffic_problem": traffic_problem,
-            "models": models, "services": services, "problems": problems}
+            "models": models, "services": services, "problems": problems, "config": config}
+
+
+def _config(stack: Stack) -> dict[str, Any] | None:
+    """The live configuration version and the engine updates under way (None: none applied, or no database)."""
+    from hxp.lifecycle.versions import summary
+
+    try:
+        return summary(stack.database_url) if stack.database_url else None
+    except Exception:  # e.g. a database older than the versions' tables
+        return None
 
 
 def _problems(models: list[dict[str, Any]], services: list[dict[str, Any]]) -> list[str]:
@@ -188,6 +200,10 @@ def render(status: dict[str, Any]) -> str:
     services = table.render(["SERVICE", "STATE", "DETAIL"],
                             [[s["name"], s["state"], s["detail"]] for s in status["services"]])
     lines = [head, "", models]
+    config = status.get("config")
+    if config:
+        lines.append(f"configuration: v{config['version']} (sha256 {config['sha256'][:12]}, {config['author']})")
+        lines += [f"update in progress: {u}" for u in config["updates"]]
     if status["traffic_problem"]:
         lines.append(f"traffic: {status['traffic_problem']}")
     lines += ["", services, ""]

@@ -1,0 +1,90 @@
+"""Live gateway reload: each worker follows the live configuration without a restart.
+
+A worker startup hook (``gateway/extensions.py``) starts :func:`watch` in each worker: it polls the live
+generation (one indexed single-row query a second), and when it changed it reads the live version and backends
+and applies them in place: LiteLLM's router gets the new model list (``set_model_list``; each deployment's
+concurrency limit rebuilt) and router settings (``update_settings``: fallbacks, retries), and the process's
+runtime the new catalogue (aliases, limits, timeouts the gateway's own code reads) and backends. Requests in
+flight keep the deployment (and limit slot) they were given.
+At start a worker applies the live state too, so a replica started after a change serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import litellm
+
+from hxp.core.catalogue import active_profile
+from hxp.core.context import Runtime, runtime
+from hxp.core.database import Database
+from hxp.gateway import deployments
+from hxp.lifecycle.plan import load_text
+from hxp.lifecycle.versions import POLL_S, ConfigStore, Live
+
+log = logging.getLogger("hxp.lifecycle")
+
+
+def _store(rt: Runtime) -> ConfigStore:
+    return ConfigStore(Database(rt.settings.database_url, pool_size=1))
+
+
+def apply(text: str, live: Live) -> bool:
+    """Serve ``live`` in this process from now on; False while LiteLLM's router is not built yet."""
+    from litellm.proxy import proxy_server
+
+    router = proxy_server.llm_router
+    if router is None:
+        return False
+    rt = runtime()
+    cat = load_text(text, active_profile(), rt.catalogue.path)
+    backends = {**rt.settings.backends, **live.backends}
+    for deployment in router.model_list:  # LiteLLM keeps each deployment's concurrency limit under its id
+        router.cache.in_memory_cache.delete_cache(f"{deployment['model_info']['id']}_max_parallel_requests_client")
+    router.set_model_list(deployments.model_list(cat, backends, rt.settings.backend_url_template))
+    router.update_settings(**deployments.router_settings(cat))
+    litellm.request_timeout = max(m.api.timeout_s for m in cat.models)
+    rt.catalogue = cat
+    rt.put(deployments.current_backends, backends)
+    log.info("configuration v%d (generation %d) applied in worker %d", live.version, live.generation, os.getpid())
+    return True
+
+
+async def watch() -> None:
+    """Apply the live configuration now and whenever its generation changes (runs until cancelled)."""
+    store = runtime().get(_store)
+    seen = 0
+    while True:
+        try:
+            generation = await asyncio.to_thread(store.generation)
+            if generation != seen:
+                live = await asyncio.to_thread(store.live)
+                text = None if live is None else (await asyncio.to_thread(store.get, live.version)).catalogue
+                if live is None or text is None or apply(text, live):
+                    seen = generation
+        except Exception:  # a database away for a while: keep serving what we have, try again
+            log.exception("configuration watch: could not read or apply the live configuration")
+        await asyncio.sleep(POLL_S)
+
+
+_tasks: set[asyncio.Task] = set()
+
+
+def _log_to_stderr() -> None:
+    """Worker processes do not inherit the launcher's logging set-up: give this logger its own handler."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def start_watch() -> None:
+    """LiteLLM worker startup hook: follow the live configuration in the background."""
+    _log_to_stderr()
+    task = asyncio.get_running_loop().create_task(watch())
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
