@@ -51,11 +51,12 @@ def _start(change: planning.EngineChange, cat: catalogue.Catalogue, store: Confi
     store.log(f"engine {command.log_name}", "engine-healthy", command.base_url)
 
 
-def _stop(change: planning.EngineChange, store: ConfigStore) -> None:
-    process = rolling.listener(change.port)
-    if process is not None:
-        rolling.stop_group(process.pid)
-    store.log(f"engine {change.names[0]}", "engine-stopped", f":{change.port}")
+def _stop(change: planning.EngineChange, urls: list[str], store: ConfigStore) -> None:
+    for url in urls:
+        process = rolling.listener(rolling.port_of(url))
+        if process is not None:
+            rolling.stop_group(process.pid)
+    store.log(f"engine {change.names[0]}", "engine-stopped", " ".join(urls))
 
 
 def apply_text(
@@ -82,18 +83,25 @@ def apply_text(
         print("dry run: nothing changed")
         return 0
     template = settings.load().backend_url_template
-    old_urls = {c.names: rolling.current_urls(store, c.models[0], template) for c in plan.of("replace")}
-    for change in plan.of("start"):
+    current = {c.names: rolling.current_urls(store, old.get(c.names[0]), template) for c in plan.of("replace", "stop")}
+    running = any(rolling.listener(rolling.port_of(url)) for urls in current.values() for url in urls) or any(
+        rolling.listener(rolling.port_of(url))
+        for c in plan.of("stay")
+        for url in rolling.current_urls(store, c.models[0], template)
+    )
+    if not running:
+        print("no engine of this catalogue is running: the stack starts with it next time", flush=True)
+    for change in plan.of("start") if running else []:
         _start(change, new, store)
     if file.read_bytes() != text.encode():
         file.write_bytes(text.encode())
     version = store.record(text, action)
     print(f"v{version.version} live (sha256 {version.sha256[:12]}): the gateways reload it within seconds", flush=True)
-    for change in plan.of("stop"):
-        _stop(change, store)
-    for change in plan.of("replace"):
+    for change in plan.of("stop") if running else []:
+        _stop(change, current[change.names], store)
+    for change in plan.of("replace") if running else []:
         try:
-            rolling.Update(store, new, change.models, old_urls[change.names], options).run()
+            rolling.Update(store, new, change.models, current[change.names], options).run()
         except rolling.UpdateFailed as err:
             assert latest is not None  # a replacement needs an engine of a previous version
             file.write_bytes(latest.catalogue.encode())
