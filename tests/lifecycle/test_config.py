@@ -145,3 +145,20 @@ def test_plan_names_engines_started_stopped_replaced_and_kept() -> None:
     }
     assert "all-minilm-l6-v2: removed" in p.gateway
     assert not planning.plan(old, old).changed
+
+
+def test_an_update_is_in_progress_until_its_last_step(stack: Path, empty_db_url: str) -> None:
+    from hxp.lifecycle.versions import summary
+
+    assert main(["config", "apply"]) == 0
+    store = ConfigStore.open()
+    try:
+        store.log("update phi-3-mini", "update-started")
+        store.log("update phi-3-mini", "canary-passed")
+        config = summary(empty_db_url)
+        assert config is not None and config["version"] == 1
+        assert [u.split(" since ")[0] for u in config["updates"]] == ["update phi-3-mini: canary-passed"]
+        store.log("update phi-3-mini", "update-done")
+        assert summary(empty_db_url)["updates"] == []  # type: ignore[index]
+    finally:
+        store.close()

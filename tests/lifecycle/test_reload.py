@@ -21,6 +21,7 @@ from tests.support.gateway import Gateway, GatewayFactory
 from tests.support.servers import free_port
 
 RELOAD_BOUND_S = 30.0  # bounds a wait for the reload, not asserted
+START_BOUND_S = 600.0  # four workers starting at once on a small shared machine
 APPLIED = re.compile(r"configuration v(\d+) \(generation \d+\) applied in worker (\d+)")
 
 
@@ -84,7 +85,7 @@ def test_limit_alias_and_fallback_reload_in_every_worker(
     gw_env = {"DATABASE_URL": db, "HXP_CATALOGUE": str(file), "HXP_PROFILE": "cpu"}
     replicas = [gateway_factory(backends, gw_env, workers=2, wait=False) for _ in range(2)]
     for gateway in replicas:
-        gateway.wait_ready()
+        gateway.wait_ready(START_BOUND_S)
         wait_for(lambda g=gateway: len(workers_at(g, 1)) == 2)  # type: ignore[misc]
     pids = {g.pid: workers_at(g, 1) for g in replicas}
     for gateway in replicas:

@@ -17,7 +17,7 @@ import os
 
 import litellm
 
-from hxp.core.catalogue import active_profile
+from hxp.core.catalogue import CatalogueError, active_profile
 from hxp.core.context import Runtime, runtime
 from hxp.core.database import Database
 from hxp.gateway import deployments
@@ -55,17 +55,25 @@ def apply(text: str, live: Live) -> bool:
 async def watch() -> None:
     """Apply the live configuration now and whenever its generation changes (runs until cancelled)."""
     store = runtime().get(_store)
-    seen = 0
+    seen, failing = 0, False
     while True:
         try:
             generation = await asyncio.to_thread(store.generation)
-            if generation != seen:
-                live = await asyncio.to_thread(store.live)
-                text = None if live is None else (await asyncio.to_thread(store.get, live.version)).catalogue
-                if live is None or text is None or apply(text, live):
+            live = await asyncio.to_thread(store.live) if generation != seen else None
+            if live is not None:
+                version = await asyncio.to_thread(store.get, live.version)
+                if apply(version.catalogue, live):
                     seen = generation
-        except Exception:  # a database away for a while: keep serving what we have, try again
-            log.exception("configuration watch: could not read or apply the live configuration")
+            failing = False
+        except CatalogueError as err:  # a version this gateway cannot serve (e.g. not under its profile)
+            log.error("configuration generation %d not applied, still serving the one before: %s", generation, err)
+            seen = generation
+        except Exception as err:  # the database away for a while: keep serving what we have, try again
+            if not failing:
+                log.warning(
+                    "configuration watch: cannot read the live configuration (%s); serving the current one", err
+                )
+            failing = True
         await asyncio.sleep(POLL_S)
 
 
