@@ -127,7 +127,9 @@ def _prometheus_service(stack: Stack, client: httpx.Client) -> dict[str, Any]:
 
 def collect(stack: Stack) -> dict[str, Any]:
     """Everything `hxp status` shows, as data."""
-    config = _config(stack)
+    db_probe = (probes.database(stack.database_url) if stack.database_url
+                else probes.Probe(False, stack.database_problem or "no database URL"))
+    config = _config(stack) if db_probe.ok else None
     with httpx.Client() as client:
         engines_of, source = stack.engines(client)
         engines_of.update(config["backends"] if config else {})  # engines replaced by `hxp model update`
@@ -137,8 +139,6 @@ def collect(stack: Stack) -> dict[str, Any]:
                 lambda u: probes.engine(client, u, local=not stack.compose and probes.local_url(u)), urls)))
             gateways = list(pool.map(lambda g: probes.gateway(client, g, stack.headers(), stack.metrics_headers()),
                                      stack.gateways))
-        db_probe = (probes.database(stack.database_url) if stack.database_url
-                    else probes.Probe(False, stack.database_problem or "no database URL"))
         traffic, traffic_problem = _traffic(stack, db_probe)
         models = [_model(m, engines_of.get(m.name, []), engine_states, traffic) for m in stack.catalogue.models]
         database = _probe_service("database", db_probe, probes.redact(stack.database_url or "database"))
