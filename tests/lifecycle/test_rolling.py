@@ -37,12 +37,14 @@ USAGE_BOUND_S = 60.0  # bounds the wait for the usage log's last batch
 
 
 def one_model_catalogue(port: int) -> dict:
-    """The repository's catalogue reduced to one chat model (cpu profile) on ``port``."""
+    """The repository's catalogue reduced to one chat model on ``port`` (cpu profile), plus the embedding model
+    the vector collections name (on a free port, never started)."""
     raw = yaml.safe_load(catalogue.DEFAULT_PATH.read_text())
-    entry = next(m for m in raw["models"] if m["name"] == MODEL)
-    entry.update(port=port, profiles={"cpu": entry["profiles"]["cpu"]})
-    entry["api"]["fallbacks"] = []
-    return {"profiles": {"cpu": raw["profiles"]["cpu"]}, "packages": raw["packages"], "models": [entry]}
+    kept = [m for m in raw["models"] if m["name"] in (MODEL, "all-minilm-l6-v2")]
+    for entry in kept:
+        entry.update(port=port if entry["name"] == MODEL else free_port(), profiles={"cpu": entry["profiles"]["cpu"]})
+        entry["api"]["fallbacks"] = []
+    return {"profiles": {"cpu": raw["profiles"]["cpu"]}, "packages": raw["packages"], "models": kept}
 
 
 def broken_weights(folder: Path) -> Path:
@@ -100,7 +102,7 @@ def old_engine(tmp_path: Path) -> Iterator[tuple[Path, Engine]]:
     file = tmp_path / "models.yaml"
     file.write_text(yaml.safe_dump(one_model_catalogue(port), sort_keys=False))
     cat = catalogue.load(file, "cpu")
-    command = engine_command(cat.models, cat.profile_settings, port=port, enforce_eager=True)
+    command = engine_command([cat.get(MODEL)], cat.profile_settings, port=port, enforce_eager=True)
     engine = Engine(command, tmp_path / "engine-old.log").start()
     try:
         engine.wait_healthy()

@@ -65,10 +65,12 @@ def free_port() -> int:
 
 
 def listener(port: int) -> psutil.Process | None:
-    """The process listening on 127.0.0.1:``port`` (or any address), if any."""
+    """The native vLLM engine listening on ``port`` on this host, if any (a container's published port, or
+    anything else listening there, is not one: an update never stops what it did not start as an engine)."""
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-            return psutil.Process(conn.pid)
+            process = psutil.Process(conn.pid)
+            return process if any("vllm" in part for part in process.cmdline()) else None
     return None
 
 
@@ -260,5 +262,5 @@ def check_update(models: tuple[Model, ...], old_urls: list[str]) -> None:
         check_weights(model)
     missing = [url for url in old_urls if listener(port_of(url)) is None]
     if missing:
-        raise Refused(f"no engine listens at {' '.join(missing)}; start the stack (`hxp run`) first")
+        raise Refused(f"no native engine listens at {' '.join(missing)}; start the stack (`hxp run`) first")
     check_memory(models, side_by_side=True)
