@@ -217,7 +217,8 @@ class ConfigStore:
         """The engine updates started and not finished: each subject's last step when it is not a final one."""
         rows = self.db.fetchall(
             "SELECT e.* FROM config_events e JOIN (SELECT subject, MAX(id) AS last FROM config_events "
-            "WHERE subject LIKE 'update %' GROUP BY subject) l ON e.id = l.last"
+            "WHERE subject LIKE ? GROUP BY subject) l ON e.id = l.last",
+            ("update %",),
         )
         return [r for r in rows if r["step"] not in FINAL_STEPS]
 
