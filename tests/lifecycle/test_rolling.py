@@ -1,15 +1,18 @@
 """Rolling engine replacement with real CPU engines under steady traffic through a real gateway.
 
 One chat model (SmolLM2). `hxp model update` replaces its engine (health, canary, switch, drain, watch, stop the
-old one); then `hxp config apply` of weights that fail the canary (the same tensors under a broken config) rolls
-back by itself: the catalogue file is restored byte for byte. Throughout, a bounded client sends chat requests,
-streamed and not: none fails, and the usage log holds one row per answered request.
+old one); a second update's engine dies during the watch (killed between two requests): the old engine, on
+standby, answers and the update rolls back; then `hxp config apply` of weights that fail the canary (the same
+tensors under a broken config) rolls back by itself: the catalogue file is restored byte for byte. Throughout, a
+bounded client sends chat requests, streamed and not: none fails, and the usage log holds one row per answered
+request.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -69,6 +72,7 @@ class Traffic(threading.Thread):
         self.stop = threading.Event()
         self.answered: list[str] = []  # x-request-id of each answered request
         self.failures: list[str] = []
+        self.between = threading.Lock()  # held during each request: whoever takes it acts between two requests
 
     def one(self, client: httpx.Client, stream: bool) -> None:
         body = {
@@ -89,10 +93,11 @@ class Traffic(threading.Thread):
         with httpx.Client(timeout=300) as client:
             n = 0
             while not self.stop.is_set():
-                try:
-                    self.one(client, stream=n % 2 == 1)
-                except httpx.HTTPError as err:
-                    self.failures.append(repr(err))
+                with self.between:
+                    try:
+                        self.one(client, stream=n % 2 == 1)
+                    except httpx.HTTPError as err:
+                        self.failures.append(repr(err))
                 n += 1
 
 
@@ -109,6 +114,23 @@ def old_engine(tmp_path: Path) -> Iterator[tuple[Path, Engine]]:
         yield file, engine
     finally:
         engine.stop(grace=10)
+
+
+def new_engine_pid(db_url: str, update: subprocess.Popen) -> int:
+    """The pid of the engine an update started, once the update has moved the traffic to it."""
+    db = Database(db_url)
+    try:
+        while update.poll() is None:
+            rows = db.fetchall("SELECT step, detail FROM config_events ORDER BY id DESC LIMIT 3")
+            if rows[0]["step"] == "old-drained":
+                started = db.fetchall(
+                    "SELECT detail FROM config_events WHERE step = 'engine-started' ORDER BY id DESC LIMIT 1"
+                )[0]["detail"]
+                return int(started.split(" pid ")[1].split()[0])
+            time.sleep(0.5)
+    finally:
+        db.close()
+    raise AssertionError(f"the update ended first: {update.communicate()[0]}")
 
 
 def hxp(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -144,6 +166,19 @@ def test_update_and_automatic_rollback_under_traffic(
         assert not engine.alive()  # the old engine was drained and stopped
         new_url = update.stdout.strip().splitlines()[-1].split("update-done: ")[1]
         started.append(new_url)
+
+        dying = subprocess.Popen(
+            [sys.executable, "-m", "hxp.cli", "model", "update", MODEL, "--watch", "600"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        pid = new_engine_pid(db_url, dying)
+        with traffic.between:  # the new engine dies (between two requests): the old one, on standby, answers
+            os.killpg(pid, signal.SIGKILL)
+        output = dying.communicate(timeout=600)[0]
+        assert dying.returncode == 1 and "the new engine died during the watch" in output, output
 
         v1 = file.read_bytes()
         broken = yaml.safe_load(v1)
@@ -182,6 +217,6 @@ def test_update_and_automatic_rollback_under_traffic(
         db.close()
     assert len(rows) == len(traffic.answered) > 0
     assert live == {MODEL: [f"{started[0]}"]}  # the first update's engine serves
-    assert steps.count("update-done") == 1 and steps.count("update-rolled-back") == 1
+    assert steps.count("update-done") == 1 and steps.count("update-rolled-back") == 2
     assert "auto-rollback to v" in hxp(env, "config", "history").stdout
     assert not psutil.pid_exists(engine.pid) or psutil.Process(engine.pid).status() == psutil.STATUS_ZOMBIE

@@ -5,7 +5,8 @@ generation (one indexed single-row query a second), and when it changed it reads
 and applies them in place: LiteLLM's router gets the new model list (``set_model_list``; each deployment's
 concurrency limit rebuilt) and router settings (``update_settings``: fallbacks, retries), and the process's
 runtime the new catalogue (aliases, limits, timeouts the gateway's own code reads) and backends. Requests in
-flight keep the deployment (and limit slot) they were given.
+flight keep the deployment (and limit slot) they were given. A model's standby backends (the old engine while
+a rolling update watches the new one) answer only the requests its other backends fail.
 At start a worker applies the live state too, so a replica started after a change serves it.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Any
 
 import litellm
 
@@ -31,6 +33,25 @@ def _store(rt: Runtime) -> ConfigStore:
     return ConfigStore(Database(rt.settings.database_url, pool_size=1))
 
 
+def standby_deployments(model_list: list[dict[str, Any]], standby: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """A model's standby backends as deployments of a second order: LiteLLM's router sends a request to them
+    only when the first order's deployments failed it (``order``); the first order is marked so."""
+    extra = []
+    for name, urls in standby.items():
+        own = [d for d in model_list if d["model_name"] == name]
+        for deployment in own:
+            deployment["litellm_params"]["order"] = 1
+        for index, url in enumerate(urls if own else []):
+            extra.append(
+                {
+                    "model_name": name,
+                    "litellm_params": {**own[0]["litellm_params"], "api_base": url, "order": 2},
+                    "model_info": {**own[0]["model_info"], "id": f"{name}-standby-{index}"},
+                }
+            )
+    return extra
+
+
 def apply(text: str, live: Live) -> bool:
     """Serve ``live`` in this process from now on; False while LiteLLM's router is not built yet."""
     from litellm.proxy import proxy_server
@@ -43,7 +64,8 @@ def apply(text: str, live: Live) -> bool:
     backends = {**rt.settings.backends, **live.backends}
     for deployment in router.model_list:  # LiteLLM keeps each deployment's concurrency limit under its id
         router.cache.in_memory_cache.delete_cache(f"{deployment['model_info']['id']}_max_parallel_requests_client")
-    router.set_model_list(deployments.model_list(cat, backends, rt.settings.backend_url_template))
+    model_list = deployments.model_list(cat, backends, rt.settings.backend_url_template)
+    router.set_model_list(model_list + standby_deployments(model_list, live.standby))
     router.update_settings(**deployments.router_settings(cat))
     litellm.request_timeout = max(m.api.timeout_s for m in cat.models)
     rt.catalogue = cat

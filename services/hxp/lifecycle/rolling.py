@@ -4,11 +4,12 @@ For an engine whose deployment changed (or whose weights were updated in place) 
 
 1. starts the new engine on a free port, on the old one's cores, and waits until it is healthy;
 2. sends it a canary request (chat: a question with a known answer; embeddings: one vector);
-3. moves the gateways' traffic for its models to it (the live backends, which every worker reloads);
+3. moves the gateways' traffic for its models to it (the live backends, which every worker reloads), the old
+   engine on standby: a request the new one fails is answered by the old one;
 4. waits until the old engine has no request left (bounded: ``drain_s``), keeping it running;
-5. watches the new engine for ``watch_s``: it must stay alive and its error rate (server errors in the usage
-   log) stay at or under ``max_error_rate``;
-6. stops the old engine.
+5. watches the new engine for ``watch_s``: it must stay alive and the error rate clients see (server errors in
+   the usage log) stay at or under ``max_error_rate``;
+6. releases the standby, drains the old engine again and stops it.
 
 A failure before the switch stops the new engine; a failure during the watch moves the traffic back to the
 old engine first. Every step is an event of ``hxp config history`` under the subject ``update <model>``.
@@ -179,9 +180,11 @@ class Update:
         self.store.log(self.subject, step, detail)
         self.say(f"[update {self.names[0]}] {step}{': ' + detail if detail else ''}")
 
-    def _switch(self, urls: list[str], step: str) -> None:
-        self.store.set_backends(dict.fromkeys(self.names, urls), self.subject, step, " ".join(urls))
-        self.say(f"[update {self.names[0]}] {step}: {' '.join(urls)}")
+    def _switch(self, urls: list[str], step: str, standby: list[str] | None = None) -> None:
+        detail = " ".join(urls) + (f" (standby: {' '.join(standby)})" if standby else "")
+        spare = dict.fromkeys(self.names, standby) if standby else None
+        self.store.set_backends(dict.fromkeys(self.names, urls), self.subject, step, detail, spare)
+        self.say(f"[update {self.names[0]}] {step}: {detail}")
 
     def _fail(self, reason: str, switched: bool) -> UpdateFailed:
         if switched:
@@ -217,7 +220,7 @@ class Update:
         self.step("canary-passed", self.options.canary_expect if self.models[0].task == "chat" else "embedding")
         new_url = f"{command.base_url}/v1"
         switched_at = datetime.now(UTC)
-        self._switch([new_url], "traffic-switched")
+        self._switch([new_url], "traffic-switched", standby=self.old_urls)
         for url in self.old_urls:
             drained = drain(url.removesuffix("/v1"), self.options.drain_s)
             self.step("old-drained" if drained else "old-drain-timeout", url)
@@ -231,6 +234,9 @@ class Update:
             time.sleep(POLL_S)
         rate, count = error_rate(self.store, self.names, switched_at)
         self.step("watch-passed", f"{self.options.watch_s:.0f} s, {count} requests, error rate {rate:.1%}")
+        self._switch([new_url], "standby-released")
+        for url in self.old_urls:
+            drain(url.removesuffix("/v1"), self.options.drain_s)
         for process in old:
             if process is not None:
                 stop_group(process.pid)

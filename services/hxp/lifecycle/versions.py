@@ -49,6 +49,7 @@ class Live:
     generation: int
     version: int
     backends: dict[str, list[str]]
+    standby: dict[str, list[str]]  # backends a model falls back to while the ones above fail (a rolling update)
 
 
 def sha256(text: str) -> str:
@@ -68,6 +69,10 @@ def unified_diff(old: str, new: str, old_name: str, new_name: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _live(row: dict[str, Any]) -> Live:
+    return Live(int(row["generation"]), int(row["version"]), json.loads(row["backends"]), json.loads(row["standby"]))
 
 
 def _version(row: dict[str, Any]) -> Version:
@@ -143,21 +148,27 @@ class ConfigStore:
         return version
 
     def live(self) -> Live | None:
-        row = self.db.fetchone("SELECT generation, version, backends FROM config_live WHERE id = ?", (LIVE_ID,))
-        if row is None:
-            return None
-        return Live(int(row["generation"]), int(row["version"]), json.loads(row["backends"]))
+        row = self.db.fetchone("SELECT * FROM config_live WHERE id = ?", (LIVE_ID,))
+        return _live(row) if row else None
 
     def generation(self) -> int:
         """The live generation (0: nothing applied yet): the one cheap query each gateway worker polls."""
         row = self.db.fetchone("SELECT generation FROM config_live WHERE id = ?", (LIVE_ID,))
         return int(row["generation"]) if row else 0
 
-    def set_backends(self, backends: dict[str, list[str]], subject: str, step: str, detail: str) -> Live:
-        """Route these models to these backends (the others keep theirs), log the step; the new live state."""
+    def set_backends(
+        self,
+        backends: dict[str, list[str]],
+        subject: str,
+        step: str,
+        detail: str,
+        standby: dict[str, list[str]] | None = None,
+    ) -> Live:
+        """Route these models to these backends, with these standby backends (used only when the others fail;
+        none: no standby), the other models unchanged; log the step; the new live state."""
         with self.db.transaction() as cur:
             self._lock(cur)
-            live = self._set_live(cur, backends=backends)
+            live = self._set_live(cur, backends=backends, standby=standby or {})
             self._event(cur, live.version, subject, step, detail)
         return live
 
@@ -165,30 +176,43 @@ class ConfigStore:
         """Forget the overriding backends (a stack starting its engines on their catalogue ports)."""
         with self.db.transaction() as cur:
             self._lock(cur)
-            cur.execute("SELECT backends FROM config_live WHERE id = ?", (LIVE_ID,))
+            cur.execute("SELECT * FROM config_live WHERE id = ?", (LIVE_ID,))
             rows = cur.fetchall()
-            if rows and json.loads(rows[0]["backends"]):
-                self._set_live(cur, backends=None)
+            if rows and (_live(rows[0]).backends or _live(rows[0]).standby):
+                self._set_live(cur)
 
-    def _set_live(self, cur: Any, version: int | None = None, backends: dict[str, list[str]] | None = None) -> Live:
-        """Bump the generation; ``version`` replaces the live one, ``backends`` are merged (None: cleared)."""
-        cur.execute("SELECT generation, version, backends FROM config_live WHERE id = ?", (LIVE_ID,))
+    def _set_live(
+        self,
+        cur: Any,
+        version: int | None = None,
+        backends: dict[str, list[str]] | None = None,
+        standby: dict[str, list[str]] | None = None,
+    ) -> Live:
+        """Bump the generation: ``version`` replaces the live one; ``backends`` (with ``standby``) replace those
+        of their models; neither given: every override is cleared."""
+        cur.execute("SELECT * FROM config_live WHERE id = ?", (LIVE_ID,))
         rows = cur.fetchall()
         if not rows:
             if version is None:
                 raise VersionError("no configuration applied yet (`hxp config apply`)")
-            live = Live(1, version, backends or {})
+            live = Live(1, version, backends or {}, standby or {})
             cur.execute(
-                "INSERT INTO config_live (id, generation, version, backends, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (LIVE_ID, 1, version, json.dumps(live.backends), _now()),
+                "INSERT INTO config_live (id, generation, version, backends, standby, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (LIVE_ID, 1, version, json.dumps(live.backends), json.dumps(live.standby), _now()),
             )
             return live
-        old = rows[0]
-        merged = {} if backends is None and version is None else {**json.loads(old["backends"]), **(backends or {})}
-        live = Live(int(old["generation"]) + 1, version or int(old["version"]), merged)
+        old = _live(rows[0])
+        if version is None and backends is None:
+            merged, spare = {}, {}
+        else:
+            merged = {**old.backends, **(backends or {})}
+            spare = {k: v for k, v in old.standby.items() if k not in (backends or {})} | (standby or {})
+        live = Live(old.generation + 1, version or old.version, merged, spare)
         cur.execute(
-            "UPDATE config_live SET generation = ?, version = ?, backends = ?, updated_at = ? WHERE id = ?",
-            (live.generation, live.version, json.dumps(merged), _now(), LIVE_ID),
+            "UPDATE config_live SET generation = ?, version = ?, backends = ?, standby = ?, updated_at = ? "
+            "WHERE id = ?",
+            (live.generation, live.version, json.dumps(merged), json.dumps(spare), _now(), LIVE_ID),
         )
         return live
 

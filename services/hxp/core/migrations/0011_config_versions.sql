@@ -9,13 +9,15 @@ CREATE TABLE IF NOT EXISTS config_versions (
     catalogue TEXT NOT NULL,
     diff TEXT NOT NULL
 );
--- One row (id 1): the version the gateways serve and the backends that override their start-up ones; every
--- change bumps the generation, which each gateway worker polls.
+-- One row (id 1): the version the gateways serve, the backends that override their start-up ones and the standby
+-- backends used while those fail (an old engine during a rolling update); every change bumps the generation,
+-- which each gateway worker polls.
 CREATE TABLE IF NOT EXISTS config_live (
     id INTEGER PRIMARY KEY,
     generation INTEGER NOT NULL,
     version INTEGER NOT NULL,
     backends TEXT NOT NULL,
+    standby TEXT NOT NULL,
     updated_at TIMESTAMP WITH TIME ZONE NOT NULL
 );
 CREATE TABLE IF NOT EXISTS config_events (
