@@ -13,6 +13,7 @@ At start a worker applies the live state too, so a replica started after a chang
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from typing import Any
@@ -41,12 +42,12 @@ def standby_deployments(model_list: list[dict[str, Any]], standby: dict[str, lis
         own = [d for d in model_list if d["model_name"] == name]
         for deployment in own:
             deployment["litellm_params"]["order"] = 1
-        for index, url in enumerate(urls if own else []):
+        for url in urls if own else []:
             extra.append(
                 {
                     "model_name": name,
                     "litellm_params": {**own[0]["litellm_params"], "api_base": url, "order": 2},
-                    "model_info": {**own[0]["model_info"], "id": f"{name}-standby-{index}"},
+                    "model_info": {**own[0]["model_info"], "id": f"{name}-standby"},
                 }
             )
     return extra
@@ -65,7 +66,11 @@ def apply(text: str, live: Live) -> bool:
     for deployment in router.model_list:  # LiteLLM keeps each deployment's concurrency limit under its id
         router.cache.in_memory_cache.delete_cache(f"{deployment['model_info']['id']}_max_parallel_requests_client")
     model_list = deployments.model_list(cat, backends, rt.settings.backend_url_template)
-    router.set_model_list(model_list + standby_deployments(model_list, live.standby))
+    model_list += standby_deployments(model_list, live.standby)
+    for deployment in model_list:  # LiteLLM's cooldowns are per id: a backend must not inherit another's
+        url = deployment["litellm_params"]["api_base"]
+        deployment["model_info"]["id"] += "@" + hashlib.sha256(url.encode()).hexdigest()[:12]
+    router.set_model_list(model_list)
     router.update_settings(**deployments.router_settings(cat))
     litellm.request_timeout = max(m.api.timeout_s for m in cat.models)
     rt.catalogue = cat
