@@ -1,5 +1,6 @@
 """Versioned configuration: `hxp config apply/history/diff/rollback`, the plan, and input refused before anything
 is touched. No engine runs here: the plans change gateway settings only, or are refused."""
+
 from __future__ import annotations
 
 import socket
@@ -29,8 +30,13 @@ def stack(tmp_path: Path, empty_db_url: str, monkeypatch: pytest.MonkeyPatch) ->
     file.write_text(yaml.safe_dump(raw, sort_keys=False))
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "models").symlink_to(weights.models_dir())
-    for name, value in {"HXP_CATALOGUE": str(file), "DATABASE_URL": empty_db_url, "HXP_PROFILE": CPU,
-                        "HXP_STATE_DIR": str(tmp_path / "state"), "HXP_CONFIG_AUTHOR": "ops-alice"}.items():
+    for name, value in {
+        "HXP_CATALOGUE": str(file),
+        "DATABASE_URL": empty_db_url,
+        "HXP_PROFILE": CPU,
+        "HXP_STATE_DIR": str(tmp_path / "state"),
+        "HXP_CONFIG_AUTHOR": "ops-alice",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("HXP_DATABASE_URL", raising=False)
     yield file
@@ -102,14 +108,18 @@ def _new_model(file: Path, port: int, source: str = "package:all-minilm-l6-v2") 
     file.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-@pytest.mark.parametrize("breaks, says", [
-    (lambda f, port: f.write_text(f.read_text() + "models: [\n"), "invalid catalogue"),
-    (lambda f, port: edit(f, {"hermes-2": {"fallbacks": ["nope"]}}), "unknown model 'nope'"),
-    (lambda f, port: _new_model(f, port), "is in use"),
-    (lambda f, port: _new_model(f, free_port(), "/nowhere/minilm"), "no weights folder"),
-])
-def test_bad_input_is_refused_before_anything_is_touched(stack: Path, listening: int, breaks, says: str,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "breaks, says",
+    [
+        (lambda f, port: f.write_text(f.read_text() + "models: [\n"), "invalid catalogue"),
+        (lambda f, port: edit(f, {"hermes-2": {"fallbacks": ["nope"]}}), "unknown model 'nope'"),
+        (lambda f, port: _new_model(f, port), "is in use"),
+        (lambda f, port: _new_model(f, free_port(), "/nowhere/minilm"), "no weights folder"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_touched(
+    stack: Path, listening: int, breaks, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["config", "apply"]) == 0
     breaks(stack, listening)
     broken = stack.read_bytes()
@@ -118,8 +128,9 @@ def test_bad_input_is_refused_before_anything_is_touched(stack: Path, listening:
     assert versions() == [1] and stack.read_bytes() == broken
 
 
-def test_too_little_memory_and_unknown_model_are_refused(stack: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_too_little_memory_and_unknown_model_are_refused(
+    stack: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["config", "apply"]) == 0
     _new_model(stack, free_port())
     monkeypatch.setattr(planning, "available_memory_gib", lambda: 1.0)
