@@ -336,3 +336,9 @@ bench: bench-engine
 
 model-test: prepare $(QUANT_VENV)/.installed  ## the catalogue, engine command, prepare, quantized engine and native-runner tests
 	$(VENV)/bin/pytest -ra tests/test_catalogue.py tests/model tests/test_runner.py $(PYTEST_ARGS)
+
+# --- configuration lifecycle: versions, live reload, rolling engine updates (hxp.lifecycle) ---------
+.PHONY: lifecycle-test
+
+lifecycle-test: $(VENV)/.installed system-deps  ## the lifecycle tests: config versions and refusals, live reload in 2x2 workers, rolling update + rollback with real engines
+	$(VENV)/bin/pytest -ra tests/lifecycle $(PYTEST_ARGS)

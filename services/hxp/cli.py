@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "hxp.monitoring.cli",
     "hxp.ops.cli",
     "hxp.audit.cli",
+    "hxp.lifecycle.cli",
 ]
 
 

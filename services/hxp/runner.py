@@ -29,6 +29,7 @@ from pathlib import Path
 from hxp.core import catalogue
 from hxp.core.catalogue import Catalogue
 from hxp.core.paths import state_dir, state_path
+from hxp.lifecycle import native
 from hxp.model.command import EngineCommand, catalogue_commands, engine_groups, planned_placement
 from hxp.model.placement import Placement, describe, place
 from hxp.model.service import READY_TIMEOUT_S, Engine
@@ -142,6 +143,7 @@ def run(
         for line in describe(cores, [f"engine {cmd.log_name}" for cmd in commands]):
             print(f"[run] {line}", flush=True)
     try:
+        native.begin(cat.path)
         for engine in engines:
             print(f"[run] starting {engine.name} (log: {engine.log})", flush=True)
             engine.start()
@@ -163,9 +165,11 @@ def run(
             flush=True,
         )
         while not stop:
-            dead = [s for s in services if not s.alive()]
-            if dead:
-                raise ServiceError(f"{dead[0].name} exited unexpectedly\n{dead[0].log_tail()}")
+            for dead in [s for s in services if not s.alive()]:
+                if not (isinstance(dead, Engine) and native.replaced(dead.base_url, dead.names)):
+                    raise ServiceError(f"{dead.name} exited unexpectedly\n{dead.log_tail()}")
+                print(f"[run] {dead.name} was replaced by `hxp model update`", flush=True)
+                services.remove(dead)
             stop.sleep(1.0)
         return 0
     except ServiceError as err:
@@ -174,6 +178,7 @@ def run(
     finally:
         print("[run] stopping", flush=True)
         stop_all([gateway, *engines])
+        native.stop_replacements([e.base_url for e in engines])
         print("[run] stopped", flush=True)
 
 

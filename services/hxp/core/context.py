@@ -46,6 +46,10 @@ class Runtime:
         """The catalogue this process serves (HXP_CATALOGUE under HXP_PROFILE), loaded once."""
         return self.get(_catalogue)
 
+    @catalogue.setter
+    def catalogue(self, value: Catalogue) -> None:
+        self.put(_catalogue, value)
+
     def get(self, factory: Factory[T]) -> T:
         """The component ``factory`` builds, built on first use (once, also across threads)."""
         try:
@@ -59,6 +63,11 @@ class Runtime:
     def peek(self, factory: Factory[T]) -> T | None:
         """The component if it was built, without building it."""
         return self._components.get(factory)
+
+    def put(self, factory: Factory[T], value: T) -> None:
+        """Replace the component ``factory`` stands for (e.g. a catalogue reloaded while the process runs)."""
+        with self._lock:
+            self._components[factory] = value
 
     def drop(self, factory: Factory[T]) -> T | None:
         """Forget the component (the next ``get`` builds a new one); return it, e.g. to close it."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from hxp.core.catalogue import Catalogue, Model
-from hxp.core.context import runtime
+from hxp.core.context import Runtime, runtime
 
 
 def catalogue() -> Catalogue:
@@ -20,11 +20,17 @@ def catalogue() -> Catalogue:
     return runtime().catalogue
 
 
+def current_backends(rt: Runtime) -> dict[str, list[str]]:
+    """The backends this process routes to (HXP_BACKENDS at start; replaced by a live reload)."""
+    return rt.settings.backends
+
+
 def served() -> dict[str, list[str]]:
     """Each model this gateway serves, with its backends' base URLs (…/v1)."""
-
-    cfg = runtime().settings
-    return {m.name: backend_urls(m, cfg.backends, cfg.backend_url_template) for m in catalogue().models}
+    rt = runtime()
+    return {
+        m.name: backend_urls(m, rt.get(current_backends), rt.settings.backend_url_template) for m in catalogue().models
+    }
 
 
 def backend_urls(model: Model, backends: dict[str, list[str]], template: str) -> list[str]:

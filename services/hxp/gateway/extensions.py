@@ -41,6 +41,7 @@ WORKER_STARTUP_HOOKS = [
     "hxp.gateway.health:start_redis_watch",  # log + gauge when Redis goes away or comes back
     "hxp.gateway.tuning:freeze_startup_heap",  # keep the collector off LiteLLM's long-lived objects
     "hxp.gateway.request_log:configure",  # the request log stream (audit events go there from the start)
+    "hxp.lifecycle.reload:start_watch",  # follow the live configuration (hxp config apply)
 ]
 
 BEFORE_WORKERS = [

@@ -154,8 +154,15 @@ def _prometheus_service(stack: Stack, client: httpx.Client) -> dict[str, Any]:
 
 def collect(stack: Stack) -> dict[str, Any]:
     """Everything `hxp status` shows, as data."""
+    db_probe = (
+        probes.database(stack.database_url)
+        if stack.database_url
+        else probes.Probe(False, stack.database_problem or "no database URL")
+    )
+    config = _config(stack) if db_probe.ok else None
     with httpx.Client() as client:
         engines_of, source = stack.engines(client)
+        engines_of.update(config["backends"] if config else {})  # engines replaced by `hxp model update`
         urls = sorted({u for urls in engines_of.values() for u in urls})
         with ThreadPoolExecutor(max_workers=8) as pool:
             engine_states = dict(
@@ -167,11 +174,6 @@ def collect(stack: Stack) -> dict[str, Any]:
             gateways = list(
                 pool.map(lambda g: probes.gateway(client, g, stack.headers(), stack.metrics_headers()), stack.gateways)
             )
-        db_probe = (
-            probes.database(stack.database_url)
-            if stack.database_url
-            else probes.Probe(False, stack.database_problem or "no database URL")
-        )
         traffic, traffic_problem = _traffic(stack, db_probe)
         models = [_model(m, engines_of.get(m.name, []), engine_states, traffic) for m in stack.catalogue.models]
         database = _probe_service("database", db_probe, probes.redact(stack.database_url or "database"))
@@ -194,7 +196,18 @@ def collect(stack: Stack) -> dict[str, Any]:
         "models": models,
         "services": services,
         "problems": problems,
+        "config": config,
     }
+
+
+def _config(stack: Stack) -> dict[str, Any] | None:
+    """The live configuration version and the engine updates under way (None: none applied, or no database)."""
+    from hxp.lifecycle.versions import summary
+
+    try:
+        return summary(stack.database_url) if stack.database_url else None
+    except Exception:  # noqa: BLE001 - e.g. a database older than the versions' tables: status shows none
+        return None
 
 
 def _problems(models: list[dict[str, Any]], services: list[dict[str, Any]]) -> list[str]:
@@ -265,6 +278,10 @@ def render(status: dict[str, Any]) -> str:
         ["SERVICE", "STATE", "DETAIL"], [[s["name"], s["state"], s["detail"]] for s in status["services"]]
     )
     lines = [head, "", models]
+    config = status.get("config")
+    if config:
+        lines.append(f"configuration: v{config['version']} (sha256 {config['sha256'][:12]}, {config['author']})")
+        lines += [f"update in progress: {u}" for u in config["updates"]]
     if status["traffic_problem"]:
         lines.append(f"traffic: {status['traffic_problem']}")
     lines += ["", services, ""]

@@ -1,0 +1,1 @@
+"""Configuration versions, live reload and rolling engine updates (`hxp config`, `hxp model update`)."""
