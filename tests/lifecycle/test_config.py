@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hxp.audit import search as audit_search
 from hxp.cli import main
 from hxp.core import catalogue
 from hxp.lifecycle import plan as planning
@@ -80,8 +81,16 @@ def test_apply_history_diff_and_rollback_byte_for_byte(stack: Path, capsys: pyte
     store = ConfigStore.open()
     try:
         assert store.get(3).sha256 == store.get(1).sha256 and store.live().version == 3  # type: ignore[union-attr]
+        # each change is one audited action (the dry run is none), with the operator as its actor
+        events = audit_search.search(store.db, audit_search.parse({"action": "config.*"}))
     finally:
         store.close()
+    assert sorted((e["action"], e["outcome"]) for e in events) == [
+        ("config.apply", "ok"),
+        ("config.apply", "ok"),
+        ("config.rollback", "ok"),
+    ]
+    assert all(e["actor"].startswith("cli:") for e in events)
 
 
 def test_a_second_apply_of_the_same_file_records_nothing(stack: Path) -> None:
