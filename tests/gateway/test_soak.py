@@ -40,6 +40,7 @@ def test_a_short_soak_holds_its_budgets(tmp_path: Path) -> None:
         "vector-search",
         "refused",
     }
+    assert all(s.tasks > 0 for s in result.samples)  # every worker's task gauge is read
     soak.plot(result, tmp_path / "soak.png")
     assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -48,4 +49,4 @@ def test_a_planted_leak_fails_the_soak(tmp_path: Path) -> None:
     path = os.pathsep.join(p for p in (str(LEAK), os.environ.get("PYTHONPATH")) if p)
     result = _soak(tmp_path, {"PYTHONPATH": path})
     assert not _check(result, "rss").ok, result.table()
-    assert _check(result, "usage rows").ok and _check(result, "undocumented").ok, result.table()
+    assert _check(result, "usage rows").ok, result.table()

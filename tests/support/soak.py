@@ -7,10 +7,11 @@ key lacks. Every ``interval`` seconds the sampler reads each gateway process's R
 (``/proc``), each worker's asyncio tasks (``llm_gateway_event_loop_tasks`` on /metrics), the database's
 connections (``pg_stat_activity``) and Redis's (``CLIENT LIST``).
 
-The verdict (:data:`BUDGETS`): after the warm-up, between the median of the first and of the last window of
-samples (a fifth of them, at least 3), the gateway's total RSS grows by at most max(5 %, 25 MiB) and the others
-stay flat; every answer is one the API documents for its request; the usage rows (``SUM(request_count)`` of the
-soak's keys) equal the requests answered on the observed routes. Printed as a table, drawn as a PNG.
+The verdict (:data:`BUDGETS`): after the warm-up the gateway's total RSS grows by at most max(5 %, 25 MiB) (the
+medians of the first and the last fifth of the samples); fds, tasks and connections, read at rest (no request in
+flight) once after the warm-up and once at the end, stay flat; every answer is one the API documents for its
+request; the usage rows (``SUM(request_count)`` of the soak's keys) equal the requests answered on the observed
+routes. Printed as a table, drawn as a PNG.
 
 ``make soak DURATION=20m`` runs ``python -m tests.support.soak``; ``tests/gateway/test_soak.py`` a short form.
 """
@@ -48,28 +49,35 @@ CHAIN_TURNS = 4  # Responses turns per chain (previous_response_id), then a new 
 COLLECTION = "soak"
 WORKERS = 2
 OK = frozenset({200})
+REST_S = 3.0  # > the gateway's task gauge interval (metrics.BACKLOG_INTERVAL_S)
 STREAM_WORDS, STREAM_RATE = 12, 100.0  # the fake upstream's streams: 12 chunks over ~0.12 s, so a cut lands mid-way
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How far a figure may grow after the warm-up: max(``share`` of its start, ``floor``)."""
+    """How far a figure may grow after the warm-up: max(``share`` of its start, ``floor``). RSS compares the
+    medians of the first and last windows of the run after the warm-up; the counts (``at_rest``) compare the
+    lowest values read at rest, once the warm-up's requests have ended and once the last ones have (requests in
+    flight add tasks, fds and connections: at rest only what stays is left)."""
 
     name: str
     unit: str
     share: float
     floor: float
+    at_rest: bool = True
 
     def allowed(self, start: float) -> float:
         return max(self.share * start, self.floor)
 
 
 BUDGETS = (
-    Budget("rss", "MiB", 0.05, 25.0),
-    Budget("fds", "", 0.10, 8.0),
-    Budget("tasks", "", 0.0, 32.0),  # the clients keep up to 16 requests in flight, each a few tasks
-    Budget("db_connections", "", 0.0, 4.0),  # the workers' pools open connections on demand, up to their bound
-    Budget("redis_connections", "", 0.0, 4.0),
+    Budget("rss", "MiB", 0.05, 25.0, at_rest=False),
+    Budget("fds", "", 0.10, 16.0),
+    Budget("tasks", "", 0.0, 8.0),
+    Budget("db_connections", "", 0.0, 4.0),
+    # the Redis pools (BlockingConnectionPool, up to 50 each) open a connection per request waiting on Redis and
+    # keep it: a burst may add up to the clients' concurrency (16), once
+    Budget("redis_connections", "", 0.0, 16.0),
 )
 
 
@@ -82,6 +90,7 @@ class Sample:
     db_connections: int
     redis_connections: int
     pids: tuple[int, ...]
+    rest: int = 0  # read at rest (no request in flight): 1 after the warm-up, 2 at the end
 
 
 @dataclass
@@ -203,16 +212,20 @@ class Load:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(base_url=self.gateway.url, timeout=60, limits=limits) as client:
             start, n = time.monotonic(), 0
-            while (now := time.monotonic()) - start < seconds:
-                due = start + n / rate
-                if due > now:
-                    await asyncio.sleep(due - now)
-                if len(pending) < 4 * concurrency:  # a slow gateway is not buried under a queue of our making
-                    task = asyncio.create_task(guarded(self._cycle[n % len(self._cycle)]))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                n += 1
-            await asyncio.gather(*pending)
+            try:
+                while (now := time.monotonic()) - start < seconds:
+                    due = start + n / rate
+                    if due > now:
+                        await asyncio.sleep(due - now)
+                    if len(pending) < 4 * concurrency:  # a slow gateway is not buried under a queue of our making
+                        task = asyncio.create_task(guarded(self._cycle[n % len(self._cycle)]))
+                        pending.add(task)
+                        task.add_done_callback(pending.discard)
+                    n += 1
+                await asyncio.gather(*pending)
+            finally:  # interrupted: nothing outlives the client
+                for task in pending:
+                    task.cancel()
 
 
 class Sampler:
@@ -271,7 +284,7 @@ class Check:
 
 @dataclass
 class Result:
-    samples: list[Sample]
+    samples: list[Sample]  # over time, those read at rest among them (``rest``)
     warmup_s: float
     outcome: Outcome
     usage_rows: Counter[str]  # per "model status"
@@ -282,7 +295,7 @@ class Result:
         return all(c.ok for c in self.checks)
 
     def table(self) -> str:
-        lines = ["| check | after warm-up | at the end | budget | verdict |", "|---|---|---|---|---|"]
+        lines = ["| check | start | end | budget | verdict |", "|---|---|---|---|---|"]
         for c in self.checks:
             lines.append(f"| {c.name} | {c.start:g} | {c.end:g} | {c.allowed} | {'PASS' if c.ok else 'FAIL'} |")
         counts = ", ".join(f"{name} {dict(sorted(c.items()))}" for name, c in self.outcome.statuses.items())
@@ -300,15 +313,19 @@ def window(values: list[float]) -> tuple[float, float]:
 
 def judge(samples: list[Sample], warmup_s: float, outcome: Outcome, usage_rows: Counter[str]) -> Result:
     """The verdict of a run against :data:`BUDGETS`, the documented answers and the usage rows."""
-    steady = [s for s in samples if s.t >= warmup_s]
+    steady = [s for s in samples if s.t >= warmup_s and not s.rest]
     checks = []
     for budget in BUDGETS:
-        start, end = window([float(getattr(s, budget.name)) for s in steady])
+        if budget.at_rest:
+            start, end = (min(getattr(s, budget.name) for s in samples if s.rest == phase) for phase in (1, 2))
+        else:
+            start, end = window([getattr(s, budget.name) for s in steady])
         allowed = budget.allowed(start)
         unit = f" {budget.unit}" if budget.unit else ""
+        where = " at rest" if budget.at_rest else ""
         checks.append(
             Check(
-                f"{budget.name} growth",
+                f"{budget.name} growth{where}",
                 round(start, 1),
                 round(end, 1),
                 f"+{allowed:.4g}{unit} (max({budget.share:.0%}, {budget.floor:g}{unit}))",
@@ -423,15 +440,28 @@ async def _sample_until(
             await asyncio.wait_for(done.wait(), interval)
 
 
+async def _at_rest(sampler: Sampler, start: float, samples: list[Sample], phase: int) -> None:
+    """Samples read at rest: REST_S after the last request ended (the workers' task gauges refreshed), 3 of them."""
+    for _ in range(3):
+        await asyncio.sleep(REST_S)
+        sample = await asyncio.to_thread(sampler.sample, time.monotonic() - start)
+        sample.rest = phase
+        samples.append(sample)
+
+
 async def _drive(
-    load: Load, sampler: Sampler, seconds: float, rate: float, concurrency: int, interval: float
+    load: Load, sampler: Sampler, seconds: float, warmup_s: float, rate: float, concurrency: int, interval: float
 ) -> list[Sample]:
+    """The warm-up's load, samples at rest, the rest of the load, samples at rest; sampled every ``interval``."""
     samples: list[Sample] = []
     done = asyncio.Event()
     start = time.monotonic()
     watcher = asyncio.create_task(_sample_until(sampler, done, interval, start, samples))
     try:
-        await load.run(seconds, rate, concurrency)
+        await load.run(warmup_s, rate, concurrency)
+        await _at_rest(sampler, start, samples, 1)
+        await load.run(seconds - warmup_s, rate, concurrency)
+        await _at_rest(sampler, start, samples, 2)
     finally:
         done.set()
         await watcher
@@ -478,7 +508,7 @@ def run(
         load.outcome.observed_answers = 1  # the seed's documents were embedded in one observed call
         sampler = Sampler(gateway, postgres, db_url.rsplit("/", 1)[1], redis_server.url)
         try:
-            samples = asyncio.run(_drive(load, sampler, seconds, rate, concurrency, interval))
+            samples = asyncio.run(_drive(load, sampler, seconds, warmup_s, rate, concurrency, interval))
         finally:
             sampler.close()
         rows = usage_rows(db_url, aliases, load.outcome.observed_answers)
