@@ -312,6 +312,15 @@ bench-prefix: prepare  ## prefix-aware vs LiteLLM's default routing on two real 
 
 bench: bench-prefix
 
+# --- reliability: soak (tests/support/soak.py) ----------------------------------
+# DURATION here defaults to 20m (the load test's 60s applies to `make loadtest` only).
+SOAK_DURATION := $(if $(filter command line environment,$(origin DURATION)),$(DURATION),20m)
+SOAK_OUT ?= .state/soak
+.PHONY: soak
+
+soak: $(VENV)/.installed system-deps  ## full gateway (2 workers, PostgreSQL, Redis) under steady mixed load: RSS/fds/tasks/connections vs budgets, table + PNG in SOAK_OUT (DURATION=20m)
+	$(VENV)/bin/python -m tests.support.soak --duration $(SOAK_DURATION) --out $(SOAK_OUT) $(SOAK_ARGS)
+
 # --- vector search (owner: vector) ------------------------------------------------
 .PHONY: bench-vector vector-test
 

@@ -8,6 +8,7 @@ import re
 import secrets
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -15,16 +16,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
+import yaml
 
 from hxp.core import catalogue
 from hxp.core.database import Database
 from tests.fixtures.stores import drop_postgres_database, fresh_postgres_database
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.gateway import Gateway
+from tests.support.gateway import ROOT, Gateway
 
 CHAT = [m.name for m in catalogue.load().chat_models]
 WRONG_KEY = "sk-hxp-" + "x" * 40
+RULES = ROOT / "prometheus" / "rules" / "infrastructure_alerts.yml"
 
 
 def started(gateway_factory, *args, **kwargs) -> Gateway:
@@ -396,3 +400,78 @@ def test_liveness_keeps_answering_while_rows_spill(
         postgres.start()
     assert load.total >= 20 and spilled >= 20, (load.total, spilled)  # the load spilled row after row
     assert len(probes) >= 20  # ...and liveness answered all along, each within the 10 s timeout
+
+
+@pytest.fixture(params=["bound", "filesystem"])
+def full_spill(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The gateway's settings for a spill folder that fills up: its bound (HXP_USAGE_SPILL_MAX_MB) reached, or
+    the filesystem under it full (a 64 KiB tmpfs; root only)."""
+    if request.param == "bound":
+        yield {"HXP_USAGE_SPILL_MAX_MB": "0.008"}
+        return
+    folder = tmp_path / "tiny-disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield {"HXP_USAGE_SPILL_DIR": str(folder / "spill")}
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_full_spill_folder_drops_rows_counts_them_and_the_gateway_keeps_answering(
+    gateway_factory, fake_upstream: FakeUpstream, postgres, pg_url: str, full_spill: dict[str, str]
+) -> None:
+    """PostgreSQL away and the spill folder full: requests are still answered, the rows beyond the folder are
+    dropped and counted in the metric the UsageRowsDropped alert watches, no worker dies; once the database
+    returns, every row kept is written."""
+    gateway = started(
+        gateway_factory,
+        fake_upstream.url,
+        workers=2,
+        env={
+            "DATABASE_URL": pg_url,
+            "HXP_KEY_CACHE_TTL_S": "600",
+            "HXP_USAGE_MAX_BUFFER": "1",
+            "HXP_USAGE_RETRY_MAX_S": "1",
+            **full_spill,
+        },
+    )
+    spill = Path(full_spill.get("HXP_USAGE_SPILL_DIR") or gateway.state_dir / "usage-spill")
+    key = gateway.create_key(alias="spill-full", models=[CHAT[0]])
+    assert gateway.chat(key, CHAT[0]).status_code == 200  # the key is cached: auth works without the database
+    workers = psutil.Process(gateway.pid).children()
+    postgres.stop()
+    try:
+        with Load(gateway, key, threads=4) as load:
+            wait_for(lambda: metric(gateway, "llm_usage_rows_dropped_total") >= 20, timeout=120, what="20 rows dropped")
+        assert httpx.get(f"{gateway.url}/health/liveness", timeout=10).status_code == 200
+        assert psutil.Process(gateway.pid).children() == workers  # no worker died or was replaced
+        # as without an outage, but an unknown key cannot be looked up: 503 (Retry-After), never a 500
+        assert load.failures == 0 and set(load.answered) <= {200, 400, 401, 503}, load.answered
+        assert sum(1 for p in spill.glob("usage-*.jsonl") for line in p.open() if line.strip()) > 0
+        dropped = int(metric(gateway, "llm_usage_rows_dropped_total"))
+    finally:
+        postgres.start()
+    alerts = yaml.safe_load(RULES.read_text())["groups"]
+    assert "llm_usage_rows_dropped_total" in next(
+        r["expr"] for g in alerts for r in g["rules"] if r.get("alert") == "UsageRowsDropped"
+    )
+    db = Database(pg_url)
+    try:
+        kept = 1 + load.total - dropped  # the warm-up chat and the load's answers, less the rows dropped
+        wait_for(
+            lambda: db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"] >= kept,
+            timeout=120,
+            what="the rows kept written once the database returned",
+        )
+        assert db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"] == kept
+        wait_for(lambda: not any(spill.glob("usage-*.jsonl")), what="the spill folder emptied")
+    finally:
+        db.close()
+
+
+def metric(gateway: Gateway, name: str) -> float:
+    """A metric summed over its samples (and the workers) on the gateway's /metrics."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))

@@ -9,6 +9,7 @@ checks a key itself.
 Key lookups are cached per worker: found keys in a bounded LRU trusted for
 HXP_KEY_CACHE_TTL_S, unknown secrets in a separate bounded LRU, so a flood of random
 secrets can never evict a valid key (each miss costs one SQL query, off the event loop).
+A miss while the database cannot answer is a 503 with Retry-After (cached keys keep working).
 Revoking or rotating through the admin API clears the cache of that worker at once, other
 workers within the TTL.
 
@@ -32,6 +33,7 @@ from litellm.proxy._types import LitellmUserRoles, UserAPIKeyAuth
 from hxp.core import errors
 from hxp.core.context import Runtime, runtime
 from hxp.core.database import Database
+from hxp.core.redaction import redact
 from hxp.gateway.keys import ApiKey, KeyStore, hash_secret
 
 KEY_HEADERS = ("authorization", "x-api-key", "api-key")  # OpenAI and Azure clients' spellings
@@ -86,7 +88,15 @@ class KeyCache:
         key = self.found.get(digest, now)
         if key is not None or self.unknown.get(digest, now):
             return key
-        key = await asyncio.to_thread(self.store.lookup_hash, digest)
+        try:
+            key = await asyncio.to_thread(self.store.lookup_hash, digest)
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises (database away), the client may retry
+            raise errors.GatewayError(
+                503,
+                f"the key store cannot answer: {redact(str(exc))[:300]}",
+                code="key_store_unavailable",
+                headers={"retry-after": "1"},
+            ) from None
         if key is None:
             self.unknown.put(digest, True, now)
         else:

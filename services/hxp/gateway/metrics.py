@@ -24,6 +24,7 @@ At scrape time:
 | llm_model_memory_usage_bytes  | resident memory of each model's engine processes (all replicas)  |
 | llm_backend_up                | 1 when every replica of the model answers /health                |
 | llm_usage_log_backlog         | usage rows not yet in the database (all workers)                 |
+| llm_gateway_event_loop_tasks  | asyncio tasks alive in each worker's event loop (label ``pid`` with several workers) |
 
 Engine memory is the RSS of the process tree listening on the engine's port (as the usage rollup measures it)
 when it runs on this host (engine core included), else the engine's own
@@ -85,6 +86,9 @@ TOKENS = Counter("llm_tokens_processed", "Tokens processed by the engines", ["mo
 CACHE_HITS = Counter("llm_cache_hits", "Requests answered from the response cache", ["model"])
 RATE_LIMITED = Counter("llm_rate_limit_rejections", "Requests rejected by a rate limit (429)", ["model", "user_id"])
 BACKLOG = Gauge("llm_usage_log_backlog", "Usage rows not yet written to the database", multiprocess_mode="livesum")
+TASKS = Gauge(
+    "llm_gateway_event_loop_tasks", "asyncio tasks alive in the worker's event loop", multiprocess_mode="liveall"
+)
 
 
 def observe(
@@ -206,15 +210,17 @@ def _sample_backlog() -> None:
     BACKLOG.set(usage.backlog())
 
 
-async def _watch_backlog() -> None:
+async def _watch() -> None:
+    """Every BACKLOG_INTERVAL_S: the usage backlog (off the loop) and this worker's task count."""
     while True:
+        TASKS.set(len(asyncio.all_tasks()))
         await asyncio.to_thread(_sample_backlog)
         await asyncio.sleep(BACKLOG_INTERVAL_S)
 
 
 @asynccontextmanager
 async def _lifespan(app: Any) -> AsyncIterator[None]:
-    task = asyncio.get_running_loop().create_task(_watch_backlog())
+    task = asyncio.get_running_loop().create_task(_watch())
     try:
         yield
     finally:
