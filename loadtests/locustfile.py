@@ -27,9 +27,9 @@ from locust import events
 from locust.env import Environment
 from locust.runners import LocalRunner
 
-from hxp.core import catalogue
+from hxp.core import catalogue, traffic
 from hxp.core.paths import PROJECT_ROOT
-from hxp.loadtest import keys, traffic
+from hxp.loadtest import keys
 from hxp.loadtest.plan import engine_urls, models_under_test
 from hxp.loadtest.users import user_classes
 from hxp.loadtest.verdict import DEFAULT_MAX_FAILURE_RATIO, Recorder, Sample, Verdict, judge

@@ -383,8 +383,9 @@ def render(target: Target, cat: Catalogue, stack_text: str) -> str:
         raise ValueError(
             f"{target.stack}: services {', '.join(clash)} are generated (catalogue models, shared engines); remove them"
         )
-    if target.gateway_env:
-        services["gateway"] = merge(services.get("gateway") or {}, {"environment": dict(target.gateway_env)})
+    if target.gateway_env:  # the gateway, and the load test's direct users, reach the engines alike
+        for name in ("gateway", *(["locust"] if "locust" in services else [])):
+            services[name] = merge(services.get(name) or {}, {"environment": dict(target.gateway_env)})
     cpus = target.system_cpus(cat)
     for name in load_yaml((HERE / BASE_STACK).read_text())["services"]:
         services[name] = _ordered(merge(services.get(name) or {}, {"cpuset": cpus}))

@@ -14,6 +14,8 @@ import math
 import os
 
 from hxp.core.catalogue import Catalogue, CatalogueError, Model
+from hxp.core.settings import DEFAULT_BACKEND_URL_TEMPLATE
+from hxp.gateway.deployments import backend_urls
 
 # Profiles whose load-test verdict compares the gateway path with the engine reached directly (a developer's
 # CPU measures the CPU, not the stack); the others are judged against the catalogue's absolute targets.
@@ -37,11 +39,12 @@ def users_needed(models: list[Model]) -> int:
 
 
 def engine_urls(cat: Catalogue, models: list[Model]) -> dict[str, str]:
-    """The engine base URL (…/v1) of each compared model: its first backend in HXP_BACKENDS (as the gateway is
-    given them), else where `make run` starts its engine."""
-    raw = os.environ.get("HXP_BACKENDS")
-    if raw:
-        backends: dict[str, list[str]] = json.loads(raw)
+    """The engine base URL (…/v1) of each compared model: its first backend as the gateway is given them
+    (HXP_BACKENDS, else HXP_BACKEND_URL_TEMPLATE), else where `make run` starts its engine."""
+    raw, template = os.environ.get("HXP_BACKENDS"), os.environ.get("HXP_BACKEND_URL_TEMPLATE")
+    if raw or template:
+        given: dict[str, list[str]] = json.loads(raw) if raw else {}
+        backends = {m.name: backend_urls(m, given, template or DEFAULT_BACKEND_URL_TEMPLATE) for m in models}
     else:
         from hxp.model.command import catalogue_commands
         from hxp.runner import backends as run_backends
