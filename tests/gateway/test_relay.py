@@ -135,3 +135,17 @@ def test_a_keys_tpm_stops_it_at_the_same_request_on_the_relay_and_on_litellms_pa
             assert set(codes) == {200, 429} and codes == sorted(codes), codes
             stopped_at[path, stream] = codes.index(429)
     assert len(set(stopped_at.values())) == 1, stopped_at
+
+
+def test_the_answer_names_the_model_asked_for_not_the_engines_first_name() -> None:
+    """vLLM answers with the first of its served names; the relay names the one the client asked for, in every
+    event, and leaves an answer already naming it (or naming none) as it is."""
+    answer = relay._Answer(None, None, None, "phi-3-mini")  # type: ignore[arg-type]
+    first = b'data: {"id":"c1","model":"mixtral-8x7b","choices":[{"delta":{"content":"\\"model\\":\\"x\\""}}]}\n\n'
+    assert answer._named(first) == first.replace(b'"model":"mixtral-8x7b"', b'"model":"phi-3-mini"')
+    assert answer._named(first) == answer._named(answer._named(first))  # every later event too
+    spaced = relay._Answer(None, None, None, "phi-3-mini")  # type: ignore[arg-type]
+    assert spaced._named(b'data: {"model": "mixtral-8x7b"}\n\n') == b'data: {"model":"phi-3-mini"}\n\n'
+    same = relay._Answer(None, None, None, "mixtral-8x7b")  # type: ignore[arg-type]
+    assert same._named(b"data: [DONE]\n\n") == b"data: [DONE]\n\n"
+    assert same._named(first) == first

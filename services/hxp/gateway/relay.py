@@ -29,6 +29,7 @@ response cache (a cacheable request) and retrieval-augmented chat (its answer ca
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -59,6 +60,7 @@ ROUTES: dict[str, CallType] = {
 OPENAI_WIRE = ("openai/", "hosted_vllm/")  # LiteLLM providers whose backends speak the OpenAI wire format
 _EVENT_END = b"\n\n"
 _USAGE_MARK = b'"prompt_tokens":'
+_MODEL_FIELD = re.compile(rb'"model": ?"(?:[^"\\]|\\.)*"')  # the answer's model name, as JSON writes it
 _KEPT_HEADERS = frozenset({b"content-type"})
 _NOT_FORWARDED = frozenset({"metadata"})  # LiteLLM's bookkeeping field in the request data, never the engine's
 
@@ -150,7 +152,7 @@ async def relay(scope: Scope, receive: Receive, send: Send, identity: UserAPIKey
     except Exception as exc:  # noqa: BLE001 - every failure is answered as LiteLLM answers it
         await _answer_failure(processor, exc, identity, request, scope, receive, send)
         return
-    usage = await _Answer(response, receive, send).relay()
+    usage = await _Answer(response, receive, send, str(body.get("model", ""))).relay()
     await _settle(processor.data, usage, started, identity)
 
 
@@ -261,13 +263,26 @@ async def _answer_failure(
 
 
 class _Answer:
-    """The backend's answer relayed to the client: status, content type, then its bytes as they come."""
+    """The backend's answer relayed to the client: status, content type, then its bytes as they come, naming the
+    model the client asked for (an engine serving several names answers with its first; LiteLLM's path names
+    the one asked for, and so does OpenAI's API)."""
 
-    def __init__(self, response: aiohttp.ClientResponse, receive: Receive, send: Send) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, receive: Receive, send: Send, model: str) -> None:
         self.response = response
         self.receive = receive
         self.send = send
         self.usage: dict[str, int] = {}
+        self._model = b'"model":' + orjson.dumps(model)
+        self._engine_model: bytes | None = None  # the engine's `"model":"…"`, once seen, when it differs
+
+    def _named(self, data: bytes) -> bytes:
+        """``data`` with the engine's model name replaced by the one asked for (one bytes.replace a read)."""
+        if self._engine_model is None:
+            found = _MODEL_FIELD.search(data)
+            if found is None:
+                return data
+            self._engine_model = found.group(0) if found.group(0) != self._model else b""
+        return data.replace(self._engine_model, self._model) if self._engine_model else data
 
     async def relay(self) -> dict[str, int] | None:
         """Relay the whole answer; the usage it reported (None when it broke off or the client left first)."""
@@ -297,7 +312,7 @@ class _Answer:
             {"type": "http.response.start", "status": response.status, "headers": headers + [(CACHE_HEADER, b"miss")]}
         )
         if not _streamed(response):
-            body = await response.read()  # already read by the upstream call
+            body = self._named(await response.read())  # already read by the upstream call
             self.usage = usage_tokens(body[body.rfind(b'"usage":') :])
             await self.send({"type": "http.response.body", "body": body, "more_body": False})
             return self.usage
@@ -312,7 +327,7 @@ class _Answer:
                 if end < 0:
                     held += data
                     continue
-                events, held = held + data[: end + 2], data[end + 2 :]
+                events, held = self._named(held + data[: end + 2]), data[end + 2 :]
                 if _USAGE_MARK in events:
                     await self._events(events)
                 else:
@@ -320,7 +335,7 @@ class _Answer:
         except (aiohttp.ClientError, TimeoutError) as exc:
             await send({"type": "http.response.body", "body": _stream_error(exc), "more_body": False})
             return None
-        await send({"type": "http.response.body", "body": held, "more_body": False})
+        await send({"type": "http.response.body", "body": self._named(held), "more_body": False})
         return self.usage
 
     async def _events(self, events: bytes) -> None:
