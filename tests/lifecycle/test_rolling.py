@@ -34,7 +34,8 @@ from hxp.model.service import Engine
 from tests.support.gateway import Gateway, GatewayFactory
 from tests.support.servers import free_port
 
-pytestmark = pytest.mark.engine
+# three real engines started in turn: 13.5 min on a busy 2-core machine, past the suite's 900 s hang guard
+pytestmark = [pytest.mark.engine, pytest.mark.long, pytest.mark.timeout(2400)]
 MODEL = "phi-3-mini"
 USAGE_BOUND_S = 60.0  # bounds the wait for the usage log's last batch
 
