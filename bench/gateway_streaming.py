@@ -1,13 +1,14 @@
 """Streaming through the gateway (`make bench-streaming`): prints two markdown tables.
 
-The three targets of :mod:`bench.targets` (direct to the fake upstream, the bare LiteLLM
-proxy, the full gateway), side by side in interleaved rounds, stream chat answers of CHUNKS
-text chunks from the fake upstream, in two variants: ``fast`` (unpaced: the servers' own cost
-per chunk decides the rate) and ``paced`` (PACE chunks/s per stream, like a GPU engine), each
-at concurrency 1 and 64, with 1 worker and with workers = cores. Per target: streams/s,
+The targets of :mod:`bench.targets` (direct to the fake upstream, the smallest relay on the
+gateway's stack, the bare LiteLLM proxy, the full gateway), side by side in interleaved rounds,
+stream chat answers of CHUNKS text chunks from the fake upstream, in two variants: ``fast``
+(unpaced: the servers' own cost per chunk decides the rate) and ``paced`` (PACE chunks/s per
+stream, like a GPU engine), each at concurrency 1 and 64, with 1 worker and with workers = cores. Per target: streams/s,
 aggregate text chunks/s, time to the first text chunk (TTFT) p50/p95 and the inter-chunk gap
 p95 as seen by the client, each also as added over ``direct``, and the server's CPU ms per
-1,000 chunks (its process tree, psutil) with its ratio to the bare proxy's.
+1,000 chunks (its process tree, psutil) with its ratio to the bare proxy's. The smallest relay
+(:mod:`bench.floor_relay`) shows what the HTTP stack costs with no gateway code at all.
 
 The second table sets the measured values beside issue 30's targets: CPU per 1,000 chunks
 <= 0.15x bare (every workload, 1 worker and workers = cores), aggregate chunks/s of the unpaced
@@ -35,7 +36,18 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from bench.targets import BARE, CORES, DIRECT, GATEWAY, Server, chat_model, each_worker_count, median_ratio, medians
+from bench.targets import (
+    BARE,
+    CORES,
+    DIRECT,
+    FLOOR,
+    GATEWAY,
+    Server,
+    chat_model,
+    each_worker_count,
+    median_ratio,
+    medians,
+)
 from tests.support.fake_upstream import FakeUpstream
 
 ROUNDS = int(os.environ.get("BENCH_STREAM_ROUNDS", "3"))
@@ -143,13 +155,14 @@ class Comparison:
     rows: dict[str, Result]
     cpu_ratio: float
     rate_ratio: float
+    floor_cpu_ratio: float  # the smallest relay's CPU per 1,000 chunks / bare's: what no gateway code goes under
 
     def added(self, target: str, column: str) -> float:
         return getattr(self.rows[target], column) - getattr(self.rows[DIRECT], column)
 
 
 def run(servers: list[Server], upstream: FakeUpstream, workers: int) -> list[Comparison]:
-    """Every workload on the three targets, in interleaved rounds."""
+    """Every workload on the targets, in interleaved rounds."""
     model = chat_model()
     rounds: dict[Workload, list[dict[str, Result]]] = defaultdict(list)
     upstream.set_reply(CHUNKS)
@@ -162,9 +175,10 @@ def run(servers: list[Server], upstream: FakeUpstream, workers: int) -> list[Com
     upstream.set_reply()
     return [
         Comparison(
-            {t: medians([r[t] for r in rs]) for t in (DIRECT, BARE, GATEWAY)},
+            {t: medians([r[t] for r in rs]) for t in (DIRECT, FLOOR, BARE, GATEWAY)},
             median_ratio([(r[GATEWAY].cpu_ms, r[BARE].cpu_ms) for r in rs]),
             median_ratio([(r[GATEWAY].chunks_s, r[BARE].chunks_s) for r in rs]),
+            median_ratio([(r[FLOOR].cpu_ms, r[BARE].cpu_ms) for r in rs]),
         )
         for rs in rounds.values()
     ]
@@ -190,7 +204,9 @@ def table(comparisons: list[Comparison]) -> str:
                     for column, digits in (("ttft_p50_ms", 1), ("ttft_p95_ms", 1), ("gap_p95_ms", 2))
                 ]
             )
-            ratio = {DIRECT: "", GATEWAY: f"{c.cpu_ratio:.2f}x"}.get(target, "1.00x")
+            ratio = {DIRECT: "", GATEWAY: f"{c.cpu_ratio:.2f}x", FLOOR: f"{c.floor_cpu_ratio:.2f}x"}.get(
+                target, "1.00x"
+            )
             cells = [
                 _label(r.workload),
                 r.workload.concurrency,
@@ -211,21 +227,25 @@ def table(comparisons: list[Comparison]) -> str:
 
 def targets(comparisons: list[Comparison]) -> str:
     """Each target of issue 30 beside the value measured, its margin and the verdict."""
-    lines = ["| target | stream | conc. | workers | measured | margin | verdict |", "|---|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| target | stream | conc. | workers | measured | margin | verdict | smallest relay (floor) |",
+        "|---|---|---:|---:|---:|---:|---|---:|",
+    ]
 
-    def line(name: str, c: Comparison, measured: str, margin: float) -> None:
+    def line(name: str, c: Comparison, measured: str, margin: float, floor: str = "") -> None:
         w = c.rows[GATEWAY].workload
         lines.append(
             f"| {name} | {_label(w)} | {w.concurrency} | {c.rows[GATEWAY].workers} | {measured} "
-            f"| {margin:+.2f} | {'met' if margin >= 0 else 'MISSED'} |"
+            f"| {margin:+.2f} | {'met' if margin >= 0 else 'MISSED'} | {floor} |"
         )
 
     for c in comparisons:
-        line(f"CPU/1k chunks <= {CPU_TARGET}x bare", c, f"{c.cpu_ratio:.2f}x", CPU_TARGET - c.cpu_ratio)
+        floor = f"{c.floor_cpu_ratio:.2f}x"
+        line(f"CPU/1k chunks <= {CPU_TARGET}x bare", c, f"{c.cpu_ratio:.2f}x", CPU_TARGET - c.cpu_ratio, floor)
     for c in comparisons:
         if c.rows[GATEWAY].workload.concurrency == 1:
-            added = c.added(GATEWAY, "ttft_p50_ms")
-            line(f"added TTFT p50 <= {TTFT_TARGET_MS:g} ms", c, f"{added:.1f} ms", TTFT_TARGET_MS - added)
+            added, floor = c.added(GATEWAY, "ttft_p50_ms"), f"{c.added(FLOOR, 'ttft_p50_ms'):.1f} ms"
+            line(f"added TTFT p50 <= {TTFT_TARGET_MS:g} ms", c, f"{added:.1f} ms", TTFT_TARGET_MS - added, floor)
     for c in comparisons:
         w = c.rows[GATEWAY].workload
         if c.rows[GATEWAY].workers == 1 and w.pace is None and w.concurrency == 64:
@@ -234,7 +254,7 @@ def targets(comparisons: list[Comparison]) -> str:
 
 
 def main() -> int:
-    comparisons = [c for measured in each_worker_count(run).values() for c in measured]
+    comparisons = [c for measured in each_worker_count(run, floor=True).values() for c in measured]
     print(
         f"\nStreaming through the gateway: {ROUNDS} interleaved rounds per workload and target, streams of "
         f"{CHUNKS} text chunks from the fake upstream (after {WARMUP.streams} warm-up streams), {CORES} cores; "

@@ -1,16 +1,21 @@
 """Prefix-aware routing against LiteLLM's default routing, on two real CPU engines with prefix caching on.
 
 Two vLLM CPU engines (the catalogue's chat model, SmolLM2-135M), one per core, each with prefix caching and a KV
-cache of ``BENCH_PREFIX_KV_BLOCKS`` blocks of 32 tokens: room for fewer than half of the workload's system
-prompts, as on a real server whose many tenants' prompts outgrow its cache. The workload: ``BENCH_PREFIX_PROMPTS``
-long system prompts (some 300 tokens each) and short questions, each request a random prompt and question,
-streamed with ``max_tokens`` 8, ``BENCH_PREFIX_CONCURRENCY`` at a time, ``BENCH_PREFIX_REQUESTS`` in all. The
-same requests (same seed) go through a gateway with LiteLLM's default routing (HXP_PREFIX_ROUTING=0: a random
-engine) and through one with prefix-aware routing, the engines' prefix caches emptied before each. The table:
-time to first token p50/p95, requests/s and the engines' prefix cache hit rate (vLLM's counters); the verdict
-holds prefix-aware routing to TTFT p50 at most 0.5x the default's and throughput no worse.
+cache of ``BENCH_PREFIX_KV_BLOCKS`` blocks of 32 tokens: room for some 6 of the workload's ``BENCH_PREFIX_PROMPTS``
+long system prompts (16, some 270 tokens each: 8 full blocks), as on a real server whose tenants' prompts outgrow
+one engine's cache (the two together hold some 12 of them). Each request is a random prompt and a short question,
+streamed with ``max_tokens`` 8, ``BENCH_PREFIX_CONCURRENCY`` at a time.
 
-Run: ``make bench-prefix`` (some 10 minutes here, mostly the engines' start).
+Two gateways on the same engines, one with LiteLLM's default routing (HXP_PREFIX_ROUTING=0: a random engine),
+one with prefix-aware routing, take turns over ``BENCH_PREFIX_ROUNDS`` rounds (the first to go alternating).
+Each turn empties the engines' prefix caches, warms them up with every prompt once through the routing under
+test (its steady state: what that routing keeps where), then sends the round's ``BENCH_PREFIX_REQUESTS`` requests
+(the same for both routings in a round, other ones in the next). The table: time to first token p50/p95 and
+requests/s over every round's measured requests, the engines' prefix cache hit rate over them (vLLM's counters),
+and each round's p50 ratio; the verdict holds prefix-aware routing to TTFT p50 at most 0.5x the default's and
+throughput no worse.
+
+Run: ``make bench-prefix`` (some 10 minutes on an idle 2-core machine, a third of it the engines' start).
 """
 
 from __future__ import annotations
@@ -35,12 +40,13 @@ from hxp.model.service import Engine, start_engine
 from tests.support.gateway import Gateway, GatewayFactory
 from tests.support.servers import free_port
 
-PROMPTS = int(os.environ.get("BENCH_PREFIX_PROMPTS", "8"))
-REQUESTS = int(os.environ.get("BENCH_PREFIX_REQUESTS", "48"))
+PROMPTS = int(os.environ.get("BENCH_PREFIX_PROMPTS", "16"))
+REQUESTS = int(os.environ.get("BENCH_PREFIX_REQUESTS", "64"))  # per round and routing
+ROUNDS = int(os.environ.get("BENCH_PREFIX_ROUNDS", "3"))
 CONCURRENCY = int(os.environ.get("BENCH_PREFIX_CONCURRENCY", "2"))
-KV_BLOCKS = int(os.environ.get("BENCH_PREFIX_KV_BLOCKS", "34"))  # some 3 of the 8 prompts (10 blocks each)
+KV_BLOCKS = int(os.environ.get("BENCH_PREFIX_KV_BLOCKS", "52"))  # some 6 of the 16 prompts (8-9 blocks each)
 PROMPT_WORDS = 220
-MAX_MODEL_LEN = 1024  # vLLM wants one whole sequence to fit the KV cache (34 blocks of 32 tokens: 1088)
+MAX_MODEL_LEN = 1024  # vLLM wants one whole sequence to fit the KV cache (32 blocks of 32 tokens)
 TARGET_TTFT_RATIO = 0.5
 WORDS = [
     "river",
@@ -106,12 +112,18 @@ def system_prompts() -> list[str]:
     return [f"Policy {n}. " + " ".join(rng.choice(WORDS) for _ in range(PROMPT_WORDS)) for n in range(PROMPTS)]
 
 
-def workload() -> list[list[dict[str, str]]]:
-    rng, systems = random.Random(SEED + 1), system_prompts()
+def workload(round_: int) -> list[list[dict[str, str]]]:
+    """A round's requests: each a random system prompt and question (the same for both routings)."""
+    rng, systems = random.Random(SEED + 1 + round_), system_prompts()
     return [
         [{"role": "system", "content": rng.choice(systems)}, {"role": "user", "content": rng.choice(QUESTIONS)}]
         for _ in range(REQUESTS)
     ]
+
+
+def warm_up() -> list[list[dict[str, str]]]:
+    """Every system prompt once, with the first question."""
+    return [[{"role": "system", "content": s}, {"role": "user", "content": QUESTIONS[0]}] for s in system_prompts()]
 
 
 def split(running: list[Engine]) -> list[int]:
@@ -169,7 +181,9 @@ def prefix_cache(engine: Engine) -> tuple[float, float]:
 async def _one(
     client: httpx.AsyncClient, gateway: Gateway, key: str, model: str, messages: list[dict[str, str]]
 ) -> float:
-    body = {"model": model, "messages": messages, "max_tokens": 8, "temperature": 0, "stream": True}
+    # no "temperature": 0: that would make the request cacheable, and repeats of a (prompt, question) pair would be
+    # answered from the gateway's response cache instead of by an engine
+    body = {"model": model, "messages": messages, "max_tokens": 8, "stream": True}
     start = time.perf_counter()
     async with client.stream(
         "POST", f"{gateway.base_url}/chat/completions", json=body, headers=gateway.headers(key)
@@ -204,30 +218,47 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p * len(ordered)) - 1))]
 
 
-def measure(routing: str, prefix: bool, running: list[Engine], model: str) -> dict[str, float | str]:
+@dataclasses.dataclass
+class Routing:
+    """One routing's gateway and what its measured requests gave, summed over the rounds."""
+
+    name: str
+    gateway: Gateway
+    key: str
+    ttfts: list[float] = dataclasses.field(default_factory=list)
+    elapsed_s: float = 0.0
+    queried: float = 0.0
+    hits: float = 0.0
+    round_p50s: list[float] = dataclasses.field(default_factory=list)
+
+    def row(self) -> dict[str, float | str]:
+        return {
+            "routing": self.name,
+            "p50": statistics.median(self.ttfts),
+            "p95": percentile(self.ttfts, 0.95),
+            "rps": len(self.ttfts) / self.elapsed_s,
+            "hit_rate": self.hits / self.queried if self.queried else 0.0,
+        }
+
+
+def turn(routing: Routing, running: list[Engine], model: str, round_: int) -> None:
+    """One routing's turn of a round: caches emptied, warmed up through it, the round's requests measured."""
     for engine in running:
         httpx.post(f"{engine.base_url}/reset_prefix_cache", timeout=30).raise_for_status()
+    asyncio.run(_run(routing.gateway, routing.key, model, warm_up()))
     before = [prefix_cache(e) for e in running]
-    factory = GatewayFactory()
-    try:
-        gateway = factory(
-            {name: [f"{e.base_url}/v1" for e in running] for name in catalogue.load().names},
-            env={"HXP_PREFIX_ROUTING": "1" if prefix else "0", "HXP_REQUEST_LOG": "off"},
-        )
-        key = gateway.create_key()
-        ttfts, elapsed = asyncio.run(_run(gateway, key, model, workload()))
-    finally:
-        factory.close()
+    ttfts, elapsed = asyncio.run(_run(routing.gateway, routing.key, model, workload(round_)))
     after = [prefix_cache(e) for e in running]
-    queried = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
-    hits = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
-    return {
-        "routing": routing,
-        "p50": statistics.median(ttfts),
-        "p95": percentile(ttfts, 0.95),
-        "rps": len(ttfts) / elapsed,
-        "hit_rate": hits / queried if queried else 0.0,
-    }
+    routing.ttfts += ttfts
+    routing.elapsed_s += elapsed
+    routing.queried += sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
+    routing.hits += sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+    routing.round_p50s.append(statistics.median(ttfts))
+    print(
+        f"round {round_ + 1}, {routing.name}: TTFT p50 {statistics.median(ttfts):.3f} s, "
+        f"{len(ttfts) / elapsed:.2f} requests/s, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
 
 def table(rows: list[dict[str, float | str]]) -> str:
@@ -251,20 +282,43 @@ def verdict(default: dict[str, float | str], prefix: dict[str, float | str]) -> 
 def main() -> int:
     model = engine_groups(catalogue.load(profile="cpu").chat_models)[0][0].name
     print(
-        f"{PROMPTS} system prompts of {PROMPT_WORDS} words, {REQUESTS} requests, concurrency {CONCURRENCY}, "
-        f"2 engines x {KV_BLOCKS} KV blocks of 32 tokens",
+        f"{PROMPTS} system prompts of {PROMPT_WORDS} words, {ROUNDS} rounds x {REQUESTS} requests per routing, "
+        f"concurrency {CONCURRENCY}, 2 engines x {KV_BLOCKS} KV blocks of 32 tokens; "
+        f"load average {os.getloadavg()[0]:.1f} before",
         flush=True,
     )
+    factory = GatewayFactory()
     with engines() as running:
-        print(
-            f"prefix-aware routing's first choice: {' / '.join(map(str, split(running)))} prompts per engine",
-            flush=True,
-        )
-        default = measure("LiteLLM default (HXP_PREFIX_ROUTING=0)", False, running, model)
-        prefix = measure("prefix-aware (HXP_PREFIX_ROUTING=1)", True, running, model)
-    print(table([default, prefix]))
-    ok, line = verdict(default, prefix)
-    print(line)
+        try:
+            print(
+                f"prefix-aware routing's first choice: {' / '.join(map(str, split(running)))} prompts per engine",
+                flush=True,
+            )
+            backends = {name: [f"{e.base_url}/v1" for e in running] for name in catalogue.load().names}
+            gateways = [
+                factory(backends, env={"HXP_PREFIX_ROUTING": flag, "HXP_REQUEST_LOG": "off"}, wait=False)
+                for flag in ("0", "1")
+            ]
+            for gateway in gateways:
+                gateway.wait_ready()
+            default, prefix = (
+                Routing(name, gateway, gateway.create_key())
+                for name, gateway in zip(
+                    ("LiteLLM default (HXP_PREFIX_ROUTING=0)", "prefix-aware (HXP_PREFIX_ROUTING=1)"),
+                    gateways,
+                    strict=True,
+                )
+            )
+            for round_ in range(ROUNDS):
+                for routing in (default, prefix) if round_ % 2 == 0 else (prefix, default):
+                    turn(routing, running, model, round_)
+        finally:
+            factory.close()
+    print(table([default.row(), prefix.row()]))
+    ratios = [p / d for p, d in zip(prefix.round_p50s, default.round_p50s, strict=True)]
+    print(f"TTFT p50 ratio per round: {', '.join(f'{r:.2f}x' for r in ratios)}")
+    ok, line = verdict(default.row(), prefix.row())
+    print(f"{line} (load average {os.getloadavg()[0]:.1f} after)")
     return 0 if ok else 1
 
 

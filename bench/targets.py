@@ -6,7 +6,9 @@
 3. ``gateway`` - the full gateway (`hxp gateway serve`: trust boundary, custom auth, validation,
                  rate limits, cache opt-in, usage logging, metrics...), with a key that has rpm/tpm limits;
 4. ``plain``   - (when asked for) the same gateway on uvicorn's plain stack (h11 + asyncio instead of
-                 httptools + uvloop): the effect of the fast stack.
+                 httptools + uvloop): the effect of the fast stack;
+5. ``floor``   - (when asked for) :mod:`bench.floor_relay`, the smallest relay on the gateway's stack: the
+                 cost no gateway code can go under.
 
 A server's CPU is the user+system time of its process and all its workers, read with psutil
 before and after the measured requests. This machine's speed drifts by ±20 % over minutes
@@ -44,6 +46,7 @@ from tests.support.servers import free_port, wait_port
 
 START_TIMEOUT_S = 600  # a busy machine can take minutes to start LiteLLM
 DIRECT, BARE, GATEWAY, PLAIN = "direct", "bare LiteLLM proxy", "full gateway", "full gateway, h11 + asyncio"
+FLOOR = "smallest relay (floor)"
 CORES = os.cpu_count() or 1
 WORKER_COUNTS = sorted({1, CORES})  # one worker: the CPU comparison; one per core: the throughput
 
@@ -78,49 +81,20 @@ class Server:
         return total
 
 
-class BareProxy:
-    """The LiteLLM proxy alone, on the gateway's model list and router settings."""
+class UvicornServer:
+    """An ASGI app (``module:attribute``) under uvicorn on the fast stack (httptools + uvloop), on a free
+    loopback port, with ``workers`` workers; its log in a temporary folder. Stopped with :meth:`stop`."""
 
-    def __init__(self, upstream_url: str, workers: int) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="hxp-bench-bare-"))
+    def __init__(self, app: str, workers: int, env: dict[str, str], *options: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="hxp-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.master_key = "sk-bench-" + os.urandom(12).hex()
-        cat = catalogue.load()
-        config = {
-            "model_list": deployments.model_list(cat, all_models(upstream_url), ""),
-            "router_settings": deployments.router_settings(cat),
-        }
-        (self.dir / "config.yaml").write_text(yaml.safe_dump(config))
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        env.update(
-            {
-                "CONFIG_FILE_PATH": str(self.dir / "config.yaml"),
-                "LITELLM_MASTER_KEY": self.master_key,
-                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                "LITELLM_LOG": "WARNING",
-            }
-        )
         self.log = open(self.dir / "log", "wb")
         self.proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "litellm.proxy.proxy_server:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(workers),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                "--loop",
-                "uvloop",
-                "--timeout-worker-healthcheck",
-                str(WORKER_HEALTHCHECK_S),
+                *(sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(self.port)),
+                *("--workers", str(workers), "--log-level", "warning", "--no-access-log"),
+                *("--loop", "uvloop", "--http", "httptools", *options),
             ],
             env=env,
             cwd=self.dir,
@@ -130,14 +104,13 @@ class BareProxy:
         )
         try:
             wait_port(self.port, timeout=START_TIMEOUT_S)
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while httpx.get(f"http://127.0.0.1:{self.port}/health/liveliness", timeout=30).status_code != 200:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the bare LiteLLM proxy did not start")
-                time.sleep(0.5)
+            self.ready()
         except BaseException:
             self.stop()
             raise
+
+    def ready(self) -> None:
+        """Wait until the app answers (after its port is open)."""
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -145,19 +118,66 @@ class BareProxy:
         self.log.close()
 
 
+class BareProxy(UvicornServer):
+    """The LiteLLM proxy alone, on the gateway's model list and router settings."""
+
+    def __init__(self, upstream_url: str, workers: int) -> None:
+        self.master_key = "sk-bench-" + os.urandom(12).hex()
+        cat = catalogue.load()
+        config = {
+            "model_list": deployments.model_list(cat, all_models(upstream_url), ""),
+            "router_settings": deployments.router_settings(cat),
+        }
+        config_file = Path(tempfile.mkdtemp(prefix="hxp-bench-bare-")) / "config.yaml"
+        config_file.write_text(yaml.safe_dump(config))
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        env.update(
+            {
+                "CONFIG_FILE_PATH": str(config_file),
+                "LITELLM_MASTER_KEY": self.master_key,
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "LITELLM_LOG": "WARNING",
+            }
+        )
+        super().__init__(
+            "litellm.proxy.proxy_server:app", workers, env, "--timeout-worker-healthcheck", str(WORKER_HEALTHCHECK_S)
+        )
+
+    def ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while httpx.get(f"http://127.0.0.1:{self.port}/health/liveliness", timeout=30).status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the bare LiteLLM proxy did not start")
+            time.sleep(0.5)
+
+
+class FloorRelay(UvicornServer):
+    """:mod:`bench.floor_relay`, the smallest relay on the gateway's stack."""
+
+    def __init__(self, upstream_url: str, workers: int) -> None:
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "HXP_FLOOR_UPSTREAM": upstream_url}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        super().__init__("bench.floor_relay:app", workers, env)
+
+
 @contextmanager
-def side_by_side(upstream: FakeUpstream, workers: int, plain: bool = False) -> Iterator[list[Server]]:
-    """The targets on ``upstream`` (``plain`` too when asked), the proxies with ``workers`` workers; stopped on
-    exit."""
-    bare = None
+def side_by_side(
+    upstream: FakeUpstream, workers: int, plain: bool = False, floor: bool = False
+) -> Iterator[list[Server]]:
+    """The targets on ``upstream`` (``plain`` and ``floor`` too when asked), the proxies with ``workers``
+    workers; stopped on exit."""
+    bare = floor_relay = None
     gateways: list[tuple[str, Gateway]] = []
     try:
+        floor_relay = FloorRelay(upstream.url, workers) if floor else None
         bare = BareProxy(upstream.url, workers)
         for target, stack in [(GATEWAY, "fast"), *([(PLAIN, "plain")] if plain else [])]:
             gateways.append((target, Gateway(all_models(upstream.url), workers=workers, http_stack=stack)))
             gateways[-1][1].start(wait=False).wait_ready(START_TIMEOUT_S)
         yield [
             Server(DIRECT, upstream.url, upstream.pid, None),
+            *([Server(FLOOR, floor_relay.url, floor_relay.proc.pid, None)] if floor_relay else []),
             Server(BARE, bare.url, bare.proc.pid, bare.master_key),
             *(
                 Server(target, gateway.base_url, gateway.pid, gateway.create_key(rpm=10**6, tpm=10**9))
@@ -169,17 +189,19 @@ def side_by_side(upstream: FakeUpstream, workers: int, plain: bool = False) -> I
             gateway.close()
         if bare:
             bare.stop()
+        if floor_relay:
+            floor_relay.stop()
 
 
 def each_worker_count(
-    run: Callable[[list[Server], FakeUpstream, int], Measured], plain: bool = False
+    run: Callable[[list[Server], FakeUpstream, int], Measured], plain: bool = False, floor: bool = False
 ) -> dict[int, Measured]:
     """``run(servers, upstream, workers)`` on the targets side by side, with each of WORKER_COUNTS."""
     upstream = FakeUpstream().start()
     measured = {}
     try:
         for workers in WORKER_COUNTS:
-            with side_by_side(upstream, workers, plain) as servers:
+            with side_by_side(upstream, workers, plain, floor) as servers:
                 measured[workers] = run(servers, upstream, workers)
     finally:
         upstream.stop()

@@ -10,6 +10,7 @@ in Qdrant's local mode; everything else runs as a user runs it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -22,10 +23,14 @@ import psycopg
 import pytest
 import yaml
 
+from hxp.cli import main
 from hxp.core.paths import PROJECT_ROOT, state_path
 from hxp.deploy import backup, running
+from hxp.lifecycle import plan as planning
 from tests.support import docker
 from tests.support.compose_stack import Stack
+from tests.support.load import SteadyLoad
+from tests.support.servers import Where
 
 pytestmark = pytest.mark.timeout(3600)  # the first test also waits for the images to build (cold: minutes)
 
@@ -34,6 +39,21 @@ CHAT_MODEL = "phi-3-mini"
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 HEALTHY_TIMEOUT_S = 300
 SCRAPE_TIMEOUT_S = 180
+UPDATE_STEPS = [  # a successful compose update, in order (hxp.lifecycle.rolling)
+    "update-started",
+    "traffic-pinned",
+    "engine-started",
+    "engine-healthy",
+    "canary-passed",
+    "checks-passed",
+    "traffic-switched",
+    "old-drained",
+    "watch-passed",
+    "standby-released",
+    "old-stopped",
+    "traffic-settled",
+    "update-done",
+]
 
 
 @pytest.fixture(scope="module")
@@ -296,6 +316,145 @@ def test_backup_delete_a_key_restore_brings_it_back(stack: Stack) -> None:
         assert embed(gateway(stack), key).status_code == 200
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def update_steps() -> list[list[str]]:
+    """Each engine update's steps, oldest first (config_events of the compose database)."""
+    with database() as conn:
+        rows = conn.execute("SELECT step FROM config_events WHERE subject LIKE 'update %' ORDER BY id").fetchall()
+    updates: list[list[str]] = []
+    for (step,) in rows:
+        if step == "update-started":
+            updates.append([])
+        updates[-1].append(step)
+    return updates
+
+
+def rolling_report(stack: Stack, failed: list) -> str:
+    """The failed requests (wall-clock time sent, status, error) beside the updates' steps and the gateway's log
+    tail, written to the test log folder; its path."""
+    offset = time.time() - time.monotonic()
+    with database() as conn:
+        steps = conn.execute("SELECT at, step, detail FROM config_events ORDER BY id").fetchall()
+    lines = [
+        f"{time.strftime('%H:%M:%S', time.gmtime(o.sent_at + offset))} +{o.latency_s:.1f}s {o.status} {o.error}"
+        for o in failed
+    ]
+    lines += [f"{at:%H:%M:%S} {step} {detail}" for at, step, detail in steps]
+    lines += stack.compose("logs", "--no-color", "--tail", "200", "gateway").stdout.splitlines()
+    path = state_path("logs", "tests") / "compose-rolling-failures.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return f"{len(failed)} failed requests: {path}"
+
+
+def compose_override(tmp_path: Path, name: str, chat_engine: str) -> str:
+    """COMPOSE_FILE with one more override file giving the chat-engine service ``chat_engine`` (YAML)."""
+    extra = tmp_path / f"{name}.yaml"
+    extra.write_text(f"services:\n  chat-engine:\n{chat_engine}")
+    return os.pathsep.join([os.environ["COMPOSE_FILE"], str(extra)])
+
+
+def test_compose_refuses_an_update_it_cannot_make_before_touching_anything(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    container = stack.container("chat-engine")
+    refusals = {
+        "unknown model 'no-such-model'": (["no-such-model"], None, None),
+        "hxp-test/missing:0 of service chat-engine is missing": (
+            [CHAT_MODEL],
+            compose_override(tmp_path, "image", "    image: hxp-test/missing:0\n"),
+            None,
+        ),
+        "publishes host port 11999": (
+            [CHAT_MODEL],
+            compose_override(tmp_path, "port", '    ports: !override ["127.0.0.1:11999:8000"]\n'),
+            None,
+        ),
+        "needs about 6.0 GiB beside the engine it replaces, 1.0 GiB is available": ([CHAT_MODEL], None, 1.0),
+    }
+    for says, (args, files, memory) in refusals.items():
+        with monkeypatch.context() as patch:
+            if files:
+                patch.setenv("COMPOSE_FILE", files)
+            if memory:
+                patch.setattr(planning, "available_memory_gib", lambda memory=memory: memory)
+            assert main(["model", "update", *args, "--compose"]) == 2
+        assert says in capsys.readouterr().err
+    assert update_steps() == []
+    assert running.containers("chat-engine") == [container]
+
+
+def test_a_rolling_update_of_an_engine_container_under_traffic_and_one_that_rolls_back(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hxp model update --compose: a second chat-engine container, checked, given the traffic, the first one
+    stopped; then an update whose canary expects what the model cannot say rolls back. A client sends chat
+    requests throughout (every other one streamed): none fails, each answered one has its usage row."""
+    url, key = gateway(stack), create_key(stack, "compose-rolling")
+    old = stack.container("chat-engine")
+    load = SteadyLoad(Where(), f"{url}/v1", key, CHAT_MODEL, threads=1, gap_s=0.2, max_s=1800, streamed=True)
+    load.start()
+    try:
+        while load.answered() < 2:
+            time.sleep(0.5)
+        assert main(["model", "update", CHAT_MODEL, "--compose", "--watch", "20"]) == 0
+        new = stack.container("chat-engine")
+        assert new and new != old and running.containers("chat-engine") == [new]
+        stack.compose("up", "--detach")  # compose.yaml's own state: neither undone nor redone
+        assert stack.container("chat-engine") == new
+        assert "update-done" in capsys.readouterr().out
+        assert main(["model", "update", CHAT_MODEL, "--compose", "--canary-expect", "no model says this"]) == 1
+        assert "lacks 'no model says this'" in capsys.readouterr().err
+        assert running.containers("chat-engine") == [new]  # the second container is gone, the first serves
+        answered = load.answered()
+        while load.answered() < answered + 2:
+            time.sleep(0.5)
+    finally:
+        outcomes = load.stop()
+    failed = [o for o in outcomes if not o.ok]
+    assert failed == [], rolling_report(stack, failed)
+    rows = usage_rows([o.request_id for o in outcomes if o.request_id])
+    assert len(rows) == len(outcomes) > 0
+    assert sum(row[4] for row in rows.values()) >= len(outcomes) // 2  # the streamed half
+    done, rolled_back = update_steps()
+    assert done == UPDATE_STEPS
+    assert rolled_back == [
+        "update-started",
+        "traffic-pinned",
+        "engine-started",
+        "engine-healthy",
+        "traffic-settled",
+        "update-rolled-back",
+    ]
+    with database() as conn:
+        live = json.loads(conn.execute("SELECT backends FROM config_live").fetchone()[0])
+    assert live[CHAT_MODEL] == [f"http://{CHAT_MODEL}:8000/v1"]  # the service's name again, as compose.yaml has it
+    assert main(["config", "history", "--steps", "--compose"]) == 0
+    assert "update-rolled-back" in capsys.readouterr().out
+
+
+def test_config_apply_on_compose_plans_a_replacement_and_refuses_a_removed_engine_service(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hxp config apply --compose` of the stack's own catalogue records it and changes nothing; then dry runs: new
+    vLLM settings for the shared chat engine pass the compose checks, an engine service removed is refused."""
+    compose_files = {f: f.read_bytes() for f in PROJECT_ROOT.glob("compose*.yaml")}
+    assert main(["config", "apply", "--compose", "--catalogue", str(PROJECT_ROOT / "models.yaml")]) == 0
+    assert "compose files regenerated: none changed" in capsys.readouterr().out
+    raw = yaml.safe_load((PROJECT_ROOT / "models.yaml").read_text())
+    for model in raw["models"]:
+        if model["task"] == "chat":
+            model["profiles"]["cpu"]["vllm"]["max_num_seqs"] = 8
+    file = tmp_path / "models.yaml"
+    file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["config", "apply", "--compose", "--catalogue", str(file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "replace  hermes-2, mixtral-8x7b, openchat-3.5, phi-3-mini" in out and "dry run: nothing changed" in out
+    raw["models"] = [m for m in raw["models"] if m["task"] == "chat"]
+    file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["config", "apply", "--compose", "--catalogue", str(file), "--dry-run"]) == 2
+    assert "stop all-minilm-l6-v2: under compose an engine service is added or removed" in capsys.readouterr().err
+    assert {f: f.read_bytes() for f in compose_files} == compose_files
 
 
 def test_down_with_volumes_leaves_nothing_of_the_project(stack: Stack) -> None:

@@ -48,7 +48,13 @@ def test_proxy_config_hooks_stores_and_no_secrets():
     shared = proxy_config.build(
         _settings(redis_url="redis://:pw-123@redis:6379/0", rate_limit_fail_closed=True, cache_ttl_s=60), CAT
     )
-    assert shared["general_settings"]["coordination_redis"] == {"url": "os.environ/REDIS_URL"}
+    coordination = shared["general_settings"]["coordination_redis"]
+    assert coordination == {
+        "url": "os.environ/REDIS_URL",
+        "max_connections": 8,
+        "client_name": "hxp-litellm-coordination",
+    }
+    assert shared["litellm_settings"]["cache_params"]["max_connections"] == 8  # each pool bounded (blocking)
     assert shared["general_settings"]["fail_closed_rate_limit_enforcement"] is True
     assert shared["litellm_settings"]["cache_params"]["ttl"] == 60
     text = yaml.safe_dump(shared)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from types import SimpleNamespace
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from hxp.core import catalogue, context
-from hxp.gateway import relay
+from hxp.gateway import deployments, relay
 from tests.support.servers import free_port
 
 CAT = catalogue.load()
@@ -149,3 +150,39 @@ def test_the_answer_names_the_model_asked_for_not_the_engines_first_name() -> No
     same = relay._Answer(None, None, None, "mixtral-8x7b")  # type: ignore[arg-type]
     assert same._named(b"data: [DONE]\n\n") == b"data: [DONE]\n\n"
     assert same._named(first) == first
+
+
+def test_a_connection_idle_longer_than_the_backends_keep_alive_is_never_reused() -> None:
+    """An engine (uvicorn) closes a connection idle for 5 s; one reused just as it closes fails the request. The
+    relay's pool drops idle connections after IDLE_CONNECTION_S: here a backend that answers one request per
+    connection and drops any later one (the race, made certain) answers every request spaced wider than that."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)  # the body, {}
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        await reader.read(1)  # a second request on this connection: closed unanswered
+        writer.close()
+
+    async def scenario() -> list[int]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        statuses = []
+        try:
+            for _ in range(2):
+                async with relay._session().post(f"http://127.0.0.1:{port}/v1/x", data=b"{}") as response:
+                    await response.read()
+                    statuses.append(response.status)
+                await asyncio.sleep(deployments.IDLE_CONNECTION_S + 0.5)
+        finally:
+            await relay._session().close()
+            server.close()
+        return statuses
+
+    assert deployments.IDLE_CONNECTION_S < 5  # below uvicorn's keep-alive timeout, the engines' and the gateway's
+    assert asyncio.run(scenario()) == [200, 200]
+    assert connections == 2

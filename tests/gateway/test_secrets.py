@@ -95,7 +95,7 @@ def test_no_password_or_key_in_any_answer_log_or_row(protected) -> None:
 def test_litellm_gets_a_hash_of_the_master_key_whatever_its_prefix(
     master: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hxp.gateway import launcher
+    from hxp.gateway import launcher, litellm_env
 
     monkeypatch.setenv("HXP_MASTER_KEY", master)
     monkeypatch.setenv("HXP_STATE_DIR", str(tmp_path))
@@ -106,7 +106,7 @@ def test_litellm_gets_a_hash_of_the_master_key_whatever_its_prefix(
         "DATABASE_URL",
         "LITELLM_LOG",
         "LITELLM_LOCAL_MODEL_COST_MAP",
-        *launcher.RETRY_BACKOFF,
+        *litellm_env.SETTINGS,
     ):
         monkeypatch.setenv(name, "")  # recorded, so that what prepare_environment sets is undone after the test
         monkeypatch.delenv(name)

@@ -205,7 +205,7 @@ class Load:
     """Client threads sending a mix of requests until stopped; counts the responses they received."""
 
     def __init__(self, gateway: Gateway, key: str, threads: int = 6) -> None:
-        self.gateway, self.key = gateway, key
+        self.gateway, self.key, self.threads = gateway, key, threads
         self.answered: Counter[int] = Counter()
         self.call_ids: set[str] = set()
         self.failures = 0
@@ -302,6 +302,30 @@ def test_sigterm_during_load_logs_every_answered_request(
         assert load.call_ids <= stored_ids(db)
     finally:
         db.close()
+
+
+def test_sigkill_during_load_loses_no_answered_request(
+    gateway_factory, slow_upstream: FakeUpstream, pg_url: str
+) -> None:
+    """Killed as the OOM killer would kill it, the gateway writes nothing at its end: every answer a client got
+    is in the journal (written before the answer's last byte) and the next gateway on that state replays it."""
+    env = {"DATABASE_URL": pg_url, "HXP_USAGE_BATCH_SIZE": "100000", "HXP_USAGE_FLUSH_INTERVAL_S": "600"}
+    first = started(gateway_factory, slow_upstream.url, workers=2, env=env)
+    key = first.create_key(alias="sigkill-load", models=[CHAT[0]])
+    with Load(first, key) as load:
+        wait_for(lambda: load.total >= 60, what="60 answered requests")
+        first.stop(signal.SIGKILL)
+    assert list((first.state_dir / "usage-spill").glob("journal-*.jsonl"))  # what the killed workers left
+    second = started(gateway_factory, slow_upstream.url, env=env, state_dir=first.state_dir)
+    db = Database(pg_url)
+    try:
+        assert load.answered[200] and load.answered[400] and load.answered[401]
+        wait_for(lambda: load.call_ids <= stored_ids(db), what="every answered request in the database")
+        stored = db.fetchone("SELECT COUNT(*) AS n FROM llm_model_requests")["n"]
+        assert load.total <= stored <= load.total + load.threads, load.answered  # plus rows of unfinished answers
+    finally:
+        db.close()
+        second.stop()
 
 
 def test_postgres_outage_during_load_loses_no_row(

@@ -220,11 +220,14 @@ def test_a_live_writers_spill_file_is_neither_counted_nor_replayed_by_another(
 ) -> None:
     spill_dir = tmp_path / "spill"
     down = Database(f"sqlite:///{tmp_path / 'unmigrated.sqlite3'}")
-    worker_a = UsageWriter(down, spill_dir, WriterSettings(batch_size=5, max_buffer=5, flush_interval_s=60))
+    # no batch is ever due (batch_size > max_buffer): every full buffer goes to disk, in worker A's own file
+    worker_a = UsageWriter(down, spill_dir, WriterSettings(batch_size=100, max_buffer=5, flush_interval_s=60))
     worker_a.start()
-    for record in rows(10):
-        worker_a.submit(record)  # beyond the bound: on disk, in worker A's own file
-    wait_until(lambda: spilled_lines(spill_dir) == 10)
+    records = rows(10)
+    for spilled in (5, 10):  # the buffer at its bound each time (rows beyond it would wait in memory)
+        for record in records[spilled - 5 : spilled]:
+            worker_a.submit(record)
+        wait_until(lambda n=spilled: spilled_lines(spill_dir) == n)
     worker_b = UsageWriter(usage_db, spill_dir, SLOW_FLUSH)
     worker_b.start()
     assert worker_b.backlog() == 0 and worker_b.flush(5)

@@ -13,8 +13,8 @@ import yaml
 from hxp.audit import search as audit_search
 from hxp.cli import main
 from hxp.core import catalogue
+from hxp.core.versions import ConfigStore
 from hxp.lifecycle import plan as planning
-from hxp.lifecycle.versions import ConfigStore
 from hxp.model import weights
 from tests.support.servers import free_port
 
@@ -168,7 +168,7 @@ def test_plan_names_engines_started_stopped_replaced_and_kept() -> None:
 
 
 def test_an_update_is_in_progress_until_its_last_step(stack: Path, empty_db_url: str) -> None:
-    from hxp.lifecycle.versions import summary
+    from hxp.core.versions import summary
 
     assert main(["config", "apply"]) == 0
     store = ConfigStore.open()

@@ -7,40 +7,17 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from hxp.core import catalogue
 from hxp.core.database import Database
-from tests.multihost.conftest import MODEL, Cluster, record
-from tests.support.load import Outcome, SteadyLoad, recovery
+from tests.multihost.conftest import MODEL, TIMEOUT_S, Cluster, keys, loads, record, wait_for
+from tests.support.load import Outcome, recovery
 
-TIMEOUT_S = catalogue.load().get(MODEL).api.timeout_s  # the model's request timeout: nothing may wait longer
-HANG_GUARD_S = 120.0
 SLOW_S = 1.0  # an answer slower than this counts as not yet recovered (a normal one takes some 50 ms)
 CLIENT_TIMEOUT_S = 15.0  # a client's own timeout: its request in flight on an unplugged gateway never returns
 UNAFFECTED_GUARD_S = 10.0  # far above a normal answer, far below waiting on a lost host
 OUTAGE_S = 8.0  # how long a link stays cut: the load runs on meanwhile
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = HANG_GUARD_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout}s"
-        time.sleep(0.2)
-
-
-def loads(cluster: Cluster, keys: list[str], timeout_s: float = TIMEOUT_S + 30) -> list[SteadyLoad]:
-    """One steady load per gateway, from the clients host, its clients giving up after ``timeout_s``."""
-    return [
-        SteadyLoad(cluster.clients, gw.base_url, key, MODEL, timeout_s=timeout_s).start()
-        for gw, key in zip(cluster.gateways, keys, strict=True)
-    ]
-
-
-def keys(cluster: Cluster, **fields: object) -> list[str]:
-    """A key per gateway (created through the first; the database is shared)."""
-    return [cluster.clients.call(cluster.gateways[0].create_key, **fields) for _ in cluster.gateways]
+RESTORED_GUARD_S = 60.0  # a gateway whose host is back answers again once its backends' cooldowns ran out
 
 
 def served(cluster: Cluster, index: int, outcomes: list[Outcome]) -> set[str]:
@@ -99,7 +76,15 @@ def test_a_gateway_host_unplugged_mid_load(cluster: Cluster) -> None:
     wait_for(lambda: running[1].answered() >= before + 50, "the other gateway's clients served meanwhile")
     other = running[1].stop()
     cluster.gateway_hosts[0].restore()
+    restored_at = time.monotonic()
     outcomes = [running[0].stop(), other]
+    probe = cluster.clients.call(cluster.gateways[0].create_key)
+    wait_for(
+        lambda: cluster.clients.call(cluster.gateways[0].chat, probe, MODEL).status_code == 200,
+        "the restored gateway answering again",
+        timeout=RESTORED_GUARD_S,
+    )
+    serves_again_s = time.monotonic() - restored_at
     answered = [{o.request_id for o in out if o.ok and o.request_id} for out in outcomes]
     wait_for(lambda: all(stored(cluster, ids) == ids for ids in answered), "every answered request's row")
     after = [o for o in outcomes[1] if o.sent_at >= cut_at]
@@ -114,6 +99,7 @@ def test_a_gateway_host_unplugged_mid_load(cluster: Cluster) -> None:
             "requests": len(outcomes[0]),
             "answered": len(answered[0]),
             "unanswered": sum(not o.ok for o in outcomes[0]),
+            "serves_again_after_restore_s": round(serves_again_s, 2),
         },
         "rows_lost": sum(len(ids - stored(cluster, ids)) for ids in answered),
     }

@@ -121,15 +121,20 @@ class Stack:
         self.timed("loadtest image", "build", "locust")
 
     def up(self) -> None:
-        self.timed(
-            "up (until every service is healthy)",
-            "up",
-            "-d",
-            "--wait",
-            "--wait-timeout",
-            str(UP_TIMEOUT_S),
-            timeout=UP_TIMEOUT_S + 120,
-        )
+        """Every service up and healthy; when one is not, the failure shows the last lines of every log."""
+        try:
+            self.timed(
+                "up (until every service is healthy)",
+                "up",
+                "-d",
+                "--wait",
+                "--wait-timeout",
+                str(UP_TIMEOUT_S),
+                timeout=UP_TIMEOUT_S + 120,
+            )
+        except AssertionError as failed:
+            logs = self.compose("logs", "--no-color", "--tail", "40", check=False)
+            raise AssertionError(f"{failed}\n--- the services' logs ---\n{logs.stdout[-12000:]}") from None
 
     def down(self) -> None:
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "60", check=False)

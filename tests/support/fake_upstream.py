@@ -3,7 +3,7 @@
 Serves /v1/chat/completions (streamed and not), /v1/completions, /v1/embeddings,
 /v1/models, /health, vLLM's /tokenize (one token per word) and its queue gauges on /metrics
 (requests being answered, and as many waiting as told: POST /_queue?waiting=N) for any model name,
-with an optional fixed delay. It counts
+with an optional delay (POST /_delay?s=S changes it). It counts
 the requests it served (GET /_stats, POST /_reset) so tests can prove that a request
 never reached a backend, keeps the bodies of the latest model requests in order
 (GET /_requests), and can be told to fail its health check (POST /_health?ok=0).
@@ -135,6 +135,9 @@ class Upstream:
             self.chunk_rate = float(params["rate"]) if params.get("rate") else None
             self.break_after = int(params["break_after"]) if params.get("break_after") else None
             await _json(send, {"words": self.reply_words, "rate": self.chunk_rate, "break_after": self.break_after})
+        elif path == "/_delay" and method == "POST":
+            self.delay = float(dict(parse_qsl(query)).get("s", 0))
+            await _json(send, {"delay": self.delay})
         elif path == "/_queue" and method == "POST":
             self.waiting = float(dict(parse_qsl(query)).get("waiting", 0))
             await _json(send, {"waiting": self.waiting})
@@ -394,6 +397,10 @@ class FakeUpstream:
             stderr=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
         )
+        return self.wait_ready()
+
+    def wait_ready(self) -> FakeUpstream:
+        """Wait until it accepts connections (asked from where it runs)."""
         self.where.wait_port(self.port)
         return self
 
@@ -425,6 +432,10 @@ class FakeUpstream:
 
     def set_healthy(self, ok: bool) -> None:
         self._control("POST", f"/_health?ok={int(ok)}")
+
+    def set_delay(self, seconds: float) -> None:
+        """Wait this long before answering each model request from now on."""
+        self._control("POST", f"/_delay?s={seconds}").raise_for_status()
 
     def set_waiting(self, waiting: int) -> None:
         """Report this many waiting requests on /metrics (as an engine with a queue)."""

@@ -1,7 +1,8 @@
 """Bounded steady load through a gateway, from client threads on a host, each request's outcome kept.
 
 Every request is one chat message carrying a unique marker (so the engine that served it can be told), sent by
-one of ``threads`` clients that each wait for their answer, then pause ``gap_s``. The load stops when told, or at
+one of ``threads`` clients that each wait for their answer, then pause ``gap_s``; with ``streamed`` every other
+request is streamed (answered: 200 and the stream's ``[DONE]``). The load stops when told, or at
 ``max_requests`` or ``max_s``, whichever comes first.
 """
 
@@ -30,7 +31,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.status == 200
+        return self.status == 200 and self.error is None
 
 
 class SteadyLoad:
@@ -48,8 +49,10 @@ class SteadyLoad:
         timeout_s: float = 120.0,
         max_requests: int = 5000,
         max_s: float = 300.0,
+        streamed: bool = False,
     ) -> None:
         self.where, self.base_url, self.key, self.model = where, base_url, key, model
+        self.streamed = streamed
         self.gap_s, self.timeout_s, self.max_requests, self.max_s = gap_s, timeout_s, max_requests, max_s
         self.outcomes: list[Outcome] = []
         self._lock = threading.Lock()
@@ -81,17 +84,22 @@ class SteadyLoad:
                     if len(self.outcomes) >= self.max_requests:
                         return
                 marker = f"m{uuid.uuid4().hex[:12]}"
+                stream = self.streamed and len(self.outcomes) % 2 == 1
                 body = {"model": self.model, "messages": [{"role": "user", "content": marker}], "max_tokens": 4}
                 start = time.monotonic()
                 try:
-                    response = client.post(f"{self.base_url}/chat/completions", json=body, headers=headers)
+                    with client.stream(
+                        "POST", f"{self.base_url}/chat/completions", json={**body, "stream": stream}, headers=headers
+                    ) as response:
+                        text = response.read().decode()
+                    complete = response.status_code == 200 and (not stream or "data: [DONE]" in text)
                     outcome = Outcome(
                         start,
                         time.monotonic() - start,
                         response.status_code,
                         marker,
                         response.headers.get("x-request-id"),
-                        None if response.status_code == 200 else response.text[:200],
+                        None if complete else f"stream={stream}: {text[:200]}",
                     )
                 except httpx.HTTPError as exc:
                     outcome = Outcome(start, time.monotonic() - start, None, marker, None, type(exc).__name__)

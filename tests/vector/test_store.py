@@ -144,3 +144,39 @@ async def test_a_second_process_on_the_local_store_answers_503(tmp_path: Path, m
             assert err.value.status == 503
     finally:
         await holder.close()
+
+
+async def test_an_unreachable_qdrant_server_answers_503_with_retry_after_and_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Qdrant server that does not answer (killed, restarting): each request is a 503 with Retry-After and
+    the next one connects again, so the vector routes come back with Qdrant without a gateway restart."""
+    import socket
+    import threading
+
+    from hxp.vector import service as service_module
+
+    accepted = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def drop_every_connection() -> None:  # a port where Qdrant went away: connections are dropped
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.close()
+
+    threading.Thread(target=drop_every_connection, daemon=True).start()
+    monkeypatch.setenv("QDRANT_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.delenv("QDRANT_PATH", raising=False)
+    context.use()  # a fresh process
+    try:
+        for attempt in range(1, 3):
+            with pytest.raises(VectorError, match="the vector store is unreachable") as err:
+                await service_module.get_service()
+            assert err.value.status == 503 and err.value.headers == {"retry-after": "1"}
+            assert len(accepted) >= attempt  # tried again, not remembered as unavailable
+    finally:
+        server.close()

@@ -30,16 +30,12 @@ TOKENIZE_TIMEOUT_S = 60.0
 PASSED_HEADERS = ("retry-after", "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
 
 
-# Idle connections are dropped before the servers' own keep-alive timeout (uvicorn's 5 s, the gateway's and
-# vLLM's): reusing one the server is closing at that moment fails the call with ReadError('') (the soak saw
-# 8 of 1,960 turns answered 503 so with httpx's default expiry, also 5 s).
-KEEPALIVE_EXPIRY_S = 2.0
-
-
 def _client(rt: Runtime) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(None, connect=10.0),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_EXPIRY_S),
+        limits=httpx.Limits(
+            max_connections=None, max_keepalive_connections=64, keepalive_expiry=deployments.IDLE_CONNECTION_S
+        ),
     )
 
 

@@ -18,10 +18,17 @@ failure), in this order:
 3. **Prefix** (HXP_PREFIX_ROUTING, on by default). Otherwise a chat request's leading messages (all but
    the last: the system prompt and the conversation so far, their first ``PREFIX_CHARS`` characters)
    are the key of the same hashing, so requests sharing them meet their cached prefix on one engine,
-   balanced against load: the first engine in the key's order whose queue (running plus waiting
-   requests, vLLM's ``vllm:num_requests_running`` and ``vllm:num_requests_waiting``) is at most
-   ``MAX_EXTRA_QUEUE`` longer than the shortest one serves it. A request with a single message has no
-   prefix to share and keeps LiteLLM's own choice.
+   balanced against load as in consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam,
+   2018): the first engine in the key's order whose load is below ``LOAD_FACTOR`` times the mean load
+   (counting the request, rounded up) serves it, so a prefix leaves its engine only while that one carries
+   more than its share. An engine's load is the requests this gateway worker has in flight on it (exact, as
+   the router picks it and until the request's task ends) plus those of others: the queue its last probe saw
+   (vLLM's ``vllm:num_requests_running`` + ``vllm:num_requests_waiting``) less this worker's own in flight
+   then. A request with a single message has no prefix to share and goes to the least loaded engine.
+
+With HXP_PREFIX_ROUTING off, requests without a session keep LiteLLM's own choice (a random healthy engine).
+Replicas agree on every prefix's and session's engine without sharing state; they differ only in which
+requests overflow, each by its own view of the load.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +54,7 @@ SESSION_HEADER = "x-hxp-session-id"
 PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 1.0
 PREFIX_CHARS = 8192
-MAX_EXTRA_QUEUE = 4.0
+LOAD_FACTOR = 1.25  # an engine takes a prefix's requests until its load reaches 1.25x the mean
 
 
 def _score(key: str, backend: str) -> int:
@@ -87,21 +96,24 @@ def _backend(deployment: dict[str, Any]) -> str:
 
 @dataclass
 class EngineState:
-    """What the last probe of an engine found: whether it answered, and its queue (None: not exported)."""
+    """What the last probe of an engine found: whether it answered, and the requests it had from elsewhere (its
+    queue less this worker's own in flight; None: it exports no queue)."""
 
     up: bool
-    queue: float | None
+    others: float | None
 
 
 class EngineStates:
-    """The state of each engine serving a model with several (by root URL), refreshed in the background at most
-    every PROBE_INTERVAL_S, while requests come (also those LiteLLM routes alone because the others cool down)."""
+    """The engines serving a model with several (by root URL): each one's state, refreshed in the background at
+    most every PROBE_INTERVAL_S while requests come, and the requests this worker has in flight on it."""
 
     def __init__(self, roots: Sequence[str]) -> None:
         self.roots = sorted(set(roots))
         self._states: dict[str, EngineState] = {}
         self._probed_at = float("-inf")
         self._refresh: asyncio.Task | None = None
+        self._in_flight: dict[str, int] = dict.fromkeys(self.roots, 0)
+        self._held: dict[asyncio.Task, str] = {}  # request task -> the engine it holds
 
     def current(self) -> dict[str, EngineState]:
         """The latest known states (engines not probed yet are absent); starts a refresh when one is due."""
@@ -112,21 +124,47 @@ class EngineStates:
             self._refresh = asyncio.get_running_loop().create_task(self._probe_all())
         return self._states
 
+    def load(self, root: str) -> float:
+        """The engine's requests: this worker's in flight now plus the others' its last probe saw."""
+        others = state.others if (state := self._states.get(root)) is not None else None
+        return self._in_flight.get(root, 0) + (others or 0.0)
+
+    def hold(self, root: str) -> None:
+        """Count the current request in flight on ``root`` until its task ends (a retry of the same request,
+        routed again, moves it)."""
+        task = asyncio.current_task()
+        if task is None:
+            return
+        previous = self._held.get(task)
+        if previous is None:
+            task.add_done_callback(self._release)
+        else:
+            self._in_flight[previous] -= 1
+        self._held[task] = root
+        self._in_flight[root] = self._in_flight.get(root, 0) + 1
+
+    def _release(self, task: asyncio.Task) -> None:
+        self._in_flight[self._held.pop(task)] -= 1
+
     async def _probe_all(self) -> None:
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
-            states = await asyncio.gather(*(self._probe(client, root) for root in self.roots))
-        self._states = dict(zip(self.roots, states, strict=True))
+            queues = await asyncio.gather(*(self._probe(client, root) for root in self.roots))
+        self._states = {
+            root: EngineState(up, None if queue is None else max(0.0, queue - self._in_flight.get(root, 0)))
+            for root, (up, queue) in zip(self.roots, queues, strict=True)
+        }
 
     @staticmethod
-    async def _probe(client: httpx.AsyncClient, root: str) -> EngineState:
+    async def _probe(client: httpx.AsyncClient, root: str) -> tuple[bool, float | None]:
+        """Whether the engine answered, and its queue (running plus waiting; None where it exports none)."""
         try:
             queues = await queue_lengths(client, root)
         except httpx.HTTPError:
-            return EngineState(up=False, queue=None)
+            return False, None
         except ValueError:  # it answered, but with no Prometheus text
-            return EngineState(up=True, queue=None)
+            return True, None
         known = [v for v in queues.values() if v is not None]
-        return EngineState(up=True, queue=sum(known) if known else None)
+        return True, sum(known) if known else None
 
 
 def _engine_states(rt: Runtime) -> EngineStates:
@@ -136,7 +174,8 @@ def _engine_states(rt: Runtime) -> EngineStates:
 
 
 class EngineRouting(CustomLogger):
-    """Narrows a model's deployments to the healthy engines, then to the session's or the prefix's one."""
+    """Narrows a model's deployments to the healthy engines, then to the session's, the prefix's or the least
+    loaded one."""
 
     async def async_filter_deployments(
         self,
@@ -146,7 +185,8 @@ class EngineRouting(CustomLogger):
         request_kwargs: dict | None = None,
         parent_otel_span: Any = None,
     ) -> list:
-        states = runtime().get(_engine_states).current()
+        engines = runtime().get(_engine_states)
+        states = engines.current()
         if len(healthy_deployments) < 2:
             return healthy_deployments
         candidates = [
@@ -154,20 +194,25 @@ class EngineRouting(CustomLogger):
         ] or healthy_deployments
         session = _session(request_kwargs)
         if session is not None:
-            return [max(candidates, key=lambda d: _score(session, _backend(d)))]
-        key = prefix_key(messages) if runtime().settings.prefix_routing else None
-        if key is None or len(candidates) < 2:
+            chosen = max(candidates, key=lambda d: _score(session, _backend(d)))
+        elif not runtime().settings.prefix_routing:
             return candidates
-        return [_least_busy_preferred(key, candidates, states)]
+        else:
+            chosen = _bounded_load(prefix_key(messages), candidates, engines)
+        engines.hold(engine_root(_backend(chosen)))
+        return [chosen]
 
 
-def _least_busy_preferred(key: str, candidates: list, states: dict[str, EngineState]) -> dict:
-    """The first of the key's engines whose queue is at most MAX_EXTRA_QUEUE longer than the shortest."""
+def _bounded_load(key: str | None, candidates: list, engines: EngineStates) -> dict:
+    """The first engine in the key's order whose load is below LOAD_FACTOR times the mean load, this request
+    counted (rounded up; one always is: the least loaded); without a key, the least loaded (ties at random)."""
+    loads = {id(d): engines.load(engine_root(_backend(d))) for d in candidates}
+    if key is None:
+        least = min(loads.values())
+        return random.choice([d for d in candidates if loads[id(d)] == least])
+    capacity = math.ceil(LOAD_FACTOR * (sum(loads.values()) + 1) / len(candidates))
     ranked = sorted(candidates, key=lambda d: _score(key, _backend(d)), reverse=True)
-    queues = [states[root].queue if root in states else None for root in (engine_root(_backend(d)) for d in ranked)]
-    shortest = min((q for q in queues if q is not None), default=0.0)
-    within = (d for d, q in zip(ranked, queues, strict=True) if q is None or q <= shortest + MAX_EXTRA_QUEUE)
-    return next(within, ranked[0])
+    return next(d for d in ranked if loads[id(d)] < capacity)
 
 
 engine_routing = EngineRouting()

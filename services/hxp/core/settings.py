@@ -7,6 +7,8 @@
 |                            | DATABASE_URL here, hidden from LiteLLM)                          | .state SQLite file|
 | REDIS_URL                  | shared rate limits and cache; absent: in-process, one replica    | none              |
 | HXP_RATE_LIMIT_FAIL_CLOSED | reject (503) instead of admitting when Redis cannot count        | false             |
+| HXP_REDIS_MAX_CONNECTIONS  | bound on each of a worker's Redis pools (LiteLLM's cache and its | 8                 |
+|                            | coordination Redis); a request waits for a free connection       |                   |
 | HXP_CACHE_TTL_S            | response cache time to live                                      | 3600              |
 | HXP_KEY_CACHE_TTL_S        | how long a key lookup is trusted before the store is re-read     | 10                |
 | HXP_KEY_CACHE_SIZE         | keys kept in each worker's key cache (least recently used leave) | 10000             |
@@ -74,6 +76,7 @@ class Settings(BaseSettings):
     database_url: str = Field("", validation_alias=AliasChoices(DATABASE_URL_VAR, "DATABASE_URL"))
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
     rate_limit_fail_closed: Annotated[bool, NoDecode] = Field(False, validation_alias="HXP_RATE_LIMIT_FAIL_CLOSED")
+    redis_max_connections: int = Field(8, gt=0, validation_alias="HXP_REDIS_MAX_CONNECTIONS")
     cache_ttl_s: int = Field(3600, gt=0, validation_alias="HXP_CACHE_TTL_S")
     key_cache_ttl_s: float = Field(10.0, ge=0, validation_alias="HXP_KEY_CACHE_TTL_S")
     key_cache_size: int = Field(10_000, gt=0, validation_alias="HXP_KEY_CACHE_SIZE")

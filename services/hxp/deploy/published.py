@@ -9,7 +9,6 @@ in the development stack only, Qdrant when the stack has it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from urllib.parse import quote
 
@@ -72,19 +71,13 @@ def gateway_url(project: Path = PROJECT_ROOT) -> str:
 def published_addresses(project: Path = PROJECT_ROOT) -> dict[str, list[str]]:
     """host:port of every TCP port each running service publishes (``docker compose ps``)."""
     try:
-        text = running.compose("ps", "--format", "json", project=project).strip()
+        publishers = running.publishers(project)
     except running.ComposeError as err:
         raise PublishedError(str(err)) from None
-    rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line]
     found: dict[str, list[str]] = {}
-    for row in rows:
-        for publisher in row.get("Publishers") or []:
-            if not publisher.get("PublishedPort") or publisher.get("Protocol", "tcp") != "tcp":
-                continue
-            host = publisher.get("URL") or "127.0.0.1"
-            address = f"{'127.0.0.1' if host in running.WILDCARD else host}:{publisher['PublishedPort']}"
-            if address not in found.setdefault(row["Service"], []):
-                found[row["Service"]].append(address)
+    for service, _, address in publishers:
+        if address not in found.setdefault(service, []):
+            found[service].append(address)
     return found
 
 

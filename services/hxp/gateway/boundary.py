@@ -84,6 +84,7 @@ class Boundary:
             except errors.GatewayError as refusal:
                 if observation is not None:
                     observation.refused(refusal.status_code, f"{refusal.type}: {refusal.message}")
+                    observation.finish()  # recorded before the answer goes out, as an answer's last message is
                 await _refuse(scope, receive, outgoing, refusal)
                 return
             if observation is not None:

@@ -17,6 +17,9 @@ from hxp.gateway.tuning import HTTP_STACKS
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from hxp.gateway import litellm_env
+
+    litellm_env.apply()  # before the launcher imports LiteLLM
     from hxp.gateway import launcher
 
     launcher.serve(args.host, args.port, args.workers, args.http_stack)

@@ -32,6 +32,7 @@ ROUTERS = [
     "hxp.gateway.audited:router",  # audit recorder lifespan: refusal windows, spill replay, retention
     "hxp.gateway.metrics:router",  # /metrics
     "hxp.gateway.relay:router",  # the relay's connection pool, closed at stop
+    "hxp.gateway.redis_pools:router",  # LiteLLM's Redis caches kept on one bounded pool each
     "hxp.vector.api:router",  # Qdrant collections and search
     "hxp.console.routes:router",  # the operator's web console (/console)
     "hxp.conversations.api:router",  # Responses and Conversations APIs, stored state, retention

@@ -41,6 +41,7 @@ REDIS_UP = Gauge(
 REDIS_OUTAGES = Counter("hxp_gateway_redis_outages_total", "Times the gateway found its Redis unreachable")
 REDIS_WATCH_INTERVAL_S = 2.0
 PROBE_TIMEOUT_S = 2.0
+REDIS_PROBE_CLIENT_NAME = "hxp-health"
 READINESS_CACHE_S = 1.0
 
 
@@ -53,7 +54,15 @@ def _redis(rt: Runtime) -> Any:
 
     url = rt.settings.redis_url
     assert url is not None  # built only when REDIS_URL is set (_check_redis)
-    return aioredis.from_url(url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=1,  # one probe at a time: the others wait (READINESS_CACHE_S spares most of them)
+        timeout=PROBE_TIMEOUT_S,
+        socket_timeout=PROBE_TIMEOUT_S,
+        socket_connect_timeout=PROBE_TIMEOUT_S,
+        client_name=REDIS_PROBE_CLIENT_NAME,
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 async def _timed(probe: Any) -> dict[str, Any]:

@@ -22,23 +22,9 @@ from hxp.core.context import runtime
 from hxp.core.database import Database
 from hxp.core.paths import state_path
 from hxp.core.redaction import redact_url
-from hxp.gateway import auth, extensions, proxy_config, tuning
+from hxp.gateway import auth, extensions, litellm_env, proxy_config, tuning
 
 log = logging.getLogger("hxp.gateway")
-
-# LiteLLM's retry back-off (seconds). Its defaults (0.5 doubling, up to 8, plus 0.75 jitter) make a
-# request to a dead single-replica backend wait seconds before its 503; engines are local, so retry fast.
-RETRY_BACKOFF = {"INITIAL_RETRY_DELAY": "0.05", "MAX_RETRY_DELAY": "1.0", "JITTER": "0.05"}
-# TCP keep-alive on the connections to the engines: a request waiting on an engine whose host went away
-# (no reset ever comes) fails after about KEEPIDLE + KEEPINTVL * KEEPCNT seconds instead of the model's
-# timeout, and the router retries it on another engine (it had no first byte yet).
-UPSTREAM_KEEPALIVE = {
-    "AIOHTTP_SO_KEEPALIVE": "true",
-    "AIOHTTP_TCP_KEEPIDLE": "2",
-    "AIOHTTP_TCP_KEEPINTVL": "1",
-    "AIOHTTP_TCP_KEEPCNT": "3",
-}
-
 
 # How long uvicorn waits for a worker's answer before it kills it as hung. Its default (5 s) is shorter
 # than LiteLLM's start-up on a busy machine, which would make it kill and restart workers forever.
@@ -50,10 +36,7 @@ def prepare_environment() -> settings.Settings:
     cfg = settings.load()
     os.environ[settings.DATABASE_URL_VAR] = cfg.database_url
     os.environ.pop("DATABASE_URL", None)
-    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    os.environ.setdefault("LITELLM_LOG", "WARNING")
-    for name, value in {**RETRY_BACKOFF, **UPSTREAM_KEEPALIVE}.items():
-        os.environ.setdefault(name, value)
+    litellm_env.apply()
     problem = cfg.master_key_problem()
     if problem:
         raise SystemExit(problem)
@@ -80,6 +63,9 @@ def serve(host: str, port: int, workers: int = 1, http_stack: str = "fast") -> N
     logging.getLogger("hxp").setLevel(logging.INFO)
     redaction.install_output_redaction()
     cfg = prepare_environment()
+    missed = litellm_env.unread()  # this process serves a one-worker gateway itself
+    if missed:
+        raise SystemExit(f"LiteLLM was imported before its settings were applied: {', '.join(missed)}")
     settings.register_secrets(runtime().settings)
     db = Database(cfg.database_url)
     applied = db.migrate()

@@ -4,8 +4,10 @@ The boundary (:mod:`hxp.gateway.boundary`) opens an :class:`Observation` for eve
 table marks ``usage: true``, fills in who called and which model, and passes the response
 through :meth:`Observation.send`, which reads the wire: the status line, the headers, the
 first streamed chunk (time to first token), the usage the answer reports and the error it
-carries. When the response has ended (or the client went away) :meth:`Observation.finish`
-feeds the same record to the usage row, the Prometheus metrics and the JSON request log.
+carries. When the response's last message is about to go out (or the client went away, or the boundary
+refused the request) :meth:`Observation.finish` feeds the same record to the usage row, the Prometheus
+metrics and the JSON request log: the row is journaled (:mod:`hxp.gateway.usage.journal`) before the
+client has the whole answer, so that a client that got one has a row even if the process is killed then.
 
 Per streamed message the work is a timestamp on the first one, a bytes search for the usage chunk
 and one for text (the chunks a client received, should it leave before the usage comes; the
@@ -119,6 +121,8 @@ class Observation:
                 self._tail = self._tail + body if keep_text else (self._tail + body)[-_TAIL_BYTES:]
                 if not message.get("more_body", False):
                     self.complete = True
+            if self.complete:
+                self.finish()  # the row is journaled before the client has the whole answer
             await send(message)
 
         return observed

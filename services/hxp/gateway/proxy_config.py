@@ -3,6 +3,12 @@
 Nothing in it is secret: the master key reaches LiteLLM through its
 environment (LITELLM_MASTER_KEY), Redis through an ``os.environ/REDIS_URL``
 reference (its URL may hold a password), and the SQL database is ours, not LiteLLM's.
+
+LiteLLM makes two Redis clients of that URL in each worker: the response cache
+(``cache_params``) and the coordination Redis (rate limits, router counters, spend).
+Each gets a bounded blocking pool (``max_connections``: a request waits for a free
+connection instead of opening one more) and a name that ``CLIENT LIST`` shows;
+:mod:`hxp.gateway.redis_pools` keeps each on one pool for the worker's life.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from hxp.gateway import deployments, extensions
 
 CACHED_CALL_TYPES = ["acompletion", "atext_completion", "aembedding"]
 REDIS_URL_REF = "os.environ/REDIS_URL"
+REDIS_CLIENT_NAMES = {"cache": "hxp-litellm-cache", "coordination": "hxp-litellm-coordination"}
 
 
 def litellm_path(path: str) -> str:
@@ -42,8 +49,9 @@ def build(cfg: Settings, catalogue: Catalogue) -> dict[str, Any]:
         "background_health_checks": False,
     }
     if cfg.redis_url:
-        cache_params.update({"type": "redis", "url": REDIS_URL_REF})
-        general["coordination_redis"] = {"url": REDIS_URL_REF}
+        pool = {"url": REDIS_URL_REF, "max_connections": cfg.redis_max_connections}
+        cache_params.update({"type": "redis", **pool, "client_name": REDIS_CLIENT_NAMES["cache"]})
+        general["coordination_redis"] = {**pool, "client_name": REDIS_CLIENT_NAMES["coordination"]}
     else:
         cache_params["type"] = "local"
     return {

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -39,6 +40,13 @@ import aiohttp
 import litellm
 import orjson
 from fastapi import APIRouter, FastAPI
+from litellm.constants import (
+    AIOHTTP_TCP_KEEPCNT,
+    AIOHTTP_TCP_KEEPIDLE,
+    AIOHTTP_TCP_KEEPINTVL,
+    HTTP_HANDLER_CONNECT_TIMEOUT_SECONDS,
+)
+from litellm.llms.custom_httpx.http_handler import build_aiohttp_keepalive_socket_factory
 from litellm.proxy._types import ProxyException, UserAPIKeyAuth
 from litellm.proxy.common_request_processing import ProxyBaseLLMRequestProcessing
 from litellm.router_utils.cooldown_handlers import set_cooldown_deployments
@@ -48,7 +56,7 @@ from starlette.types import Receive, Scope, Send
 
 from hxp.core.catalogue import Model
 from hxp.core.context import Runtime, runtime
-from hxp.gateway import hooks
+from hxp.gateway import deployments, hooks
 from hxp.gateway.observer import CACHE_HEADER, usage_tokens
 
 CallType = Literal["acompletion", "atext_completion", "aembedding"]
@@ -118,12 +126,36 @@ def _session() -> aiohttp.ClientSession:
     session = sessions.get(loop)
     if session is None or session.closed:
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(
+                limit=0,
+                ttl_dns_cache=deployments.DNS_TTL_S,
+                keepalive_timeout=deployments.IDLE_CONNECTION_S,
+                socket_factory=_socket_factory(),
+            ),
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),
         )
         sessions[loop] = session
     return session
+
+
+def _socket_factory() -> Callable[[Any], socket.socket] | None:
+    """Sockets that notice a vanished engine host (no reset ever comes from it) within seconds, so that the
+    request is retried elsewhere instead of waiting for the model's timeout: TCP keep-alive as on LiteLLM's
+    own connections (:mod:`hxp.gateway.litellm_env`) for a request waiting for its answer, and a user timeout
+    as long for a request the host never acknowledged (the kernel would retransmit for some 15 minutes)."""
+    keepalive = build_aiohttp_keepalive_socket_factory()
+    if keepalive is None:
+        return None
+    give_up_ms = 1000 * (AIOHTTP_TCP_KEEPIDLE + AIOHTTP_TCP_KEEPINTVL * AIOHTTP_TCP_KEEPCNT)
+
+    def factory(addr_info: Any) -> socket.socket:
+        sock = keepalive(addr_info)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, give_up_ms)
+        return sock
+
+    return factory
 
 
 async def relay(scope: Scope, receive: Receive, send: Send, identity: UserAPIKeyAuth, body: dict[str, Any]) -> None:
@@ -172,7 +204,9 @@ def _opener(path: str, payload: dict[str, Any]) -> Callable[..., Awaitable[aioht
                 data=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(
-                    total=None if stream else timeout, sock_connect=timeout, sock_read=timeout
+                    total=None if stream else timeout,
+                    sock_connect=min(timeout, HTTP_HANDLER_CONNECT_TIMEOUT_SECONDS),  # as LiteLLM's own calls
+                    sock_read=timeout,
                 ),
             )
             if response.status >= 400:

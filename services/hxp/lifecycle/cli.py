@@ -5,7 +5,9 @@ settings changed) and refuses, saying what to fix, before anything is touched. T
 a new version (the gateways reload it within seconds), starts the new engines, replaces the changed ones one by
 one (:mod:`hxp.lifecycle.rolling`) and stops the removed ones. If a replacement rolls back, the previous
 catalogue is restored (file and live version) and the command exits 1. ``rollback`` applies a stored version
-again, writing it back to the catalogue file byte for byte.
+again, writing it back to the catalogue file byte for byte. ``--compose`` acts on the running compose stack
+(:mod:`hxp.lifecycle.compose`: its database at its published port, its engines as containers); ``apply``
+there regenerates the compose files from the catalogue and replaces the changed engine services.
 """
 
 from __future__ import annotations
@@ -14,16 +16,21 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from hxp.audit import operator
 from hxp.audit.trail import AuditUnavailable
-from hxp.core import catalogue, settings
+from hxp.core import catalogue
 from hxp.core.catalogue import CatalogueError
 from hxp.core.paths import state_path
+from hxp.core.versions import ConfigStore, Version, VersionError, unified_diff
+from hxp.deploy import compose as stack_files
+from hxp.deploy import published
+from hxp.lifecycle import compose as compose_runner
 from hxp.lifecycle import plan as planning
 from hxp.lifecycle import rolling
-from hxp.lifecycle.versions import ConfigStore, Version, VersionError, unified_diff
+from hxp.lifecycle.native import NativeRunner
 from hxp.model.command import engine_command
 from hxp.model.service import Engine
 
@@ -33,7 +40,14 @@ def _file(args: argparse.Namespace) -> Path:
 
 
 def _profile(args: argparse.Namespace) -> str:
-    return args.profile or catalogue.active_profile()
+    """--profile, else the compose gateway's (with --compose), else HXP_PROFILE or cpu."""
+    if args.profile:
+        return str(args.profile)
+    return (compose_runner.profile() if getattr(args, "compose", False) else None) or catalogue.active_profile()
+
+
+def _runner(args: argparse.Namespace, cat: catalogue.Catalogue) -> rolling.Runner:
+    return compose_runner.ComposeRunner(cat) if getattr(args, "compose", False) else NativeRunner()
 
 
 def _options(args: argparse.Namespace) -> rolling.Options:
@@ -54,11 +68,8 @@ def _start(change: planning.EngineChange, cat: catalogue.Catalogue, store: Confi
     store.log(f"engine {command.log_name}", "engine-healthy", command.base_url)
 
 
-def _stop(change: planning.EngineChange, urls: list[str], store: ConfigStore) -> None:
-    for url in urls:
-        process = rolling.listener(rolling.port_of(url))
-        if process is not None:
-            rolling.stop_group(process.pid)
+def _stop(change: planning.EngineChange, urls: list[str], store: ConfigStore, runner: rolling.Runner) -> None:
+    runner.stop(urls)
     store.log(f"engine {change.names[0]}", "engine-stopped", " ".join(urls))
 
 
@@ -69,28 +80,40 @@ def apply_text(
     profile: str,
     action: str,
     options: rolling.Options,
+    runner: Callable[[catalogue.Catalogue], rolling.Runner],
     dry_run: bool = False,
 ) -> int:
-    """Validate, plan, check and (unless ``dry_run``) apply a catalogue's text; the exit code."""
+    """Validate, plan, check and (unless ``dry_run``) apply a catalogue's text with the stack's ``runner``; the
+    exit code."""
     try:
         new = planning.load_text(text, profile, file)
         latest = store.latest()
         old = planning.load_text(latest.catalogue, profile, file) if latest else new
         plan = planning.plan(old, new)
         print(plan.render(), flush=True)
-        planning.check(plan)
+        engines = runner(new)
+        current = {
+            c.names: rolling.current_urls(store, old.get(c.names[0]), engines.template)
+            for c in plan.of("replace", "stop")
+        }
+        if isinstance(engines, compose_runner.ComposeRunner):
+            compose_runner.check_plan(plan, engines, current)
+        else:
+            planning.check(plan)
     except (CatalogueError, planning.Refused) as err:
         print(f"refused, nothing changed: {err}", file=sys.stderr)
         return 2
     if dry_run:
         print("dry run: nothing changed")
         return 0
-    template = settings.load().backend_url_template
-    current = {c.names: rolling.current_urls(store, old.get(c.names[0]), template) for c in plan.of("replace", "stop")}
-    running = any(rolling.listener(rolling.port_of(url)) for urls in current.values() for url in urls) or any(
+    composed = isinstance(engines, compose_runner.ComposeRunner)
+    running = composed or any(
         rolling.listener(rolling.port_of(url))
-        for c in plan.of("stay")
-        for url in rolling.current_urls(store, c.models[0], template)
+        for urls in [
+            *current.values(),
+            *(rolling.current_urls(store, c.models[0], engines.template) for c in plan.of("stay")),
+        ]
+        for url in urls
     )
     if not running:
         print("no engine of this catalogue is running: the stack starts with it next time", flush=True)
@@ -98,24 +121,33 @@ def apply_text(
         _start(change, new, store)
     if file.read_bytes() != text.encode():
         file.write_bytes(text.encode())
+    if composed:
+        written = stack_files.write(catalogue_path=file)
+        print(f"compose files regenerated: {' '.join(p.name for p in written) or 'none changed'}", flush=True)
     version = store.record(text, action)
     print(f"v{version.version} live (sha256 {version.sha256[:12]}): the gateways reload it within seconds", flush=True)
     for change in plan.of("stop") if running else []:
-        _stop(change, current[change.names], store)
+        _stop(change, current[change.names], store, engines)
     for change in plan.of("replace") if running else []:
         try:
-            rolling.Update(store, new, change.models, current[change.names], options).run()
+            rolling.Update(store, new, change.models, current[change.names], options, engines).run()
         except rolling.UpdateFailed as err:
             assert latest is not None  # a replacement needs an engine of a previous version
             file.write_bytes(latest.catalogue.encode())
+            if composed:
+                stack_files.write(catalogue_path=file)
             back = store.record(latest.catalogue, f"auto-rollback to v{latest.version}")
             print(f"update rolled back ({err}); v{back.version} restores v{latest.version}", file=sys.stderr)
             return 1
     return 0
 
 
-def _store() -> ConfigStore:
-    return ConfigStore.open()
+def _store(args: argparse.Namespace) -> ConfigStore:
+    """The configured database's store; with --compose, the compose stack's PostgreSQL at its published port."""
+    try:
+        return ConfigStore.open(published.database_url() if getattr(args, "compose", False) else None)
+    except published.PublishedError as err:
+        raise SystemExit(f"refused, nothing changed: {err}") from None
 
 
 def _audited(store: ConfigStore, action: str, target: str, dry_run: bool, change: Callable[[], int]) -> int:
@@ -134,21 +166,30 @@ def _audited(store: ConfigStore, action: str, target: str, dry_run: bool, change
 
 def _apply(args: argparse.Namespace) -> int:
     file = _file(args)
-    store = _store()
+    store = _store(args)
     try:
         return _audited(
             store,
             "config.apply",
             str(file),
             args.dry_run,
-            lambda: apply_text(store, file.read_text(), file, _profile(args), "apply", _options(args), args.dry_run),
+            lambda: apply_text(
+                store,
+                file.read_text(),
+                file,
+                _profile(args),
+                "apply",
+                _options(args),
+                partial(_runner, args),
+                args.dry_run,
+            ),
         )
     finally:
         store.close()
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    store = _store()
+    store = _store(args)
     try:
         latest = store.latest()
         target = store.get(args.version if args.version else (latest.version - 1 if latest else 0))
@@ -164,6 +205,7 @@ def _rollback(args: argparse.Namespace) -> int:
                 _profile(args),
                 f"rollback to v{target.version}",
                 _options(args),
+                partial(_runner, args),
                 args.dry_run,
             ),
         )
@@ -184,7 +226,7 @@ def _line(v: Version) -> str:
 
 
 def _history(args: argparse.Namespace) -> int:
-    store = _store()
+    store = _store(args)
     try:
         for version in store.history(args.limit):
             print(_line(version))
@@ -198,7 +240,7 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    store = _store()
+    store = _store(args)
     try:
         if len(args.versions) > 2:
             raise VersionError("give at most two versions")
@@ -223,15 +265,19 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
-    store = _store()
+    store = _store(args)
     try:
-        cat = catalogue.load(args.catalogue, args.profile)
+        file = _file(args)
+        cat = catalogue.load(file, _profile(args))
         models = rolling.engine_of(cat, args.name)
-        old_urls = rolling.current_urls(store, models[0], settings.load().backend_url_template)
-        rolling.check_update(models, old_urls)
+        engines = _runner(args, cat)
+        old_urls = rolling.current_urls(store, models[0], engines.template)
+        engines.check(models, old_urls)
 
         def update() -> int:
-            rolling.Update(store, cat, models, old_urls, _options(args)).run()
+            if store.live() is None:  # the stack's catalogue, recorded once (`hxp run` does it at start)
+                store.record(file.read_text(), "stack")
+            rolling.Update(store, cat, models, old_urls, _options(args), engines).run()
             return 0
 
         return _audited(store, "model.update", args.name, False, update)
@@ -260,7 +306,12 @@ def _add_update_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_file_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalogue", help="catalogue file (default: HXP_CATALOGUE or models.yaml)")
-    p.add_argument("--profile", help="profile (default: HXP_PROFILE or cpu)")
+    p.add_argument("--profile", help="profile (default: the compose gateway's with --compose, else HXP_PROFILE or cpu)")
+    p.add_argument(
+        "--compose",
+        action="store_true",
+        help="the running compose stack (its database at its published port, its engines as containers)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -269,6 +320,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     history = actions.add_parser("history", help="the catalogues applied, newest first")
     history.add_argument("--limit", type=int, default=20)
     history.add_argument("--steps", action="store_true", help="each version's logged steps too")
+    history.add_argument("--compose", action="store_true", help="the running compose stack's database")
     history.set_defaults(func=_history)
     diff = actions.add_parser("diff", help="no version: last applied vs the file; A: A vs last; A B: A vs B")
     diff.add_argument("versions", nargs="*", type=int, metavar="VERSION")

@@ -128,15 +128,17 @@ def check_weights(model: Model) -> None:
         raise Refused(f"model '{model.name}': no weights folder {model.source}; fix `source` in the catalogue")
 
 
-def check_memory(models: tuple[Model, ...], side_by_side: bool) -> None:
-    """Refuse an engine that would not fit in the memory left (beside the one it replaces)."""
-    need = max(m.targets.memory_gb for m in models)
+def check_memory(models: tuple[Model, ...], side_by_side: bool, need_gib: float | None = None) -> None:
+    """Refuse an engine that would not fit in the memory left (beside the one it replaces); it needs ``need_gib``
+    (a container's memory limit), else the catalogue's ``targets.memory_gb``."""
+    need = need_gib if need_gib is not None else max(m.targets.memory_gb for m in models)
     free = available_memory_gib()
     if need > free:
         beside = " beside the engine it replaces" if side_by_side else ""
+        what = "its memory limit" if need_gib is not None else "targets.memory_gb"
         raise Refused(
             f"engine {', '.join(m.name for m in models)} needs about {need:.1f} GiB{beside}, "
-            f"{free:.1f} GiB is available; free memory or lower targets.memory_gb if it is wrong"
+            f"{free:.1f} GiB is available; free memory or lower {what} if it is wrong"
         )
 
 

@@ -23,9 +23,9 @@ import litellm
 from hxp.core.catalogue import CatalogueError, active_profile
 from hxp.core.context import Runtime, runtime
 from hxp.core.database import Database
+from hxp.core.versions import POLL_S, ConfigStore, Live
 from hxp.gateway import deployments
 from hxp.lifecycle.plan import load_text
-from hxp.lifecycle.versions import POLL_S, ConfigStore, Live
 
 log = logging.getLogger("hxp.lifecycle")
 

@@ -1,9 +1,11 @@
-"""Rolling engine replacement on the native stack: the new engine beside the old one, then the switch.
+"""Rolling engine replacement: the new engine beside the old one, then the switch (native stack and compose).
 
-For an engine whose deployment changed (or whose weights were updated in place) :func:`replace`
+For an engine whose deployment changed (or whose weights were updated in place) :class:`Update`
 
-1. starts the new engine on a free port, on the old one's cores, and waits until it is healthy;
-2. sends it a canary request (chat: a question with a known answer; embeddings: one vector);
+1. starts the new engine beside the old one (a :class:`Runner` does it: the native runner on a free port, on
+   the old one's cores; compose as a second container of the service) and waits until it is healthy;
+2. sends it a canary request (chat: a question with a known answer; embeddings: one vector) and the models'
+   own checks of `hxp validate` (serves each name, answers, vector size, memory);
 3. moves the gateways' traffic for its models to it (the live backends, which every worker reloads), the old
    engine on standby: a request the new one fails is answered by the old one;
 4. waits until the old engine has no request left (bounded: ``drain_s``), keeping it running;
@@ -12,7 +14,10 @@ For an engine whose deployment changed (or whose weights were updated in place) 
 6. releases the standby, drains the old engine again and stops it.
 
 A failure before the switch stops the new engine; a failure during the watch moves the traffic back to the
-old engine first. Every step is an event of ``hxp config history`` under the subject ``update <model>``.
+old engine first. Where the gateways reach a service's engines by a name each of them answers to (compose's
+network alias), the traffic is pinned to the old engine's own address for the update's duration and goes back
+to the name once one engine is left. Every step is an event of ``hxp config history`` under the subject
+``update <model>``.
 """
 
 from __future__ import annotations
@@ -25,17 +30,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import httpx
 import psutil
 
 from hxp.core.catalogue import Catalogue, Model
-from hxp.core.paths import state_path
+from hxp.core.versions import POLL_S, ConfigStore
+from hxp.gateway.deployments import DNS_TTL_S
 from hxp.gateway.usage.record import iso, status_name
-from hxp.lifecycle.plan import Refused, check_memory, check_weights
-from hxp.lifecycle.versions import POLL_S, ConfigStore
-from hxp.model.command import engine_command, engine_groups
-from hxp.model.service import READY_TIMEOUT_S, Engine
+from hxp.lifecycle.plan import Refused
+from hxp.model.command import engine_groups
+from hxp.model.service import READY_TIMEOUT_S
+from hxp.ops.findings import FAIL
+from hxp.ops.validate import engine_checks
 from hxp.process import ServiceError
 
 CANARY_PROMPT = "What is the capital of France? Answer with one word."
@@ -57,6 +65,58 @@ class Options:
     canary_prompt: str = CANARY_PROMPT
     canary_expect: str = CANARY_EXPECT
     enforce_eager: bool = True
+
+
+class NewEngine(Protocol):
+    """An engine an update started, as its runner handles it."""
+
+    @property
+    def url(self) -> str:
+        """Where the gateways reach it (…/v1)."""
+        ...
+
+    @property
+    def here(self) -> str:
+        """Where this process reaches it (the part before /v1): the canary, the checks, the drain."""
+        ...
+
+    def describe(self) -> str: ...
+
+    def wait_healthy(self, timeout: float) -> None:
+        """Return once it answers /health; a ServiceError when it exits or ``timeout`` passes first."""
+        ...
+
+    def alive(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
+class Runner(Protocol):
+    """The part of an update that depends on where the stack's engines run (native processes, compose
+    containers): start, address and stop an engine, and refuse what cannot be done before anything starts."""
+
+    template: str  # the gateways' backend URL template ({name}, {port})
+    by_name: bool  # the gateways reach a service's engines by a name each of them answers to
+
+    def check(self, models: tuple[Model, ...], old_urls: list[str]) -> None:
+        """Refuse (Refused, saying what to fix) an update that cannot be made; touches nothing."""
+        ...
+
+    def pin(self, models: tuple[Model, ...], urls: list[str]) -> list[str]:
+        """Addresses that reach only the engine of ``models`` behind ``urls`` now."""
+        ...
+
+    def here(self, url: str) -> str:
+        """Where this process reaches the engine at the gateways' ``url`` (the part before /v1)."""
+        ...
+
+    def start(self, cat: Catalogue, models: tuple[Model, ...], old_urls: list[str], options: Options) -> NewEngine:
+        """Start the new engine of ``models`` beside the one at ``old_urls`` (not waiting for it)."""
+        ...
+
+    def stop(self, urls: list[str]) -> None:
+        """Stop the engines at the gateways' ``urls`` (drained already)."""
+        ...
 
 
 def free_port() -> int:
@@ -168,13 +228,17 @@ class Update:
         models: tuple[Model, ...],
         old_urls: list[str],
         options: Options,
+        runner: Runner,
         say: Callable[[str], None] = print,
     ) -> None:
         self.store, self.cat, self.models, self.options, self.say = store, cat, models, options, say
+        self.runner = runner
         self.names = tuple(m.name for m in models)
         self.subject = f"update {self.names[0]}"
-        self.old_urls = old_urls
-        self.new: Engine | None = None
+        self.default = old_urls  # what the gateways use when the update starts
+        self.old_urls = old_urls  # the old engine's own addresses (pinned during the update)
+        self.pinned_at: float | None = None
+        self.new: NewEngine | None = None
 
     def step(self, step: str, detail: str = "") -> None:
         self.store.log(self.subject, step, detail)
@@ -186,47 +250,71 @@ class Update:
         self.store.set_backends(dict.fromkeys(self.names, urls), self.subject, step, detail, spare)
         self.say(f"[update {self.names[0]}] {step}: {detail}")
 
+    def _settle(self, serving: list[str]) -> list[str]:
+        """Once one engine is left: the gateways go back to each model's name (compose's network alias, the
+        backends compose.yaml gives them), else stay on ``serving``; the URLs of the first model."""
+        if not self.runner.by_name:
+            return serving
+        if self.pinned_at is not None:  # the gateways' cached address of the name: one looked up since the pin
+            time.sleep(max(0.0, self.pinned_at + POLL_S + DNS_TTL_S - time.monotonic()))
+        own = {m.name: [self.runner.template.format(name=m.name, port=m.port)] for m in self.models}
+        detail = " ".join(urls[0] for urls in own.values())
+        self.store.set_backends(own, self.subject, "traffic-settled", detail)
+        self.say(f"[update {self.names[0]}] traffic-settled: {detail}")
+        return own[self.names[0]]
+
     def _fail(self, reason: str, switched: bool) -> UpdateFailed:
         if switched:
             self._switch(self.old_urls, "traffic-back")
-            drain(self.new.base_url if self.new else "", self.options.drain_s)
+            drain(self.new.here if self.new else "", self.options.drain_s)
         if self.new is not None:
-            self.new.stop(grace=STOP_GRACE_S)
+            self.new.stop()
+        self._settle(self.old_urls)
         self.step("update-rolled-back", reason)
         return UpdateFailed(reason)
 
+    def _checks(self, new: NewEngine) -> str:
+        """The canary, then the models' own checks of `hxp validate`; the problem found, or ""."""
+        problem = canary(new.here, self.models[0], self.options)
+        if problem:
+            return problem
+        self.step("canary-passed", self.options.canary_expect if self.models[0].task == "chat" else "embedding")
+        with httpx.Client() as client:
+            findings = engine_checks(client, new.here, self.models, self.cat)
+        failed = [f"{f.check}: {f.detail}" for f in findings if f.status == FAIL]
+        if failed:
+            return "hxp validate: " + "; ".join(failed)
+        self.step("checks-passed", "; ".join(f"{f.check}: {f.detail}" for f in findings))
+        return ""
+
     def run(self) -> str:
-        """Replace the engine; the new engine's base URL (…/v1) the gateways now use."""
-        old = [listener(port_of(url)) for url in self.old_urls]
-        self.step("update-started", f"{', '.join(self.names)} on {' '.join(self.old_urls)}")
-        cpus = tuple(old[0].cpu_affinity()) if old[0] is not None and self.cat.profile_settings.device == "cpu" else ()
-        command = engine_command(
-            self.models,
-            self.cat.profile_settings,
-            port=free_port(),
-            enforce_eager=self.options.enforce_eager,
-            cpus=cpus,
-        )
-        self.new = Engine(command, state_path("logs") / f"engine-{command.log_name}-{command.port}.log").start()
-        self.step("engine-started", f"{command.base_url} pid {self.new.pid} (log: {self.new.log})")
+        """Replace the engine; the URLs (…/v1) the gateways use for it afterwards, space-separated."""
+        self.step("update-started", f"{', '.join(self.names)} on {' '.join(self.default)}")
+        self.old_urls = self.runner.pin(self.models, self.default)
+        if self.old_urls != self.default:
+            self._switch(self.old_urls, "traffic-pinned")
+            self.pinned_at = time.monotonic()
         try:
-            self.new.wait_healthy(self.options.ready_timeout_s)
+            self.new = new = self.runner.start(self.cat, self.models, self.old_urls, self.options)
+        except ServiceError as err:
+            raise self._fail(f"the new engine did not start: {err}", False) from None
+        self.step("engine-started", new.describe())
+        try:
+            new.wait_healthy(self.options.ready_timeout_s)
         except ServiceError as err:
             raise self._fail(f"the new engine did not become healthy: {str(err).splitlines()[0]}", False) from None
         self.step("engine-healthy")
-        problem = canary(command.base_url, self.models[0], self.options)
+        problem = self._checks(new)
         if problem:
             raise self._fail(problem, False)
-        self.step("canary-passed", self.options.canary_expect if self.models[0].task == "chat" else "embedding")
-        new_url = f"{command.base_url}/v1"
         switched_at = datetime.now(UTC)
-        self._switch([new_url], "traffic-switched", standby=self.old_urls)
+        self._switch([new.url], "traffic-switched", standby=self.old_urls)
         for url in self.old_urls:
-            drained = drain(url.removesuffix("/v1"), self.options.drain_s)
+            drained = drain(self.runner.here(url), self.options.drain_s)
             self.step("old-drained" if drained else "old-drain-timeout", url)
         deadline = time.monotonic() + self.options.watch_s
         while time.monotonic() < deadline:
-            if not self.new.alive():
+            if not new.alive():
                 raise self._fail("the new engine died during the watch", True)
             rate, count = error_rate(self.store, self.names, switched_at)
             if rate > self.options.max_error_rate:
@@ -234,15 +322,14 @@ class Update:
             time.sleep(POLL_S)
         rate, count = error_rate(self.store, self.names, switched_at)
         self.step("watch-passed", f"{self.options.watch_s:.0f} s, {count} requests, error rate {rate:.1%}")
-        self._switch([new_url], "standby-released")
+        self._switch([new.url], "standby-released")
         for url in self.old_urls:
-            drain(url.removesuffix("/v1"), self.options.drain_s)
-        for process in old:
-            if process is not None:
-                stop_group(process.pid)
+            drain(self.runner.here(url), self.options.drain_s)
+        self.runner.stop(self.old_urls)
         self.step("old-stopped", " ".join(self.old_urls))
-        self.step("update-done", new_url)
-        return new_url
+        serving = " ".join(self._settle([new.url]))
+        self.step("update-done", serving)
+        return serving
 
 
 def engine_of(cat: Catalogue, name: str) -> tuple[Model, ...]:
@@ -260,13 +347,3 @@ def current_urls(store: ConfigStore, model: Model, template: str) -> list[str]:
     if live is not None and model.name in live.backends:
         return live.backends[model.name]
     return [template.format(name=model.name, port=model.port)]
-
-
-def check_update(models: tuple[Model, ...], old_urls: list[str]) -> None:
-    """Refuse before anything starts: missing weights, no engine to replace, too little memory."""
-    for model in models:
-        check_weights(model)
-    missing = [url for url in old_urls if listener(port_of(url)) is None]
-    if missing:
-        raise Refused(f"no native engine listens at {' '.join(missing)}; start the stack (`hxp run`) first")
-    check_memory(models, side_by_side=True)

@@ -202,7 +202,7 @@ def collect(stack: Stack) -> dict[str, Any]:
 
 def _config(stack: Stack) -> dict[str, Any] | None:
     """The live configuration version and the engine updates under way (None: none applied, or no database)."""
-    from hxp.lifecycle.versions import summary
+    from hxp.core.versions import summary
 
     try:
         return summary(stack.database_url) if stack.database_url else None

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import yaml
 
-from hxp.core.catalogue import Model
+from hxp.core.catalogue import Catalogue, Model
 from hxp.monitoring.dashboards import DASHBOARDS
 from hxp.monitoring.prometheus_config import RULES_DIR
 from hxp.monitoring.targets import JOB_GATEWAY, JOB_MODELS
 from hxp.ops import probes
-from hxp.ops.findings import Finding, failed, passed, skipped
+from hxp.ops.findings import PASS, Finding, failed, passed, skipped
 from hxp.ops.stack import Stack
 
 USAGE_WAIT_S = 30.0  # the usage writer flushes every second; a busy database may take longer
@@ -48,6 +49,112 @@ def _engine_fix(stack: Stack, model: str) -> str:
     if stack.compose:
         return f"`docker compose ps {model}` and `docker compose logs {model}`; `docker compose up -d {model}`"
     return f"start it (`make run`, or `hxp model serve {model}`); its log is under .state/logs/; `hxp doctor`"
+
+
+def ask(client: httpx.Client, model: Model, root: str, headers: dict[str, str], tokens: int = 4) -> httpx.Response:
+    """A real request to ``model`` at ``root`` (a gateway, or an engine: the part before /v1)."""
+    if model.task == "embedding":
+        return client.post(
+            f"{root}/v1/embeddings",
+            headers=headers,
+            json={"model": model.name, "input": f"hxp validate {secrets.token_hex(4)}"},
+            timeout=model.api.timeout_s + 30,
+        )
+    body = {
+        "model": model.name,
+        "max_tokens": tokens,
+        "messages": [{"role": "user", "content": f"{CHAT_PROMPT} ({secrets.token_hex(4)})"}],
+    }
+    return client.post(f"{root}/v1/chat/completions", headers=headers, json=body, timeout=model.api.timeout_s + 30)
+
+
+def serving_problem(state: probes.EngineState, name: str) -> str:
+    """Why the engine probed in ``state`` does not serve ``name``; "" when it does."""
+    if not state.up:
+        return f"{state.url}: {state.error}"
+    if state.served and name not in state.served:
+        return f"{state.url} serves {', '.join(state.served)}, not {name}"
+    return ""
+
+
+def answer_finding(check: str, model: Model, response: httpx.Response, fix: str) -> tuple[Finding, int]:
+    """Whether ``response`` is a real answer of ``model`` (a non-empty text, or a vector); the vector's size."""
+    if response.status_code != 200:
+        return failed(check, f"HTTP {response.status_code}: {_error_text(response)}", fix), 0
+    body = response.json()
+    if model.task == "embedding":
+        vector = (body.get("data") or [{}])[0].get("embedding") or []
+        if vector:
+            return passed(check, f"a {len(vector)}-dimensional vector"), len(vector)
+        return failed(check, "the answer holds no vector", fix), 0
+    content = ((body.get("choices") or [{}])[0].get("message") or {}).get("content")
+    if isinstance(content, str) and content:
+        tokens = (body.get("usage") or {}).get("completion_tokens", "?")
+        return passed(check, f"{len(content)} characters of text ({tokens} tokens)"), 0
+    return (
+        failed(
+            check,
+            f"an empty answer: {probes.describe(str(body)[:200])}",
+            "the engine runs but answers nothing: its log, its dtype (models.yaml)",
+        ),
+        0,
+    )
+
+
+def size_finding(collection: Any, size: int | None) -> Finding:
+    """Whether the vectors of ``collection``'s embedding model (``size`` dimensions) fit the collection."""
+    check = f"embedding size fits {collection.name}"
+    if size is None:
+        return skipped(check, f"no vector was answered by {collection.embedding_model}")
+    if size != collection.vector_size:
+        return failed(
+            check,
+            f"{collection.embedding_model} answers {size} dimensions, the collection holds {collection.vector_size}",
+            "serve the model the collection was made with, or recreate the collection",
+        )
+    return passed(check, f"{size} dimensions from {collection.embedding_model}")
+
+
+def memory_finding(check: str, model: Model, used_gb: float) -> Finding:
+    """Whether an engine of ``model`` using ``used_gb`` stays within the catalogue's ``memory_gb``."""
+    limit = model.targets.memory_gb
+    if used_gb > limit:
+        return failed(
+            check,
+            f"{used_gb:.2f} GiB, above the catalogue's {limit} GiB",
+            "fewer sequences (vllm.max_num_seqs), a smaller KV cache (VLLM_CPU_KVCACHE_SPACE) "
+            "or a new memory_gb in models.yaml",
+        )
+    return passed(check, f"{used_gb:.2f} GiB of {limit} GiB")
+
+
+def engine_checks(client: httpx.Client, root: str, models: Sequence[Model], cat: Catalogue) -> list[Finding]:
+    """The models' own checks of `hxp validate`, against one engine directly (no key, no gateway: a new engine
+    before it gets traffic): it is up and serves each name, each answers (a text, or a vector of its collections'
+    size), and its memory (its processes on this host, else its API server's) is within ``memory_gb``."""
+    from hxp.vector import config as vector_config
+
+    fix = f"the new engine at {root}: its log"
+    state = probes.engine(client, f"{root}/v1", local=probes.local_url(f"{root}/v1"))
+    findings = []
+    for model in models:
+        problem = serving_problem(state, model.name)
+        findings.append(
+            failed(f"model {model.name} engine health", problem, fix)
+            if problem
+            else passed(f"model {model.name} engine health", f"up and serving it ({root})")
+        )
+        check = f"model {model.name} answers"
+        try:
+            finding, size = answer_finding(check, model, ask(client, model, root, {}), fix)
+        except httpx.HTTPError as exc:
+            finding, size = failed(check, probes.describe(exc), fix), 0
+        findings.append(finding)
+        declared = vector_config.load(models=cat).collections if model.task == "embedding" else []
+        findings += [size_finding(c, size or None) for c in declared if c.embedding_model == model.name]
+        if state.memory_gb is not None and cat.profile_settings.device == "cpu":
+            findings.append(memory_finding(f"model {model.name} engine memory", model, state.memory_gb))
+    return findings
 
 
 class Validation:
@@ -138,10 +245,9 @@ class Validation:
             bad = []
             for url in urls:
                 state = cache.get(url) or cache.setdefault(url, probes.engine(self.client, url, local=False))
-                if not state.up:
-                    bad.append(f"{url}: {state.error}")
-                elif state.served and model.name not in state.served:
-                    bad.append(f"{url} serves {', '.join(state.served)}, not {model.name}")
+                problem = serving_problem(state, model.name)
+                if problem:
+                    bad.append(problem)
             if bad:
                 self.add(failed(check, "; ".join(bad), _engine_fix(self.stack, model.name)))
             else:
@@ -180,25 +286,7 @@ class Validation:
                 pass  # it expires within a day anyway
 
     def _call(self, model: Model, secret: str, gateway: str | None = None, tokens: int = 4) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {secret}"}
-        if model.task == "embedding":
-            return self.client.post(
-                f"{gateway or self.gateway}/v1/embeddings",
-                headers=headers,
-                json={"model": model.name, "input": f"hxp validate {secrets.token_hex(4)}"},
-                timeout=model.api.timeout_s + 30,
-            )
-        body = {
-            "model": model.name,
-            "max_tokens": tokens,
-            "messages": [{"role": "user", "content": f"{CHAT_PROMPT} ({secrets.token_hex(4)})"}],
-        }
-        return self.client.post(
-            f"{gateway or self.gateway}/v1/chat/completions",
-            headers=headers,
-            json=body,
-            timeout=model.api.timeout_s + 30,
-        )
+        return ask(self.client, model, gateway or self.gateway, {"Authorization": f"Bearer {secret}"}, tokens)
 
     # --- answers, refusals, usage ----------------------------------------------------------------
     def answers(self, secret: str) -> None:
@@ -209,43 +297,11 @@ class Validation:
             except httpx.HTTPError as exc:
                 self.add(failed(check, probes.describe(exc), _engine_fix(self.stack, model.name)))
                 continue
-            if response.status_code != 200:
-                self.add(
-                    failed(
-                        check,
-                        f"HTTP {response.status_code}: {_error_text(response)}",
-                        _engine_fix(self.stack, model.name),
-                    )
-                )
-                continue
-            body = response.json()
-            if model.task == "embedding":
-                vector = (body.get("data") or [{}])[0].get("embedding") or []
-                if vector:
-                    self.dimensions[model.name] = len(vector)
-                    self.answered += 1
-                    self.add(passed(check, f"a {len(vector)}-dimensional vector"))
-                else:
-                    self.add(failed(check, "the answer holds no vector", _engine_fix(self.stack, model.name)))
-                continue
-            content = ((body.get("choices") or [{}])[0].get("message") or {}).get("content")
-            if isinstance(content, str) and content:
-                self.answered += 1
-                self.add(
-                    passed(
-                        check,
-                        f"{len(content)} characters of text "
-                        f"({(body.get('usage') or {}).get('completion_tokens', '?')} tokens)",
-                    )
-                )
-            else:
-                self.add(
-                    failed(
-                        check,
-                        f"an empty answer: {probes.describe(str(body)[:200])}",
-                        "the engine runs but answers nothing: its log, its dtype (models.yaml)",
-                    )
-                )
+            finding, size = answer_finding(check, model, response, _engine_fix(self.stack, model.name))
+            self.add(finding)
+            self.answered += finding.status == PASS
+            if size:
+                self.dimensions[model.name] = size
 
     def refuses_missing_key(self) -> None:
         model = self.stack.catalogue.models[0]
@@ -432,21 +488,7 @@ class Validation:
                         f"the embedding model {collection.embedding_model} or Qdrant: `hxp status`",
                     )
                 )
-            check = f"embedding size fits {collection.name}"
-            size = self.dimensions.get(collection.embedding_model)
-            if size is None:
-                self.add(skipped(check, f"no vector was answered by {collection.embedding_model}"))
-            elif size != collection.vector_size:
-                self.add(
-                    failed(
-                        check,
-                        f"{collection.embedding_model} answers {size} dimensions, the collection "
-                        f"holds {collection.vector_size}",
-                        "serve the model the collection was made with, or recreate the collection",
-                    )
-                )
-            else:
-                self.add(passed(check, f"{size} dimensions from {collection.embedding_model}"))
+            self.add(size_finding(collection, self.dimensions.get(collection.embedding_model)))
 
     # --- monitoring -----------------------------------------------------------------------------
     def _get(self, check: str, component: str, url: str | None, path: str, **kwargs: Any) -> httpx.Response | None:
@@ -575,19 +617,7 @@ class Validation:
             if any(s is None for s in sizes):
                 self.add(skipped(check, "no process of this host serves its port (down, or another user's)"))
                 continue
-            worst = max(s for s in sizes if s is not None)
-            limit = model.targets.memory_gb
-            if worst > limit:
-                self.add(
-                    failed(
-                        check,
-                        f"{worst:.2f} GiB, above the catalogue's {limit} GiB",
-                        "fewer sequences (vllm.max_num_seqs), a smaller KV cache (VLLM_CPU_KVCACHE_SPACE) "
-                        "or a new memory_gb in models.yaml",
-                    )
-                )
-            else:
-                self.add(passed(check, f"{worst:.2f} GiB of {limit} GiB"))
+            self.add(memory_finding(check, model, max(s for s in sizes if s is not None)))
 
     # --- the run ----------------------------------------------------------------------------------
     def run(self) -> list[Finding]:

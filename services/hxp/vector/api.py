@@ -23,9 +23,9 @@ from hxp.core.errors import GatewayError
 from hxp.gateway import loopback
 from hxp.gateway.request_context import context_of
 from hxp.vector.embedder import Embedder, GatewayEmbedder
-from hxp.vector.errors import NotFound, VectorError
+from hxp.vector.errors import NotFound, StoreUnavailable, VectorError
 from hxp.vector.service import Document, close_service, get_service
-from hxp.vector.store import Hit
+from hxp.vector.store import UNREACHABLE, Hit
 
 DocumentId = str | int
 Filter = dict[str, Any]
@@ -134,8 +134,11 @@ class _OpenAIErrorRoute(APIRoute):
             except RequestValidationError as err:
                 param, message = _describe(list(err.errors()))
                 raise GatewayError(400, message, param=param, code="invalid_value") from None
+            except UNREACHABLE as err:
+                unavailable = StoreUnavailable(err)
+                raise GatewayError(503, unavailable.message, headers=unavailable.headers) from None
             except VectorError as err:
-                raise GatewayError(err.status, err.message, param=err.param) from None
+                raise GatewayError(err.status, err.message, param=err.param, headers=err.headers) from None
 
         return route
 
@@ -149,7 +152,7 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     try:
         await get_service()
     except VectorError:
-        pass  # logged; this worker's vector routes answer 503
+        pass  # logged; this worker's vector routes answer 503 (and try Qdrant again when it was unreachable)
     try:
         yield
     finally:

@@ -8,12 +8,25 @@ class VectorError(Exception):
 
     status = 400
 
+    headers: dict[str, str] = {}
+
     def __init__(self, message: str, param: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if status is not None:
             self.status = status
+
+
+class StoreUnavailable(VectorError):
+    """Qdrant did not answer (a server restarting, a network cut): 503 with Retry-After; the next request
+    tries again."""
+
+    status = 503
+    headers = {"retry-after": "1"}
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"the vector store is unreachable ({type(cause).__name__}); retry shortly")
 
 
 class NotFound(VectorError):

@@ -16,8 +16,8 @@ from hxp.core.context import Runtime, runtime
 from hxp.core.stores import QdrantLocation
 from hxp.vector import config as vector_config
 from hxp.vector.embedder import Embedder
-from hxp.vector.errors import VectorError
-from hxp.vector.store import DocumentId, Hit, Record, VectorStore, Where
+from hxp.vector.errors import StoreUnavailable, VectorError
+from hxp.vector.store import UNREACHABLE, DocumentId, Hit, Record, VectorStore, Where
 
 log = logging.getLogger("hxp.vector")
 
@@ -135,7 +135,8 @@ async def get_service() -> VectorService:
     """The gateway process's service, opened on first use from the environment and collections.yaml.
 
     Qdrant's local mode admits one process: in a second gateway worker the vector layer
-    answers 503 (it is not retried: opening loads every stored point before it fails).
+    answers 503 (it is not retried: opening loads every stored point before it fails). A Qdrant server
+    that does not answer is a 503 with Retry-After, and the next request opens the store again.
     """
     slot = runtime().get(_slot)
     async with slot.lock:
@@ -144,6 +145,9 @@ async def get_service() -> VectorService:
         if slot.service is None:
             try:
                 slot.service = await VectorService.open()
+            except UNREACHABLE as err:  # a Qdrant server away: this request fails, the next one tries again
+                log.warning("vector store unreachable: %s", err)
+                raise StoreUnavailable(err) from None
             except RuntimeError as err:
                 if LOCAL_MODE_HELD not in str(err):
                     raise

@@ -13,7 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Unpack
 
+import httpx
 from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException
 
 from hxp.core.stores import QdrantLocation, qdrant_location
 from hxp.vector.config import Collection, VectorConfig
@@ -24,6 +26,7 @@ Where = Mapping[str, Any]
 
 ID_NAMESPACE = uuid.UUID("6f1e3b1c-6b55-4c3a-9d0e-6a7c0d6b2f10")
 RANGE_KEYS = {"gt", "gte", "lt", "lte"}
+UNREACHABLE = (ResponseHandlingException, httpx.TransportError)  # what the client raises when Qdrant does not answer
 
 
 @dataclass(frozen=True)

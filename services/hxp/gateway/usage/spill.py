@@ -8,7 +8,8 @@ Several gateway workers share the folder:
   unlocked while its owner lives.
 - To replay its rows, a writer *seals* its current file (the next rows go to a new file), inserts the sealed
   file's rows without holding the lock that appending needs, then removes it.
-- Files left unlocked (their process ended, or rows came after its writer closed) are replayed by the one
+- Files left unlocked (their process ended, or rows came after its writer closed), and the journals of ended
+  processes (``journal-…``, :mod:`hxp.gateway.usage.journal`), are replayed by the one
   writer that holds the replay role (an ``flock`` on ``replay.lock``, taken by the first writer to find it
   free): each is locked, checked to be still the file at its path (same inode: never one replayed and
   removed meanwhile), inserted, removed. Rows are inserted idempotently (``request_id`` is the primary key),
@@ -43,6 +44,8 @@ from hxp.gateway.usage.record import UsageRecord
 
 log = logging.getLogger(__name__)
 PREFIX, SUFFIX = "usage-", ".jsonl"
+JOURNAL_PREFIX = "journal-"  # a process's journal (hxp.gateway.usage.journal): replayed once it ended, never bounded
+_REPLAYED = (PREFIX, JOURNAL_PREFIX)
 _TMP = ".tmp-"  # a file being created; one still here after _STALE_TMP_S belongs to a process that died
 _STALE_TMP_S = 60.0
 _ROLE = "replay.lock"
@@ -100,7 +103,7 @@ class SpillFolder:
 
         The rest are dropped and counted (also all of them when the disk fails). After ``close()`` (rows of a
         request that outlived the shutdown) they go to a new file, left unlocked for the next replay."""
-        lines = [json.dumps(r.to_json(), separators=(",", ":")).encode() + b"\n" for r in records]
+        lines = [line_of(r) for r in records]
         if not lines:
             return 0
         kept = 0
@@ -155,17 +158,11 @@ class SpillFolder:
             os.close(file.fd)
 
     def _create(self) -> _OwnFile:
-        """A new file of ours, locked before it appears under its replayable name."""
-        name = f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
-        temporary, path = self.folder / f"{_TMP}{name}", self.folder / name
-        fd = os.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        path, fd = create_locked(self.folder, PREFIX)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.rename(temporary, path)
             _fsync_dir(self.folder)
-        except BaseException:
-            os.close(fd)
-            temporary.unlink(missing_ok=True)
+        except OSError:
+            os.close(fd)  # unlocked: replayed as an ended process's file
             raise
         self.path = path
         return _OwnFile(path, fd)
@@ -251,7 +248,7 @@ class SpillFolder:
     def _ended_files(self, lock: int) -> Iterator[tuple[Path, os.stat_result]]:
         """Spill files no live writer holds (this one's included), each locked with ``lock`` and checked to
         be the file at its path while yielded."""
-        for path in _spill_files(self.folder):
+        for path in _spill_files(self.folder, _REPLAYED):
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
@@ -270,16 +267,35 @@ class SpillFolder:
                 os.close(fd)
 
 
-def _spill_files(folder: Path) -> list[Path]:
+def line_of(record: Spillable) -> bytes:
+    """A record as one line of a spill or journal file."""
+    return json.dumps(record.to_json(), separators=(",", ":")).encode() + b"\n"
+
+
+def create_locked(folder: Path, prefix: str) -> tuple[Path, int]:
+    """A new file of this process (``<prefix><pid>-<random>.jsonl``, open for appending), locked before it
+    appears under its replayable name; its path and descriptor."""
+    name = f"{prefix}{os.getpid()}-{uuid.uuid4().hex[:12]}{SUFFIX}"
+    temporary, path = folder / f"{_TMP}{name}", folder / name
+    fd = os.open(temporary, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(temporary, path)
+    except BaseException:
+        os.close(fd)
+        temporary.unlink(missing_ok=True)
+        raise
+    return path, fd
+
+
+def _spill_files(folder: Path, prefixes: tuple[str, ...] = (PREFIX,)) -> list[Path]:
+    """The folder's files of these kinds (spill files by default), those being created included."""
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
         return []
-    return [
-        folder / n
-        for n in sorted(names)
-        if n.endswith(SUFFIX) and (n.startswith(PREFIX) or n.startswith(_TMP + PREFIX))
-    ]
+    starts = prefixes + tuple(_TMP + p for p in prefixes)
+    return [folder / n for n in sorted(names) if n.endswith(SUFFIX) and n.startswith(starts)]
 
 
 def _same_file(path: Path, stat: os.stat_result) -> bool:

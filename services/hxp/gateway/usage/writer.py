@@ -1,11 +1,13 @@
 """The batch writer: usage rows buffered in memory and written to SQL by threads of their own.
 
-``submit()`` (on every request's path) only appends to the buffer under a lock: no file or database I/O.
-The *writer* thread inserts batches, retries with exponential backoff while the database is away, and
+``submit()`` (on every request's path) appends the row to this process's journal (one ``write`` to the page
+cache, see ``journal``: a killed process loses no row) and to the buffer, under a lock; it never waits for
+the database. The *writer* thread inserts batches, retries with exponential backoff while the database is away, and
 replays spilled rows once it answers again; the *spill* thread moves the buffer to the spill folder
 (fsynced JSON lines, see ``spill``) whenever it holds ``max_buffer`` rows, so a slow or absent database
 never holds more than that in memory. Refusals beyond a rate are aggregated (see ``refusals``). ``close()``
-writes what is left, or spills it when the database is away.
+writes what is left, or spills it when the database is away. A row written, set aside or spilled is done in
+the journal.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from hxp.core.database import Database
 from hxp.core.settings import Settings
+from hxp.gateway.usage.journal import Journal
 from hxp.gateway.usage.record import INSERT_SQL, UsageRecord
 from hxp.gateway.usage.refusals import RefusalAggregator
 from hxp.gateway.usage.spill import SpillFolder
@@ -69,6 +72,7 @@ class UsageWriter:
         self.settings = settings
         self._on_written = on_written
         self._spill = SpillFolder(spill_dir, settings.max_spill_bytes)
+        self._journal = Journal(spill_dir)
         self._refusals = RefusalAggregator(settings.refusal_rows_per_minute)
         self._rejected = spill_dir / "rejected-rows.json"  # rows the database refused while healthy (not replayed)
         self._buffer: deque[UsageRecord] = deque()
@@ -100,7 +104,7 @@ class UsageWriter:
             thread.start()
 
     def submit(self, record: UsageRecord) -> None:
-        """Queue one row: no I/O, never waits for the database or the disk."""
+        """Journal and queue one row; never waits for the database or the disk's flush."""
         with self._lock:
             if self._closed:
                 self._late.append(record)
@@ -111,6 +115,7 @@ class UsageWriter:
             kept = self._refusals.offer(record, time.time())
             if kept is None:
                 return
+            self._journal.append(kept)  # before the buffer: the writer marks it done only once it was there
             self._buffer.append(kept)
             size = len(self._buffer)  # wake a thread as the size crosses its mark (a busy one looks by itself)
             if size == self._wake_at:
@@ -181,7 +186,9 @@ class UsageWriter:
                 log.warning("usage database unavailable at shutdown (%s); spilling rows", exc)
         if rest:
             self._spill.append(rest)
+            self._journal.done(rest)
             log.warning("usage: %d rows spilled to %s, replayed at next start", len(rest), self._spill.folder)
+        self._journal.close()
         self._spill.close()
 
     # --- spill and late threads ------------------------------------------------
@@ -210,6 +217,7 @@ class UsageWriter:
         """Append rows taken from memory (and counted in ``_spilling`` meanwhile) to the spill folder."""
         try:
             self._spill.append(rows)
+            self._journal.done(rows)  # spilled, or dropped and counted: the journal keeps no more than the bound
         finally:
             with self._lock:
                 self._spilling -= len(rows)
@@ -303,10 +311,12 @@ class UsageWriter:
         (in ``rejected-rows.json``, never retried); return the rows written. Raises when the database is away."""
         try:
             self._insert(batch)
-            return len(batch)
         except Exception as exc:  # noqa: BLE001
             if not _is_bad_row(exc):
                 raise
+        else:
+            self._journal.done(batch)
+            return len(batch)
         written = 0
         for record in batch:
             try:
@@ -320,6 +330,7 @@ class UsageWriter:
                 )
                 with self._rejected.open("a") as f:
                     f.write(json.dumps(record.to_json()) + "\n")
+        self._journal.done(batch)
         return written
 
     def _insert(self, batch: list[UsageRecord]) -> None:

@@ -91,9 +91,9 @@ class ConfigStore:
         self.db = db
 
     @classmethod
-    def open(cls) -> ConfigStore:
-        """The store of the configured database (DATABASE_URL), its migrations applied."""
-        db = Database(settings.load().database_url, pool_size=1)
+    def open(cls, database_url: str | None = None) -> ConfigStore:
+        """The store of ``database_url`` (default: the configured DATABASE_URL), its migrations applied."""
+        db = Database(database_url or settings.load().database_url, pool_size=1)
         db.migrate()
         return cls(db)
 
