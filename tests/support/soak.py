@@ -379,7 +379,7 @@ def plot(result: Result, path: Path) -> None:
     plt.close(fig)
 
 
-def _write_vector_config(folder: Path, embedding: str) -> Path:
+def write_vector_config(folder: Path, embedding: str) -> Path:
     path = folder / "soak-collections.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -399,7 +399,7 @@ def _write_vector_config(folder: Path, embedding: str) -> Path:
     return path
 
 
-def _seed(gateway: Gateway, key: str) -> None:
+def seed(gateway: Gateway, key: str) -> None:
     """A few documents in the soak collection, through the worker that holds Qdrant's local engine."""
     docs = {"documents": [{"id": f"doc-{i}", "text": f"soak document {i}"} for i in range(20)]}
     for _ in range(50):
@@ -494,7 +494,7 @@ def run(
             "REDIS_URL": redis_server.url,
             "QDRANT_URL": "",
             "QDRANT_PATH": str(workdir / "qdrant"),
-            "HXP_VECTOR_CONFIG": str(_write_vector_config(workdir, embedding)),
+            "HXP_VECTOR_CONFIG": str(write_vector_config(workdir, embedding)),
             **(gateway_env or {}),
         }
         (workdir / "gateway").mkdir(parents=True, exist_ok=True)
@@ -503,7 +503,7 @@ def run(
         aliases = ("soak-client", "soak-refused")
         key = gateway.create_key(aliases[0], write_collections=[COLLECTION])
         refused = gateway.create_key(aliases[1], models=[chat])
-        _seed(gateway, key)
+        seed(gateway, key)
         load = Load(gateway, key, refused, chat, other_chat, embedding)
         load.outcome.observed_answers = 1  # the seed's documents were embedded in one observed call
         sampler = Sampler(gateway, postgres, db_url.rsplit("/", 1)[1], redis_server.url)

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from hxp.core.redaction import redact
-from hxp.gateway import deployments
+from hxp.gateway import clients, deployments
 from hxp.gateway.engines import queue_lengths
 from hxp.gateway.health import PROBE_TIMEOUT_S, Readiness
 
@@ -22,14 +22,14 @@ MAX_AGE_S = 2.0
 
 
 async def _served_names(client: httpx.AsyncClient, root: str) -> list[str]:
-    response = await client.get(f"{root}/v1/models")
+    response = await client.get(f"{root}/v1/models", timeout=PROBE_TIMEOUT_S)
     response.raise_for_status()
     return sorted(str(m.get("id")) for m in response.json().get("data", []) if isinstance(m, dict))
 
 
 async def _report(client: httpx.AsyncClient, root: str) -> dict[str, Any]:
     try:
-        names, queues = await asyncio.gather(_served_names(client, root), queue_lengths(client, root))
+        names, queues = await asyncio.gather(_served_names(client, root), queue_lengths(client, root, PROBE_TIMEOUT_S))
     except (httpx.HTTPError, ValueError) as exc:
         return {
             "served_names": [],
@@ -46,8 +46,8 @@ class EngineReports(Readiness):
     @staticmethod
     async def _compute() -> dict[str, Any]:
         roots = sorted({deployments.engine_root(url) for urls in deployments.served().values() for url in urls})
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
-            reports = await asyncio.gather(*(_report(client, root) for root in roots))
+        client = clients.shared()
+        reports = await asyncio.gather(*(_report(client, root) for root in roots))
         return dict(zip(roots, reports))
 
 

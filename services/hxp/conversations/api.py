@@ -54,7 +54,6 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
-        await model_calls.close()
 
 
 router = APIRouter(tags=["responses"], lifespan=_lifespan)

@@ -21,33 +21,12 @@ from fastapi import Request
 
 from hxp.conversations.routing import SESSION_HEADER, rank
 from hxp.core.catalogue import Model
-from hxp.core.context import Runtime, runtime
 from hxp.core.errors import GatewayError
-from hxp.gateway import deployments, loopback
+from hxp.gateway import clients, deployments, loopback
 
 log = logging.getLogger("hxp.gateway")
 TOKENIZE_TIMEOUT_S = 60.0
 PASSED_HEADERS = ("retry-after", "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
-
-
-def _client(rt: Runtime) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(None, connect=10.0),
-        limits=httpx.Limits(
-            max_connections=None, max_keepalive_connections=64, keepalive_expiry=deployments.IDLE_CONNECTION_S
-        ),
-    )
-
-
-def client() -> httpx.AsyncClient:
-    """This worker's HTTP client for the model calls (no read timeout: the gateway's own call times out)."""
-    return runtime().get(_client)
-
-
-async def close() -> None:
-    http = runtime().drop(_client)
-    if http is not None:
-        await http.aclose()
 
 
 class Refused(Exception):
@@ -67,7 +46,7 @@ async def count_tokens(
         payload["tools"] = tools
     for url in rank(session, deployments.served()[model.name]):
         try:
-            response = await client().post(
+            response = await clients.shared().post(
                 deployments.engine_root(url) + "/tokenize", json=payload, timeout=TOKENIZE_TIMEOUT_S
             )
         except httpx.HTTPError:
@@ -98,18 +77,20 @@ class Gateway:
         return cls(url + "/chat/completions", loopback.key_headers(request.headers))
 
     def _request(self, chat: dict[str, Any], session: str) -> httpx.Request:
-        return client().build_request("POST", self.url, json=chat, headers={**self.headers, SESSION_HEADER: session})
+        return clients.shared().build_request(
+            "POST", self.url, json=chat, headers={**self.headers, SESSION_HEADER: session}
+        )
 
     async def complete(self, chat: dict[str, Any], session: str) -> dict[str, Any]:
         """The chat answer (:class:`Refused` when there is none)."""
-        response = await client().send(self._request(chat, session))
+        response = await clients.shared().send(self._request(chat, session))
         if response.status_code != 200:
             raise _refused(response, response.content)
         return response.json()
 
     async def stream(self, chat: dict[str, Any], session: str) -> httpx.Response:
         """The streamed chat answer, its status 200 (:class:`Refused` otherwise); close it when done."""
-        response = await client().send(self._request(chat, session), stream=True)
+        response = await clients.shared().send(self._request(chat, session), stream=True)
         if response.status_code != 200:
             body = await response.aread()
             await response.aclose()

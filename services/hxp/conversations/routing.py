@@ -47,6 +47,7 @@ import httpx
 from litellm.integrations.custom_logger import CustomLogger
 
 from hxp.core.context import Runtime, runtime
+from hxp.gateway import clients
 from hxp.gateway.deployments import backend_urls, engine_root
 from hxp.gateway.engines import queue_lengths
 
@@ -147,8 +148,8 @@ class EngineStates:
         self._in_flight[self._held.pop(task)] -= 1
 
     async def _probe_all(self) -> None:
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
-            queues = await asyncio.gather(*(self._probe(client, root) for root in self.roots))
+        client = clients.shared()
+        queues = await asyncio.gather(*(self._probe(client, root) for root in self.roots))
         self._states = {
             root: EngineState(up, None if queue is None else max(0.0, queue - self._in_flight.get(root, 0)))
             for root, (up, queue) in zip(self.roots, queues, strict=True)
@@ -158,7 +159,7 @@ class EngineStates:
     async def _probe(client: httpx.AsyncClient, root: str) -> tuple[bool, float | None]:
         """Whether the engine answered, and its queue (running plus waiting; None where it exports none)."""
         try:
-            queues = await queue_lengths(client, root)
+            queues = await queue_lengths(client, root, PROBE_TIMEOUT_S)
         except httpx.HTTPError:
             return False, None
         except ValueError:  # it answered, but with no Prometheus text

@@ -19,11 +19,12 @@ _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 QUEUE_METRICS = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
 
 
-async def queue_lengths(client: httpx.AsyncClient, root: str) -> dict[str, float | None]:
+async def queue_lengths(client: httpx.AsyncClient, root: str, timeout: float) -> dict[str, float | None]:
     """An engine's running and waiting requests from its Prometheus metrics (summed over their label sets; None
-    where it exports none, or answers /metrics with an error). A failed connection raises httpx.HTTPError."""
+    where it exports none, or answers /metrics with an error). A failed connection or ``timeout`` raises
+    httpx.HTTPError."""
     found: dict[str, float | None] = dict.fromkeys(QUEUE_METRICS.values())
-    response = await client.get(f"{root}/metrics")
+    response = await client.get(f"{root}/metrics", timeout=timeout)
     if response.status_code != 200:
         return found
     for family in text_string_to_metric_families(response.text):

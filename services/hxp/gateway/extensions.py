@@ -32,6 +32,7 @@ ROUTERS = [
     "hxp.gateway.audited:router",  # audit recorder lifespan: refusal windows, spill replay, retention
     "hxp.gateway.metrics:router",  # /metrics
     "hxp.gateway.relay:router",  # the relay's connection pool, closed at stop
+    "hxp.gateway.clients:router",  # the worker's HTTP client for its own calls, closed at stop
     "hxp.gateway.redis_pools:router",  # LiteLLM's Redis caches kept on one bounded pool each
     "hxp.vector.api:router",  # Qdrant collections and search
     "hxp.console.routes:router",  # the operator's web console (/console)

@@ -27,7 +27,7 @@ from prometheus_client import Counter, Gauge
 from hxp.core.context import Runtime, runtime
 from hxp.core.database import Database
 from hxp.core.redaction import redact, redact_url
-from hxp.gateway import deployments
+from hxp.gateway import clients, deployments
 from hxp.gateway.request_context import context_of
 
 log = logging.getLogger("hxp.gateway")
@@ -85,29 +85,27 @@ async def _check_redis() -> dict[str, Any] | None:
 
 
 async def _get_ok(client: httpx.AsyncClient, url: str) -> None:
-    (await client.get(url)).raise_for_status()
+    (await client.get(url, timeout=PROBE_TIMEOUT_S)).raise_for_status()
 
 
 async def model_status() -> list[dict[str, Any]]:
     """Every model with the health of each of its replicas."""
     cat = deployments.catalogue()
     backends = deployments.served()
-    async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
-        models = []
-        for model in cat.models:
-            urls = backends[model.name]
-            probes = await asyncio.gather(
-                *(_timed(_get_ok(client, deployments.engine_root(u) + "/health")) for u in urls)
-            )
-            replicas = [{"url": redact_url(u), **p} for u, p in zip(urls, probes)]
-            models.append(
-                {
-                    "model": model.name,
-                    "task": model.task,
-                    "healthy": any(r["healthy"] for r in replicas),
-                    "replicas": replicas,
-                }
-            )
+    client = clients.shared()
+    models = []
+    for model in cat.models:
+        urls = backends[model.name]
+        probes = await asyncio.gather(*(_timed(_get_ok(client, deployments.engine_root(u) + "/health")) for u in urls))
+        replicas = [{"url": redact_url(u), **p} for u, p in zip(urls, probes)]
+        models.append(
+            {
+                "model": model.name,
+                "task": model.task,
+                "healthy": any(r["healthy"] for r in replicas),
+                "replicas": replicas,
+            }
+        )
     return models
 
 

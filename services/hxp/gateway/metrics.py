@@ -156,6 +156,7 @@ class EngineCollector:
         self._cached: tuple[float, list[GaugeMetricFamily]] = (0.0, [])
         self._local = EngineProcesses()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hxp-metrics-probe")
+        self._client = httpx.Client(timeout=PROBE_TIMEOUT_S)  # one, not one per scrape (hxp.gateway.clients)
 
     def _probe(self) -> list[GaugeMetricFamily]:
         memory = GaugeMetricFamily(
@@ -163,22 +164,22 @@ class EngineCollector:
         )
         up = GaugeMetricFamily("llm_backend_up", "1 when every replica of the model answers /health", labels=["model"])
         models = list(deployments.served().items())
-        with httpx.Client(timeout=PROBE_TIMEOUT_S) as client:
-            health = {(n, u): self._pool.submit(_engine_health, client, u) for n, urls in models for u in urls}
-            remote = {
-                (n, u): self._pool.submit(engine_memory_from_metrics, client, u)
-                for n, urls in models
-                for u in urls
-                if local_port(u) is None
-            }
-            for name, urls in models:
-                up.add_metric([name], float(all(health[(name, u)].result() for u in urls)))
-                local_gb, _ = self._local.sample(name, urls)
-                sizes = [s for s in (remote[(name, u)].result() for u in urls if (name, u) in remote) if s is not None]
-                if local_gb is not None:
-                    sizes.append(local_gb * 2**30)
-                if sizes:
-                    memory.add_metric([name], sum(sizes))
+        client = self._client
+        health = {(n, u): self._pool.submit(_engine_health, client, u) for n, urls in models for u in urls}
+        remote = {
+            (n, u): self._pool.submit(engine_memory_from_metrics, client, u)
+            for n, urls in models
+            for u in urls
+            if local_port(u) is None
+        }
+        for name, urls in models:
+            up.add_metric([name], float(all(health[(name, u)].result() for u in urls)))
+            local_gb, _ = self._local.sample(name, urls)
+            sizes = [s for s in (remote[(name, u)].result() for u in urls if (name, u) in remote) if s is not None]
+            if local_gb is not None:
+                sizes.append(local_gb * 2**30)
+            if sizes:
+                memory.add_metric([name], sum(sizes))
         return [memory, up]
 
     def collect(self) -> Iterable[GaugeMetricFamily]:

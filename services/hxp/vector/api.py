@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from hxp.core.errors import GatewayError
-from hxp.gateway import loopback
+from hxp.gateway import clients, loopback
 from hxp.gateway.request_context import context_of
 from hxp.vector.embedder import Embedder, GatewayEmbedder
 from hxp.vector.errors import NotFound, StoreUnavailable, VectorError
@@ -175,7 +175,9 @@ async def caller_embedder(request: Request) -> Embedder:
     url = loopback.base_url(request.scope)
     if url is None:  # not on a TCP socket: the proxy's router, uncounted
         return service.embedder
-    return GatewayEmbedder(url, loopback.key_headers(request.headers), service.config.upsert.embedding_batch)
+    return GatewayEmbedder(
+        clients.shared(), url, loopback.key_headers(request.headers), service.config.upsert.embedding_batch
+    )
 
 
 CallerEmbedder = Depends(caller_embedder)

@@ -63,22 +63,31 @@ class Embedder:
 
 
 class GatewayEmbedder(Embedder):
-    """Embeds through the gateway's /v1/embeddings at ``base_url`` with the caller's key headers."""
+    """Embeds through the gateway's /v1/embeddings at ``base_url`` with the caller's key headers, on ``client``
+    (the worker's own, shared: hxp.gateway.clients)."""
 
     def __init__(
-        self, base_url: str, key_headers: dict[str, str], batch_size: int = 64, timeout_s: float = 300.0
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        key_headers: dict[str, str],
+        batch_size: int = 64,
+        timeout_s: float = 300.0,
     ) -> None:
         super().__init__(batch_size=batch_size)
+        self.client = client
         self.base_url = base_url.rstrip("/")
         self.key_headers = key_headers
         self.timeout_s = timeout_s
 
     async def _embed_batch(self, model: str, batch: list[str]) -> list[list[float]]:
         try:
-            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
-                response = await client.post(
-                    f"{self.base_url}/embeddings", json={"model": model, "input": batch}, headers=self.key_headers
-                )
+            response = await self.client.post(
+                f"{self.base_url}/embeddings",
+                json={"model": model, "input": batch},
+                headers=self.key_headers,
+                timeout=self.timeout_s,
+            )
         except httpx.HTTPError as err:
             raise EmbeddingFailed(f"embedding model '{model}' failed: {err!r}") from None
         if response.status_code != 200:
